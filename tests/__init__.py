@@ -1,0 +1,1 @@
+"""mlx-lama test suite."""

@@ -1,0 +1,114 @@
+"""Fixtures every mlx-lama test gets, and the opt-in ones for models, hub and cache.
+
+Autouse, for every test:
+
+* ``isolated_env``: ``HOME``, ``MLX_LAMA_HOME``, ``HF_HOME``/``HF_HUB_CACHE``
+  (and every huggingface_hub constant derived from them) point under the
+  test's ``tmp_path``; ``HF_HUB_OFFLINE=1``; ``MLX_LAMA_MANIFEST``, ``HF_TOKEN``
+  and friends unset. The cwd is left alone (use ``monkeypatch.chdir``).
+* ``network_guard``: in-process connections and DNS lookups to anything but
+  localhost raise ``NetworkBlocked`` and fail the test.
+
+Opt-in:
+
+* ``tiny_model`` (session): folder of a random-weight MLX llama (read-only;
+  copy it before changing it).
+* ``hub``: a running :class:`HubStandIn`, with ``HF_ENDPOINT`` pointing at it
+  and offline mode off (in-process and for subprocesses).
+* ``published_model``: ``hub`` with the tiny model published as
+  :data:`TINY_REPO_ID`.
+* ``cached_model``: the tiny model in the test's HF cache as :data:`TINY_REPO_ID`.
+
+Helpers live in ``tests/fixtures/`` (import them as ``tests.fixtures.<module>``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.fixtures import hf_env, netguard
+
+# Belt and braces, before anything imports huggingface_hub: even code that runs
+# outside a test (collection, session fixtures) sees a throwaway home.
+_SESSION_ROOT = Path(tempfile.mkdtemp(prefix="mlx-lama-tests-"))
+atexit.register(shutil.rmtree, _SESSION_ROOT, ignore_errors=True)
+hf_env.isolated_environ(os.environ, _SESSION_ROOT)
+
+from tests.fixtures.hf_cache import CachedRepo, place_in_cache  # noqa: E402
+from tests.fixtures.hub import HubStandIn  # noqa: E402
+from tests.fixtures.tiny_model import make_tiny_model  # noqa: E402
+
+TINY_REPO_ID = "mlx-test/tiny-llama"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> hf_env.IsolatedEnv:
+    """Point all user state under ``tmp_path / "env"``; see the module docstring."""
+    return hf_env.isolate(monkeypatch, tmp_path / "env")
+
+
+@pytest.fixture(autouse=True)
+def network_guard() -> Iterator[list[str]]:
+    """Yield the list of refused attempts; a test that expects one must clear() it."""
+    with netguard.guarded() as attempts:
+        yield attempts
+    if attempts:
+        pytest.fail("non-local network access attempted:\n" + "\n".join(attempts))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight MLX llama (seed 0), generated once per session."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-llama", seed=0)
+
+
+@pytest.fixture
+def hub(
+    isolated_env: hf_env.IsolatedEnv,
+    network_guard: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[HubStandIn]:
+    """A running Hub stand-in that huggingface_hub (here and in children) talks to."""
+    stand_in = HubStandIn().start()
+    try:
+        hf_env.go_online(monkeypatch, stand_in.url)
+        yield stand_in
+    finally:
+        stand_in.stop()
+        # Drop huggingface_hub's pooled connections to the stopped server.
+        http = sys.modules.get("huggingface_hub.utils._http")
+        if http is not None:
+            http.close_session()
+
+
+@dataclass(frozen=True)
+class PublishedRepo:
+    hub: HubStandIn
+    repo_id: str
+    commit: str
+    source: Path
+
+
+@pytest.fixture
+def published_model(hub: HubStandIn, tiny_model: Path) -> PublishedRepo:
+    """The tiny model published on the stand-in as TINY_REPO_ID (branch main)."""
+    commit = hub.add_repo(TINY_REPO_ID, tiny_model)
+    return PublishedRepo(hub=hub, repo_id=TINY_REPO_ID, commit=commit, source=tiny_model)
+
+
+@pytest.fixture
+def cached_model(tiny_model: Path, isolated_env: hf_env.IsolatedEnv) -> CachedRepo:
+    """The tiny model already "pulled": in the test's HF cache as TINY_REPO_ID@main.
+
+    Its commit equals ``published_model.commit``, so a test using both sees an
+    up-to-date cache.
+    """
+    return place_in_cache(tiny_model, isolated_env.hf_hub_cache, TINY_REPO_ID)
