@@ -1,0 +1,64 @@
+"""The manifest: schema, loader with ``file:line`` errors, and discovery.
+
+Everything that reads ``mlxlama.toml`` goes through here. Nothing in this
+package starts processes or touches the model cache. Exports load lazily, so
+``mlx_lama.schema.names`` stays cheap for callers that never need pydantic.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlx_lama.schema.discovery import ManifestLocation, find_manifest
+    from mlx_lama.schema.loader import load_manifest, parse_manifest
+    from mlx_lama.schema.manifest import (
+        BackendSection,
+        Defaults,
+        Manifest,
+        Message,
+        ModelEntry,
+        Parameters,
+        ServerSection,
+    )
+    from mlx_lama.schema.units import Duration, Size
+
+_EXPORTS = {
+    "ManifestLocation": "discovery",
+    "find_manifest": "discovery",
+    "load_manifest": "loader",
+    "parse_manifest": "loader",
+    "BackendSection": "manifest",
+    "Defaults": "manifest",
+    "Manifest": "manifest",
+    "Message": "manifest",
+    "ModelEntry": "manifest",
+    "Parameters": "manifest",
+    "ServerSection": "manifest",
+    "Duration": "units",
+    "Size": "units",
+}
+
+__all__ = [
+    "BackendSection",
+    "Defaults",
+    "Duration",
+    "Manifest",
+    "ManifestLocation",
+    "Message",
+    "ModelEntry",
+    "Parameters",
+    "ServerSection",
+    "Size",
+    "find_manifest",
+    "load_manifest",
+    "parse_manifest",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

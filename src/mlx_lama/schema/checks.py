@@ -1,0 +1,216 @@
+"""Manifest rules that span entries: names, ports, aliases, backends, sources.
+
+Run by the loader on the raw TOML data, after and regardless of the schema
+check, so one read reports every problem. Tolerates values of the wrong type
+(the schema reports those). Pure: reports through a callback, no I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mlx_lama.schema.locate import KeyPath, render_key_path
+from mlx_lama.schema.manifest import BUILTIN_BACKENDS
+from mlx_lama.schema.names import canonical_name, check_model_name, is_repo_id
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]"})
+
+
+def closest(word: object, options: list[str] | tuple[str, ...]) -> str | None:
+    """A "did you mean" hint for ``word`` among ``options``, if one is close."""
+    if not isinstance(word, str):
+        return None
+    matches = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {matches[0]!r}?" if matches else None
+
+
+class _Report(typing.Protocol):
+    def __call__(self, path: KeyPath, message: str, hint: str | None = None) -> None: ...
+
+
+def _tables(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _items(table: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, entry in table.items():
+        yield name, entry if isinstance(entry, dict) else {}
+
+
+def cross_check(data: dict[str, Any], report: _Report) -> None:
+    """Rules that span entries. Runs on the raw TOML data, so it reports even
+    when the schema check failed, and tolerates values of the wrong type."""
+    models = _tables(data, "models")
+    backends = _tables(data, "backends")
+    server = _tables(data, "server")
+    defaults = _tables(data, "defaults")
+    model_keys = _check_model_names(models, report)
+    _check_backends(models, backends, defaults, report)
+    _check_sources(models, report)
+    _check_ports(models, server, report)
+    _check_aliases(_tables(data, "aliases"), model_keys, report)
+    _check_exposure(server, report)
+
+
+def _check_model_names(models: dict[str, Any], report: _Report) -> dict[str, str]:
+    """Report bad and clashing names; return canonical name -> model name."""
+    seen: dict[str, str] = {}
+    for name in models:
+        problem = check_model_name(name)
+        if problem:
+            report(("models", name), problem, 'model names look like "name:tag" or "org/repo"')
+            continue
+        key = canonical_name(name)
+        if key in seen:
+            report(
+                ("models", name),
+                f"{name!r} names the same model as {seen[key]!r}",
+                "names are case-insensitive and ':latest' is implied; keep one entry",
+            )
+        else:
+            seen[key] = name
+    return seen
+
+
+def _check_backends(
+    models: dict[str, Any], backends: dict[str, Any], defaults: dict[str, Any], report: _Report
+) -> None:
+    for name, section in _items(backends):
+        if name not in BUILTIN_BACKENDS and "type" not in section:
+            report(
+                ("backends", name),
+                f"backend {name!r} needs a type",
+                'add type = "mlx-lm", "vllm-mlx" or "external"',
+            )
+    known = sorted({*BUILTIN_BACKENDS, *backends})
+
+    def check(path: KeyPath, backend: object) -> None:
+        if isinstance(backend, str) and backend not in known:
+            guess = closest(backend, known)
+            report(
+                path,
+                f"unknown backend {backend!r}",
+                guess or f"use one of {', '.join(known)}, or define [backends.{backend}]",
+            )
+
+    check(("defaults", "backend"), defaults.get("backend"))
+    for name, entry in _items(models):
+        check(("models", name, "backend"), entry.get("backend"))
+
+
+def _check_sources(models: dict[str, Any], report: _Report) -> None:
+    for name, entry in _items(models):
+        has_repo, has_path = "repo" in entry, "path" in entry
+        if has_repo and has_path:
+            report(
+                ("models", name, "path"),
+                "set either repo or path, not both",
+                "repo downloads from Hugging Face; path uses a local folder",
+            )
+        elif not has_repo and not has_path:
+            report(
+                ("models", name),
+                "no repo or path",
+                'add repo = "org/name" (a Hugging Face repo) or path = "./folder"',
+            )
+        repo = entry.get("repo")
+        if isinstance(repo, str) and not is_repo_id(repo):
+            report(
+                ("models", name, "repo"),
+                f"{repo!r} is not a Hugging Face repo id",
+                'write it as "org/name", as in "mlx-community/Qwen3-4B-4bit"',
+            )
+
+
+def _check_ports(models: dict[str, Any], server: dict[str, Any], report: _Report) -> None:
+    gateway = server.get("port", 11434)
+    owners: dict[int, str] = {}
+    for name, entry in _items(models):
+        port = entry.get("port")
+        if not isinstance(port, int) or isinstance(port, bool):
+            continue
+        if port == gateway:
+            report(
+                ("models", name, "port"),
+                f"port {port} is the gateway's port ([server] port)",
+                "pick another port, or leave port out to have one assigned",
+            )
+        elif port in owners:
+            report(
+                ("models", name, "port"),
+                f"port {port} is already used by models.{render_key_path((owners[port],))}",
+                "every served model needs its own port; leave port out to have one assigned",
+            )
+        else:
+            owners[port] = name
+
+
+def _check_aliases(aliases: dict[str, Any], models: dict[str, str], report: _Report) -> None:
+    alias_keys: dict[str, str] = {}
+    for alias in aliases:
+        problem = check_model_name(alias)
+        if problem:
+            report(("aliases", alias), problem, 'alias names look like "name" or "name:tag"')
+            continue
+        key = canonical_name(alias)
+        if key in models:
+            report(
+                ("aliases", alias),
+                f"alias {alias!r} has the same name as model {models[key]!r}",
+                "rename the alias, or drop it and use the model's name",
+            )
+        alias_keys[key] = alias
+
+    edges: dict[str, str] = {}
+    for alias, target in aliases.items():
+        if not isinstance(target, str) or check_model_name(alias):
+            continue
+        problem = check_model_name(target)
+        if problem:
+            report(("aliases", alias), problem)
+            continue
+        target_key = canonical_name(target)
+        if target_key in alias_keys:
+            edges[canonical_name(alias)] = target_key
+        elif target_key not in models:
+            guess = closest(target, list(models.values()))
+            report(
+                ("aliases", alias),
+                f"alias target {target!r} is not a model in this manifest",
+                guess or f'add [models."{target}"] or point the alias at an existing model',
+            )
+
+    reported: set[str] = set()
+    for start, first in edges.items():
+        chain, node = [start], first
+        while node in edges and node not in chain:
+            chain.append(node)
+            node = edges[node]
+        if node in chain and node not in reported:
+            loop = chain[chain.index(node) :]
+            reported.update(loop)
+            names = [alias_keys[k] for k in loop] + [alias_keys[node]]
+            report(
+                ("aliases", alias_keys[node]),
+                "alias loop: " + " -> ".join(names),
+                "point one of these aliases at a model",
+            )
+
+
+def _check_exposure(server: dict[str, Any], report: _Report) -> None:
+    host = server.get("host")
+    if not isinstance(host, str) or _is_loopback(host) or server.get("api_key"):
+        return
+    report(
+        ("server", "host"),
+        f"host {host!r} exposes the gateway beyond this machine without an api_key",
+        'set api_key under [server], or bind host = "127.0.0.1"',
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")

@@ -1,0 +1,424 @@
+"""load_manifest: valid manifests load; every mistake is reported with its place and a fix."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from mlx_lama.errors import ManifestError, ManifestNotFoundError, Problem
+from mlx_lama.schema import Duration, Size, load_manifest, parse_manifest
+from mlx_lama.schema.locate import render_key_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def problems_of(text: str) -> list[Problem]:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text, "m.toml")
+    return list(caught.value.problems)
+
+
+def only_problem(text: str) -> Problem:
+    problems = problems_of(text)
+    assert len(problems) == 1, [str(p) for p in problems]
+    return problems[0]
+
+
+def test_the_example_manifest_is_valid() -> None:
+    manifest = load_manifest(ROOT / "mlxlama.toml.example")
+    assert set(manifest.models) == {"qwen2.5-coder:7b", "llama3.2:3b", "qwen3:8b", "my-finetune"}
+    assert manifest.aliases == {"coder": "qwen2.5-coder:7b", "assistant": "llama3.2:3b"}
+    coder = manifest.models["qwen2.5-coder:7b"]
+    assert coder.keep_alive == Duration(1800.0)
+    assert coder.parameters.as_dict() == {
+        "temperature": 0.2,
+        "num_predict": 1024,
+        "num_ctx": 8192,
+        "stop": ["<|im_end|>"],
+    }
+    assert manifest.server.memory_budget == Size(percent=75.0)
+    assert manifest.backend_type(manifest.backend_of("qwen3:8b")) == "vllm-mlx"
+    assert manifest.serve_mode("my-finetune") == "never"
+    assert manifest.serve_mode("llama3.2:3b") == "on-demand"
+    assert [m.role for m in manifest.models["llama3.2:3b"].messages] == ["user", "assistant"]
+
+
+def test_an_empty_manifest_has_safe_defaults() -> None:
+    manifest = parse_manifest("")
+    assert manifest.version == 1
+    assert (manifest.server.host, manifest.server.port) == ("127.0.0.1", 11434)
+    assert manifest.server.keep_alive.seconds == 300
+    assert manifest.server.api_key is None
+    assert manifest.models == {} and manifest.aliases == {}
+
+
+def test_durations_sizes_and_stop_strings_are_normalised() -> None:
+    manifest = parse_manifest(
+        """
+        [server]
+        keep_alive = -1
+        memory_budget = "24GB"
+        [models.m]
+        repo = "org/m"
+        keep_alive = 90
+        parameters = { stop = "END" }
+        """
+    )
+    assert math.isinf(manifest.server.keep_alive.seconds)
+    assert manifest.server.memory_budget.resolve(0) == 24 * 2**30
+    assert manifest.models["m"].keep_alive == Duration(90.0)
+    assert manifest.models["m"].parameters.stop == ["END"]
+
+
+ACCEPTANCE = """\
+version = 1
+
+[models."qwen2.5:7b"]
+repo = "mlx-community/Qwen2.5-7B-Instruct-4bit"
+prot = 1
+port = 8081
+
+[models."llama3.2:3b"]
+repo = "mlx-community/Llama-3.2-3B-Instruct-4bit"
+port = 8081
+
+[aliases]
+chat = "mistral:7b"
+"""
+
+
+def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
+    problems = problems_of(ACCEPTANCE)
+    rendered = [str(p) for p in problems]
+    assert rendered == [
+        "m.toml:5:1: models.\"qwen2.5:7b\".prot: unknown key 'prot' (did you mean 'port'?)",
+        'm.toml:10:1: models."llama3.2:3b".port: port 8081 is already used by '
+        'models."qwen2.5:7b" (every served model needs its own port; leave port out to '
+        "have one assigned)",
+        "m.toml:13:1: aliases.chat: alias target 'mistral:7b' is not a model in this "
+        'manifest (add [models."mistral:7b"] or point the alias at an existing model)',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message", "hint"),
+    [
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nport = "8080"\n',
+            3,
+            "models.m.port",
+            'must be a whole number, not "8080"',
+            "remove the quotes",
+            id="quoted-number",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nport = 70000\n',
+            3,
+            "models.m.port",
+            "must be at most 65535, not 70000",
+            None,
+            id="port-range",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nserve = "on_demand"\n',
+            3,
+            "models.m.serve",
+            "must be one of 'always', 'on-demand' or 'never'",
+            "did you mean 'on-demand'?",
+            id="serve-mode",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\npin = "yes"\n',
+            3,
+            "models.m.pin",
+            'must be true or false, not "yes"',
+            "remove the quotes",
+            id="bool",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nkeep_alive = "300"\n',
+            3,
+            "models.m.keep_alive",
+            "invalid duration '300': missing unit",
+            "write 300 without quotes for seconds, or add a unit",
+            id="duration-without-unit",
+        ),
+        pytest.param(
+            '[server]\nmemory_budget = "lots"\n',
+            2,
+            "server.memory_budget",
+            "invalid size 'lots'",
+            None,
+            id="size",
+        ),
+        pytest.param(
+            "version = 2\n",
+            1,
+            "version",
+            "this mlx-lama reads manifest version 1, not 2",
+            "write version = 1, or upgrade mlx-lama",
+            id="version",
+        ),
+        pytest.param(
+            '[model.m]\nrepo = "org/m"\n',
+            1,
+            "model",
+            "unknown key 'model'",
+            "did you mean 'models'?",
+            id="top-level-typo",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\ntemperature = 0.1\n',
+            3,
+            "models.m.temperature",
+            "unknown key 'temperature'",
+            "sampling settings go under [models.m.parameters]",
+            id="parameter-in-model-table",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\n[models.m.parameters]\nnum_gpu = 1\n',
+            4,
+            "models.m.parameters.num_gpu",
+            "unknown key 'num_gpu'",
+            "an Ollama option that MLX engines do not use; remove it",
+            id="ollama-only-option",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nmessages = [{ role = "robot", content = "x" }]\n',
+            3,
+            "models.m.messages[0].role",
+            "must be one of 'system', 'user' or 'assistant'",
+            None,
+            id="message-role",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\npath = "./m"\n',
+            3,
+            "models.m.path",
+            "set either repo or path, not both",
+            "repo downloads",
+            id="repo-and-path",
+        ),
+        pytest.param(
+            "[models.m]\npin = true\n",
+            1,
+            "models.m",
+            "no repo or path",
+            'add repo = "org/name"',
+            id="neither-repo-nor-path",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "just-a-name"\n',
+            2,
+            "models.m.repo",
+            "'just-a-name' is not a Hugging Face repo id",
+            '"org/name"',
+            id="repo-id",
+        ),
+        pytest.param(
+            '[models."../escape"]\nrepo = "org/m"\n',
+            1,
+            'models."../escape"',
+            "'..' is not allowed",
+            "name:tag",
+            id="dotdot-name",
+        ),
+        pytest.param(
+            '[models."a\\\\b"]\nrepo = "org/m"\n',
+            1,
+            'models."a\\\\b"',
+            "backslashes are not allowed",
+            None,
+            id="backslash-name",
+        ),
+        pytest.param(
+            '[models."/abs"]\nrepo = "org/m"\n',
+            1,
+            'models."/abs"',
+            "a name is not a path",
+            None,
+            id="absolute-name",
+        ),
+        pytest.param(
+            '[models."a//b"]\nrepo = "org/m"\n',
+            1,
+            'models."a//b"',
+            "empty part",
+            None,
+            id="empty-part",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nport = 11434\n',
+            3,
+            "models.m.port",
+            "port 11434 is the gateway's port",
+            "pick another port",
+            id="gateway-port",
+        ),
+        pytest.param(
+            '[server]\nport = 9000\n[models.m]\nrepo = "org/m"\nport = 9000\n',
+            5,
+            "models.m.port",
+            "port 9000 is the gateway's port",
+            None,
+            id="custom-gateway-port",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nbackend = "mlx_lm"\n',
+            3,
+            "models.m.backend",
+            "unknown backend 'mlx_lm'",
+            "did you mean 'mlx-lm'?",
+            id="backend-typo",
+        ),
+        pytest.param(
+            '[backends.fast]\nargs = ["--x"]\n',
+            1,
+            "backends.fast",
+            "backend 'fast' needs a type",
+            'add type = "mlx-lm"',
+            id="backend-without-type",
+        ),
+        pytest.param(
+            '[models.Llama]\nrepo = "org/a"\n[models."llama:latest"]\nrepo = "org/b"\n',
+            3,
+            'models."llama:latest"',
+            "names the same model as 'Llama'",
+            "case-insensitive",
+            id="same-model-twice",
+        ),
+        pytest.param(
+            '[aliases]\nm = "other"\n[models.m]\nrepo = "org/m"\n[models.other]\nrepo = "org/o"\n',
+            2,
+            "aliases.m",
+            "alias 'm' has the same name as model 'm'",
+            "rename the alias",
+            id="alias-shadows-model",
+        ),
+        pytest.param(
+            '[aliases]\na = "b"\nb = "c"\nc = "a"\n',
+            2,
+            "aliases.a",
+            "alias loop: a -> b -> c -> a",
+            "point one of these aliases",
+            id="alias-loop",
+        ),
+        pytest.param(
+            '[server]\nhost = "0.0.0.0"\n',
+            2,
+            "server.host",
+            "exposes the gateway beyond this machine",
+            "set api_key",
+            id="exposed-without-key",
+        ),
+    ],
+)
+def test_each_mistake_is_located_and_explained(
+    text: str, line: int, key: str, message: str, hint: str | None
+) -> None:
+    problem = only_problem(text)
+    assert (problem.file, problem.line, problem.key_path) == ("m.toml", line, key)
+    assert message in problem.message
+    if hint is None:
+        return
+    assert problem.hint is not None and hint in problem.hint
+
+
+def test_valid_cross_references_pass() -> None:
+    manifest = parse_manifest(
+        """
+        [server]
+        host = "0.0.0.0"
+        api_key = "secret"
+        [aliases]
+        a = "b"
+        b = "Model:Latest"
+        [backends.mlx-lm]
+        args = ["--log-level", "DEBUG"]
+        [backends.fast]
+        type = "vllm-mlx"
+        [models.model]
+        repo = "org/m"
+        backend = "fast"
+        port = 8081
+        [models.other]
+        path = "./other"
+        port = 8082
+        """
+    )
+    assert manifest.backend_type("fast") == "vllm-mlx"
+    assert manifest.backend_type(manifest.backend_of("other")) == "mlx-lm"
+    assert manifest.backends["mlx-lm"].args == ["--log-level", "DEBUG"]
+
+
+def test_syntax_errors_have_a_position_and_hint() -> None:
+    problem = only_problem('version = 1\n[models.qwen:7b]\nrepo = "org/q"\n')
+    assert (problem.line, problem.key_path) == (2, "")
+    assert problem.message.startswith("TOML syntax:")
+    assert problem.hint == 'quote names that contain ":" or "/", as in [models."qwen2.5:7b"]'
+
+
+def test_bare_word_values_suggest_quotes() -> None:
+    problem = only_problem("[defaults]\nbackend = mlx-lm\n")
+    assert problem.line == 2
+    assert problem.hint is not None and "double quotes" in problem.hint
+
+
+def test_duplicate_tables_are_a_syntax_error_with_a_hint() -> None:
+    problem = only_problem('[models.a]\nrepo = "o/a"\n[models.a]\nrepo = "o/b"\n')
+    assert problem.line == 3
+    assert problem.hint == "each table and key may appear only once"
+
+
+def test_problems_are_listed_in_file_order_in_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "mlxlama.toml"
+    path.write_text(ACCEPTANCE)
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{path}: 3 problems:"
+    assert [line.split(":")[1] for line in lines[1:]] == ["5", "10", "13"]
+
+
+def test_missing_file_and_folder_and_bad_encoding(tmp_path: Path) -> None:
+    with pytest.raises(ManifestNotFoundError, match="no manifest at"):
+        load_manifest(tmp_path / "absent.toml")
+    with pytest.raises(ManifestNotFoundError, match="is a folder"):
+        load_manifest(tmp_path)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"version = 1\n\xff\xfe\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(binary)
+    assert caught.value.problems[0].line == 2
+    assert "UTF-8" in caught.value.problems[0].message
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbfversion = 1\n")
+    assert load_manifest(path).version == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        (("models", "qwen:7b", "port"), 'models."qwen:7b".port'),
+        (("models", "m", "messages", 0, "role"), "models.m.messages[0].role"),
+        (("aliases", "a b"), 'aliases."a b"'),
+        (("server",), "server"),
+    ],
+)
+def test_key_paths_render_as_toml_writes_them(path: tuple[str | int, ...], text: str) -> None:
+    assert render_key_path(path) == text
+
+
+def test_schema_package_exports_resolve() -> None:
+    from mlx_lama import schema
+
+    assert set(schema.__all__) == set(schema._EXPORTS)
+    for name in schema.__all__:
+        assert getattr(schema, name).__name__ == name
+    with pytest.raises(AttributeError):
+        _ = schema.nothing_here
