@@ -1,0 +1,573 @@
+"""Model aliases: turn a short name such as ``llama3.2:3b`` into a manifest model or a repo id.
+
+Three layers, lowest to highest: the BUILT-IN table below (current mlx-community
+4-bit models under Ollama's library names, plus the earlier mlx-lama's short
+names), the user's ``$MLX_LAMA_HOME/registry.yaml`` (the earlier mlx-lama's
+format: ``models: {ALIAS: {repo: ORG/NAME, description, default_backend,
+quantization}}``), and the manifest's ``[aliases]``. A higher layer hides the
+same name below it; names compare case-insensitively with ``:latest`` implied.
+
+Called by the CLI (``mlx-lama aliases``, ``run``, ``pull`` ...) and the gateway
+through :func:`load_registry` and :meth:`Registry.resolve`. The manifest layer
+arrives as plain data, so this module does not depend on the manifest schema.
+It must not import yaml or pydantic at import time (the table is plain Python
+so ``import mlx_lama.registry`` stays fast), must not print, and must never
+ignore a broken ``registry.yaml``: that raises :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from mlx_lama import paths
+from mlx_lama.errors import ConfigError, MlxLamaError
+from mlx_lama.schema.names import (
+    InvalidNameError,
+    canonical_name,
+    check_model_name,
+    is_repo_id,
+    parse_model_name,
+)
+
+__all__ = [
+    "BUILTIN_ALIASES",
+    "TAG_FALLBACKS",
+    "Alias",
+    "AliasError",
+    "AliasSource",
+    "InvalidModelNameError",
+    "Registry",
+    "Resolution",
+    "ResolutionSource",
+    "UnknownModelError",
+    "load_registry",
+    "read_user_aliases",
+]
+
+AliasSource = Literal["builtin", "user", "manifest"]
+ResolutionSource = Literal["builtin", "user", "manifest", "repo"]
+
+#: Tags tried, in order, for a name given without one (the earlier mlx-lama's rule).
+TAG_FALLBACKS: Final = ("latest", "7b", "8b")
+
+_FIX_UNKNOWN: Final = (
+    "add it under [models] in mlxlama.toml, or run `mlx-lama aliases` to see known names"
+)
+_FIX_NAME: Final = (
+    "model names look like `llama3.2:3b`, or a Hugging Face repo id like "
+    "`mlx-community/Qwen3-4B-4bit`"
+)
+_USER_KEYS: Final = ("repo", "description", "default_backend", "quantization")
+
+
+class UnknownModelError(MlxLamaError):
+    """No manifest model, alias or repo id matches the name; lists close names."""
+
+    def __init__(self, name: str, suggestions: Sequence[str] = ()) -> None:
+        self.name = name
+        self.suggestions = tuple(suggestions)
+        message = f"unknown model {name!r}"
+        if self.suggestions:
+            message += "; did you mean " + ", ".join(repr(s) for s in self.suggestions) + "?"
+        super().__init__(message, hint=_FIX_UNKNOWN)
+
+
+class InvalidModelNameError(MlxLamaError):
+    """The name breaks the naming rules (see :mod:`mlx_lama.schema.names`)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem, hint=_FIX_NAME)
+
+
+class AliasError(MlxLamaError):
+    """A manifest alias loops or points at nothing (the loader normally catches this)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """One alias in one layer. For builtin and user aliases ``target`` is a repo id;
+    for manifest aliases it is a manifest model name or another manifest alias.
+    ``shadowed_by`` is set only in :meth:`Registry.entries` output, on an alias a
+    higher layer hides."""
+
+    name: str
+    target: str
+    source: AliasSource
+    description: str = ""
+    default_backend: str | None = None
+    quantization: str | None = None
+    shadowed_by: AliasSource | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a name resolved to: a manifest ``model`` or a Hugging Face ``repo``.
+
+    ``via`` lists the alias names followed (empty for a direct manifest model or a
+    repo id); ``alias`` is the first alias matched, carrying its description and,
+    for user aliases, ``default_backend``/``quantization``.
+    """
+
+    name: str
+    source: ResolutionSource
+    model: str | None = None
+    repo: str | None = None
+    via: tuple[str, ...] = ()
+    alias: Alias | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.repo is None):
+            raise ValueError("a Resolution has exactly one of model= or repo=")
+
+    @property
+    def target(self) -> str:
+        """The manifest model name or the repo id."""
+        return self.model if self.model is not None else str(self.repo)
+
+
+# --- the built-in table ------------------------------------------------------------------
+# (name, mlx-community repo, description). Ollama library names where they exist;
+# `:latest` rows copy Ollama's default tag where the :latest/:7b/:8b fallbacks
+# would not find it. The last block keeps the earlier mlx-lama's short names.
+
+_MC: Final = "mlx-community/"
+
+_BUILTIN_TABLE: Final[tuple[tuple[str, str, str], ...]] = (
+    # Llama 3.1 / 3.2 / 3.3
+    ("llama3.1:8b", "Meta-Llama-3.1-8B-Instruct-4bit", "Llama 3.1 8B Instruct, general chat"),
+    ("llama3.1:70b", "Meta-Llama-3.1-70B-Instruct-4bit", "Llama 3.1 70B Instruct, large"),
+    ("llama3.2:1b", "Llama-3.2-1B-Instruct-4bit", "Llama 3.2 1B Instruct, tiny and fast"),
+    ("llama3.2:3b", "Llama-3.2-3B-Instruct-4bit", "Llama 3.2 3B Instruct, small general"),
+    ("llama3.2:latest", "Llama-3.2-3B-Instruct-4bit", "Llama 3.2 3B Instruct (default tag)"),
+    ("llama3.3:70b", "Llama-3.3-70B-Instruct-4bit", "Llama 3.3 70B Instruct, large"),
+    ("llama3.3:latest", "Llama-3.3-70B-Instruct-4bit", "Llama 3.3 70B Instruct (default tag)"),
+    # Qwen 2.5
+    ("qwen2.5:0.5b", "Qwen2.5-0.5B-Instruct-4bit", "Qwen 2.5 0.5B Instruct, tiny"),
+    ("qwen2.5:1.5b", "Qwen2.5-1.5B-Instruct-4bit", "Qwen 2.5 1.5B Instruct, small"),
+    ("qwen2.5:3b", "Qwen2.5-3B-Instruct-4bit", "Qwen 2.5 3B Instruct, small"),
+    ("qwen2.5:7b", "Qwen2.5-7B-Instruct-4bit", "Qwen 2.5 7B Instruct, general"),
+    ("qwen2.5:14b", "Qwen2.5-14B-Instruct-4bit", "Qwen 2.5 14B Instruct, general"),
+    ("qwen2.5:32b", "Qwen2.5-32B-Instruct-4bit", "Qwen 2.5 32B Instruct, strong all-rounder"),
+    ("qwen2.5:72b", "Qwen2.5-72B-Instruct-4bit", "Qwen 2.5 72B Instruct, large"),
+    # Qwen 3 (hybrid thinking)
+    ("qwen3:0.6b", "Qwen3-0.6B-4bit", "Qwen 3 0.6B, tiny, thinking and non-thinking"),
+    ("qwen3:1.7b", "Qwen3-1.7B-4bit", "Qwen 3 1.7B, small, thinking and non-thinking"),
+    ("qwen3:4b", "Qwen3-4B-4bit", "Qwen 3 4B, thinking and non-thinking"),
+    ("qwen3:8b", "Qwen3-8B-4bit", "Qwen 3 8B, thinking and non-thinking"),
+    ("qwen3:14b", "Qwen3-14B-4bit", "Qwen 3 14B, thinking and non-thinking"),
+    ("qwen3:30b", "Qwen3-30B-A3B-4bit", "Qwen 3 30B-A3B mixture of experts, fast for its size"),
+    ("qwen3:32b", "Qwen3-32B-4bit", "Qwen 3 32B dense, thinking and non-thinking"),
+    # Qwen coders
+    ("qwen2.5-coder:1.5b", "Qwen2.5-Coder-1.5B-Instruct-4bit", "Qwen 2.5 Coder 1.5B, completion"),
+    ("qwen2.5-coder:3b", "Qwen2.5-Coder-3B-Instruct-4bit", "Qwen 2.5 Coder 3B Instruct, code"),
+    ("qwen2.5-coder:7b", "Qwen2.5-Coder-7B-Instruct-4bit", "Qwen 2.5 Coder 7B Instruct, code"),
+    ("qwen2.5-coder:14b", "Qwen2.5-Coder-14B-Instruct-4bit", "Qwen 2.5 Coder 14B Instruct, code"),
+    ("qwen2.5-coder:32b", "Qwen2.5-Coder-32B-Instruct-4bit", "Qwen 2.5 Coder 32B Instruct, code"),
+    ("qwen3-coder:30b", "Qwen3-Coder-30B-A3B-Instruct-4bit", "Qwen 3 Coder 30B-A3B, agentic code"),
+    ("qwen3-coder:latest", "Qwen3-Coder-30B-A3B-Instruct-4bit", "Qwen 3 Coder 30B (default tag)"),
+    # Gemma 2 / 3
+    ("gemma2:2b", "gemma-2-2b-it-4bit", "Gemma 2 2B instruction-tuned, small"),
+    ("gemma2:9b", "gemma-2-9b-it-4bit", "Gemma 2 9B instruction-tuned"),
+    ("gemma2:27b", "gemma-2-27b-it-4bit", "Gemma 2 27B instruction-tuned"),
+    ("gemma2:latest", "gemma-2-9b-it-4bit", "Gemma 2 9B instruction-tuned (default tag)"),
+    ("gemma3:1b", "gemma-3-1b-it-4bit", "Gemma 3 1B instruction-tuned, text only"),
+    ("gemma3:4b", "gemma-3-4b-it-4bit", "Gemma 3 4B instruction-tuned"),
+    ("gemma3:12b", "gemma-3-12b-it-4bit", "Gemma 3 12B instruction-tuned"),
+    ("gemma3:27b", "gemma-3-27b-it-4bit", "Gemma 3 27B instruction-tuned"),
+    ("gemma3:latest", "gemma-3-4b-it-4bit", "Gemma 3 4B instruction-tuned (default tag)"),
+    # Mistral
+    ("mistral:7b", "Mistral-7B-Instruct-v0.3-4bit", "Mistral 7B Instruct v0.3"),
+    ("mistral-nemo:12b", "Mistral-Nemo-Instruct-2407-4bit", "Mistral Nemo 12B, 128k context"),
+    ("mistral-nemo:latest", "Mistral-Nemo-Instruct-2407-4bit", "Mistral Nemo 12B (default tag)"),
+    # Phi
+    ("phi3.5:3.8b", "Phi-3.5-mini-instruct-4bit", "Phi 3.5 mini 3.8B Instruct, small"),
+    ("phi3.5:latest", "Phi-3.5-mini-instruct-4bit", "Phi 3.5 mini 3.8B Instruct (default tag)"),
+    ("phi4:14b", "phi-4-4bit", "Phi 4 14B, strong reasoning for its size"),
+    ("phi4:latest", "phi-4-4bit", "Phi 4 14B (default tag)"),
+    # DeepSeek
+    ("deepseek-r1:1.5b", "DeepSeek-R1-Distill-Qwen-1.5B-4bit", "DeepSeek R1 distill, Qwen 1.5B"),
+    ("deepseek-r1:7b", "DeepSeek-R1-Distill-Qwen-7B-4bit", "DeepSeek R1 distill, Qwen 7B"),
+    ("deepseek-r1:8b", "DeepSeek-R1-Distill-Llama-8B-4bit", "DeepSeek R1 distill, Llama 8B"),
+    ("deepseek-r1:14b", "DeepSeek-R1-Distill-Qwen-14B-4bit", "DeepSeek R1 distill, Qwen 14B"),
+    ("deepseek-r1:32b", "DeepSeek-R1-Distill-Qwen-32B-4bit", "DeepSeek R1 distill, Qwen 32B"),
+    (
+        "deepseek-coder-v2:16b",
+        "DeepSeek-Coder-V2-Lite-Instruct-4bit-mlx",
+        "DeepSeek Coder V2 Lite 16B mixture of experts, code",
+    ),
+    (
+        "deepseek-coder-v2:latest",
+        "DeepSeek-Coder-V2-Lite-Instruct-4bit-mlx",
+        "DeepSeek Coder V2 Lite 16B (default tag)",
+    ),
+    # The earlier mlx-lama's short names.
+    ("qwen-coder:7b", "Qwen2.5-Coder-7B-Instruct-4bit", "Same as qwen2.5-coder:7b"),
+    ("qwen-coder:14b", "Qwen2.5-Coder-14B-Instruct-4bit", "Same as qwen2.5-coder:14b"),
+    ("qwen-coder:32b", "Qwen2.5-Coder-32B-Instruct-4bit", "Same as qwen2.5-coder:32b"),
+    ("qwen:7b", "Qwen2.5-7B-Instruct-4bit", "Same as qwen2.5:7b"),
+    ("qwen:32b", "Qwen2.5-32B-Instruct-4bit", "Same as qwen2.5:32b"),
+    ("qwen:72b", "Qwen2.5-72B-Instruct-4bit", "Same as qwen2.5:72b"),
+    ("llama:3b", "Llama-3.2-3B-Instruct-4bit", "Same as llama3.2:3b"),
+    ("llama:8b", "Meta-Llama-3.1-8B-Instruct-4bit", "Same as llama3.1:8b"),
+    ("llama:70b", "Llama-3.3-70B-Instruct-4bit", "Same as llama3.3:70b"),
+    ("gemma:2b", "gemma-2-2b-it-4bit", "Same as gemma2:2b"),
+    ("gemma:9b", "gemma-2-9b-it-4bit", "Same as gemma2:9b"),
+    (
+        "deepseek-coder:16b",
+        "DeepSeek-Coder-V2-Lite-Instruct-4bit-mlx",
+        "Same as deepseek-coder-v2:16b",
+    ),
+)
+
+#: The built-in layer, as :class:`Alias` objects.
+BUILTIN_ALIASES: Final[tuple[Alias, ...]] = tuple(
+    Alias(name=name, target=_MC + repo, source="builtin", description=text, quantization="4bit")
+    for name, repo, text in _BUILTIN_TABLE
+)
+
+
+# --- the registry ------------------------------------------------------------------------
+
+_LAYERS_HIGH_FIRST: Final[tuple[AliasSource, ...]] = ("manifest", "user", "builtin")
+
+
+class Registry:
+    """The three alias layers plus the manifest's model names, ready to resolve."""
+
+    def __init__(
+        self,
+        *,
+        builtin: Iterable[Alias] = BUILTIN_ALIASES,
+        user: Iterable[Alias] = (),
+        manifest_aliases: Mapping[str, str] | None = None,
+        manifest_models: Collection[str] = (),
+    ) -> None:
+        manifest_layer = [
+            Alias(name=name, target=target, source="manifest")
+            for name, target in (manifest_aliases or {}).items()
+        ]
+        self._layers: dict[AliasSource, dict[str, Alias]] = {
+            "builtin": _index_layer(builtin, "builtin"),
+            "user": _index_layer(user, "user"),
+            "manifest": _index_layer(manifest_layer, "manifest"),
+        }
+        self._models: dict[str, str] = {}
+        for model in manifest_models:
+            self._models.setdefault(_key(model), model)
+
+    def entries(self, include_shadowed: bool = False) -> list[Alias]:
+        """Effective aliases sorted by name (digits compared as numbers).
+
+        A higher layer (or a manifest model of the same name) hides an alias
+        below it; with ``include_shadowed`` the hidden ones are listed too, right
+        after the winner, with ``shadowed_by`` naming the layer that hides them.
+        """
+        keys = set().union(*(layer.keys() for layer in self._layers.values()))
+        result: list[Alias] = []
+        for key in sorted(keys, key=_natural_key):
+            present = [
+                self._layers[layer][key]
+                for layer in _LAYERS_HIGH_FIRST
+                if key in self._layers[layer]
+            ]
+            winner: AliasSource | None = "manifest" if key in self._models else None
+            for alias in present:
+                if winner is None:
+                    result.append(alias)
+                    winner = alias.source
+                elif include_shadowed:
+                    result.append(replace(alias, shadowed_by=winner))
+        return result
+
+    def resolve(self, name: str) -> Resolution:
+        """Resolve ``name`` to a manifest model or a repo id.
+
+        Order, for the name and then (only when it has no tag) for each of
+        ``name:latest``, ``name:7b``, ``name:8b``: manifest model, manifest alias
+        (followed to its model), user alias, built-in alias. A Hugging Face repo id
+        that matched nothing passes through. Raises :class:`InvalidModelNameError`,
+        :class:`UnknownModelError` or :class:`AliasError`.
+        """
+        problem = check_model_name(name)
+        if problem is not None:
+            raise InvalidModelNameError(problem)
+        parsed = parse_model_name(name)
+        if parsed.tag is None:
+            keys = [f"{parsed.path}:{tag}".lower() for tag in TAG_FALLBACKS]
+        else:
+            keys = [parsed.canonical]
+        for key in keys:
+            found = self._resolve_key(name, key)
+            if found is not None:
+                return found
+        if is_repo_id(name):
+            return Resolution(name=name, source="repo", repo=name)
+        raise UnknownModelError(name, self._suggestions(name))
+
+    # -- internals
+
+    def _resolve_key(self, name: str, key: str) -> Resolution | None:
+        if key in self._models:
+            return Resolution(name=name, source="manifest", model=self._models[key])
+        manifest_alias = self._layers["manifest"].get(key)
+        if manifest_alias is not None:
+            return self._follow_manifest(name, manifest_alias)
+        for layer in ("user", "builtin"):
+            alias = self._layers[layer].get(key)
+            if alias is not None:
+                return Resolution(
+                    name=name,
+                    source=alias.source,
+                    repo=alias.target,
+                    via=(alias.name,),
+                    alias=alias,
+                )
+        return None
+
+    def _follow_manifest(self, name: str, first: Alias) -> Resolution:
+        via: list[str] = []
+        seen: set[str] = set()
+        current = first
+        while True:
+            key = _key(current.name)
+            if key in seen:
+                chain = " -> ".join([*via, current.name])
+                raise AliasError(
+                    f"manifest aliases form a loop: {chain}",
+                    hint="point one of them at a model under [models] in mlxlama.toml",
+                )
+            seen.add(key)
+            via.append(current.name)
+            target_key = _key(current.target)
+            if target_key in self._models:
+                return Resolution(
+                    name=name,
+                    source="manifest",
+                    model=self._models[target_key],
+                    via=tuple(via),
+                    alias=first,
+                )
+            following = self._layers["manifest"].get(target_key)
+            if following is None:
+                raise AliasError(
+                    f"manifest alias {current.name!r} points to {current.target!r}, "
+                    "which is not a model in the manifest",
+                    hint="add that model under [models] in mlxlama.toml, or fix the alias",
+                )
+            current = following
+
+    def _known_names(self) -> list[str]:
+        names = {_key(m): m for m in self._models.values()}
+        for layer in reversed(_LAYERS_HIGH_FIRST):
+            names.update({key: alias.name for key, alias in self._layers[layer].items()})
+        return sorted(names.values(), key=_natural_key)
+
+    def _suggestions(self, name: str, limit: int = 5) -> list[str]:
+        """Close names: same family first (llama3.2:70b -> llama3.2:*; phi -> phi4:*),
+        then names that merely look alike, most similar first within each group."""
+        query = name.lower()
+        family = parse_model_name(name).path.lower()
+        ranked: list[tuple[int, float, str]] = []
+        for known in self._known_names():
+            path = _path_of(known)
+            ratio = difflib.SequenceMatcher(None, query, known.lower()).ratio()
+            if path == family:
+                ranked.append((0, -ratio, known))
+            elif (len(family) >= 3 and path.startswith(family)) or ratio >= 0.6:
+                ranked.append((1, -ratio, known))
+        ranked.sort()
+        return [known for _group, _ratio, known in ranked[:limit]]
+
+
+def load_registry(
+    *,
+    manifest_aliases: Mapping[str, str] | None = None,
+    manifest_models: Collection[str] = (),
+) -> Registry:
+    """A :class:`Registry` with the built-in table, ``paths.registry_file()`` and the
+    manifest's aliases and model names. Raises :class:`ConfigError` for a broken
+    user file."""
+    return Registry(
+        user=read_user_aliases(),
+        manifest_aliases=manifest_aliases,
+        manifest_models=manifest_models,
+    )
+
+
+def read_user_aliases(path: Path | None = None) -> tuple[Alias, ...]:
+    """The aliases in the user's ``registry.yaml`` (default ``paths.registry_file()``).
+
+    A missing file gives no aliases. Anything wrong (YAML syntax, shape, unknown
+    keys, an invalid alias name, a repo that is not ``ORG/NAME``, two spellings
+    of one name) raises one :class:`ConfigError` naming the file, every bad alias
+    and the fix.
+    """
+    from mlx_lama.config import read_yaml_file
+
+    path = paths.registry_file() if path is None else path
+    if not path.exists():
+        return ()
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file", hint=f"remove it, or make {path} a YAML file")
+    data = read_yaml_file(path)
+    if data is None:
+        return ()
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping with a `models:` key, found {type(data).__name__}",
+            hint=_file_hint(path),
+        )
+    if data.get("models", {}) is None:  # `models:` with nothing under it
+        data = {**data, "models": {}}
+    return _parse_user_file(path, data)
+
+
+# --- internals ---------------------------------------------------------------------------
+
+
+def _parse_user_file(path: Path, data: dict[Any, Any]) -> tuple[Alias, ...]:
+    """Validate the parsed file with pydantic (imported here, not at module import)."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    class _Entry(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        repo: str
+        description: str | None = None
+        default_backend: str | None = None
+        quantization: str | None = None
+
+    class _File(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        models: dict[str, _Entry] = {}
+
+    problems: list[str] = []
+    try:
+        parsed = _File.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe_pydantic_error(dict(e)) for e in exc.errors())
+        raise _user_file_error(path, problems) from None
+
+    aliases: list[Alias] = []
+    seen: dict[str, str] = {}
+    for name, entry in parsed.models.items():
+        name_problem = check_model_name(name)
+        if name_problem is not None:
+            problems.append(f"alias {name!r}: {name_problem} (rename it)")
+            continue
+        if not is_repo_id(entry.repo):
+            problems.append(
+                f"alias {name!r}: repo {entry.repo!r} is not a Hugging Face repo id "
+                "(write it as ORG/NAME, e.g. mlx-community/Qwen3-4B-4bit)"
+            )
+            continue
+        key = canonical_name(name)
+        if key in seen:
+            problems.append(
+                f"alias {name!r} repeats {seen[key]!r} (names ignore case and imply "
+                "':latest'; keep one of them)"
+            )
+            continue
+        seen[key] = name
+        aliases.append(
+            Alias(
+                name=name,
+                target=entry.repo,
+                source="user",
+                description=entry.description or "",
+                default_backend=entry.default_backend,
+                quantization=entry.quantization,
+            )
+        )
+    if problems:
+        raise _user_file_error(path, problems)
+    return tuple(aliases)
+
+
+def _describe_pydantic_error(error: dict[str, Any]) -> str:
+    """One line for one pydantic error in registry.yaml, with its fix."""
+    loc: tuple[Any, ...] = tuple(error.get("loc", ()))
+    kind = str(error.get("type", ""))
+    message = str(error.get("msg", "invalid"))
+    if len(loc) == 1 and kind == "extra_forbidden":
+        return f"unknown top-level key {loc[0]!r} (the file holds only `models:`; remove it)"
+    if loc[:1] == ("models",) and len(loc) == 1:
+        return "`models` must be a mapping of alias names to {repo: ORG/NAME, ...}"
+    if loc[:1] != ("models",) or len(loc) < 2:
+        return f"{'.'.join(map(str, loc))}: {message}"
+    alias = loc[1]
+    if len(loc) >= 3 and loc[2] == "[key]":
+        return f"alias {alias!r}: alias names must be text (put the name in quotes)"
+    if len(loc) == 2:
+        return (
+            f"alias {alias!r}: expected a mapping like `{{repo: ORG/NAME}}`, "
+            f"found {type(error.get('input')).__name__}"
+        )
+    key = str(loc[2])
+    if kind == "missing":
+        return f"alias {alias!r}: `{key}` is missing (add `{key}: ORG/NAME`)"
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(key, _USER_KEYS, n=1, cutoff=0.5)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        return f"alias {alias!r}: unknown key {key!r} ({guess}allowed: {', '.join(_USER_KEYS)})"
+    return f"alias {alias!r}: `{key}`: {message} (quote it as text)"
+
+
+def _user_file_error(path: Path, problems: list[str]) -> ConfigError:
+    if len(problems) == 1:
+        return ConfigError(f"{path}: {problems[0]}", hint=_file_hint(path))
+    listed = "\n".join(f"  - {p}" for p in problems)
+    return ConfigError(f"{path}: {len(problems)} problems:\n{listed}", hint=_file_hint(path))
+
+
+def _file_hint(path: Path) -> str:
+    return (
+        f"fix {path} (format: `models: {{ALIAS: {{repo: ORG/NAME, description: ...}}}}`), "
+        "or move it aside to use only the built-in aliases"
+    )
+
+
+def _index_layer(aliases: Iterable[Alias], layer: AliasSource) -> dict[str, Alias]:
+    """Index one layer by canonical name; two spellings of one name are refused."""
+    index: dict[str, Alias] = {}
+    for alias in aliases:
+        key = _key(alias.name)
+        if key in index:
+            raise AliasError(
+                f"{layer} aliases {index[key].name!r} and {alias.name!r} are the same name",
+                hint="names ignore case and imply ':latest'; keep one of them",
+            )
+        index[key] = alias
+    return index
+
+
+def _path_of(name: str) -> str:
+    """The part of a name before its tag, lower-cased."""
+    try:
+        return parse_model_name(name).path.lower()
+    except InvalidNameError:
+        return name.lower()
+
+
+def _key(name: str) -> str:
+    """Comparison key; a name that cannot be parsed still gets a stable key."""
+    try:
+        return canonical_name(name)
+    except InvalidNameError:
+        return name.lower()
+
+
+_DIGITS: Final = re.compile(r"(\d+)")
+
+
+def _natural_key(text: str) -> tuple[str, ...]:
+    """Sort key comparing digit runs as numbers: qwen3:8b < qwen3:14b, 1.5b < 7b."""
+    # re.split with a group alternates text (even indexes) and digit runs (odd ones).
+    parts = _DIGITS.split(text.lower())
+    return tuple(part.zfill(12) if i % 2 else part for i, part in enumerate(parts))
