@@ -298,6 +298,14 @@ def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
             id="alias-shadows-model",
         ),
         pytest.param(
+            '[aliases]\nCoder = "m"\ncoder = "m"\n[models.m]\nrepo = "org/m"\n',
+            3,
+            "aliases.coder",
+            "'coder' names the same alias as 'Coder'",
+            "case-insensitive",
+            id="same-alias-twice",
+        ),
+        pytest.param(
             '[aliases]\na = "b"\nb = "c"\nc = "a"\n',
             2,
             "aliases.a",

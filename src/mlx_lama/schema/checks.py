@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from mlx_lama.schema.locate import KeyPath, render_key_path
@@ -48,7 +48,9 @@ def cross_check(data: dict[str, Any], report: _Report) -> None:
     backends = _tables(data, "backends")
     server = _tables(data, "server")
     defaults = _tables(data, "defaults")
-    model_keys = _check_model_names(models, report)
+    model_keys = _check_names(
+        "models", models, "model", 'model names look like "name:tag" or "org/repo"', report
+    )
     _check_backends(models, backends, defaults, report)
     _check_sources(models, report)
     _check_ports(models, server, report)
@@ -56,19 +58,22 @@ def cross_check(data: dict[str, Any], report: _Report) -> None:
     _check_exposure(server, report)
 
 
-def _check_model_names(models: dict[str, Any], report: _Report) -> dict[str, str]:
-    """Report bad and clashing names; return canonical name -> model name."""
+def _check_names(
+    section: str, names: Iterable[str], what: str, hint: str, report: _Report
+) -> dict[str, str]:
+    """Report invalid names and names that clash once case and ``:latest`` are
+    ignored; return canonical name -> name for the valid ones."""
     seen: dict[str, str] = {}
-    for name in models:
+    for name in names:
         problem = check_model_name(name)
         if problem:
-            report(("models", name), problem, 'model names look like "name:tag" or "org/repo"')
+            report((section, name), problem, hint)
             continue
         key = canonical_name(name)
         if key in seen:
             report(
-                ("models", name),
-                f"{name!r} names the same model as {seen[key]!r}",
+                (section, name),
+                f"{name!r} names the same {what} as {seen[key]!r}",
                 "names are case-insensitive and ':latest' is implied; keep one entry",
             )
         else:
@@ -150,20 +155,15 @@ def _check_ports(models: dict[str, Any], server: dict[str, Any], report: _Report
 
 
 def _check_aliases(aliases: dict[str, Any], models: dict[str, str], report: _Report) -> None:
-    alias_keys: dict[str, str] = {}
-    for alias in aliases:
-        problem = check_model_name(alias)
-        if problem:
-            report(("aliases", alias), problem, 'alias names look like "name" or "name:tag"')
-            continue
-        key = canonical_name(alias)
+    hint = 'alias names look like "name" or "name:tag"'
+    alias_keys = _check_names("aliases", aliases, "alias", hint, report)
+    for key, alias in alias_keys.items():
         if key in models:
             report(
                 ("aliases", alias),
                 f"alias {alias!r} has the same name as model {models[key]!r}",
                 "rename the alias, or drop it and use the model's name",
             )
-        alias_keys[key] = alias
 
     edges: dict[str, str] = {}
     for alias, target in aliases.items():

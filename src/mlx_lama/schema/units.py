@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
+
+
+def _parsed_with(parse: Callable[[object], object]) -> core_schema.CoreSchema:
+    """A pydantic schema that validates with ``parse`` and serialises with ``str``."""
+    return core_schema.no_info_plain_validator_function(
+        parse, serialization=core_schema.plain_serializer_function_ser_schema(str)
+    )
+
 
 _GO_UNITS = {
     "ns": 1e-9,
@@ -102,9 +111,7 @@ class Duration:
     def __get_pydantic_core_schema__(
         cls, source: type[Any], handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            cls.parse, serialization=core_schema.plain_serializer_function_ser_schema(str)
-        )
+        return _parsed_with(cls.parse)
 
 
 _SIZE_UNITS = {
@@ -184,6 +191,4 @@ class Size:
     def __get_pydantic_core_schema__(
         cls, source: type[Any], handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            cls.parse, serialization=core_schema.plain_serializer_function_ser_schema(str)
-        )
+        return _parsed_with(cls.parse)
