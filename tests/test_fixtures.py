@@ -34,6 +34,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+from mlx_lama import paths
 from tests.conftest import TINY_REPO_ID, PublishedRepo
 from tests.fixtures import hf_env
 from tests.fixtures.hf_cache import CachedRepo, place_in_cache
@@ -45,10 +47,9 @@ from tests.fixtures.servers import (
     mlx_lm_server_argv,
     running_server,
     start_server,
+    vllm_mlx_argv,
 )
 from tests.fixtures.tiny_model import make_tiny_model, vocab
-
-from mlx_lama import paths
 
 WORDS = set(vocab())
 
@@ -448,3 +449,31 @@ def test_mlx_lm_server_answers_chat(
     assert content == mlx_lm.generate(model, tokenizer, prompt=prompt, max_tokens=8)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped and reaped
+
+
+@pytest.mark.server
+def test_vllm_mlx_serves_the_tiny_model(
+    tiny_model: Path, loaded_tiny: tuple[Any, Any], tmp_path: Path
+) -> None:
+    import mlx_lm
+
+    messages = [{"role": "user", "content": "hello there"}]
+    port = free_port()
+    argv = vllm_mlx_argv(tiny_model, port, "--served-model-name", "tiny")
+    with running_server(argv, port=port, log_path=tmp_path / "vllm.log") as server:
+        reply = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": "tiny", "messages": messages, "max_tokens": 8, "temperature": 0},
+            timeout=120,
+            trust_env=False,
+        )
+        assert reply.status_code == 200, server.describe(reply.text)
+        pid = server.pid
+    content = reply.json()["choices"][0]["message"]["content"]
+    assert_words(content)
+    # Greedy decoding of the same weights: vllm-mlx ran this model, not another.
+    model, tokenizer = loaded_tiny
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    assert content == mlx_lm.generate(model, tokenizer, prompt=prompt, max_tokens=8)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

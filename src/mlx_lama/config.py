@@ -35,6 +35,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from mlx_lama import paths
 from mlx_lama.errors import ConfigError
+from mlx_lama.schema.manifest import BUILTIN_BACKENDS
 
 if TYPE_CHECKING:
     import yaml
@@ -49,7 +50,7 @@ __all__ = [
     "read_yaml_file",
 ]
 
-KNOWN_BACKENDS: Final = ("mlx-lm", "vllm-mlx", "external")
+KNOWN_BACKENDS: Final = BUILTIN_BACKENDS  # the engines a manifest can name without [backends]
 DEFAULT_BACKEND: Final = "mlx-lm"
 DEFAULT_PORT: Final = 8000
 ENV_PREFIX: Final = "MLX_LAMA_"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from mlx_lama import paths
+from mlx_lama.builtin_models import BUILTIN_TABLE
 from mlx_lama.errors import ConfigError, MlxLamaError
 from mlx_lama.schema.names import (
     InvalidNameError,
@@ -130,104 +131,10 @@ class Resolution:
         return self.model if self.model is not None else str(self.repo)
 
 
-# --- the built-in table ------------------------------------------------------------------
-# (name, mlx-community repo, description). Ollama library names where they exist;
-# `:latest` rows copy Ollama's default tag where the :latest/:7b/:8b fallbacks
-# would not find it. The last block keeps the earlier mlx-lama's short names.
-
-_MC: Final = "mlx-community/"
-
-_BUILTIN_TABLE: Final[tuple[tuple[str, str, str], ...]] = (
-    # Llama 3.1 / 3.2 / 3.3
-    ("llama3.1:8b", "Meta-Llama-3.1-8B-Instruct-4bit", "Llama 3.1 8B Instruct, general chat"),
-    ("llama3.1:70b", "Meta-Llama-3.1-70B-Instruct-4bit", "Llama 3.1 70B Instruct, large"),
-    ("llama3.2:1b", "Llama-3.2-1B-Instruct-4bit", "Llama 3.2 1B Instruct, tiny and fast"),
-    ("llama3.2:3b", "Llama-3.2-3B-Instruct-4bit", "Llama 3.2 3B Instruct, small general"),
-    ("llama3.2:latest", "Llama-3.2-3B-Instruct-4bit", "Llama 3.2 3B Instruct (default tag)"),
-    ("llama3.3:70b", "Llama-3.3-70B-Instruct-4bit", "Llama 3.3 70B Instruct, large"),
-    ("llama3.3:latest", "Llama-3.3-70B-Instruct-4bit", "Llama 3.3 70B Instruct (default tag)"),
-    # Qwen 2.5
-    ("qwen2.5:0.5b", "Qwen2.5-0.5B-Instruct-4bit", "Qwen 2.5 0.5B Instruct, tiny"),
-    ("qwen2.5:1.5b", "Qwen2.5-1.5B-Instruct-4bit", "Qwen 2.5 1.5B Instruct, small"),
-    ("qwen2.5:3b", "Qwen2.5-3B-Instruct-4bit", "Qwen 2.5 3B Instruct, small"),
-    ("qwen2.5:7b", "Qwen2.5-7B-Instruct-4bit", "Qwen 2.5 7B Instruct, general"),
-    ("qwen2.5:14b", "Qwen2.5-14B-Instruct-4bit", "Qwen 2.5 14B Instruct, general"),
-    ("qwen2.5:32b", "Qwen2.5-32B-Instruct-4bit", "Qwen 2.5 32B Instruct, strong all-rounder"),
-    ("qwen2.5:72b", "Qwen2.5-72B-Instruct-4bit", "Qwen 2.5 72B Instruct, large"),
-    # Qwen 3 (hybrid thinking)
-    ("qwen3:0.6b", "Qwen3-0.6B-4bit", "Qwen 3 0.6B, tiny, thinking and non-thinking"),
-    ("qwen3:1.7b", "Qwen3-1.7B-4bit", "Qwen 3 1.7B, small, thinking and non-thinking"),
-    ("qwen3:4b", "Qwen3-4B-4bit", "Qwen 3 4B, thinking and non-thinking"),
-    ("qwen3:8b", "Qwen3-8B-4bit", "Qwen 3 8B, thinking and non-thinking"),
-    ("qwen3:14b", "Qwen3-14B-4bit", "Qwen 3 14B, thinking and non-thinking"),
-    ("qwen3:30b", "Qwen3-30B-A3B-4bit", "Qwen 3 30B-A3B mixture of experts, fast for its size"),
-    ("qwen3:32b", "Qwen3-32B-4bit", "Qwen 3 32B dense, thinking and non-thinking"),
-    # Qwen coders
-    ("qwen2.5-coder:1.5b", "Qwen2.5-Coder-1.5B-Instruct-4bit", "Qwen 2.5 Coder 1.5B, completion"),
-    ("qwen2.5-coder:3b", "Qwen2.5-Coder-3B-Instruct-4bit", "Qwen 2.5 Coder 3B Instruct, code"),
-    ("qwen2.5-coder:7b", "Qwen2.5-Coder-7B-Instruct-4bit", "Qwen 2.5 Coder 7B Instruct, code"),
-    ("qwen2.5-coder:14b", "Qwen2.5-Coder-14B-Instruct-4bit", "Qwen 2.5 Coder 14B Instruct, code"),
-    ("qwen2.5-coder:32b", "Qwen2.5-Coder-32B-Instruct-4bit", "Qwen 2.5 Coder 32B Instruct, code"),
-    ("qwen3-coder:30b", "Qwen3-Coder-30B-A3B-Instruct-4bit", "Qwen 3 Coder 30B-A3B, agentic code"),
-    ("qwen3-coder:latest", "Qwen3-Coder-30B-A3B-Instruct-4bit", "Qwen 3 Coder 30B (default tag)"),
-    # Gemma 2 / 3
-    ("gemma2:2b", "gemma-2-2b-it-4bit", "Gemma 2 2B instruction-tuned, small"),
-    ("gemma2:9b", "gemma-2-9b-it-4bit", "Gemma 2 9B instruction-tuned"),
-    ("gemma2:27b", "gemma-2-27b-it-4bit", "Gemma 2 27B instruction-tuned"),
-    ("gemma2:latest", "gemma-2-9b-it-4bit", "Gemma 2 9B instruction-tuned (default tag)"),
-    ("gemma3:1b", "gemma-3-1b-it-4bit", "Gemma 3 1B instruction-tuned, text only"),
-    ("gemma3:4b", "gemma-3-4b-it-4bit", "Gemma 3 4B instruction-tuned"),
-    ("gemma3:12b", "gemma-3-12b-it-4bit", "Gemma 3 12B instruction-tuned"),
-    ("gemma3:27b", "gemma-3-27b-it-4bit", "Gemma 3 27B instruction-tuned"),
-    ("gemma3:latest", "gemma-3-4b-it-4bit", "Gemma 3 4B instruction-tuned (default tag)"),
-    # Mistral
-    ("mistral:7b", "Mistral-7B-Instruct-v0.3-4bit", "Mistral 7B Instruct v0.3"),
-    ("mistral-nemo:12b", "Mistral-Nemo-Instruct-2407-4bit", "Mistral Nemo 12B, 128k context"),
-    ("mistral-nemo:latest", "Mistral-Nemo-Instruct-2407-4bit", "Mistral Nemo 12B (default tag)"),
-    # Phi
-    ("phi3.5:3.8b", "Phi-3.5-mini-instruct-4bit", "Phi 3.5 mini 3.8B Instruct, small"),
-    ("phi3.5:latest", "Phi-3.5-mini-instruct-4bit", "Phi 3.5 mini 3.8B Instruct (default tag)"),
-    ("phi4:14b", "phi-4-4bit", "Phi 4 14B, strong reasoning for its size"),
-    ("phi4:latest", "phi-4-4bit", "Phi 4 14B (default tag)"),
-    # DeepSeek
-    ("deepseek-r1:1.5b", "DeepSeek-R1-Distill-Qwen-1.5B-4bit", "DeepSeek R1 distill, Qwen 1.5B"),
-    ("deepseek-r1:7b", "DeepSeek-R1-Distill-Qwen-7B-4bit", "DeepSeek R1 distill, Qwen 7B"),
-    ("deepseek-r1:8b", "DeepSeek-R1-Distill-Llama-8B-4bit", "DeepSeek R1 distill, Llama 8B"),
-    ("deepseek-r1:14b", "DeepSeek-R1-Distill-Qwen-14B-4bit", "DeepSeek R1 distill, Qwen 14B"),
-    ("deepseek-r1:32b", "DeepSeek-R1-Distill-Qwen-32B-4bit", "DeepSeek R1 distill, Qwen 32B"),
-    (
-        "deepseek-coder-v2:16b",
-        "DeepSeek-Coder-V2-Lite-Instruct-4bit-mlx",
-        "DeepSeek Coder V2 Lite 16B mixture of experts, code",
-    ),
-    (
-        "deepseek-coder-v2:latest",
-        "DeepSeek-Coder-V2-Lite-Instruct-4bit-mlx",
-        "DeepSeek Coder V2 Lite 16B (default tag)",
-    ),
-    # The earlier mlx-lama's short names.
-    ("qwen-coder:7b", "Qwen2.5-Coder-7B-Instruct-4bit", "Same as qwen2.5-coder:7b"),
-    ("qwen-coder:14b", "Qwen2.5-Coder-14B-Instruct-4bit", "Same as qwen2.5-coder:14b"),
-    ("qwen-coder:32b", "Qwen2.5-Coder-32B-Instruct-4bit", "Same as qwen2.5-coder:32b"),
-    ("qwen:7b", "Qwen2.5-7B-Instruct-4bit", "Same as qwen2.5:7b"),
-    ("qwen:32b", "Qwen2.5-32B-Instruct-4bit", "Same as qwen2.5:32b"),
-    ("qwen:72b", "Qwen2.5-72B-Instruct-4bit", "Same as qwen2.5:72b"),
-    ("llama:3b", "Llama-3.2-3B-Instruct-4bit", "Same as llama3.2:3b"),
-    ("llama:8b", "Meta-Llama-3.1-8B-Instruct-4bit", "Same as llama3.1:8b"),
-    ("llama:70b", "Llama-3.3-70B-Instruct-4bit", "Same as llama3.3:70b"),
-    ("gemma:2b", "gemma-2-2b-it-4bit", "Same as gemma2:2b"),
-    ("gemma:9b", "gemma-2-9b-it-4bit", "Same as gemma2:9b"),
-    (
-        "deepseek-coder:16b",
-        "DeepSeek-Coder-V2-Lite-Instruct-4bit-mlx",
-        "Same as deepseek-coder-v2:16b",
-    ),
-)
-
 #: The built-in layer, as :class:`Alias` objects.
 BUILTIN_ALIASES: Final[tuple[Alias, ...]] = tuple(
-    Alias(name=name, target=_MC + repo, source="builtin", description=text, quantization="4bit")
-    for name, repo, text in _BUILTIN_TABLE
+    Alias(name=name, target=repo, source="builtin", description=text, quantization="4bit")
+    for name, repo, text in BUILTIN_TABLE
 )
 
 
