@@ -421,21 +421,27 @@ def test_server_helper_kills_a_server_ignoring_sigterm(tmp_path: Path) -> None:
     assert server.stop(timeout=1) == -9
 
 
+def _engine_argv(engine: str, model: Path, port: int) -> tuple[list[str], str]:
+    """The server command for ``engine`` and the model name requests must use."""
+    if engine == "mlx-lm":
+        return mlx_lm_server_argv(model, port), str(model)
+    return vllm_mlx_argv(model, port, "--served-model-name", "tiny"), "tiny"
+
+
 @pytest.mark.server
-def test_mlx_lm_server_answers_chat(
-    tiny_model: Path, loaded_tiny: tuple[Any, Any], tmp_path: Path
+@pytest.mark.parametrize("engine", ["mlx-lm", "vllm-mlx"])
+def test_engine_serves_the_tiny_model(
+    engine: str, tiny_model: Path, loaded_tiny: tuple[Any, Any], tmp_path: Path
 ) -> None:
     import mlx_lm
 
     messages = [{"role": "user", "content": "hello there"}]
     port = free_port()
-    argv = mlx_lm_server_argv(tiny_model, port)
-    with running_server(argv, port=port, log_path=tmp_path / "mlx_lm.log") as server:
+    argv, served_name = _engine_argv(engine, tiny_model, port)
+    request = {"model": served_name, "messages": messages, "max_tokens": 8, "temperature": 0}
+    with running_server(argv, port=port, log_path=tmp_path / f"{engine}.log") as server:
         reply = httpx.post(
-            f"{server.url}/v1/chat/completions",
-            json={"model": str(tiny_model), "messages": messages, "max_tokens": 8},
-            timeout=120,
-            trust_env=False,
+            f"{server.url}/v1/chat/completions", json=request, timeout=120, trust_env=False
         )
         assert reply.status_code == 200, server.describe(reply.text)
         pid = server.pid
@@ -449,31 +455,3 @@ def test_mlx_lm_server_answers_chat(
     assert content == mlx_lm.generate(model, tokenizer, prompt=prompt, max_tokens=8)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped and reaped
-
-
-@pytest.mark.server
-def test_vllm_mlx_serves_the_tiny_model(
-    tiny_model: Path, loaded_tiny: tuple[Any, Any], tmp_path: Path
-) -> None:
-    import mlx_lm
-
-    messages = [{"role": "user", "content": "hello there"}]
-    port = free_port()
-    argv = vllm_mlx_argv(tiny_model, port, "--served-model-name", "tiny")
-    with running_server(argv, port=port, log_path=tmp_path / "vllm.log") as server:
-        reply = httpx.post(
-            f"{server.url}/v1/chat/completions",
-            json={"model": "tiny", "messages": messages, "max_tokens": 8, "temperature": 0},
-            timeout=120,
-            trust_env=False,
-        )
-        assert reply.status_code == 200, server.describe(reply.text)
-        pid = server.pid
-    content = reply.json()["choices"][0]["message"]["content"]
-    assert_words(content)
-    # Greedy decoding of the same weights: vllm-mlx ran this model, not another.
-    model, tokenizer = loaded_tiny
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    assert content == mlx_lm.generate(model, tokenizer, prompt=prompt, max_tokens=8)
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
