@@ -12,9 +12,9 @@ from mlx_lama.config import (
     KNOWN_BACKENDS,
     Settings,
     load_settings,
-    read_yaml_file,
 )
 from mlx_lama.errors import ConfigError
+from mlx_lama.yamlfile import read_yaml_file
 
 
 @pytest.fixture(autouse=True)

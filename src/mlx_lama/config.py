@@ -5,7 +5,7 @@ The keys are the ones the earlier mlx-lama wrote (``default_backend``,
 ``default_port``), so an old ``config.yaml`` keeps working.
 
 Called by the CLI (``load_settings()``) when it needs a default backend or port,
-and by :mod:`mlx_lama.registry` for :func:`read_yaml_file`. Every problem becomes a
+Every problem becomes a
 :class:`~mlx_lama.errors.ConfigError` that names the file or variable, the key and
 the fix. This module must not print, cache settings behind the caller's back, or
 own Hugging Face locations (those belong to huggingface_hub). ``MLX_LAMA_HOME``
@@ -16,9 +16,7 @@ so it cannot be set inside that file.
 from __future__ import annotations
 
 import difflib
-import functools
 import os
-from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -36,9 +34,10 @@ from pydantic_settings.exceptions import SettingsError
 from mlx_lama import paths
 from mlx_lama.errors import ConfigError
 from mlx_lama.schema.manifest import BUILTIN_BACKENDS
+from mlx_lama.yamlfile import read_yaml_file
 
 if TYPE_CHECKING:
-    import yaml
+    pass
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -47,15 +46,12 @@ __all__ = [
     "KNOWN_BACKENDS",
     "Settings",
     "load_settings",
-    "read_yaml_file",
 ]
 
 KNOWN_BACKENDS: Final = BUILTIN_BACKENDS  # the engines a manifest can name without [backends]
 DEFAULT_BACKEND: Final = "mlx-lm"
 DEFAULT_PORT: Final = 8000
 ENV_PREFIX: Final = "MLX_LAMA_"
-
-_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,39 +84,6 @@ def load_settings() -> Settings:
     )
 
 
-def read_yaml_file(path: Path) -> Any:
-    """Parse ``path`` as YAML with the safe loader; ``None`` for an empty file.
-
-    Duplicate keys in a mapping are refused (PyYAML would silently keep the
-    last one). Any read or syntax problem raises :class:`ConfigError` naming the
-    file (and line, when known).
-    """
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text", hint=f"save {path} as UTF-8 YAML") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read {path}: {exc.strerror or exc}",
-            hint=f"check that {path} is a readable file",
-        ) from None
-    try:
-        return yaml.load(text, Loader=_strict_loader())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(
-            f"{where}: not valid YAML: {problem}", hint=f"fix the YAML syntax in {path}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"{path}: not valid YAML: {exc}", hint=f"fix the YAML syntax in {path}"
-        ) from None
-
-
 # --- internals -------------------------------------------------------------------------
 
 
@@ -128,37 +91,6 @@ def _did_you_mean(word: str, choices: tuple[str, ...] | list[str], cutoff: float
     """``did you mean 'x'?`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=cutoff)
     return f"did you mean {close[0]!r}?" if close else ""
-
-
-@functools.cache
-def _strict_loader() -> type[yaml.SafeLoader]:
-    """A SafeLoader that refuses duplicate mapping keys (built once, on first use)."""
-    import yaml
-
-    class StrictSafeLoader(yaml.SafeLoader):
-        def construct_mapping(
-            self, node: yaml.MappingNode, deep: bool = False
-        ) -> dict[Hashable, Any]:
-            seen: set[Any] = set()
-            for key_node, _value in node.value:
-                if key_node.tag == _MERGE_TAG:
-                    continue  # '<<' merges may legitimately repeat keys
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    duplicate = key in seen
-                except TypeError:
-                    continue  # unhashable: the base class reports it
-                if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        "while reading a mapping",
-                        node.start_mark,
-                        f"the key {key!r} appears twice",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    return StrictSafeLoader
 
 
 class _ConfigFileSource(YamlConfigSettingsSource):

@@ -314,7 +314,7 @@ def read_user_aliases(path: Path | None = None) -> tuple[Alias, ...]:
     of one name) raises one :class:`ConfigError` naming the file, every bad alias
     and the fix.
     """
-    from mlx_lama.config import read_yaml_file
+    from mlx_lama.yamlfile import read_yaml_file
 
     path = paths.registry_file() if path is None else path
     if not path.exists():
