@@ -1,0 +1,99 @@
+"""What the manifest asks for, resolved against its lock: :class:`DesiredState`.
+
+Called by ``plan``/``apply`` (and later the daemon) after loading the
+manifest and lock. Pure: no I/O, no logging; folders are passed in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlx_lama.orchestrator.state import (
+    DesiredState,
+    ModelSpec,
+    ServerSpec,
+    repo_folder_name,
+)
+from mlx_lama.schema.lockfile import Lock
+from mlx_lama.schema.manifest import Manifest, ModelEntry
+
+DEFAULT_REVISION = "main"
+BACKEND_HOST = "127.0.0.1"  # engines only ever listen on loopback; the gateway is the door
+
+
+def desired(manifest: Manifest, lock: Lock, *, manifest_dir: Path, cache_dir: Path) -> DesiredState:
+    """Resolve every model to repo + revision (+ locked commit and files) and every
+    served model to a :class:`ServerSpec`. The lock wins when it matches the
+    manifest's repo and revision; otherwise the model is unresolved (commit None).
+    Pure."""
+    models = tuple(
+        model_spec(name, entry, lock, manifest_dir)
+        for name, entry in sorted(manifest.models.items())
+    )
+    servers = tuple(
+        server_spec(manifest, spec, manifest_dir=manifest_dir, cache_dir=cache_dir)
+        for spec in models
+        if manifest.serve_mode(spec.name) != "never"
+        and manifest.backend_type(manifest.backend_of(spec.name)) != "external"
+    )
+    return DesiredState(models=models, servers=servers)
+
+
+def model_spec(name: str, entry: ModelEntry, lock: Lock, manifest_dir: Path) -> ModelSpec:
+    """One manifest entry as a :class:`ModelSpec`. Pure."""
+    if entry.repo is None:
+        return ModelSpec(
+            name=name, repo=None, revision="", path=local_path(entry.path or "", manifest_dir)
+        )
+    revision = entry.revision or DEFAULT_REVISION
+    locked = lock.get(name)
+    if locked is None or locked.repo != entry.repo or locked.revision != revision:
+        return ModelSpec(name=name, repo=entry.repo, revision=revision)
+    return ModelSpec(
+        name=name, repo=entry.repo, revision=revision, commit=locked.commit, files=locked.files
+    )
+
+
+def server_spec(
+    manifest: Manifest, model: ModelSpec, *, manifest_dir: Path, cache_dir: Path
+) -> ServerSpec:
+    """The launch spec of ``model``'s server. Pure."""
+    entry = manifest.models[model.name]
+    backend = manifest.backend_of(model.name)
+    section = manifest.backends.get(backend)
+    args = (*(section.args if section else ()), *entry.args)
+    env = {**(section.env if section else {}), **entry.env}
+    parameters = {**manifest.defaults.parameters.as_dict(), **entry.parameters.as_dict()}
+    if model.path is not None:
+        model_path: Path | None = model.path
+    elif model.repo is not None and model.commit is not None:
+        model_path = cache_dir / repo_folder_name(model.repo) / "snapshots" / model.commit
+    else:
+        model_path = None
+    return ServerSpec(
+        name=model.name,
+        model=model.name,
+        backend=backend,
+        engine=manifest.backend_type(backend),
+        serve=manifest.serve_mode(model.name),
+        model_path=model_path,
+        repo=model.repo,
+        commit=model.commit,
+        host=BACKEND_HOST,
+        port=entry.port,
+        args=tuple(args),
+        env=tuple(sorted(env.items())),
+        parameters=tuple(
+            (key, tuple(value) if isinstance(value, list) else value)  # type: ignore[misc]
+            for key, value in sorted(parameters.items())
+        ),
+        adapter=local_path(entry.adapter, manifest_dir) if entry.adapter else None,
+        template=entry.template,
+    )
+
+
+def local_path(text: str, manifest_dir: Path) -> Path:
+    """A path from the manifest: ``~`` expanded (from $HOME), relative to the manifest's folder."""
+    path = Path(text).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else manifest_dir / path))

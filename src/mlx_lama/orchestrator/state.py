@@ -1,0 +1,202 @@
+"""The data the reconciler passes between its stages: desired and observed state.
+
+``desired()`` builds :class:`DesiredState` from the manifest and the lock;
+``observe()`` builds :class:`ObservedState` from the cache and run records;
+``make_plan()`` compares them. Plain frozen dataclasses holding tuples, so
+both states can be written as literals in tests. No I/O here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Engine = Literal["mlx-lm", "vllm-mlx", "external"]
+ServeMode = Literal["always", "on-demand", "never"]
+Files = tuple[tuple[str, int], ...]  # (path in the repo, size in bytes), sorted by path
+
+# Parameters only a restart can change. Sampling parameters are also passed to
+# the engine at launch, but the gateway applies them per request, so editing
+# them must not restart a server (they stay out of the spec hash).
+LAUNCH_PARAMETERS = frozenset({"num_ctx"})
+
+
+def files_present(present: Files, wanted: Files) -> bool:
+    """Every wanted file is present with its size. Pure."""
+    have = dict(present)
+    return all(have.get(path) == size for path, size in wanted)
+
+
+def repo_folder_name(repo_id: str) -> str:
+    """The cache folder of a model repo: ``models--org--name`` (the hub cache layout)."""
+    return "models--" + repo_id.replace("/", "--")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A model the manifest wants on disk."""
+
+    name: str
+    repo: str | None  # Hugging Face repo id; None for a local ``path`` model
+    revision: str  # as the manifest asks ("main" when unset)
+    commit: str | None = None  # from the lock; None until first resolved
+    files: Files = ()  # from the lock: what a complete download contains
+    path: Path | None = None  # local folder of a ``path`` model
+
+    @property
+    def target(self) -> str:
+        if self.repo is None:
+            return f"model:{self.path}"
+        return f"model:{self.repo}@{self.revision}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """A server the manifest wants (``serve`` = always or on-demand).
+
+    Everything that changes how the process is launched is in here, so the
+    spec hash changes exactly when a running server must be restarted.
+    Sampling defaults the gateway applies per request are not.
+    """
+
+    name: str
+    model: str  # manifest model name
+    backend: str  # backend name as written in the manifest ("mlx-lm", "fast", ...)
+    engine: Engine
+    serve: ServeMode
+    model_path: Path | None  # snapshot or local folder; None until the model is locked
+    repo: str | None = None
+    commit: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: any free port, chosen when it starts
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    parameters: tuple[tuple[str, str | int | float | tuple[str, ...]], ...] = ()
+    adapter: Path | None = None
+    template: str | None = None
+
+    def launch_fields(self) -> dict[str, object]:
+        """The fields that decide how the process is launched, as plain JSON data."""
+        return {
+            "engine": self.engine,
+            "model_path": str(self.model_path) if self.model_path else None,
+            "commit": self.commit,
+            "host": self.host,
+            "port": self.port,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "parameters": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in self.parameters
+                if k in LAUNCH_PARAMETERS
+            },
+            "adapter": str(self.adapter) if self.adapter else None,
+            "template": self.template,
+        }
+
+    @property
+    def spec_hash(self) -> str:
+        """A stable digest of :meth:`launch_fields` (16 hex characters)."""
+        text = json.dumps(self.launch_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def target(self) -> str:
+        return f"server:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """What the manifest (and its lock) ask for. Tuples sorted by name."""
+
+    models: tuple[ModelSpec, ...] = ()
+    servers: tuple[ServerSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRevision:
+    """One snapshot of a repo in the Hugging Face cache."""
+
+    commit: str
+    refs: tuple[str, ...]
+    size_on_disk: int
+    files: Files
+    snapshot_path: Path
+    last_modified: float
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRepo:
+    """A model repo in the Hugging Face cache."""
+
+    repo_id: str
+    size_on_disk: int
+    revisions: tuple[CachedRevision, ...]
+    last_modified: float
+    path: Path
+    incomplete: bool = False  # a download was interrupted (``*.incomplete`` blobs)
+
+    def revision(self, commit: str) -> CachedRevision | None:
+        return next((r for r in self.revisions if r.commit == commit), None)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """What ``apply`` wrote when it started a server (``run/NAME.json``)."""
+
+    name: str
+    pid: int
+    port: int
+    host: str
+    engine: Engine
+    model: str
+    spec_hash: str
+    argv: tuple[str, ...]
+    started_at: float  # epoch seconds
+    process_started: float  # the OS's start time of pid, to detect PID reuse
+    log_path: str
+    manifest: str = ""
+    spec: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+
+
+ServerState = Literal["running", "unresponsive", "dead", "foreign"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    """A run record checked against the process table.
+
+    running: pid alive, same process, port answers; unresponsive: same process,
+    port silent; dead: no such process; foreign: the pid now belongs to
+    another program (never signalled).
+    """
+
+    record: RunRecord
+    state: ServerState
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def alive(self) -> bool:
+        return self.state in ("running", "unresponsive")
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedState:
+    """One snapshot of the machine. Tuples sorted by repo id / server name."""
+
+    repos: tuple[CachedRepo, ...] = ()
+    servers: tuple[RunningServer, ...] = ()
+    pulled: frozenset[str] = frozenset()  # repo ids mlx-lama itself downloaded
+    warnings: tuple[str, ...] = ()
+
+    def repo(self, repo_id: str) -> CachedRepo | None:
+        return next((r for r in self.repos if r.repo_id == repo_id), None)
+
+    def server(self, name: str) -> RunningServer | None:
+        return next((s for s in self.servers if s.name == name), None)
