@@ -1,0 +1,92 @@
+"""Launch command for ``vllm-mlx serve`` (an OpenAI-compatible server with batching).
+
+Called through :func:`mlx_lama.backends.base.launch_spec`. Builds argv and env
+only: starting, probing and stopping live in ``orchestrator/process.py``.
+Pure: no I/O, no logging.
+
+Engine facts (vllm-mlx 0.6): binds "localhost" unless ``--host`` is given;
+answers 404 unless a request's ``model`` equals ``--served-model-name``; loads
+the model before it listens and exits when loading fails; sends no CORS
+headers, so browser pages cannot read its replies. It has no adapter or
+chat-template flag, so entries asking for either are refused, not silently
+served differently.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlx_lama.backends.base import (
+    LaunchError,
+    LaunchSpec,
+    check_passthrough,
+    merged_env,
+    parameter_flags,
+    python_module,
+    required_model_path,
+)
+
+if TYPE_CHECKING:
+    from mlx_lama.orchestrator.state import ServerSpec
+
+# Manifest parameter -> vllm-mlx default-sampling flag (applied to every request
+# that does not set its own value).
+PARAMETER_FLAGS: tuple[tuple[str, str], ...] = (
+    ("temperature", "--default-temperature"),
+    ("top_p", "--default-top-p"),
+    ("top_k", "--default-top-k"),
+    ("min_p", "--default-min-p"),
+    ("presence_penalty", "--default-presence-penalty"),
+    ("repeat_penalty", "--default-repetition-penalty"),
+    ("num_predict", "--max-tokens"),
+)
+
+# ``--max-tokens`` above this also needs ``--max-request-tokens`` (vllm-mlx exits otherwise).
+DEFAULT_MAX_REQUEST_TOKENS = 32768
+
+MANAGED_FLAGS: tuple[str, ...] = ("--host", "--port", "--served-model-name")
+
+READY_TIMEOUT = 600.0  # loads and warms up before it listens
+
+
+def launch_spec(server: ServerSpec, port: int) -> LaunchSpec:
+    """``python -m vllm_mlx.cli serve PATH --host H --port P --served-model-name NAME ...``.
+
+    ``--offline`` keeps it from ever reaching the Hub. ``server.args`` come
+    last, so they win over mapped parameters.
+    """
+    if server.adapter is not None:
+        raise LaunchError(
+            f"server {server.name!r}: vllm-mlx cannot load adapters",
+            hint="use backend 'mlx-lm' for this model, or drop `adapter`",
+        )
+    if server.template is not None:
+        raise LaunchError(
+            f"server {server.name!r}: vllm-mlx has no option for a custom chat template",
+            hint="use backend 'mlx-lm' for this model, or drop `template`",
+        )
+    argv = python_module(
+        "vllm_mlx.cli",
+        "serve",
+        required_model_path(server),
+        "--host",
+        server.host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        server.name,
+        "--offline",
+    )
+    argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
+    num_predict = dict(server.parameters).get("num_predict")
+    if isinstance(num_predict, int) and num_predict > DEFAULT_MAX_REQUEST_TOKENS:
+        argv += ("--max-request-tokens", str(num_predict))
+    argv += check_passthrough(server, MANAGED_FLAGS)
+    return LaunchSpec(
+        argv=argv,
+        env=merged_env(server),
+        host=server.host,
+        port=port,
+        served_model=server.name,
+        ready_timeout=READY_TIMEOUT,
+    )

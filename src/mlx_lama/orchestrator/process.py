@@ -1,0 +1,418 @@
+"""Start and stop model server processes: spawn detached, wait until ready, stop safely.
+
+``apply`` (and later the supervisor and the gateway's on-demand scheduler)
+call :func:`start_server` and :func:`stop_server`. A server runs in its own
+session with its output appended to ``logs/NAME.log``, so it outlives the CLI;
+its run record is written right after the spawn, so even a Ctrl-C during the
+readiness wait leaves a record that ``observe`` and ``stop`` can act on.
+
+Ready means a one-token chat completion succeeded, not "the port is open"
+(mlx-lm answers ``/health`` before its model is loaded). This module decides
+nothing about *whether* to start or stop: that is the planner's job. It never
+signals a process whose start time and command line differ from its record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+
+from mlx_lama import paths
+from mlx_lama.backends.base import LaunchSpec, client_host, launch_spec
+from mlx_lama.errors import MlxLamaError
+from mlx_lama.orchestrator import runrecords
+from mlx_lama.orchestrator.state import RunRecord, ServerSpec
+
+log = logging.getLogger(__name__)
+
+# Servers this process spawned. Holding the Popen keeps Python from warning
+# about a child it never waited for, and lets us reap it (no zombies).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+# The engines read local folders only; a Hub token has no business in them.
+_DROPPED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+LOG_TAIL_LINES = 20
+_POLL = 0.1
+_RETRY_PAUSE = 0.25
+_SETTLE = 0.3
+_KILL_WAIT = 10.0
+_TAIL_BYTES = 64 * 1024
+
+
+class ServerStartError(MlxLamaError):
+    """A server could not be started or never became ready; the message ends with its log."""
+
+
+class ServerStopError(MlxLamaError):
+    """A server process survived SIGTERM and SIGKILL."""
+
+
+def tail_log(path: Path, lines: int = LOG_TAIL_LINES, *, start: int = 0) -> str:
+    """The last ``lines`` lines of ``path`` (only what follows byte ``start``); "" if unreadable."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(start, size - _TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
+
+
+def log_path_for(name: str) -> Path:
+    """``logs/<stem>.log``: the output of server ``name`` (same stem as its run record)."""
+    return paths.logs_dir() / f"{runrecords.record_stem(name)}.log"
+
+
+def start_server(
+    server: ServerSpec,
+    *,
+    manifest: str = "",
+    port: int | None = None,
+    ready_timeout: float | None = None,
+) -> RunRecord:
+    """Start ``server`` detached, record it, and return once it answers a generation.
+
+    ``port`` overrides ``server.port``; with neither, a free port on
+    ``server.host`` is chosen. ``ready_timeout`` defaults to the engine's.
+    Raises :class:`ServerStartError` (with the log tail) when the process
+    exits, reports a fatal error or is not ready in time; the server is then
+    stopped and its record deleted. Refuses to start a server whose record
+    points at a live process of ours (stop that one first).
+    """
+    _refuse_if_running(server.name)
+    chosen = port if port is not None else server.port or _free_port(server.host)
+    launch = launch_spec(server, chosen)
+    if server.model_path is not None and not server.model_path.expanduser().is_dir():
+        raise ServerStartError(
+            f"cannot start {server.name!r}: its model folder {server.model_path} does not exist",
+            hint=f"run `mlx-lama pull {server.model}`, or fix its `path` in mlxlama.toml",
+        )
+    log_path = log_path_for(server.name)
+    proc, log_start = _spawn(server, launch, log_path)
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:  # pragma: no cover - our unreaped child always exists
+        created = time.time()
+    record = RunRecord(
+        name=server.name,
+        pid=proc.pid,
+        port=chosen,
+        host=server.host,
+        engine=server.engine,
+        model=server.model,
+        spec_hash=server.spec_hash,
+        argv=launch.argv,
+        started_at=time.time(),
+        process_started=created,
+        log_path=str(log_path),
+        manifest=manifest,
+        spec=server.launch_fields(),
+    )
+    try:
+        runrecords.write_record(record)
+    except BaseException:
+        _discard(record, proc)  # nothing would know about it: don't leave it running
+        raise
+    log.info("started %s server %r: pid %d on %s", server.engine, server.name, proc.pid, chosen)
+
+    timeout = ready_timeout if ready_timeout is not None else launch.ready_timeout
+    began = time.monotonic()
+    problem = _wait_ready(launch, proc, log_path, log_start, timeout)
+    if problem is None:
+        log.info("server %r ready in %.1fs", server.name, time.monotonic() - began)
+        return record
+
+    _discard(record, proc)
+    tail = tail_log(log_path, LOG_TAIL_LINES, start=log_start)
+    hint = f"see {log_path}"
+    if "address already in use" in tail.lower():
+        hint = f"port {chosen} is taken by another program; choose another `port` or leave it out"
+    raise ServerStartError(
+        f"server {server.name!r} ({server.engine}) did not start: {problem}\n"
+        f"--- last lines of {log_path} ---\n{tail}",
+        hint=hint,
+    )
+
+
+def stop_server(record: RunRecord, *, timeout: float = 15.0) -> None:
+    """Stop the server ``record`` describes, then delete the record.
+
+    Only a process that is still ours (same start time and command line) is
+    signalled: SIGTERM to its process group, up to ``timeout`` seconds, then
+    SIGKILL. A dead process, or a pid now owned by another program, just has
+    its record deleted. Raises :class:`ServerStopError` (and keeps the record)
+    if it survives SIGKILL.
+    """
+    identity, proc = runrecords.find_process(record)
+    if identity == "foreign":
+        log.warning(
+            "run record of %r points at pid %d, which is now another program; "
+            "not signalling it, only deleting the record",
+            record.name,
+            record.pid,
+        )
+    elif identity == "dead":
+        _reap(record.pid)
+    elif proc is not None:
+        _terminate(proc, timeout)
+        log.info("stopped server %r (pid %d)", record.name, record.pid)
+    runrecords.delete_record(record.name)
+
+
+def _refuse_if_running(name: str) -> None:
+    path = runrecords.record_path(name)
+    try:
+        existing = runrecords.record_from_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("replacing damaged run record %s (%s)", path, exc)
+        return
+    if runrecords.process_identity(existing) == "ours":
+        raise ServerStartError(
+            f"server {name!r} is already running (pid {existing.pid}, port {existing.port})",
+            hint=f"stop it first with `mlx-lama stop {name}`",
+        )
+
+
+def _free_port(host: str) -> int:
+    """A port nobody listens on now (the server binds it a moment later)."""
+    family = socket.AF_INET6 if ":" in client_host(host) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _child_env(launch: LaunchSpec) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    env.update(launch.env)
+    return env
+
+
+def _spawn(
+    server: ServerSpec, launch: LaunchSpec, log_path: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Spawn detached, output appended to ``log_path``; return it and where its output starts."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = paths.home()  # fixed cwd: engines treat existing relative paths as model folders
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    header = (
+        f"\n===== {stamp} mlx-lama starts {server.engine} server {server.name!r} "
+        f"on {launch.host}:{launch.port} =====\n$ {shlex.join(launch.argv)}\n"
+    )
+    with log_path.open("ab") as log_file:
+        log_file.write(header.encode())
+        log_file.flush()
+        log_start = log_file.tell()
+        try:
+            proc = subprocess.Popen(
+                list(launch.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=_child_env(launch),
+                cwd=workdir,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ServerStartError(
+                f"cannot run {launch.argv[0]} for server {server.name!r}: {exc}",
+                hint="is mlx-lama installed with the extra for this engine?",
+            ) from exc
+    _CHILDREN[proc.pid] = proc
+    return proc, log_start
+
+
+class _Probe:
+    """One readiness request on a daemon thread, so the wait loop can watch the process.
+
+    A daemon thread because the request may hang (a broken mlx-lm never
+    answers) and must not keep the interpreter alive on Ctrl-C.
+    """
+
+    def __init__(self, launch: LaunchSpec, timeout: float) -> None:
+        self.problem: str | None = "no answer yet"
+        self.done = threading.Event()
+        threading.Thread(
+            target=self._run, args=(launch, timeout), daemon=True, name="mlx-lama-ready-probe"
+        ).start()
+
+    def _run(self, launch: LaunchSpec, timeout: float) -> None:
+        try:
+            self.problem = one_token(launch, timeout)
+        except Exception as exc:  # a thread must not die noisily; the loop reports it
+            self.problem = f"probe failed: {exc!r}"
+        finally:
+            self.done.set()
+
+
+def one_token(launch: LaunchSpec, timeout: float) -> str | None:
+    """Ask the server for a one-token chat completion; None when it answered, else why not."""
+    body: dict[str, object] = {
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 1,
+        "stream": False,
+    }
+    if launch.served_model is not None:
+        body["model"] = launch.served_model
+    limits = httpx.Timeout(timeout, connect=min(2.0, timeout))
+    try:
+        with httpx.Client(trust_env=False, timeout=limits) as client:
+            reply = client.post(f"{launch.base_url}/v1/chat/completions", json=body)
+    except httpx.HTTPError as exc:
+        return f"no answer ({type(exc).__name__})"
+    if reply.status_code != 200:
+        return f"HTTP {reply.status_code}: {reply.text[:200]}"
+    try:
+        choices = reply.json()["choices"]
+    except (ValueError, KeyError, TypeError):
+        return f"not a chat completion: {reply.text[:200]}"
+    return None if choices else "a chat completion without choices"
+
+
+class _LogWatch:
+    """Finds fatal markers in what a server appends to its log, reading each byte once."""
+
+    def __init__(self, path: Path, start: int, markers: tuple[str, ...]) -> None:
+        self.path = path
+        self.pos = start
+        self.markers = markers
+        self.carry = ""
+
+    def fatal(self) -> str | None:
+        if not self.markers:
+            return None
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.pos)
+                data = handle.read()
+        except OSError:
+            return None
+        self.pos += len(data)
+        text = self.carry + data.decode("utf-8", errors="replace")
+        self.carry = text[-max(len(m) for m in self.markers) :]
+        return next((m for m in self.markers if m in text), None)
+
+
+def _wait_ready(
+    launch: LaunchSpec,
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    log_start: int,
+    timeout: float,
+) -> str | None:
+    """Poll until a one-token generation succeeds; None when ready, else what went wrong."""
+    deadline = time.monotonic() + timeout
+    watch = _LogWatch(log_path, log_start, launch.fatal_log_markers)
+    probe: _Probe | None = None
+    next_try = 0.0
+    last = "no answer yet"
+    while True:
+        code = proc.poll()
+        if code is not None:
+            return f"it exited with code {code} before it was ready"
+        marker = watch.fatal()
+        if marker is not None:
+            time.sleep(_SETTLE)  # let it finish writing the traceback we will quote
+            return f"it logged a fatal error ({marker!r}) while loading"
+        if probe is not None and probe.done.is_set():
+            if probe.problem is None:
+                return None
+            last, probe = probe.problem, None
+            next_try = time.monotonic() + _RETRY_PAUSE
+        now = time.monotonic()
+        if now >= deadline:
+            return f"not ready after {timeout:g}s (last probe: {last})"
+        if probe is None and now >= next_try:
+            probe = _Probe(launch, deadline - now)
+        if probe is not None:
+            probe.done.wait(_POLL)
+        else:
+            time.sleep(min(_POLL, max(0.0, next_try - now)))
+
+
+def _discard(record: RunRecord, proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server that failed to start (and anything it forked); drop its record."""
+    try:
+        stop_server(record, timeout=5.0)
+    except (MlxLamaError, OSError) as exc:  # survived SIGKILL, or the record is unwritable
+        log.warning("while stopping failed server %r: %s", record.name, exc)
+    # Workers it forked are in its process group even when it has exited.
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _reap(proc.pid)
+    with suppress(OSError):
+        runrecords.delete_record(record.name)
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
+
+
+def _gone(proc: psutil.Process) -> bool:
+    """Has it exited? Our own child only once reaped: while its threads are still
+    being torn down the kernel already shows it as a zombie, yet cannot reap it."""
+    child = _CHILDREN.get(proc.pid)
+    if child is not None:
+        if child.poll() is None:
+            return False
+        del _CHILDREN[proc.pid]
+        return True
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _gone(proc):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _signal(proc: psutil.Process, sig: signal.Signals, group: bool) -> None:
+    """Send ``sig`` to the process (psutil re-checks it is the same one) or its group."""
+    with suppress(psutil.NoSuchProcess, ProcessLookupError):
+        if group and proc.is_running():
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+
+def _terminate(proc: psutil.Process, timeout: float) -> None:
+    try:
+        group = os.getpgid(proc.pid) == proc.pid  # we made it a session leader
+    except ProcessLookupError:
+        group = False
+    _signal(proc, signal.SIGTERM, group)
+    if not _wait_gone(proc, timeout):
+        log.warning("pid %d ignored SIGTERM for %gs; sending SIGKILL", proc.pid, timeout)
+        _signal(proc, signal.SIGKILL, group)
+        if not _wait_gone(proc, _KILL_WAIT):
+            raise ServerStopError(
+                f"pid {proc.pid} survived SIGKILL",
+                hint="it may be stuck in the kernel; check `ps` and stop it by hand",
+            )
+    if group:  # leftover workers of the group
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
