@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from tests.fixtures import hf_env, netguard
 
 # Belt and braces, before anything imports huggingface_hub: even code that runs

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from mlx_lama.cli import aliases, validate
+from mlx_lama.cli import aliases, apply, listing, lock, plan, validate
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import debug_enabled
 
-__all__ = ["aliases", "app", "main", "validate"]
+__all__ = ["aliases", "app", "apply", "listing", "lock", "main", "plan", "validate"]
 
 
 def main() -> None:

@@ -1,0 +1,63 @@
+"""Load what the reconciler commands share: manifest, lock, desired and observed state.
+
+Used by ``plan``, ``apply``, ``lock``, ``list`` and ``ps``; keeps their bodies to
+parse → call → render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from mlx_lama import paths
+from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.observe import observe
+from mlx_lama.orchestrator.state import DesiredState, ObservedState
+from mlx_lama.schema import ManifestLocation, find_manifest, load_manifest
+from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
+from mlx_lama.schema.manifest import Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    location: ManifestLocation
+    manifest: Manifest
+    lock: Lock
+    cache_dir: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.location.path
+
+    @property
+    def lock_path(self) -> Path:
+        return lock_path_for(self.location.path)
+
+    def desired(self, lock: Lock | None = None) -> DesiredState:
+        return desired(
+            self.manifest,
+            self.lock if lock is None else lock,
+            manifest_dir=self.manifest_path.parent,
+            cache_dir=self.cache_dir,
+        )
+
+
+def load_workspace(file: Path | None) -> Workspace:
+    location = find_manifest(file)
+    manifest = load_manifest(location.path)
+    return Workspace(
+        location=location,
+        manifest=manifest,
+        lock=read_lock(lock_path_for(location.path)),
+        cache_dir=paths.hf_hub_cache(),
+    )
+
+
+def observe_and_warn(workspace: Workspace) -> ObservedState:
+    """Observe, printing each warning on stderr."""
+    observed = observe(cache_dir=workspace.cache_dir)
+    for warning in observed.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    return observed

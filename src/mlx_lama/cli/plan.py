@@ -1,0 +1,41 @@
+"""``mlx-lama plan``: show what ``apply`` would change, and change nothing."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mlx_lama.cli._app import app
+from mlx_lama.cli._common import JsonFlag, ManifestFile, handles_errors
+
+Prune = Annotated[
+    bool,
+    typer.Option(
+        "--prune", help="Also remove cached models mlx-lama pulled that the manifest dropped."
+    ),
+]
+
+
+@app.command()
+@handles_errors
+def plan(
+    file: ManifestFile = None,
+    prune: Prune = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode", help="Exit 2 when changes are pending (0: none, 1: error)."
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the changes apply would make: + pull/start, - stop/remove, ~ restart."""
+    from mlx_lama.cli._workspace import load_workspace, observe_and_warn
+    from mlx_lama.orchestrator.plan import PlanOptions, make_plan
+
+    workspace = load_workspace(file)
+    result = make_plan(workspace.desired(), observe_and_warn(workspace), PlanOptions(prune=prune))
+    typer.echo(result.to_json() if as_json else result.render(), nl=as_json)
+    if detailed_exitcode and not result.empty:
+        raise typer.Exit(2)

@@ -1,0 +1,117 @@
+"""The rows of ``mlx-lama list`` and ``mlx-lama ps``, from desired and observed state.
+
+Pure: the CLI renders these as tables or JSON; the gateway's ``/api/tags`` and
+``/api/ps`` can build on the same rows later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from mlx_lama.orchestrator.state import (
+    CachedRepo,
+    CachedRevision,
+    DesiredState,
+    ObservedState,
+    RunningServer,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """One line of ``list``: a manifest model, or a cached repo the manifest does not name."""
+
+    name: str
+    repo: str | None
+    commit: str | None
+    size: int  # bytes on disk for this revision (0: not pulled)
+    modified: float  # epoch seconds (0: unknown)
+    status: str  # served | in manifest | not pulled | not in manifest
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """One line of ``ps``."""
+
+    name: str
+    backend: str
+    port: int
+    pid: int
+    state: str
+    started_at: float
+    memory: int | None  # resident bytes of the server and its children
+
+    def to_json(self, now: float) -> dict[str, object]:
+        row = asdict(self)
+        row["uptime"] = now - self.started_at if self.state in ("running", "unresponsive") else None
+        return row
+
+
+def inventory(desired: DesiredState, observed: ObservedState) -> list[ModelRow]:
+    """Manifest models by name, then cached repos no manifest model uses. Pure."""
+    serving = {s.name for s in observed.servers if s.state == "running"}
+    rows = []
+    for model in desired.models:
+        cached = observed.repo(model.repo) if model.repo else None
+        revision = None
+        if cached is not None:
+            revision = cached.revision(model.commit) if model.commit else _main(cached)
+        if model.repo is None:
+            status = "served" if model.name in serving else "in manifest"
+        elif revision is None:
+            status = "not pulled"
+        else:
+            status = "served" if model.name in serving else "in manifest"
+        rows.append(
+            ModelRow(
+                name=model.name,
+                repo=model.repo,
+                commit=revision.commit if revision else model.commit,
+                size=sum(size for _p, size in revision.files) if revision else 0,
+                modified=revision.last_modified if revision else 0.0,
+                status=status,
+            )
+        )
+    used = {m.repo for m in desired.models}
+    for repo in observed.repos:
+        if repo.repo_id in used:
+            continue
+        latest = _main(repo)
+        rows.append(
+            ModelRow(
+                name=repo.repo_id,
+                repo=repo.repo_id,
+                commit=latest.commit if latest else None,
+                size=repo.size_on_disk,
+                modified=repo.last_modified,
+                status="not in manifest",
+            )
+        )
+    return rows
+
+
+def server_rows(servers: tuple[RunningServer, ...], memory: dict[int, int]) -> list[ServerRow]:
+    """``ps`` rows; ``memory`` maps pid -> resident bytes for live servers. Pure."""
+    return [
+        ServerRow(
+            name=s.record.name,
+            backend=s.record.engine,
+            port=s.record.port,
+            pid=s.record.pid,
+            state=s.state,
+            started_at=s.record.started_at,
+            memory=memory.get(s.record.pid),
+        )
+        for s in servers
+    ]
+
+
+def _main(cached: CachedRepo) -> CachedRevision | None:
+    """The revision ``main`` points at, else the newest one."""
+    for revision in cached.revisions:
+        if "main" in revision.refs:
+            return revision
+    return max(cached.revisions, key=lambda r: r.last_modified, default=None)
