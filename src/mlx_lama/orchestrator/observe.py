@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import psutil
-
 from mlx_lama.orchestrator import cache, pull, runrecords
 from mlx_lama.orchestrator.state import ObservedState, RunningServer
 
@@ -37,6 +35,8 @@ def observe_servers() -> tuple[RunningServer, ...]:
 
 def resident_memory(pid: int) -> int | None:
     """Resident bytes of ``pid`` and its children, or None if it cannot be read."""
+    import psutil
+
     try:
         process = psutil.Process(pid)
         total = process.memory_info().rss

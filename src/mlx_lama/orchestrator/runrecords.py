@@ -16,15 +16,16 @@ import logging
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
-
-import psutil
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlx_lama import paths
 from mlx_lama.atomic import atomic_write_text
 from mlx_lama.backends.base import client_host
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, RunningServer, RunRecord
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ def find_process(record: RunRecord) -> tuple[Identity, psutil.Process | None]:
     re-exec under another path. The process is returned only when it is ours;
     its psutil methods re-check the start time before they send a signal.
     """
+    import psutil  # here, not at the top: ~60 ms, and only needed when records exist
+
     try:
         proc = psutil.Process(record.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

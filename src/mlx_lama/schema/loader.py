@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from mlx_lama.errors import ManifestError, ManifestNotFoundError, Problem
+from mlx_lama.schema import memo
 from mlx_lama.schema.checks import closest, cross_check
 from mlx_lama.schema.locate import KeyPath, locate_keys, nearest_position, render_key_path
 from mlx_lama.schema.manifest import SCHEMA_VERSION, Manifest, Parameters
@@ -56,17 +55,26 @@ def load_manifest(path: Path | str) -> Manifest:
         raise ManifestNotFoundError(
             f"{source} is a folder, not a manifest", hint="name the mlxlama.toml file inside it"
         ) from None
+    remembered = memo.recall(source, raw)
+    if remembered is not None:
+        return remembered
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         problem = Problem(str(source), line, 1, "", "the file is not valid UTF-8 text")
         raise ManifestError(source, [problem]) from None
-    return parse_manifest(text, str(source))
+    manifest = parse_manifest(text, str(source))
+    memo.remember(source, raw, manifest)
+    return manifest
 
 
 def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
     """Validate manifest ``text``; ``source`` is the file name used in messages. Pure."""
+    from pydantic import ValidationError
+
+    from mlx_lama.schema import validation
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -81,9 +89,9 @@ def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
             Problem(source, position.line, position.col, render_key_path(path), message, hint)
         )
 
-    manifest: Manifest | None = None
+    model: validation.Manifest | None = None
     try:
-        manifest = Manifest.model_validate(data)
+        model = validation.Manifest.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
             path = tuple(error["loc"])
@@ -91,9 +99,9 @@ def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
             report(path, message, hint)
     cross_check(data, report)
 
-    if problems or manifest is None:
+    if problems or model is None:
         raise ManifestError(source, problems)
-    return manifest
+    return Manifest.from_data(_fields_of(model))
 
 
 # -- TOML syntax ---------------------------------------------------------------
@@ -180,7 +188,7 @@ def _unknown_key(path: KeyPath) -> tuple[str, str | None]:
     key = str(path[-1])
     allowed = _keys_at(path[:-1])
     message = f"unknown key {key!r}"
-    if path[:1] == ("models",) and len(path) == 3 and key in Parameters.model_fields:
+    if path[:1] == ("models",) and len(path) == 3 and key in Parameters.__dataclass_fields__:
         table = render_key_path((*path[:-1], "parameters"))
         return message, f"sampling settings go under [{table}]"
     if key in _OLLAMA_ONLY_OPTIONS:
@@ -193,9 +201,27 @@ def _unknown_key(path: KeyPath) -> tuple[str, str | None]:
     return message, None
 
 
+def _fields_of(value: Any) -> Any:
+    """A validated model as nested dicts, keeping Duration and Size objects as they are
+    (``model_dump`` would flatten those dataclasses into dicts)."""
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        return {name: _fields_of(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {key: _fields_of(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fields_of(item) for item in value]
+    return value
+
+
 def _keys_at(path: KeyPath) -> list[str]:
     """The keys the schema allows in the table at ``path`` (for did-you-mean)."""
-    current: Any = Manifest
+    from pydantic import BaseModel
+
+    from mlx_lama.schema import validation
+
+    current: Any = validation.Manifest
     for part in path:
         origin, args = _unwrap(current)
         if isinstance(origin, type) and issubclass(origin, BaseModel):

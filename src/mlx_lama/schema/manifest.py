@@ -1,16 +1,16 @@
-"""The manifest, schema version 1: what ``mlxlama.toml`` may say.
+"""The manifest as the rest of mlx-lama sees it: plain frozen dataclasses.
 
-These pydantic models are the trust boundary for the file: every table
-forbids unknown keys and types are strict (``port = "8080"`` is an error, not
-a guess). Checks that span entries (ports, aliases, names, backends) live in
-``loader.py``, which also turns errors into ``file:line`` problems.
+``load_manifest`` builds these from data the pydantic models in
+``validation.py`` have already accepted (or from its cache of such data), so
+nothing here validates and importing this module stays cheap: ``plan`` and
+``list`` must not pay for pydantic when the manifest has not changed.
+``from_data`` takes the validated data in plain form, as ``to_data`` writes it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, cast, get_args
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, cast, get_args
 
 from mlx_lama.schema.units import Duration, Size
 
@@ -19,59 +19,69 @@ SCHEMA_VERSION = 1
 ServeMode = Literal["always", "on-demand", "never"]
 BackendType = Literal["mlx-lm", "vllm-mlx", "external"]
 BUILTIN_BACKENDS: tuple[str, ...] = get_args(BackendType)
-Port = Annotated[int, Field(ge=1, le=65535)]
+
+DEFAULT_KEEP_ALIVE = Duration(300.0)
+DEFAULT_MEMORY_BUDGET = Size(percent=75.0)
 
 
-def _one_or_many(value: object) -> object:
-    # Modelfiles repeat `PARAMETER stop`; in TOML a single string is the common slip.
-    return [value] if isinstance(value, str) else value
-
-
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class Parameters(_Table):
+@dataclass(frozen=True, slots=True)
+class Parameters:
     """Sampling and context settings, under Ollama's Modelfile PARAMETER names."""
 
-    temperature: Annotated[float, Field(ge=0)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    num_predict: Annotated[int, Field(ge=-2)] | None = None
-    num_ctx: Annotated[int, Field(ge=1)] | None = None
-    stop: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    num_predict: int | None = None
+    num_ctx: int | None = None
+    stop: list[str] | None = None
     seed: int | None = None
-    repeat_penalty: Annotated[float, Field(ge=0)] | None = None
-    repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         """The parameters that are set, in declaration order."""
-        return self.model_dump(exclude_none=True)
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> Parameters:
+        return cls(**{k: v for k, v in (data or {}).items() if v is not None})
 
 
-class Message(_Table):
+@dataclass(frozen=True, slots=True)
+class Message:
     """A seeded conversation turn (Modelfile MESSAGE)."""
 
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class ServerSection(_Table):
+@dataclass(frozen=True, slots=True)
+class ServerSection:
     """``[server]``: the gateway that ``mlx-lama serve`` runs."""
 
     host: str = "127.0.0.1"
-    port: Port = 11434
-    keep_alive: Duration = Duration(300.0)
-    max_loaded: Annotated[int, Field(ge=1)] = 3
-    memory_budget: Size = Size(percent=75.0)
+    port: int = 11434
+    keep_alive: Duration = DEFAULT_KEEP_ALIVE
+    max_loaded: int = 3
+    memory_budget: Size = DEFAULT_MEMORY_BUDGET
     api_key: str | None = None
-    origins: list[str] = Field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> ServerSection:
+        values = dict(data)
+        values["keep_alive"] = Duration.parse(values["keep_alive"])
+        values["memory_budget"] = Size.parse(values["memory_budget"])
+        return cls(**values)
 
 
-class Defaults(_Table):
+@dataclass(frozen=True, slots=True)
+class Defaults:
     """``[defaults]``: what a model entry gets for the keys it leaves out."""
 
     backend: str = "mlx-lm"
@@ -79,20 +89,25 @@ class Defaults(_Table):
     keep_alive: Duration | None = None
     parameters: Parameters = Parameters()
 
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Defaults:
+        values = dict(data)
+        values["keep_alive"] = _duration(values.get("keep_alive"))
+        values["parameters"] = Parameters.from_data(values.get("parameters"))
+        return cls(**values)
 
-class BackendSection(_Table):
-    """``[backends.NAME]``: a named engine configuration models can refer to.
 
-    ``type`` may be left out when NAME is itself a built-in backend, which is
-    how a manifest passes extra flags to every mlx-lm server, say.
-    """
+@dataclass(frozen=True, slots=True)
+class BackendSection:
+    """``[backends.NAME]``: a named engine configuration models can refer to."""
 
     type: BackendType | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
-class ModelEntry(_Table):
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
     """``[models.NAME]``: one model to keep on disk and maybe serve."""
 
     repo: str | None = None
@@ -100,27 +115,36 @@ class ModelEntry(_Table):
     revision: str | None = None
     backend: str | None = None
     serve: ServeMode | None = None
-    port: Port | None = None
+    port: int | None = None
     keep_alive: Duration | None = None
     pin: bool = False
     system: str | None = None
     template: str | None = None
     adapter: str | None = None
-    messages: list[Message] = Field(default_factory=list)
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     parameters: Parameters = Parameters()
 
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> ModelEntry:
+        values = dict(data)
+        values["keep_alive"] = _duration(values.get("keep_alive"))
+        values["messages"] = [Message(**m) for m in values.get("messages", [])]
+        values["parameters"] = Parameters.from_data(values.get("parameters"))
+        return cls(**values)
 
-class Manifest(_Table):
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
     """A whole ``mlxlama.toml``."""
 
-    version: Literal[1] = 1
+    version: int = SCHEMA_VERSION
     server: ServerSection = ServerSection()
     defaults: Defaults = Defaults()
-    aliases: dict[str, str] = Field(default_factory=dict)
-    backends: dict[str, BackendSection] = Field(default_factory=dict)
-    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    backends: dict[str, BackendSection] = field(default_factory=dict)
+    models: dict[str, ModelEntry] = field(default_factory=dict)
 
     def backend_type(self, backend: str) -> BackendType:
         """The engine a backend name stands for (a built-in or a ``[backends]`` entry)."""
@@ -137,3 +161,37 @@ class Manifest(_Table):
 
     def serve_mode(self, name: str) -> ServeMode:
         return self.models[name].serve or self.defaults.serve
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Manifest:
+        """Build from validated data (``to_data``'s output, or pydantic's dump)."""
+        return cls(
+            version=data.get("version", SCHEMA_VERSION),
+            server=ServerSection.from_data(data["server"]),
+            defaults=Defaults.from_data(data["defaults"]),
+            aliases=dict(data.get("aliases", {})),
+            backends={k: BackendSection(**v) for k, v in data.get("backends", {}).items()},
+            models={k: ModelEntry.from_data(v) for k, v in data.get("models", {}).items()},
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain JSON-able data that :meth:`from_data` reads back to an equal manifest."""
+        return cast(dict[str, Any], _plain(self))
+
+
+def _duration(value: object) -> Duration | None:
+    return None if value is None else Duration.parse(value)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Duration):
+        return -1 if value.forever else value.seconds
+    if isinstance(value, Size):
+        return value.bytes if value.bytes is not None else f"{value.percent:g}%"
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}  # type: ignore[arg-type]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

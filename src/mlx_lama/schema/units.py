@@ -13,16 +13,21 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import GetCoreSchemaHandler
-from pydantic_core import core_schema
+if TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler
+    from pydantic_core import core_schema
 
 
 def _parsed_with(parse: Callable[[object], object]) -> core_schema.CoreSchema:
-    """A pydantic schema that validates with ``parse`` and serialises with ``str``."""
+    """A pydantic schema that validates with ``parse`` and serialises with ``str``.
+    pydantic is imported here, not at module level: only validation needs it."""
+    from pydantic_core import core_schema
+
     return core_schema.no_info_plain_validator_function(
-        parse, serialization=core_schema.plain_serializer_function_ser_schema(str)
+        parse,
+        serialization=core_schema.plain_serializer_function_ser_schema(str, when_used="json"),
     )
 
 

@@ -1,0 +1,121 @@
+"""The manifest's trust boundary: pydantic models that validate ``mlxlama.toml``.
+
+Every table forbids unknown keys and types are strict (``port = "8080"`` is
+an error, not a guess). Only the loader uses these, and only when a
+manifest's text is new to it; the rest of mlx-lama works with the plain
+dataclasses in ``manifest.py``. Checks that span entries live in
+``checks.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from mlx_lama.schema.manifest import (
+    DEFAULT_KEEP_ALIVE,
+    DEFAULT_MEMORY_BUDGET,
+    BackendType,
+    ServeMode,
+)
+from mlx_lama.schema.units import Duration, Size
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _one_or_many(value: object) -> object:
+    # Modelfiles repeat `PARAMETER stop`; in TOML a single string is the common slip.
+    return [value] if isinstance(value, str) else value
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Parameters(_Table):
+    """Sampling and context settings, under Ollama's Modelfile PARAMETER names."""
+
+    temperature: Annotated[float, Field(ge=0)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    num_predict: Annotated[int, Field(ge=-2)] | None = None
+    num_ctx: Annotated[int, Field(ge=1)] | None = None
+    stop: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
+    seed: int | None = None
+    repeat_penalty: Annotated[float, Field(ge=0)] | None = None
+    repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+
+
+class Message(_Table):
+    """A seeded conversation turn (Modelfile MESSAGE)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ServerSection(_Table):
+    """``[server]``: the gateway that ``mlx-lama serve`` runs."""
+
+    host: str = "127.0.0.1"
+    port: Port = 11434
+    keep_alive: Duration = DEFAULT_KEEP_ALIVE
+    max_loaded: Annotated[int, Field(ge=1)] = 3
+    memory_budget: Size = DEFAULT_MEMORY_BUDGET
+    api_key: str | None = None
+    origins: list[str] = Field(default_factory=list)
+
+
+class Defaults(_Table):
+    """``[defaults]``: what a model entry gets for the keys it leaves out."""
+
+    backend: str = "mlx-lm"
+    serve: ServeMode = "on-demand"
+    keep_alive: Duration | None = None
+    parameters: Parameters = Parameters()
+
+
+class BackendSection(_Table):
+    """``[backends.NAME]``: a named engine configuration models can refer to.
+
+    ``type`` may be left out when NAME is itself a built-in backend, which is
+    how a manifest passes extra flags to every mlx-lm server, say.
+    """
+
+    type: BackendType | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelEntry(_Table):
+    """``[models.NAME]``: one model to keep on disk and maybe serve."""
+
+    repo: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    backend: str | None = None
+    serve: ServeMode | None = None
+    port: Port | None = None
+    keep_alive: Duration | None = None
+    pin: bool = False
+    system: str | None = None
+    template: str | None = None
+    adapter: str | None = None
+    messages: list[Message] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    parameters: Parameters = Parameters()
+
+
+class Manifest(_Table):
+    """A whole ``mlxlama.toml``."""
+
+    version: Literal[1] = 1
+    server: ServerSection = ServerSection()
+    defaults: Defaults = Defaults()
+    aliases: dict[str, str] = Field(default_factory=dict)
+    backends: dict[str, BackendSection] = Field(default_factory=dict)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
