@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,3 +240,45 @@ def _alive(pid: int) -> bool:
     import psutil
 
     return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_ctrl_c_mid_pull_leaves_nothing_taken_for_complete(
+    project: Path, hub: HubStandIn, tiny_model: Path
+) -> None:
+    files = _files(tiny_model)
+    # Over 10 MiB: huggingface_hub writes partial files in 10 MiB steps, so the
+    # partial blob visibly grows while the download is still under way.
+    files["model.safetensors"] = files["model.safetensors"] + b"\0" * (24 * 2**20)
+    hub.add_repo(REPO_A, files)
+    hub.chunk_delay = 0.02  # 64 KiB chunks: several seconds to interrupt in
+    manifest = write(project, manifest_text(("a", REPO_A, "never")))
+    argv = [sys.executable, "-m", "mlx_lama", "apply", "-f", str(manifest)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as apply:
+        try:
+            deadline = time.monotonic() + 60
+            while not _download_started() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _download_started(), "the pull never reached the weights"
+            apply.send_signal(signal.SIGINT)
+            _out, err = apply.communicate(timeout=60)
+        finally:
+            if apply.poll() is None:
+                apply.kill()
+    assert apply.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert "✓ pull" not in err  # stopped mid-download, not after it
+    assert not (project / "mlxlama.lock").exists()
+    [snapshot] = (paths.hf_hub_cache() / "models--mlx-test--tiny-a" / "snapshots").iterdir()
+    assert not (snapshot / "model.safetensors").exists()
+    hub.chunk_delay = 0.0
+    assert "+ pull     model:mlx-test/tiny-a@main" in cli("plan", "-f", str(manifest))[1]
+    assert cli("apply", "-f", str(manifest))[0] == 0
+    assert read_lock(project / "mlxlama.lock").models[0].name == "a"
+
+
+def _download_started() -> bool:
+    """A partial blob exists: huggingface_hub is writing the weights right now."""
+    blobs = paths.hf_hub_cache() / "models--mlx-test--tiny-a" / "blobs"
+    return (
+        any(p.stat().st_size > 0 for p in blobs.glob("*.incomplete")) if blobs.is_dir() else False
+    )

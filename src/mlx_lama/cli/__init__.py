@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import sys
 
-from mlx_lama.cli import aliases, apply, listing, lock, plan, validate
+# Registration order is the order --help lists the commands in.
+# isort: off
+from mlx_lama.cli import plan, apply, lock, listing, validate, aliases
+
+# isort: on
 from mlx_lama.cli._app import app
-from mlx_lama.cli._common import debug_enabled
+from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = ["aliases", "app", "apply", "listing", "lock", "main", "plan", "validate"]
 
@@ -19,7 +23,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(130)
+        exit_interrupted()
     except Exception as exc:  # a bug, not bad input: say so briefly, trace on request
         if debug_enabled():
             raise

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 
@@ -44,7 +44,8 @@ def fail(error: MlxLamaError) -> typer.Exit:
 
 
 def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a command so MlxLamaError becomes a one-line message and an exit code.
+    """Decorate a command so MlxLamaError becomes a one-line message and an exit code,
+    and Ctrl-C ends the process at once (see :func:`exit_interrupted`).
 
     With MLX_LAMA_DEBUG=1 the exception propagates with its traceback.
     """
@@ -57,8 +58,22 @@ def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
             if debug_enabled():
                 raise
             raise fail(error) from None
+        except KeyboardInterrupt:
+            exit_interrupted()
 
     return wrapper
+
+
+def exit_interrupted() -> NoReturn:
+    """Say so and leave now, with the shell's code for SIGINT (130).
+
+    Not sys.exit: huggingface_hub downloads on pool threads that Python would
+    join first, finishing every download before the process ends. Our writes
+    are atomic and the apply lock dies with the process, so leaving is safe.
+    """
+    print("\ninterrupted", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
 
 
 def plural(count: int, noun: str, plural_noun: str | None = None) -> str:

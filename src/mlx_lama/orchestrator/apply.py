@@ -10,9 +10,10 @@ Progress goes to a :class:`Reporter`; this module never prints.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -143,11 +144,11 @@ def apply_plan(
         outcomes.append(run(action, partial(_remove, action, ctx)))
 
     resolved: dict[str, LockedModel] = {}
-    pulls = _of(runnable, ActionKind.PULL)
-    if pulls:
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel_pulls, len(pulls)))) as pool:
-            futures = [pool.submit(run, a, partial(_pull, a, ctx, resolved, report)) for a in pulls]
-            outcomes.extend(f.result() for f in futures)
+    pulls = [
+        partial(run, a, partial(_pull, a, ctx, resolved, report))
+        for a in _of(runnable, ActionKind.PULL)
+    ]
+    outcomes.extend(run_interruptibly(pulls, parallel_pulls))
 
     lock = ctx.lock.with_models(resolved.values(), keep=_locked_names(ctx.manifest))
     if ctx.write_lock:
@@ -168,6 +169,32 @@ def apply_plan(
         outcomes.append(run(action, partial(_start, action, ctx, servers, ready_timeout)))
 
     return ApplyResult(tuple(outcomes), lock, time.monotonic() - began, refused)
+
+
+def run_interruptibly(tasks: Sequence[Callable[[], Outcome]], limit: int) -> list[Outcome]:
+    """Run ``tasks`` on at most ``limit`` daemon threads; results in task order.
+
+    Not a ThreadPoolExecutor: its workers are joined at exit, so Ctrl-C would
+    wait for every download to finish. Daemon threads are abandoned instead;
+    a download cut short stays an ``*.incomplete`` blob that no observe takes
+    for complete, and the lock is never written for it.
+    """
+    results: list[Outcome | None] = [None] * len(tasks)
+    done: queue.Queue[int] = queue.Queue()
+    slots = threading.Semaphore(max(1, limit))
+
+    def work(index: int) -> None:
+        with slots:
+            try:
+                results[index] = tasks[index]()
+            finally:
+                done.put(index)
+
+    for index in range(len(tasks)):
+        threading.Thread(target=work, args=(index,), name=f"pull-{index}", daemon=True).start()
+    for _ in tasks:
+        done.get()  # interruptible: Ctrl-C lands here
+    return [r for r in results if r is not None]
 
 
 def _of(actions: Iterable[Action], kind: ActionKind) -> list[Action]:
