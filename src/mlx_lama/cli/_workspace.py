@@ -6,6 +6,7 @@ parse → call → render.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +62,9 @@ def observe_and_warn(workspace: Workspace) -> ObservedState:
     for warning in observed.warnings:
         typer.echo(f"warning: {warning}", err=True)
     return observed
+
+
+def quiet_hub_logging() -> None:
+    """huggingface_hub logs its retries straight to stderr, through our progress
+    bars; our own messages already name each failure."""
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)

@@ -33,9 +33,14 @@ def apply(
         typer.Option("--timeout", help="Seconds a started server gets to answer.", min=1),
     ] = 300.0,
 ) -> None:
-    """Pull, remove, start and stop so the machine matches the manifest."""
+    """Make the machine match the manifest.
+
+    Shows the plan, then stops, removes, pulls and starts in that order, and
+    writes mlxlama.lock. Stopping servers and removing models needs --yes
+    when there is no terminal to ask on.
+    """
     from mlx_lama.cli._progress import ApplyReporter
-    from mlx_lama.cli._workspace import load_workspace, observe_and_warn
+    from mlx_lama.cli._workspace import load_workspace, observe_and_warn, quiet_hub_logging
     from mlx_lama.orchestrator.apply import ApplyContext, apply_plan
     from mlx_lama.orchestrator.filelock import apply_lock
     from mlx_lama.orchestrator.plan import PlanOptions, make_plan
@@ -67,6 +72,7 @@ def apply(
             cache_dir=workspace.cache_dir,
             write_lock=not locked,
         )
+        quiet_hub_logging()
         with ApplyReporter() as reporter:
             result = apply_plan(
                 plan, context, reporter=reporter, destructive_ok=allowed, ready_timeout=timeout

@@ -14,7 +14,10 @@ from mlx_lama.cli._common import JsonFlag, ManifestFile, format_table, handles_e
 @app.command("list")
 @handles_errors
 def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
-    """List models: the manifest's, and any others in the Hugging Face cache."""
+    """List models on disk and in the manifest.
+
+    Shows the manifest's models and any other model in the Hugging Face cache.
+    """
     from mlx_lama.cli._workspace import load_workspace, observe_and_warn
     from mlx_lama.humanize import ago_str, size_str
     from mlx_lama.orchestrator.inventory import inventory
@@ -41,7 +44,7 @@ def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
 @app.command("ps")
 @handles_errors
 def ps(as_json: JsonFlag = False) -> None:
-    """List the model servers mlx-lama started, and how they are doing."""
+    """List running model servers: port, pid, state, uptime, memory."""
     from mlx_lama.humanize import duration_str, size_str
     from mlx_lama.orchestrator.inventory import server_rows
     from mlx_lama.orchestrator.observe import observe_servers, resident_memory

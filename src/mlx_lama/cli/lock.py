@@ -21,14 +21,18 @@ def lock(
         bool, typer.Option("--upgrade", "-U", help="Re-resolve revisions even if locked.")
     ] = False,
 ) -> None:
-    """Resolve revisions to commits and write mlxlama.lock (downloads nothing)."""
-    from mlx_lama.cli._workspace import load_workspace
+    """Pin model revisions to commits in mlxlama.lock.
+
+    Asks the hub which commit each revision is; downloads nothing.
+    """
+    from mlx_lama.cli._workspace import load_workspace, quiet_hub_logging
     from mlx_lama.orchestrator.filelock import apply_lock
     from mlx_lama.orchestrator.relock import relock
     from mlx_lama.schema.lockfile import render_lock, write_lock
 
     if models and not upgrade:
         raise typer.BadParameter("naming models only makes sense with --upgrade")
+    quiet_hub_logging()
     with apply_lock():
         workspace = load_workspace(file)
         new_lock, changes = relock(

@@ -30,7 +30,10 @@ def plan(
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show the changes apply would make: + pull/start, - stop/remove, ~ restart."""
+    """Show what apply would change, changing nothing.
+
+    Each line is + pull/start, - stop/remove or ~ restart, with the reason.
+    """
     from mlx_lama.cli._workspace import load_workspace, observe_and_warn
     from mlx_lama.orchestrator.plan import PlanOptions, make_plan
 

@@ -1,0 +1,30 @@
+"""Run the benchmarks and write their results into docs/benchmarks.md.
+
+Usage: ``uv run --all-extras python -m bench [NAME ...]`` (default: all).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import reconcile
+
+SUITES = {"reconcile": reconcile.main}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "names", nargs="*", help=f"suites to run: {', '.join(SUITES)} (default all)"
+    )
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per command")
+    args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suite(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    for name in args.names or list(SUITES):
+        SUITES[name](runs=args.runs)
+
+
+if __name__ == "__main__":
+    main()
