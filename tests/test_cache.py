@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -217,12 +216,10 @@ def test_scan_of_100_repos_is_fast(tmp_path: Path) -> None:
     }
     for i in range(100):
         hf_cache.place_in_cache({**files, "config.json": b"%d" % i}, cache, f"org{i % 9}/m-{i}")
-    scan_cache(cache)  # warm the OS cache like a second `mlx-lama list` would
-    start = time.perf_counter()
+    # Speed is measured by `python -m bench reconcile`, not asserted here.
     repos, warnings = scan_cache(cache)
-    elapsed = time.perf_counter() - start
     assert len(repos) == 100 and warnings == ()
-    assert elapsed < 0.15, f"scan_cache took {elapsed:.3f}s for 100 repos"
+    assert {r.repo_id for r in repos} == {f"org{i % 9}/m-{i}" for i in range(100)}
 
 
 def test_scanning_does_not_import_the_hub_client(isolated_env: hf_env.IsolatedEnv) -> None:

@@ -16,6 +16,7 @@ import pytest
 from mlx_lama.backends.base import LaunchError, LaunchSpec, client_host, launch_spec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, ServerSpec
+from tests.fixtures.servers import server_spec
 
 MODEL = Path("/models/tiny")
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -23,15 +24,7 @@ PY = sys.executable
 
 
 def spec(engine: Engine = "mlx-lm", **changes: object) -> ServerSpec:
-    base = ServerSpec(
-        name="tiny:latest",
-        model="tiny:latest",
-        backend=engine,
-        engine=engine,
-        serve="always",
-        model_path=MODEL,
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(server_spec(MODEL, engine), **changes)  # type: ignore[arg-type]
 
 
 MLX_BASE = (

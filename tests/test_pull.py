@@ -24,14 +24,16 @@ from mlx_lama.orchestrator.cache import is_complete, scan_cache
 from mlx_lama.orchestrator.pull import (
     MODEL_FILE_PATTERNS,
     PullError,
-    forget_pulled,
     matches_model_patterns,
     pull_model,
+    resolve_revision,
+)
+from mlx_lama.orchestrator.pulled import (
+    forget_pulled,
     pulled_file,
     read_pulled,
     read_pulled_checked,
     record_pulled,
-    resolve_revision,
 )
 from mlx_lama.orchestrator.state import repo_folder_name
 from mlx_lama.schema.lockfile import LockedModel

