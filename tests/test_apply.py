@@ -282,3 +282,27 @@ def _download_started() -> bool:
     return (
         any(p.stat().st_size > 0 for p in blobs.glob("*.incomplete")) if blobs.is_dir() else False
     )
+
+
+def test_dry_run_shows_the_plan_and_changes_nothing(project: Path, two_repos: HubStandIn) -> None:
+    manifest = write(project, manifest_text(("a", REPO_A, "never")))
+    two_repos.clear_log()
+    code, out, _ = cli("apply", "-f", str(manifest), "--dry-run")
+    assert (code, out) == (
+        0,
+        "  + pull     model:mlx-test/tiny-a@main  not in the cache\n\nPlan: 1 to pull.\n",
+    )
+    assert two_repos.request_log == []
+    assert cached_repos() == set()
+    assert not (project / "mlxlama.lock").exists()
+
+
+def test_lock_refuses_unknown_or_misused_model_names(project: Path, two_repos: HubStandIn) -> None:
+    manifest = write(project, manifest_text(("a", REPO_A, "never")))
+    code, _out, err = cli("lock", "-f", str(manifest), "--upgrade", "nope")
+    assert code == 1
+    assert "not in the manifest: nope" in err
+    code, _out, err = cli("lock", "-f", str(manifest), "a")
+    assert code == 2
+    assert "--upgrade" in err
+    assert not (project / "mlxlama.lock").exists()

@@ -154,7 +154,7 @@ def test_relative_model_path_is_made_absolute() -> None:
 
 
 def test_no_model_folder_names_the_fix() -> None:
-    with pytest.raises(LaunchError, match="mlx-lama pull tiny:latest"):
+    with pytest.raises(LaunchError, match="run `mlx-lama apply` to pull it"):
         launch_spec(spec(model_path=None), 8081)
 
 

@@ -291,7 +291,7 @@ def test_unwritable_record_leaves_no_server(
 
 
 def test_missing_model_folder_spawns_nothing(tmp_path: Path) -> None:
-    with pytest.raises(ServerStartError, match="mlx-lama pull tiny:latest"):
+    with pytest.raises(ServerStartError, match="run `mlx-lama apply` to pull it"):
         start_server(server_spec(tmp_path / "not-pulled"))
     assert not paths.logs_dir().exists()
     assert read_records() == ([], [])

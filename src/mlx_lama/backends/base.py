@@ -134,7 +134,7 @@ def required_model_path(server: ServerSpec) -> str:
     if server.model_path is None:
         raise LaunchError(
             f"server {server.name!r} has no model folder yet",
-            hint=f"run `mlx-lama pull {server.model}` (or `mlx-lama apply`) first",
+            hint="run `mlx-lama apply` to pull it first",
         )
     return str(absolute(server.model_path))
 

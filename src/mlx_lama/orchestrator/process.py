@@ -99,7 +99,7 @@ def start_server(
     if server.model_path is not None and not server.model_path.expanduser().is_dir():
         raise ServerStartError(
             f"cannot start {server.name!r}: its model folder {server.model_path} does not exist",
-            hint=f"run `mlx-lama pull {server.model}`, or fix its `path` in mlxlama.toml",
+            hint="run `mlx-lama apply` to pull it, or fix its `path` in mlxlama.toml",
         )
     log_path = log_path_for(server.name)
     proc, log_start = _spawn(server, launch, log_path)
@@ -185,7 +185,7 @@ def _refuse_if_running(name: str) -> None:
     if runrecords.process_identity(existing) == "ours":
         raise ServerStartError(
             f"server {name!r} is already running (pid {existing.pid}, port {existing.port})",
-            hint=f"stop it first with `mlx-lama stop {name}`",
+            hint="`mlx-lama ps` shows it; `mlx-lama apply` restarts it when its spec changed",
         )
 
 

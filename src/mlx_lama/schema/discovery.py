@@ -20,7 +20,7 @@ ManifestSource = Literal["flag", "env", "project", "global"]
 
 EMPTY_MANIFEST = """\
 # mlx-lama manifest: the models this machine keeps on disk and serves.
-# `mlx-lama pull NAME` adds entries here; mlxlama.toml.example shows every key.
+# Add models under [models]; mlxlama.toml.example shows every key.
 version = 1
 """
 
