@@ -10,11 +10,16 @@ Pure: no I/O, no logging. Nothing here starts, probes or inspects a process.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import shutil
+import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 from mlx_lama.errors import MlxLamaError
 
@@ -151,28 +156,231 @@ def merged_env(server: ServerSpec) -> tuple[tuple[str, str], ...]:
     return tuple(env.items())
 
 
-def _builders() -> dict[str, Callable[[ServerSpec, int], LaunchSpec]]:
-    # Imported here: the engine modules import this one.
-    from mlx_lama.backends import mlx_lm, vllm_mlx
-
-    return {"mlx-lm": mlx_lm.launch_spec, "vllm-mlx": vllm_mlx.launch_spec}
-
-
 def launch_spec(server: ServerSpec, port: int) -> LaunchSpec:
     """How to start ``server`` on ``port``, for its engine. Pure: no I/O.
 
     Raises :class:`LaunchError` for ``external`` servers (never started by
     mlx-lama) and for entries the engine cannot run.
     """
-    if server.engine == "external":
-        raise LaunchError(
-            f"server {server.name!r} is external: external servers are not started by mlx-lama",
-            hint="start it yourself; mlx-lama only routes requests to it",
+    return get_backend(server.engine).serve(server, port)
+
+
+# -- the interface --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an engine can serve."""
+
+    chat: bool = True
+    completion: bool = True
+    embeddings: bool = False
+    vision: bool = False
+    continuous_batching: bool = False
+    adapters: bool = False
+    distributed: bool = False
+
+    def names(self) -> list[str]:
+        """The capabilities it has, as their field names."""
+        return [name for name in self.__dataclass_fields__ if getattr(self, name)]
+
+
+FoundBy = Literal["service", "package", "binary"]
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """Whether an engine is here, and how it was found."""
+
+    available: bool
+    found_by: FoundBy | None = None
+    version: str | None = None
+    detail: str = ""  # the package's module path, the binary, or the service's address
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    """The final numbers of an in-process generation."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    tokens_per_second: float
+    prompt_tokens_per_second: float
+    peak_memory: int  # bytes
+    finish_reason: str | None  # "stop" | "length" | None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """A piece of generated text; the last one has ``done`` and the stats."""
+
+    text: str
+    done: bool = False
+    stats: GenerationStats | None = None
+
+
+class Backend(ABC):
+    """One engine. Subclasses set the class attributes and register themselves."""
+
+    name: ClassVar[str]
+    #: Importable modules that must all be present to launch the engine.
+    python_packages: ClassVar[tuple[str, ...]] = ()
+    #: The distribution whose version is reported, and what `install` installs.
+    distribution: ClassVar[str | None] = None
+    #: Executables that run the engine when its package is not importable here.
+    binary_names: ClassVar[tuple[str, ...]] = ()
+    #: Ports where a running instance usually answers (its defaults).
+    service_ports: ClassVar[tuple[int, ...]] = ()
+    #: ``python -m`` arguments that start the server, and the same for the binary.
+    module_command: ClassVar[tuple[str, ...]] = ()
+    binary_command: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
+        """The command that serves ``server`` on ``port``. Pure."""
+
+    def generate(
+        self,
+        model_path: Path,
+        *,
+        messages: Sequence[Mapping[str, str]] | None = None,
+        prompt: str | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+        adapter: Path | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """Generate in this process (for ``run`` without a daemon)."""
+        raise MlxLamaError(
+            f"the {self.name} backend cannot generate in-process",
+            hint='serve the model (`serve = "always"`) and send it requests',
         )
-    builder = _builders().get(server.engine)
-    if builder is None:
-        raise LaunchError(
-            f"server {server.name!r}: unknown engine {server.engine!r}",
-            hint="use backend type 'mlx-lm' or 'vllm-mlx' in mlxlama.toml",
+
+    def package_present(self) -> bool:
+        """Every Python package this engine needs is importable here (no import)."""
+        return bool(self.python_packages) and all(
+            _module_present(module) for module in self.python_packages
         )
-    return builder(server, port)
+
+    def binary(self) -> str | None:
+        """The first of :attr:`binary_names` on PATH."""
+        return next((p for n in self.binary_names if (p := shutil.which(n))), None)
+
+    def detect(self, *, services: bool = True, probe_timeout: float = 0.2) -> Detection:
+        """Find the engine: a running service, then the package, then a binary."""
+        if services:
+            for port in self.service_ports:
+                if _answers("127.0.0.1", port, probe_timeout):
+                    return Detection(True, "service", None, f"127.0.0.1:{port}")
+        if self.package_present():
+            module = self.python_packages[0]
+            return Detection(True, "package", self.version(), module)
+        binary = self.binary()
+        if binary is not None:
+            return Detection(True, "binary", None, binary)
+        return Detection(False)
+
+    def version(self) -> str | None:
+        if self.distribution is None:
+            return None
+        import importlib.metadata  # only `backends` asks; it reads every dist-info
+
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def install_command(self) -> list[str] | None:
+        """The command that installs this engine into the running environment."""
+        if self.distribution is None:
+            return None
+        uv = shutil.which("uv")
+        if uv is not None:
+            return [uv, "pip", "install", "--python", sys.executable, self.distribution]
+        return [sys.executable, "-m", "pip", "install", self.distribution]
+
+    def launcher(self, server: ServerSpec, *args: str) -> tuple[str, ...]:
+        """The server command with ``args``: ``python -m`` with this interpreter when
+        the package is here, else the engine's binary on PATH.
+
+        Raises :class:`BackendMissingError` (naming the install command) when neither is.
+        """
+        if self.package_present():
+            return python_module(*self.module_command, *args)
+        binary = self.binary()
+        if binary is not None:
+            return (binary, *self.binary_command, *args)
+        raise BackendMissingError(self.name, [server.name])
+
+
+class BackendMissingError(LaunchError):
+    """Models need an engine that is not installed here."""
+
+    def __init__(self, backend: str, models: Sequence[str]) -> None:
+        names = ", ".join(sorted(models))
+        super().__init__(
+            f"the {backend} backend is not installed, and {names} "
+            f"{'uses' if len(models) == 1 else 'use'} it",
+            hint=f"run `mlx-lama install {backend}`",
+        )
+
+
+_BACKENDS: dict[str, type[Backend]] = {}
+_MODULES = {
+    "mlx-lm": "mlx_lama.backends.mlx_lm",
+    "vllm-mlx": "mlx_lama.backends.vllm_mlx",
+    "external": "mlx_lama.backends.external",
+}
+
+B = TypeVar("B", bound=type[Backend])
+
+
+def register_backend(cls: B) -> B:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, loading its module on first use."""
+    if name not in _BACKENDS and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    cls = _BACKENDS.get(name)
+    if cls is None:
+        raise LaunchError(
+            f"unknown backend {name!r}",
+            hint=f"use one of {', '.join(backend_names())}",
+        )
+    return cls()
+
+
+def backend_names() -> list[str]:
+    return sorted({*_MODULES, *_BACKENDS})
+
+
+def missing_backends(uses: Mapping[str, Sequence[str]]) -> BackendMissingError | None:
+    """For ``{engine: [models]}``, the error for the first engine that cannot be
+    launched here (neither its package nor its binary), or None."""
+    for engine in sorted(uses):
+        if engine == "external":
+            continue
+        backend = get_backend(engine)
+        if not backend.package_present() and backend.binary() is None:
+            return BackendMissingError(engine, uses[engine])
+    return None
+
+
+def _module_present(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent that fails, or a blocked module
+        return False
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

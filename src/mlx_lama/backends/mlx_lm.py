@@ -15,15 +15,22 @@ model, so requests leave ``model`` out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlx_lama.backends.base import (
+    Backend,
+    Capabilities,
+    GenerationChunk,
+    GenerationStats,
     LaunchSpec,
+    ParameterValue,
     absolute,
     check_passthrough,
     merged_env,
     parameter_flags,
-    python_module,
+    register_backend,
     required_model_path,
 )
 
@@ -53,40 +60,127 @@ MANAGED_FLAGS: tuple[str, ...] = ("--model", "--host", "--port")
 # taken) ends the main thread while that non-daemon thread keeps the process up.
 FATAL_LOG_MARKERS: tuple[str, ...] = ("Traceback (most recent call last)",)
 
+DEFAULT_MAX_TOKENS = 512  # in-process generation without num_predict
+
 READY_TIMEOUT = 300.0  # a multi-GB model loads in well under this on Apple silicon
 
 
-def launch_spec(server: ServerSpec, port: int) -> LaunchSpec:
-    """``python -m mlx_lm server --model PATH --host H --port P ...`` for ``server``.
+@register_backend
+class MlxLmBackend(Backend):
+    """``mlx_lm server``: the reference MLX engine, one request at a time."""
 
-    ``template`` goes to ``--chat-template`` as the template text itself (mlx-lm
-    puts it into the tokenizer config as ``chat_template``: a Jinja string, not
-    a file path). ``server.args`` come last, so they win over mapped parameters.
-    """
-    argv = python_module(
-        "mlx_lm",
-        "server",
-        "--model",
-        required_model_path(server),
-        "--host",
-        server.host,
-        "--port",
-        str(port),
-        "--allowed-origins",
-        NO_BROWSER_ORIGIN,
-    )
-    if server.adapter is not None:
-        argv += ("--adapter-path", str(absolute(server.adapter)))
-    if server.template is not None:
-        argv += ("--chat-template", server.template)
-    argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
-    argv += check_passthrough(server, MANAGED_FLAGS)
-    return LaunchSpec(
-        argv=argv,
-        env=merged_env(server),
-        host=server.host,
-        port=port,
-        served_model=None,
-        ready_timeout=READY_TIMEOUT,
-        fatal_log_markers=FATAL_LOG_MARKERS,
-    )
+    name = "mlx-lm"
+    python_packages = ("mlx_lm",)
+    distribution = "mlx-lm"
+    binary_names = ("mlx_lm.server",)
+    service_ports = (8080,)
+    module_command = ("mlx_lm", "server")
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(chat=True, completion=True, adapters=True, distributed=True)
+
+    def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
+        """``python -m mlx_lm server --model PATH --host H --port P ...`` for ``server``.
+
+        ``template`` goes to ``--chat-template`` as the template text itself (mlx-lm
+        puts it into the tokenizer config as ``chat_template``: a Jinja string, not
+        a file path). ``server.args`` come last, so they win over mapped parameters.
+        """
+        argv = self.launcher(
+            server,
+            "--model",
+            required_model_path(server),
+            "--host",
+            server.host,
+            "--port",
+            str(port),
+            "--allowed-origins",
+            NO_BROWSER_ORIGIN,
+        )
+        if server.adapter is not None:
+            argv += ("--adapter-path", str(absolute(server.adapter)))
+        if server.template is not None:
+            argv += ("--chat-template", server.template)
+        argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
+        argv += check_passthrough(server, MANAGED_FLAGS)
+        return LaunchSpec(
+            argv=argv,
+            env=merged_env(server),
+            host=server.host,
+            port=port,
+            served_model=None,
+            ready_timeout=READY_TIMEOUT,
+            fatal_log_markers=FATAL_LOG_MARKERS,
+        )
+
+    def generate(
+        self,
+        model_path: Path,
+        *,
+        messages: Sequence[Mapping[str, str]] | None = None,
+        prompt: str | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+        adapter: Path | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """Stream text from ``model_path`` in this process with mlx_lm's ``stream_generate``.
+
+        ``messages`` go through the model's chat template; ``prompt`` is used as
+        it is. Sampling follows the manifest's parameter names; ``num_predict``
+        caps the tokens (default :data:`DEFAULT_MAX_TOKENS`).
+        """
+        from mlx_lm import load, stream_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        params = dict(parameters or {})
+        model, tokenizer = load(
+            str(absolute(model_path)), adapter_path=str(adapter) if adapter else None
+        )[:2]
+        if messages is not None:
+            text = tokenizer.apply_chat_template(  # type: ignore[no-untyped-call]
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+        else:
+            text = prompt or ""
+        limit = params.get("num_predict")
+        max_tokens = limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
+        sampler = make_sampler(
+            temp=_number(params.get("temperature"), 0.0),
+            top_p=_number(params.get("top_p"), 0.0),
+            min_p=_number(params.get("min_p"), 0.0),
+            top_k=int(_number(params.get("top_k"), 0)),
+        )
+        processors = make_logits_processors(
+            repetition_penalty=_optional(params.get("repeat_penalty")),
+            presence_penalty=_optional(params.get("presence_penalty")),
+            frequency_penalty=_optional(params.get("frequency_penalty")),
+        )
+        last = None
+        for response in stream_generate(
+            model, tokenizer, text, max_tokens=max_tokens, sampler=sampler,
+            logits_processors=processors,
+        ):  # fmt: skip
+            last = response
+            if response.text:
+                yield GenerationChunk(text=response.text)
+        if last is None:
+            return
+        yield GenerationChunk(
+            text="",
+            done=True,
+            stats=GenerationStats(
+                prompt_tokens=last.prompt_tokens,
+                generated_tokens=last.generation_tokens,
+                tokens_per_second=last.generation_tps,
+                prompt_tokens_per_second=last.prompt_tps,
+                peak_memory=int(last.peak_memory * 1e9),
+                finish_reason=last.finish_reason,
+            ),
+        )
+
+
+def _number(value: object, default: float) -> float:
+    return float(value) if isinstance(value, int | float) else default
+
+
+def _optional(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

@@ -17,12 +17,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mlx_lama.backends.base import (
+    Backend,
+    Capabilities,
     LaunchError,
     LaunchSpec,
     check_passthrough,
     merged_env,
     parameter_flags,
-    python_module,
+    register_backend,
     required_model_path,
 )
 
@@ -49,44 +51,60 @@ MANAGED_FLAGS: tuple[str, ...] = ("--host", "--port", "--served-model-name")
 READY_TIMEOUT = 600.0  # loads and warms up before it listens
 
 
-def launch_spec(server: ServerSpec, port: int) -> LaunchSpec:
-    """``python -m vllm_mlx.cli serve PATH --host H --port P --served-model-name NAME ...``.
+@register_backend
+class VllmMlxBackend(Backend):
+    """``vllm-mlx serve``: continuous batching, vision and embeddings on MLX."""
 
-    ``--offline`` keeps it from ever reaching the Hub. ``server.args`` come
-    last, so they win over mapped parameters.
-    """
-    if server.adapter is not None:
-        raise LaunchError(
-            f"server {server.name!r}: vllm-mlx cannot load adapters",
-            hint="use backend 'mlx-lm' for this model, or drop `adapter`",
+    name = "vllm-mlx"
+    python_packages = ("vllm_mlx",)
+    distribution = "vllm-mlx"
+    binary_names = ("vllm-mlx",)
+    service_ports = (8000,)
+    module_command = ("vllm_mlx.cli", "serve")
+    binary_command = ("serve",)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            chat=True, completion=True, embeddings=True, vision=True, continuous_batching=True
         )
-    if server.template is not None:
-        raise LaunchError(
-            f"server {server.name!r}: vllm-mlx has no option for a custom chat template",
-            hint="use backend 'mlx-lm' for this model, or drop `template`",
+
+    def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
+        """``python -m vllm_mlx.cli serve PATH --host H --port P --served-model-name NAME ...``.
+
+        ``--offline`` keeps it from ever reaching the Hub. ``server.args`` come
+        last, so they win over mapped parameters.
+        """
+        if server.adapter is not None:
+            raise LaunchError(
+                f"server {server.name!r}: vllm-mlx cannot load adapters",
+                hint="use backend 'mlx-lm' for this model, or drop `adapter`",
+            )
+        if server.template is not None:
+            raise LaunchError(
+                f"server {server.name!r}: vllm-mlx has no option for a custom chat template",
+                hint="use backend 'mlx-lm' for this model, or drop `template`",
+            )
+        argv = self.launcher(
+            server,
+            required_model_path(server),
+            "--host",
+            server.host,
+            "--port",
+            str(port),
+            "--served-model-name",
+            server.name,
+            "--offline",
         )
-    argv = python_module(
-        "vllm_mlx.cli",
-        "serve",
-        required_model_path(server),
-        "--host",
-        server.host,
-        "--port",
-        str(port),
-        "--served-model-name",
-        server.name,
-        "--offline",
-    )
-    argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
-    num_predict = dict(server.parameters).get("num_predict")
-    if isinstance(num_predict, int) and num_predict > DEFAULT_MAX_REQUEST_TOKENS:
-        argv += ("--max-request-tokens", str(num_predict))
-    argv += check_passthrough(server, MANAGED_FLAGS)
-    return LaunchSpec(
-        argv=argv,
-        env=merged_env(server),
-        host=server.host,
-        port=port,
-        served_model=server.name,
-        ready_timeout=READY_TIMEOUT,
-    )
+        argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
+        num_predict = dict(server.parameters).get("num_predict")
+        if isinstance(num_predict, int) and num_predict > DEFAULT_MAX_REQUEST_TOKENS:
+            argv += ("--max-request-tokens", str(num_predict))
+        argv += check_passthrough(server, MANAGED_FLAGS)
+        return LaunchSpec(
+            argv=argv,
+            env=merged_env(server),
+            host=server.host,
+            port=port,
+            served_model=server.name,
+            ready_timeout=READY_TIMEOUT,
+        )

@@ -42,6 +42,7 @@ def apply(
     from mlx_lama.cli._progress import ApplyReporter
     from mlx_lama.cli._workspace import load_workspace, observe_and_warn, quiet_hub_logging
     from mlx_lama.orchestrator.apply import ApplyContext, apply_plan
+    from mlx_lama.orchestrator.engines import require_engines
     from mlx_lama.orchestrator.filelock import apply_lock
     from mlx_lama.orchestrator.plan import PlanOptions, make_plan
     from mlx_lama.schema.lockfile import check_lock_matches
@@ -51,6 +52,7 @@ def apply(
 
     with apply_lock(on_wait=waiting):
         workspace = load_workspace(file)
+        require_engines(workspace.manifest)
         if locked:
             check_lock_matches(workspace.manifest, workspace.lock, workspace.lock_path)
         desired = workspace.desired()

@@ -35,9 +35,11 @@ def plan(
     Each line is + pull/start, - stop/remove or ~ restart, with the reason.
     """
     from mlx_lama.cli._workspace import load_workspace, observe_and_warn
+    from mlx_lama.orchestrator.engines import require_engines
     from mlx_lama.orchestrator.plan import PlanOptions, make_plan
 
     workspace = load_workspace(file)
+    require_engines(workspace.manifest)
     result = make_plan(workspace.desired(), observe_and_warn(workspace), PlanOptions(prune=prune))
     typer.echo(result.to_json() if as_json else result.render(), nl=as_json)
     if detailed_exitcode and not result.empty:

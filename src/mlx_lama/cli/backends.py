@@ -1,0 +1,78 @@
+"""``mlx-lama backends`` and ``mlx-lama install``: the engines, and getting them."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from typing import Annotated
+
+import typer
+
+from mlx_lama.cli._app import app
+from mlx_lama.cli._common import JsonFlag, format_table, handles_errors
+
+
+@app.command()
+@handles_errors
+def backends(as_json: JsonFlag = False) -> None:
+    """List engines: available or not, how found, version, capabilities."""
+    from mlx_lama.backends.base import backend_names, get_backend
+
+    rows = []
+    for name in backend_names():
+        backend = get_backend(name)
+        found = backend.detect()
+        install = backend.install_command()
+        rows.append(
+            {
+                "name": name,
+                "available": found.available,
+                "found_by": found.found_by,
+                "detail": found.detail,
+                "version": found.version,
+                "capabilities": backend.capabilities().names(),
+                "install": None
+                if found.available or install is None
+                else f"mlx-lama install {name}",
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = [
+        (
+            str(row["name"]),
+            "yes" if row["available"] else "no",
+            str(row["found_by"] or "-"),
+            str(row["version"] or "-"),
+            ", ".join(row["capabilities"]),  # type: ignore[arg-type]
+            str(row["install"] or ""),
+        )
+        for row in rows
+    ]
+    typer.echo(
+        format_table(("NAME", "AVAILABLE", "FOUND BY", "VERSION", "CAPABILITIES", "INSTALL"), table)
+    )
+
+
+@app.command()
+@handles_errors
+def install(
+    backend: Annotated[str, typer.Argument(help="mlx-lm or vllm-mlx.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and stop.")] = False,
+) -> None:
+    """Install a backend's Python package into this environment (uv, else pip)."""
+    from mlx_lama.backends.base import get_backend
+
+    command = get_backend(backend).install_command()
+    if command is None:
+        typer.echo(f"The {backend} backend has nothing to install.")
+        return
+    typer.echo(f"$ {shlex.join(command)}", err=True)
+    if dry_run:
+        return
+    code = subprocess.call(command)
+    if code != 0:
+        raise typer.Exit(code)
+    typer.echo(f"Installed the {backend} backend.")
