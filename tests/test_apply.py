@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -21,6 +22,7 @@ from mlx_lama.orchestrator.cache import scan_cache
 from mlx_lama.schema.lockfile import read_lock
 from tests.fixtures.hf_cache import place_in_cache
 from tests.fixtures.hub import HubStandIn
+from tests.fixtures.servers import free_port
 
 runner = CliRunner()
 REPO_A = "mlx-test/tiny-a"
@@ -306,3 +308,59 @@ def test_lock_refuses_unknown_or_misused_model_names(project: Path, two_repos: H
     assert code == 2
     assert "--upgrade" in err
     assert not (project / "mlxlama.lock").exists()
+
+
+@pytest.mark.server
+def test_both_engines_serve_and_a_model_switches_backend(
+    project: Path, published_model: object
+) -> None:
+    ports = {"a": free_port(), "b": free_port()}
+
+    def entries(a_backend: str) -> str:
+        return (
+            f'[models.a]\nrepo = "mlx-test/tiny-llama"\nserve = "always"\n'
+            f'backend = "{a_backend}"\nport = {ports["a"]}\n'
+            f'[models.b]\nrepo = "mlx-test/tiny-llama"\nserve = "always"\n'
+            f'backend = "vllm-mlx"\nport = {ports["b"]}\n'
+        )
+
+    manifest = write(project, entries("mlx-lm"))
+    code, out, err = cli("apply", "-f", str(manifest), "--timeout", "180")
+    assert code == 0, out + err
+    servers = {row["name"]: row for row in json.loads(cli("ps", "--json")[1])}
+    assert {n: (s["backend"], s["port"]) for n, s in servers.items()} == {
+        "a": ("mlx-lm", ports["a"]),
+        "b": ("vllm-mlx", ports["b"]),
+    }
+    assert _chat(ports["a"], None) and _chat(ports["b"], "b")
+
+    write(project, entries("vllm-mlx"))
+    code, out, err = cli("apply", "-f", str(manifest), "--timeout", "180")
+    assert code == 0, out + err
+    assert re.search(r"~ restart\s+server:a\s+changed: engine", out), out
+    after = {row["name"]: row for row in json.loads(cli("ps", "--json")[1])}
+    assert after["a"]["backend"] == "vllm-mlx"
+    assert after["a"]["port"] == ports["a"] and after["a"]["pid"] != servers["a"]["pid"]
+    assert after["b"]["pid"] == servers["b"]["pid"]  # untouched
+    assert not _alive(servers["a"]["pid"])
+    assert _chat(ports["a"], "a")
+
+    write(project, "version = 1\n")
+    code, out, err = cli("apply", "-f", str(manifest), "--yes")
+    assert code == 0, out + err
+    assert json.loads(cli("ps", "--json")[1]) == []
+    assert not any(_alive(row["pid"]) for row in after.values())
+
+
+def _chat(port: int, model: str | None) -> str:
+    """A non-empty chat completion from the server on ``port``."""
+    body: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    if model is not None:
+        body["model"] = model
+    reply = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=120, trust_env=False
+    )
+    assert reply.status_code == 200, reply.text
+    content = str(reply.json()["choices"][0]["message"]["content"])
+    assert content.strip()
+    return content

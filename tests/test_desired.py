@@ -6,7 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.state import ServerSpec
+from mlx_lama.orchestrator.plan import make_plan
+from mlx_lama.orchestrator.state import ExternalSpec, ObservedState, ServerSpec
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock, LockedModel
 
@@ -114,3 +115,36 @@ def test_spec_hash_is_stable_and_ignores_sampling_parameters() -> None:
         replace(chat, template="{{ x }}"),
     ]
     assert len({chat.spec_hash, *(spec.spec_hash for spec in changed)}) == 7
+
+
+EXTERNAL = parse_manifest(
+    """
+    [backends.lms]
+    type = "external"
+    [models.far]
+    backend = "external"
+    url = "http://127.0.0.1:1234/v1"
+    serve = "always"
+    [models.lan]
+    backend = "lms"
+    url = "http://box.lan:11434"
+    [models.chat]
+    repo = "org/chat"
+    serve = "always"
+    """
+)
+
+
+def test_external_models_are_neither_pulled_nor_started() -> None:
+    result = desired(EXTERNAL, Lock(()), manifest_dir=HERE, cache_dir=CACHE)
+    assert result.externals == (
+        ExternalSpec("far", "http://127.0.0.1:1234"),
+        ExternalSpec("lan", "http://box.lan:11434"),
+    )
+    assert [m.name for m in result.models] == ["chat"]
+    assert [s.name for s in result.servers] == ["chat"]
+    plan = make_plan(result, ObservedState())
+    assert [a.target for a in plan.actions] == ["model:org/chat@main", "server:chat"]
+    # Converged for the managed model: the externals add nothing to do.
+    only_externals = replace(result, models=(), servers=())
+    assert make_plan(only_externals, ObservedState()).empty

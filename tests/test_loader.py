@@ -28,7 +28,13 @@ def only_problem(text: str) -> Problem:
 
 def test_the_example_manifest_is_valid() -> None:
     manifest = load_manifest(ROOT / "mlxlama.toml.example")
-    assert set(manifest.models) == {"qwen2.5-coder:7b", "llama3.2:3b", "qwen3:8b", "my-finetune"}
+    assert set(manifest.models) == {
+        "qwen2.5-coder:7b",
+        "llama3.2:3b",
+        "qwen3:8b",
+        "my-finetune",
+        "lmstudio-qwen",
+    }
     assert manifest.aliases == {"coder": "qwen2.5-coder:7b", "assistant": "llama3.2:3b"}
     coder = manifest.models["qwen2.5-coder:7b"]
     assert coder.keep_alive == Duration(1800.0)
@@ -43,6 +49,8 @@ def test_the_example_manifest_is_valid() -> None:
     assert manifest.serve_mode("my-finetune") == "never"
     assert manifest.serve_mode("llama3.2:3b") == "on-demand"
     assert [m.role for m in manifest.models["llama3.2:3b"].messages] == ["user", "assistant"]
+    assert manifest.is_external("lmstudio-qwen")
+    assert manifest.models["lmstudio-qwen"].url == "http://127.0.0.1:1234"
 
 
 def test_an_empty_manifest_has_safe_defaults() -> None:
@@ -314,6 +322,144 @@ def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
             id="alias-loop",
         ),
         pytest.param(
+            '[models.m]\nbackend = "external"\n',
+            1,
+            "models.m",
+            "an external model needs a url",
+            'url = "http://127.0.0.1:1234"',
+            id="external-without-url",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\nrepo = "org/m"\n',
+            4,
+            "models.m.repo",
+            "repo does not apply to an external model",
+            "remove repo",
+            id="external-with-repo",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\npath = "./m"\n',
+            4,
+            "models.m.path",
+            "path does not apply to an external model",
+            "remove path",
+            id="external-with-path",
+        ),
+        pytest.param(
+            '[backends.lms]\ntype = "external"\n'
+            '[models.m]\nbackend = "lms"\nurl = "http://127.0.0.1:1234"\nport = 8081\n',
+            6,
+            "models.m.port",
+            "port does not apply to an external model",
+            "the port is part of url",
+            id="external-backend-with-port",
+        ),
+        pytest.param(
+            '[defaults]\nbackend = "external"\n'
+            '[models.m]\nurl = "http://127.0.0.1:1234"\nargs = ["--x"]\n',
+            5,
+            "models.m.args",
+            "args does not apply to an external model",
+            "does not start external servers",
+            id="external-default-with-args",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\nenv = { A = "1" }\n',
+            4,
+            "models.m.env",
+            "env does not apply to an external model",
+            "set its environment yourself",
+            id="external-with-env",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\nadapter = "./a"\n',
+            4,
+            "models.m.adapter",
+            "adapter does not apply to an external model",
+            "load the adapter in the external server",
+            id="external-with-adapter",
+        ),
+        pytest.param(
+            '[backends.lms]\ntype = "external"\nargs = ["--x"]\n',
+            3,
+            "backends.lms.args",
+            "args does not apply to an external backend",
+            "does not start external servers",
+            id="external-backend-section-with-args",
+        ),
+        pytest.param(
+            '[models.m]\nrepo = "org/m"\nurl = "http://127.0.0.1:1234"\n',
+            3,
+            "models.m.url",
+            "url is only for external models",
+            'set backend = "external"',
+            id="url-on-managed-model",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "ftp://127.0.0.1:1234"\n',
+            3,
+            "models.m.url",
+            "url 'ftp://127.0.0.1:1234' must start with http:// or https://",
+            'url = "http://127.0.0.1:1234"',
+            id="url-scheme",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "127.0.0.1:1234"\n',
+            3,
+            "models.m.url",
+            "must start with http:// or https://",
+            None,
+            id="url-without-scheme",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http:///v1"\n',
+            3,
+            "models.m.url",
+            "url 'http:///v1' has no host",
+            None,
+            id="url-without-host",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://h:1234/v1?key=x"\n',
+            3,
+            "models.m.url",
+            "has a query or fragment",
+            "give the server's root",
+            id="url-query",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://me:pw@h:1234"\n',
+            3,
+            "models.m.url",
+            "contains a user name or password",
+            "not supported",
+            id="url-credentials",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://h:99999"\n',
+            3,
+            "models.m.url",
+            "is not a valid URL",
+            None,
+            id="url-port-range",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = 1234\n',
+            3,
+            "models.m.url",
+            "must be a string, not 1234",
+            None,
+            id="url-type",
+        ),
+        pytest.param(
+            '[models.m]\nbackend = "external"\nurl = "http://localhost:11434"\n',
+            3,
+            "models.m.url",
+            "is mlx-lama's own gateway ([server] port 11434)",
+            "move the gateway with [server] port",
+            id="url-is-the-gateway",
+        ),
+        pytest.param(
             '[server]\nhost = "0.0.0.0"\n',
             2,
             "server.host",
@@ -359,6 +505,62 @@ def test_valid_cross_references_pass() -> None:
     assert manifest.backend_type("fast") == "vllm-mlx"
     assert manifest.backend_type(manifest.backend_of("other")) == "mlx-lm"
     assert manifest.backends["mlx-lm"].args == ["--log-level", "DEBUG"]
+
+
+EXTERNAL_MISTAKES = """\
+[backends.lms]
+type = "external"
+
+[models.a]
+backend = "lms"
+repo = "org/a"
+
+[models.b]
+repo = "org/b"
+url = "http://127.0.0.1:1234"
+"""
+
+
+def test_external_mistakes_are_golden() -> None:
+    assert [str(p) for p in problems_of(EXTERNAL_MISTAKES)] == [
+        "m.toml:4:9: models.a: an external model needs a url (add the address of the "
+        'running server, as in url = "http://127.0.0.1:1234")',
+        "m.toml:6:1: models.a.repo: repo does not apply to an external model "
+        "(the server at url provides the model; remove repo)",
+        "m.toml:10:1: models.b.url: url is only for external models "
+        '(set backend = "external" to route to the server at url, or remove url)',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("http://127.0.0.1:1234", "http://127.0.0.1:1234"),
+        ("http://127.0.0.1:1234/", "http://127.0.0.1:1234"),
+        ("http://127.0.0.1:1234/v1", "http://127.0.0.1:1234"),
+        ("HTTPS://box.lan/v1/", "https://box.lan"),
+        ("http://[::1]:8080/proxy/ollama/", "http://[::1]:8080/proxy/ollama"),
+    ],
+)
+def test_external_models_store_the_server_root(written: str, stored: str) -> None:
+    manifest = parse_manifest(
+        f'[backends.lms]\ntype = "external"\n'
+        f'[models.m]\nbackend = "lms"\nurl = "{written}"\nserve = "always"\n'
+        f'system = "Be brief."\n[models.m.parameters]\ntemperature = 0.1\n'
+    )
+    assert manifest.models["m"].url == stored
+    assert manifest.models["m"].repo is None and manifest.models["m"].path is None
+    assert manifest.is_external("m")
+
+
+def test_an_external_default_backend_needs_no_repo_and_other_models_may_override_it() -> None:
+    manifest = parse_manifest(
+        '[defaults]\nbackend = "external"\n'
+        '[models.far]\nurl = "http://127.0.0.1:1234"\n'
+        '[models.near]\nbackend = "mlx-lm"\nrepo = "org/near"\n'
+    )
+    assert manifest.is_external("far")
+    assert not manifest.is_external("near")
 
 
 def test_syntax_errors_have_a_position_and_hint() -> None:

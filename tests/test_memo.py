@@ -23,10 +23,13 @@ def test_plain_data_round_trips_every_field() -> None:
         EXAMPLE.read_text()
         + '\n[models."forever"]\nrepo = "org/f"\nkeep_alive = -1\n'
         + '[models."forever".parameters]\nstop = ["a", "b"]\nseed = 3\n'
+        + '[models."far"]\nbackend = "external"\nurl = "https://box.lan:8443/v1"\n'
     )
     data = manifest.to_data()
     assert json.loads(json.dumps(data, allow_nan=False)) == data
     assert Manifest.from_data(data) == manifest
+    assert Manifest.from_data(data).models["far"].url == "https://box.lan:8443"
+    assert data["models"]["lmstudio-qwen"]["url"] == "http://127.0.0.1:1234"
     assert manifest.models["forever"].keep_alive is not None
     assert manifest.models["forever"].keep_alive.forever
 

@@ -12,6 +12,7 @@ from mlx_lama.orchestrator.state import (
     CachedRepo,
     CachedRevision,
     DesiredState,
+    ExternalSpec,
     ModelSpec,
     ObservedState,
     RunningServer,
@@ -149,6 +150,13 @@ CASES = [
         False,
         "  - stop     server:chat  no longer in the manifest\n\nPlan: 1 to stop.\n",
         id="stop-removed",
+    ),
+    pytest.param(
+        DesiredState(externals=(ExternalSpec("chat", "http://127.0.0.1:1234"),)),
+        ObservedState(servers=(running(CHAT_SERVER),)),
+        False,
+        "  - stop     server:chat  now served by an external server\n\nPlan: 1 to stop.\n",
+        id="stop-now-external",
     ),
     pytest.param(
         DesiredState(),

@@ -57,8 +57,8 @@ def load_workspace(file: Path | None) -> Workspace:
 
 
 def observe_and_warn(workspace: Workspace) -> ObservedState:
-    """Observe, printing each warning on stderr."""
-    observed = observe(cache_dir=workspace.cache_dir)
+    """Observe (probing the manifest's external servers), printing each warning on stderr."""
+    observed = observe(cache_dir=workspace.cache_dir, externals=workspace.desired().externals)
     for warning in observed.warnings:
         typer.echo(f"warning: {warning}", err=True)
     return observed

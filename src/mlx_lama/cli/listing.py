@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import JsonFlag, ManifestFile, format_table, handles_errors
+from mlx_lama.errors import ManifestNotFoundError, MlxLamaError
+
+if TYPE_CHECKING:
+    from mlx_lama.orchestrator.state import ExternalSpec
 
 
 @app.command("list")
@@ -16,7 +22,8 @@ from mlx_lama.cli._common import JsonFlag, ManifestFile, format_table, handles_e
 def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
     """List models on disk and in the manifest.
 
-    Shows the manifest's models and any other model in the Hugging Face cache.
+    Shows the manifest's models (external ones with status "external") and any
+    other model in the Hugging Face cache.
     """
     from mlx_lama.cli._workspace import load_workspace, observe_and_warn
     from mlx_lama.humanize import ago_str, size_str
@@ -43,15 +50,21 @@ def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
 
 @app.command("ps")
 @handles_errors
-def ps(as_json: JsonFlag = False) -> None:
-    """List running model servers: port, pid, state, uptime, memory."""
-    from mlx_lama.humanize import duration_str, size_str
-    from mlx_lama.orchestrator.inventory import server_rows
-    from mlx_lama.orchestrator.observe import observe_servers, resident_memory
+def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
+    """List model servers: the ones mlx-lama started and the manifest's external ones.
 
+    Shows port, pid, state, uptime and memory; an external server's state is
+    whether it answers right now.
+    """
+    from mlx_lama.humanize import duration_str, size_str
+    from mlx_lama.orchestrator.inventory import external_rows, server_rows
+    from mlx_lama.orchestrator.observe import observe_externals, observe_servers, resident_memory
+
+    externals = _manifest_externals(file)
     servers = observe_servers()
     memory = {s.record.pid: m for s in servers if s.alive and (m := resident_memory(s.record.pid))}
-    rows = server_rows(servers, memory)
+    rows = server_rows(servers, memory) + external_rows(observe_externals(externals))
+    rows.sort(key=lambda row: row.name)
     now = time.time()
     if as_json:
         typer.echo(json.dumps([row.to_json(now) for row in rows], indent=2))
@@ -61,11 +74,29 @@ def ps(as_json: JsonFlag = False) -> None:
             row.name,
             row.backend,
             str(row.port),
-            str(row.pid),
+            str(row.pid) if row.pid is not None else "-",
             row.state,
-            duration_str(now - row.started_at) if row.state in ("running", "unresponsive") else "-",
+            duration_str(now - row.started_at) if row.up and row.started_at is not None else "-",
             size_str(row.memory) if row.memory else "-",
         )
         for row in rows
     ]
     typer.echo(format_table(("NAME", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY"), table))
+
+
+def _manifest_externals(file: Path | None) -> tuple[ExternalSpec, ...]:
+    """The manifest's external models. A manifest named with -f must load; a
+    discovered one that does not only costs the externals (with a warning), so
+    ``ps`` still shows the servers that are running."""
+    from mlx_lama.orchestrator.desired import external_specs
+    from mlx_lama.schema import find_manifest, load_manifest
+
+    if file is not None:
+        return external_specs(load_manifest(find_manifest(file).path))
+    try:
+        return external_specs(load_manifest(find_manifest(None, create=False).path))
+    except ManifestNotFoundError:
+        return ()
+    except MlxLamaError as error:
+        typer.echo(f"warning: external servers not shown: {error}", err=True)
+        return ()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlx_lama.orchestrator.state import (
     DesiredState,
+    ExternalSpec,
     ModelSpec,
     ServerSpec,
     repo_folder_name,
@@ -26,18 +27,28 @@ def desired(manifest: Manifest, lock: Lock, *, manifest_dir: Path, cache_dir: Pa
     """Resolve every model to repo + revision (+ locked commit and files) and every
     served model to a :class:`ServerSpec`. The lock wins when it matches the
     manifest's repo and revision; otherwise the model is unresolved (commit None).
+    External models become :class:`ExternalSpec` only: never pulled, never started.
     Pure."""
     models = tuple(
         model_spec(name, entry, lock, manifest_dir)
         for name, entry in sorted(manifest.models.items())
+        if not manifest.is_external(name)
     )
     servers = tuple(
         server_spec(manifest, spec, manifest_dir=manifest_dir, cache_dir=cache_dir)
         for spec in models
         if manifest.serve_mode(spec.name) != "never"
-        and manifest.backend_type(manifest.backend_of(spec.name)) != "external"
     )
-    return DesiredState(models=models, servers=servers)
+    return DesiredState(models=models, servers=servers, externals=external_specs(manifest))
+
+
+def external_specs(manifest: Manifest) -> tuple[ExternalSpec, ...]:
+    """The manifest's external models, sorted by name (all ``ps`` needs). Pure."""
+    return tuple(
+        ExternalSpec(name=name, url=entry.url or "")
+        for name, entry in sorted(manifest.models.items())
+        if manifest.is_external(name)
+    )
 
 
 def model_spec(name: str, entry: ModelEntry, lock: Lock, manifest_dir: Path) -> ModelSpec:

@@ -7,11 +7,13 @@ Pure: the CLI renders these as tables or JSON; the gateway's ``/api/tags`` and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 from mlx_lama.orchestrator.state import (
     CachedRepo,
     CachedRevision,
     DesiredState,
+    ExternalStatus,
     ObservedState,
     RunningServer,
 )
@@ -26,7 +28,8 @@ class ModelRow:
     commit: str | None
     size: int  # bytes on disk for this revision (0: not pulled)
     modified: float  # epoch seconds (0: unknown)
-    status: str  # served | in manifest | not pulled | not in manifest
+    status: str  # served | in manifest | not pulled | not in manifest | external
+    url: str | None = None  # an external model's server
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -34,26 +37,39 @@ class ModelRow:
 
 @dataclass(frozen=True, slots=True)
 class ServerRow:
-    """One line of ``ps``."""
+    """One line of ``ps``: a server mlx-lama started, or an external one it routes to
+    (pid, start time and memory unknown: None)."""
 
     name: str
     backend: str
     port: int
-    pid: int
-    state: str
-    started_at: float
+    pid: int | None
+    state: str  # running | unresponsive | dead | foreign | answering | not answering
+    started_at: float | None
     memory: int | None  # resident bytes of the server and its children
+    url: str | None = None  # external servers only
+    detail: str | None = None  # external servers only: what the probe saw
+
+    @property
+    def up(self) -> bool:
+        return self.started_at is not None and self.state in ("running", "unresponsive")
 
     def to_json(self, now: float) -> dict[str, object]:
         row = asdict(self)
-        row["uptime"] = now - self.started_at if self.state in ("running", "unresponsive") else None
+        row["uptime"] = now - self.started_at if self.up and self.started_at is not None else None
         return row
 
 
 def inventory(desired: DesiredState, observed: ObservedState) -> list[ModelRow]:
-    """Manifest models by name, then cached repos no manifest model uses. Pure."""
+    """Manifest models (external ones too) by name, then cached repos no manifest
+    model uses. Pure."""
     serving = {s.name for s in observed.servers if s.state == "running"}
-    rows = []
+    rows = [
+        ModelRow(
+            name=e.name, repo=None, commit=None, size=0, modified=0.0, status="external", url=e.url
+        )
+        for e in desired.externals
+    ]
     for model in desired.models:
         cached = observed.repo(model.repo) if model.repo else None
         revision = None
@@ -75,6 +91,7 @@ def inventory(desired: DesiredState, observed: ObservedState) -> list[ModelRow]:
                 status=status,
             )
         )
+    rows.sort(key=lambda row: row.name)
     used = {m.repo for m in desired.models}
     for repo in observed.repos:
         if repo.repo_id in used:
@@ -107,6 +124,30 @@ def server_rows(servers: tuple[RunningServer, ...], memory: dict[int, int]) -> l
         )
         for s in servers
     ]
+
+
+def external_rows(statuses: tuple[ExternalStatus, ...]) -> list[ServerRow]:
+    """``ps`` rows for the external servers the manifest routes to. Pure."""
+    return [
+        ServerRow(
+            name=e.name,
+            backend="external",
+            port=url_port(e.url),
+            pid=None,
+            state="answering" if e.answering else "not answering",
+            started_at=None,
+            memory=None,
+            url=e.url,
+            detail=e.detail,
+        )
+        for e in statuses
+    ]
+
+
+def url_port(url: str) -> int:
+    """The TCP port ``url`` connects to (80/443 when it names none). Pure."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _main(cached: CachedRepo) -> CachedRevision | None:

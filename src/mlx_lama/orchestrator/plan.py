@@ -161,15 +161,17 @@ def _pull_reason(model: ModelSpec, cached: CachedRepo | None) -> str | None:
 def _server_actions(desired: DesiredState, observed: ObservedState) -> list[Action]:
     wanted = {s.name: s for s in desired.servers}
     known_models = {m.name for m in desired.models}
+    externals = {e.name for e in desired.externals}
     actions = []
     for running in observed.servers:
         spec = wanted.get(running.name)
         if spec is None:
-            reason = (
-                'serve = "never" in the manifest'
-                if running.name in known_models
-                else "no longer in the manifest"
-            )
+            if running.name in known_models:
+                reason = 'serve = "never" in the manifest'
+            elif running.name in externals:
+                reason = "now served by an external server"
+            else:
+                reason = "no longer in the manifest"
             if not running.alive:
                 reason += "; clearing the record of its exited process"
             actions.append(_server_action(ActionKind.STOP, running.name, reason))

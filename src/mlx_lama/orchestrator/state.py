@@ -109,11 +109,27 @@ class ServerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalSpec:
+    """A model served by a server mlx-lama routes to but never starts (``backend = "external"``)."""
+
+    name: str
+    url: str  # the server's root, without /v1
+
+    @property
+    def target(self) -> str:
+        return f"external:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
-    """What the manifest (and its lock) ask for. Tuples sorted by name."""
+    """What the manifest (and its lock) ask for. Tuples sorted by name.
+
+    External models are only in ``externals``: nothing to pull, nothing to start.
+    """
 
     models: tuple[ModelSpec, ...] = ()
     servers: tuple[ServerSpec, ...] = ()
+    externals: tuple[ExternalSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +203,16 @@ class RunningServer:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalStatus:
+    """Whether an external server answered when observed."""
+
+    name: str
+    url: str
+    answering: bool
+    detail: str  # "HTTP 200, 3 models", "connection refused", ...
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedState:
     """One snapshot of the machine. Tuples sorted by repo id / server name."""
 
@@ -194,9 +220,13 @@ class ObservedState:
     servers: tuple[RunningServer, ...] = ()
     pulled: frozenset[str] = frozenset()  # repo ids mlx-lama itself downloaded
     warnings: tuple[str, ...] = ()
+    externals: tuple[ExternalStatus, ...] = ()
 
     def repo(self, repo_id: str) -> CachedRepo | None:
         return next((r for r in self.repos if r.repo_id == repo_id), None)
 
     def server(self, name: str) -> RunningServer | None:
         return next((s for s in self.servers if s.name == name), None)
+
+    def external(self, name: str) -> ExternalStatus | None:
+        return next((e for e in self.externals if e.name == name), None)

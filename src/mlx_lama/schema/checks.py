@@ -1,4 +1,4 @@
-"""Manifest rules that span entries: names, ports, aliases, backends, sources.
+"""Manifest rules that span entries: names, ports, aliases, backends, sources, externals.
 
 Run by the loader on the raw TOML data, after and regardless of the schema
 check, so one read reports every problem. Tolerates values of the wrong type
@@ -11,12 +11,56 @@ import difflib
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlx_lama.schema.locate import KeyPath, render_key_path
 from mlx_lama.schema.manifest import BUILTIN_BACKENDS
 from mlx_lama.schema.names import canonical_name, check_model_name, is_repo_id
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]"})
+_URL_EXAMPLE = 'as in url = "http://127.0.0.1:1234"'
+# Keys that configure files or a process mlx-lama runs; an external model has neither.
+_NOT_FOR_EXTERNAL = {
+    "repo": "the server at url provides the model; remove repo",
+    "path": "the server at url provides the model; remove path",
+    "revision": "the server at url decides which revision it serves; remove revision",
+    "port": "the port is part of url; remove port",
+    "args": "mlx-lama does not start external servers; pass flags to the server yourself",
+    "env": "mlx-lama does not start external servers; set its environment yourself",
+    "adapter": "load the adapter in the external server itself; remove adapter",
+}
+
+
+def server_url(text: str) -> str:
+    """An external server's root URL, normalised: a trailing ``/`` and ``/v1`` are
+    dropped (OpenAI clients write the base URL with ``/v1``; mlx-lama adds it).
+    http or https, a host, no credentials, query or fragment. Raises ValueError
+    whose message ends with a "(hint)". Pure."""
+    if text != text.strip() or any(c.isspace() for c in text):
+        raise ValueError(f"url {text!r} contains spaces (remove them)")
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"url {text!r} is not a valid URL ({_URL_EXAMPLE})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"url {text!r} must start with http:// or https:// ({_URL_EXAMPLE})")
+    if not parts.hostname:
+        raise ValueError(f"url {text!r} has no host ({_URL_EXAMPLE})")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"url {text!r} contains a user name or password "
+            "(credentials in the url are not supported; remove them)"
+        )
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ValueError(
+            f"url {text!r} has a query or fragment "
+            '(give the server\'s root, as in "http://127.0.0.1:1234")'
+        )
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/v1").rstrip("/")
+    return f"{scheme}://{parts.netloc}{path}"
 
 
 def closest(word: object, options: list[str] | tuple[str, ...]) -> str | None:
@@ -52,8 +96,15 @@ def cross_check(data: dict[str, Any], report: _Report) -> None:
         "models", models, "model", 'model names look like "name:tag" or "org/repo"', report
     )
     _check_backends(models, backends, defaults, report)
-    _check_sources(models, report)
-    _check_ports(models, server, report)
+    external = {
+        name
+        for name, entry in _items(models)
+        if backend_type(entry.get("backend", defaults.get("backend", "mlx-lm")), backends)
+        == "external"
+    }
+    _check_externals(models, backends, server, external, report)
+    _check_sources({k: v for k, v in models.items() if k not in external}, report)
+    _check_ports({k: v for k, v in models.items() if k not in external}, server, report)
     _check_aliases(_tables(data, "aliases"), model_keys, report)
     _check_exposure(server, report)
 
@@ -105,6 +156,73 @@ def _check_backends(
     check(("defaults", "backend"), defaults.get("backend"))
     for name, entry in _items(models):
         check(("models", name, "backend"), entry.get("backend"))
+
+
+def backend_type(backend: object, backends: dict[str, Any]) -> str | None:
+    """The engine type a backend name resolves to in raw manifest data, or None
+    when it does not resolve (the backend checks report why)."""
+    if not isinstance(backend, str):
+        return None
+    section = backends.get(backend)
+    if isinstance(section, dict) and isinstance(section.get("type"), str):
+        return str(section["type"])
+    return backend if backend in BUILTIN_BACKENDS else None
+
+
+def _check_externals(
+    models: dict[str, Any],
+    backends: dict[str, Any],
+    server: dict[str, Any],
+    external: set[str],
+    report: _Report,
+) -> None:
+    for name, section in _items(backends):
+        if section.get("type", name) != "external":
+            continue
+        for key in ("args", "env"):
+            if key in section:
+                report(
+                    ("backends", name, key),
+                    f"{key} does not apply to an external backend",
+                    _NOT_FOR_EXTERNAL[key],
+                )
+    for name, entry in _items(models):
+        if name not in external:
+            if "url" in entry:
+                report(
+                    ("models", name, "url"),
+                    "url is only for external models",
+                    'set backend = "external" to route to the server at url, or remove url',
+                )
+            continue
+        if "url" not in entry:
+            report(
+                ("models", name),
+                "an external model needs a url",
+                'add the address of the running server, as in url = "http://127.0.0.1:1234"',
+            )
+        else:
+            _check_gateway_loop(name, entry["url"], server, report)
+        for key, hint in _NOT_FOR_EXTERNAL.items():
+            if key in entry:
+                report(("models", name, key), f"{key} does not apply to an external model", hint)
+
+
+def _check_gateway_loop(name: str, url: object, server: dict[str, Any], report: _Report) -> None:
+    if not isinstance(url, str):
+        return
+    try:
+        parts = urlsplit(server_url(url))
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return  # the schema reports a bad url
+    gateway = server.get("port", 11434)
+    if port == gateway and _is_loopback(parts.hostname or ""):
+        report(
+            ("models", name, "url"),
+            f"url {url!r} is mlx-lama's own gateway ([server] port {gateway})",
+            "point url at the other server's port, or move the gateway with [server] port",
+        )
 
 
 def _check_sources(models: dict[str, Any], report: _Report) -> None:

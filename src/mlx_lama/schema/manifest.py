@@ -108,10 +108,11 @@ class BackendSection:
 
 @dataclass(frozen=True, slots=True)
 class ModelEntry:
-    """``[models.NAME]``: one model to keep on disk and maybe serve."""
+    """``[models.NAME]``: one model to keep on disk and maybe serve, or an external server's."""
 
     repo: str | None = None
     path: str | None = None
+    url: str | None = None  # server root of an external model, as normalised by the schema
     revision: str | None = None
     backend: str | None = None
     serve: ServeMode | None = None
@@ -158,6 +159,10 @@ class Manifest:
     def backend_of(self, name: str) -> str:
         """The backend name model ``name`` runs on, after ``[defaults]``."""
         return self.models[name].backend or self.defaults.backend
+
+    def is_external(self, name: str) -> bool:
+        """Model ``name`` is served by a server mlx-lama does not run (``backend = "external"``)."""
+        return self.backend_type(self.backend_of(name)) == "external"
 
     def serve_mode(self, name: str) -> ServeMode:
         return self.models[name].serve or self.defaults.serve

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from mlx_lama.schema.checks import server_url
 from mlx_lama.schema.manifest import (
     DEFAULT_KEEP_ALIVE,
     DEFAULT_MEMORY_BUDGET,
@@ -22,6 +23,7 @@ from mlx_lama.schema.manifest import (
 from mlx_lama.schema.units import Duration, Size
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+ServerUrl = Annotated[str, AfterValidator(server_url)]
 
 
 def _one_or_many(value: object) -> object:
@@ -91,10 +93,11 @@ class BackendSection(_Table):
 
 
 class ModelEntry(_Table):
-    """``[models.NAME]``: one model to keep on disk and maybe serve."""
+    """``[models.NAME]``: one model to keep on disk and maybe serve, or an external server's."""
 
     repo: str | None = None
     path: str | None = None
+    url: ServerUrl | None = None
     revision: str | None = None
     backend: str | None = None
     serve: ServeMode | None = None
