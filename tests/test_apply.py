@@ -13,18 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from mlx_lama import paths
-from mlx_lama.cli import app
 from mlx_lama.orchestrator import process, runrecords
 from mlx_lama.orchestrator.cache import scan_cache
 from mlx_lama.schema.lockfile import read_lock
+from tests.fixtures.cli import cli
 from tests.fixtures.hf_cache import place_in_cache
 from tests.fixtures.hub import HubStandIn
 from tests.fixtures.servers import free_port
 
-runner = CliRunner()
 REPO_A = "mlx-test/tiny-a"
 REPO_B = "mlx-test/tiny-b"
 
@@ -70,13 +68,6 @@ def write(project: Path, text: str) -> Path:
     path = project / "mlxlama.toml"
     path.write_text(text)
     return path
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def cached_repos() -> set[str]:

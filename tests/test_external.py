@@ -12,9 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from mlx_lama.cli import app
 from mlx_lama.orchestrator.inventory import ServerRow, external_rows, inventory, url_port
 from mlx_lama.orchestrator.observe import observe, observe_externals
 from mlx_lama.orchestrator.state import (
@@ -24,9 +22,9 @@ from mlx_lama.orchestrator.state import (
     ModelSpec,
     ObservedState,
 )
+from tests.fixtures.cli import cli
 from tests.fixtures.servers import free_port, mlx_lm_server_argv, running_server
 
-runner = CliRunner()
 Routes = dict[str, tuple[int, str]]  # path -> (status, JSON or text body)
 OPENAI_LIKE: Routes = {
     "/v1/models": (200, json.dumps({"object": "list", "data": [{"id": "a"}, {"id": "b"}]}))
@@ -64,13 +62,6 @@ def write_manifest(folder: Path, url: str) -> Path:
     path = folder / "mlxlama.toml"
     path.write_text(f'version = 1\n\n[models.far]\nbackend = "external"\nurl = "{url}/v1"\n')
     return path
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # -- probing -------------------------------------------------------------------
