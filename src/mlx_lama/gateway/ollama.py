@@ -1,0 +1,350 @@
+"""Ollama's API in OpenAI terms, and back: pure shape translation for the gateway.
+
+The model servers speak OpenAI. The gateway turns an Ollama ``/api/chat`` or
+``/api/generate`` body into the OpenAI request a backend takes (manifest
+defaults under the request's own values, options mapped, format and tools
+translated), and turns the backend's OpenAI stream back into Ollama's NDJSON
+chunks with Ollama's final statistics (nanoseconds, ``done_reason``). Wire
+facts follow ``shared/docs/ollama-api.md``. Pure: no I/O, no clock reads
+(callers pass times in), no logging.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mlx_lama.schema.units import Duration
+
+JsonObject = dict[str, Any]
+
+# Ollama option -> the OpenAI (or MLX-server extension) request field.
+OPTION_FIELDS: Mapping[str, str] = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "num_predict": "max_tokens",
+    "stop": "stop",
+    "seed": "seed",
+    "repeat_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+_FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop"}
+
+
+class RequestError(ValueError):
+    """The request body is wrong; the message is what Ollama would say (HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDefaults:
+    """What the manifest entry adds under every request: Modelfile SYSTEM, MESSAGE, PARAMETER."""
+
+    system: str | None = None
+    messages: tuple[Mapping[str, str], ...] = ()
+    parameters: Mapping[str, object] = field(default_factory=dict)
+
+
+def parse_keep_alive(value: object) -> Duration | None:
+    """Ollama's ``keep_alive``: None when absent; seconds or a Go duration; negative = forever.
+
+    A bare numeric string such as ``"300"`` is refused, as Ollama refuses it.
+    """
+    if value is None:
+        return None
+    try:
+        return Duration.parse(value)
+    except ValueError as exc:
+        raise RequestError(f"invalid keep_alive: {exc}") from None
+
+
+def options_to_fields(options: Mapping[str, object] | None) -> JsonObject:
+    """Known Ollama options as OpenAI request fields; unknown ones are ignored, as Ollama does.
+
+    ``num_predict`` counts only when positive (-1 and -2 mean "no limit").
+    A single ``stop`` string becomes a list.
+    """
+    fields: JsonObject = {}
+    for option, value in (options or {}).items():
+        name = OPTION_FIELDS.get(option)
+        if name is None or value is None:
+            continue
+        if option == "num_predict" and (not isinstance(value, int) or value <= 0):
+            continue
+        fields[name] = [value] if option == "stop" and isinstance(value, str) else value
+    return fields
+
+
+def response_format(fmt: object) -> JsonObject | None:
+    """Ollama ``format`` ("json" or a JSON schema) as OpenAI ``response_format``."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict):
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt}}
+    raise RequestError(f'invalid format: {json.dumps(fmt)}; use "json" or a JSON schema')
+
+
+def chat_request(
+    body: Mapping[str, Any], defaults: ModelDefaults, served_model: str | None
+) -> JsonObject:
+    """An Ollama ``/api/chat`` body as an OpenAI chat-completions body.
+
+    The manifest's system prompt applies when the request brings none; its
+    seeded messages come first; its parameters sit under the request's options.
+    """
+    messages = [_message(m) for m in _list(body.get("messages"), "messages")]
+    if defaults.system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": defaults.system})
+    seeded = [dict(m) for m in defaults.messages]
+    at = 1 if messages and messages[0]["role"] == "system" else 0
+    messages[at:at] = seeded
+    return _openai_body(body, defaults, served_model, {"messages": messages})
+
+
+def generate_request(
+    body: Mapping[str, Any], defaults: ModelDefaults, served_model: str | None
+) -> tuple[str, JsonObject]:
+    """An Ollama ``/api/generate`` body as (OpenAI endpoint path, body).
+
+    A templated prompt becomes a chat with one user turn (the model's own chat
+    template applies); ``raw`` prompts go to ``/v1/completions`` untouched.
+    """
+    prompt = body.get("prompt") or ""
+    if not isinstance(prompt, str):
+        raise RequestError("prompt must be a string")
+    if body.get("raw"):
+        if body.get("system") or body.get("template") or body.get("context"):
+            raise RequestError("raw mode does not support template, system, or context")
+        extra: JsonObject = {"prompt": prompt}
+        if body.get("suffix"):
+            extra["suffix"] = body["suffix"]
+        return "/v1/completions", _openai_body(body, defaults, served_model, extra)
+    system = body.get("system") or defaults.system
+    messages: list[JsonObject] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.extend(dict(m) for m in defaults.messages)
+    user: JsonObject = {"role": "user", "content": prompt}
+    if body.get("images"):
+        user = _message({"role": "user", "content": prompt, "images": body["images"]})
+    messages.append(user)
+    return "/v1/chat/completions", _openai_body(
+        body, defaults, served_model, {"messages": messages}
+    )
+
+
+def _openai_body(
+    body: Mapping[str, Any], defaults: ModelDefaults, served_model: str | None, payload: JsonObject
+) -> JsonObject:
+    request: JsonObject = {}
+    if served_model is not None:
+        request["model"] = served_model
+    request.update(payload)
+    options = body.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise RequestError("options must be an object")
+    request.update(options_to_fields(dict(defaults.parameters)))
+    request.update(options_to_fields(options))
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise RequestError("stream must be true or false")
+    request["stream"] = stream
+    if stream:
+        request["stream_options"] = {"include_usage": True}
+    fmt = response_format(body.get("format"))
+    if fmt is not None:
+        request["response_format"] = fmt
+    if body.get("tools"):
+        request["tools"] = _list(body["tools"], "tools")
+    return request
+
+
+def _list(value: object, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RequestError(f"{name} must be a list")
+    return value
+
+
+def _message(message: object) -> JsonObject:
+    """One Ollama chat message as an OpenAI one (images become data-URL parts,
+    tool-call arguments become JSON strings)."""
+    if not isinstance(message, dict):
+        raise RequestError("each message must be an object")
+    role = str(message.get("role", "")).lower()
+    if role not in ("system", "user", "assistant", "tool"):
+        raise RequestError(f"invalid message role {message.get('role')!r}")
+    content = message.get("content") or ""
+    out: JsonObject = {"role": role, "content": content}
+    images = message.get("images")
+    if images:
+        parts: list[JsonObject] = [{"type": "text", "text": content}] if content else []
+        parts += [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}
+            for image in images
+        ]
+        out["content"] = parts
+    calls = message.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [
+            {
+                "id": call.get("id") or f"call_{index}",
+                "type": "function",
+                "function": {
+                    "name": call["function"]["name"],
+                    "arguments": json.dumps(call["function"].get("arguments", {})),
+                },
+            }
+            for index, call in enumerate(calls)
+        ]
+    if role == "tool":
+        if message.get("tool_call_id"):
+            out["tool_call_id"] = message["tool_call_id"]
+        if message.get("tool_name"):
+            out["name"] = message["tool_name"]
+    return out
+
+
+def created_at(moment: datetime) -> str:
+    """RFC 3339 in UTC with nanosecond digits, as Ollama writes ``created_at``."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}000Z"
+
+
+@dataclass(slots=True)
+class StreamTranslator:
+    """Turns a backend's OpenAI chat stream into Ollama chat or generate chunks.
+
+    Feed each decoded SSE event to :meth:`feed` and collect what it returns;
+    call :meth:`finish` at the end for the final chunk with the statistics.
+    Times are seconds from a monotonic clock, passed in by the caller.
+    """
+
+    model: str  # the name the client asked for, echoed back
+    kind: str  # "chat" or "generate"
+    started: float  # the request arrived
+    loaded: float  # the backend was ready (after any on-demand start)
+    first_token: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    _calls: dict[int, JsonObject] = field(default_factory=dict)
+
+    def feed(self, event: Mapping[str, Any], now: float, moment: datetime) -> list[JsonObject]:
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        chunks: list[JsonObject] = []
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") or choice.get("message") or {}
+            text = delta.get("content") or choice.get("text") or ""
+            for call in delta.get("tool_calls") or []:
+                self._collect(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            if text:
+                if self.first_token is None:
+                    self.first_token = now
+                chunks.append(self._chunk(text, moment))
+        if self.finish_reason and self._calls:
+            chunks.append(self._tool_chunk(moment))
+        return chunks
+
+    def finish(self, now: float, moment: datetime) -> JsonObject:
+        """The final chunk: empty text, ``done``, ``done_reason`` and durations in ns."""
+        final = self._chunk("", moment)
+        final["done"] = True
+        final["done_reason"] = _FINISH_REASONS.get(self.finish_reason or "stop", "stop")
+        first = self.first_token if self.first_token is not None else now
+        stats = {
+            "total_duration": _ns(now - self.started),
+            "load_duration": _ns(self.loaded - self.started),
+            "prompt_eval_count": self.prompt_tokens,
+            "prompt_eval_duration": _ns(first - self.loaded),
+            "eval_count": self.completion_tokens,
+            "eval_duration": _ns(now - first),
+        }
+        final.update({k: v for k, v in stats.items() if v})  # Ollama omits zero values
+        return final
+
+    def _chunk(self, text: str, moment: datetime) -> JsonObject:
+        chunk: JsonObject = {"model": self.model, "created_at": created_at(moment)}
+        if self.kind == "chat":
+            chunk["message"] = {"role": "assistant", "content": text}
+        else:
+            chunk["response"] = text
+        chunk["done"] = False
+        return chunk
+
+    def _collect(self, call: Mapping[str, Any]) -> None:
+        # Streamed tool calls arrive in pieces: the name once, the arguments in fragments.
+        entry = self._calls.setdefault(int(call.get("index", 0)), {"name": "", "arguments": ""})
+        function = call.get("function") or {}
+        entry["name"] += function.get("name") or ""
+        entry["arguments"] += function.get("arguments") or ""
+        if call.get("id"):
+            entry["id"] = call["id"]
+
+    def _tool_chunk(self, moment: datetime) -> JsonObject:
+        chunk = self._chunk("", moment)
+        calls = []
+        for index in sorted(self._calls):
+            entry = self._calls[index]
+            call: JsonObject = {
+                "function": {
+                    "index": index,
+                    "name": entry["name"],
+                    "arguments": _arguments(entry["arguments"]),
+                }
+            }
+            if "id" in entry:
+                call["id"] = entry["id"]
+            calls.append(call)
+        self._calls.clear()
+        if self.kind == "chat":
+            chunk["message"]["tool_calls"] = calls
+        else:
+            chunk["tool_calls"] = calls
+        return chunk
+
+
+def _arguments(text: str) -> object:
+    """Tool-call arguments as Ollama sends them: a JSON object, not a string."""
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _ns(seconds: float) -> int:
+    return max(0, round(seconds * 1e9))
+
+
+def merge_stream(chunks: Sequence[Mapping[str, Any]], kind: str) -> JsonObject:
+    """``stream: false``: one object with the text of every chunk and the last one's metadata."""
+    if not chunks:
+        raise ValueError("no chunks to merge")
+    merged = dict(chunks[-1])
+    if kind == "chat":
+        message: JsonObject = {"role": "assistant", "content": ""}
+        for chunk in chunks:
+            message["content"] += chunk["message"].get("content", "")
+            if chunk["message"].get("tool_calls"):
+                message["tool_calls"] = chunk["message"]["tool_calls"]
+        merged["message"] = message
+    else:
+        merged["response"] = "".join(c.get("response", "") for c in chunks)
+        calls = [c["tool_calls"] for c in chunks if c.get("tool_calls")]
+        if calls:
+            merged["tool_calls"] = calls[-1]
+    return merged

@@ -1,0 +1,289 @@
+"""Ollama <-> OpenAI translation: literal requests and streams in, Ollama wire shapes out."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mlx_lama.gateway.ollama import (
+    ModelDefaults,
+    RequestError,
+    StreamTranslator,
+    chat_request,
+    created_at,
+    generate_request,
+    merge_stream,
+    options_to_fields,
+    parse_keep_alive,
+    response_format,
+)
+from tests.fixtures.servers import free_port, mlx_lm_server_argv, running_server
+
+MOMENT = datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC)
+NONE = ModelDefaults()
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), ("5m", 300.0), (300, 300.0), (0, 0.0), ("0", 0.0), (-1, math.inf)],
+)
+def test_keep_alive_follows_ollama(value: object, seconds: float | None) -> None:
+    parsed = parse_keep_alive(value)
+    assert (parsed.seconds if parsed else None) == seconds
+
+
+@pytest.mark.parametrize("value", ["300", "soon", True, [1]])
+def test_keep_alive_refuses_what_ollama_refuses(value: object) -> None:
+    with pytest.raises(RequestError, match="invalid keep_alive"):
+        parse_keep_alive(value)
+
+
+def test_options_map_to_openai_fields_and_unknown_ones_are_ignored() -> None:
+    fields = options_to_fields(
+        {
+            "temperature": 0.2, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "num_predict": 64,
+            "stop": "END", "seed": 7, "repeat_penalty": 1.1, "presence_penalty": 0.5,
+            "frequency_penalty": 0.25, "num_gpu": 99, "mirostat": 2, "num_ctx": 4096,
+        }
+    )  # fmt: skip
+    assert fields == {
+        "temperature": 0.2, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "max_tokens": 64,
+        "stop": ["END"], "seed": 7, "repetition_penalty": 1.1, "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+    }  # fmt: skip
+    assert options_to_fields({"num_predict": -1}) == {}
+    assert options_to_fields(None) == {}
+
+
+def test_format_becomes_response_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert response_format("json") == {"type": "json_object"}
+    assert response_format(schema) == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema},
+    }
+    assert response_format(None) is None and response_format("") is None
+    with pytest.raises(RequestError, match="invalid format"):
+        response_format("yaml")
+
+
+def test_chat_applies_manifest_defaults_under_the_request() -> None:
+    defaults = ModelDefaults(
+        system="Be brief.",
+        messages=({"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}),
+        parameters={"temperature": 0.1, "num_predict": 100},
+    )
+    body = {
+        "model": "coder",
+        "messages": [{"role": "USER", "content": "hi"}],
+        "options": {"temperature": 0.7, "unknown": 1},
+    }
+    assert chat_request(body, defaults, "served") == {
+        "model": "served",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "ping"},
+            {"role": "assistant", "content": "pong"},
+            {"role": "user", "content": "hi"},
+        ],
+        "temperature": 0.7,
+        "max_tokens": 100,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def test_a_request_system_message_replaces_the_manifest_one() -> None:
+    body = {
+        "messages": [{"role": "system", "content": "Mine."}, {"role": "user", "content": "hi"}],
+        "stream": False,
+    }
+    request = chat_request(body, ModelDefaults(system="Theirs."), None)
+    assert request == {
+        "messages": [{"role": "system", "content": "Mine."}, {"role": "user", "content": "hi"}],
+        "stream": False,
+    }
+
+
+def test_chat_translates_images_tools_and_tool_results() -> None:
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    body = {
+        "messages": [
+            {"role": "user", "content": "what is this", "images": ["QUJD"]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}],
+            },
+            {"role": "tool", "content": "3", "tool_name": "add", "tool_call_id": "call_0"},
+        ],
+        "tools": tools,
+        "format": "json",
+        "stream": False,
+    }
+    request = chat_request(body, NONE, None)
+    user, assistant, tool = request["messages"]
+    assert user["content"] == [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
+    ]
+    assert assistant["tool_calls"] == [
+        {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
+        }
+    ]
+    assert tool == {"role": "tool", "content": "3", "tool_call_id": "call_0", "name": "add"}
+    assert request["tools"] == tools
+    assert request["response_format"] == {"type": "json_object"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"messages": "hi"}, "messages must be a list"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "invalid message role 'robot'"),
+        ({"messages": [], "stream": "yes"}, "stream must be true or false"),
+        ({"messages": [], "options": [1]}, "options must be an object"),
+    ],
+)
+def test_bad_chat_bodies_are_refused(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        chat_request(body, NONE, None)
+
+
+def test_generate_uses_the_chat_template_unless_raw() -> None:
+    path, request = generate_request(
+        {"prompt": "Why?", "system": "Answer.", "stream": False}, ModelDefaults(system="x"), None
+    )
+    assert path == "/v1/chat/completions"
+    assert request["messages"] == [
+        {"role": "system", "content": "Answer."},
+        {"role": "user", "content": "Why?"},
+    ]
+    path, request = generate_request({"prompt": "a b", "raw": True, "suffix": "z"}, NONE, "m")
+    assert path == "/v1/completions"
+    assert (request["model"], request["prompt"], request["suffix"]) == ("m", "a b", "z")
+    with pytest.raises(RequestError, match="raw mode does not support"):
+        generate_request({"prompt": "a", "raw": True, "system": "s"}, NONE, None)
+    with pytest.raises(RequestError, match="prompt must be a string"):
+        generate_request({"prompt": 3}, NONE, None)
+
+
+def test_created_at_has_nanosecond_digits_in_utc() -> None:
+    assert created_at(MOMENT) == "2026-11-24T12:00:00.123456000Z"
+
+
+def sse(content: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    delta = {"content": content} if content is not None else {}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+
+def test_a_chat_stream_becomes_ollama_chunks_with_final_stats() -> None:
+    stream = StreamTranslator(model="coder:latest", kind="chat", started=10.0, loaded=10.5)
+    out: list[dict[str, Any]] = []
+    out += stream.feed(sse(""), 10.6, MOMENT)  # role-only first event: nothing to say
+    out += stream.feed(sse("Hello"), 10.75, MOMENT)
+    out += stream.feed(sse(" there"), 10.85, MOMENT)
+    out += stream.feed(sse(finish="length"), 10.9, MOMENT)
+    out += stream.feed(
+        {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, 10.9, MOMENT
+    )
+    final = stream.finish(11.0, MOMENT)
+    assert out == [
+        {"model": "coder:latest", "created_at": "2026-11-24T12:00:00.123456000Z",
+         "message": {"role": "assistant", "content": "Hello"}, "done": False},
+        {"model": "coder:latest", "created_at": "2026-11-24T12:00:00.123456000Z",
+         "message": {"role": "assistant", "content": " there"}, "done": False},
+    ]  # fmt: skip
+    assert final == {
+        "model": "coder:latest",
+        "created_at": "2026-11-24T12:00:00.123456000Z",
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "length",
+        "total_duration": 1_000_000_000,
+        "load_duration": 500_000_000,
+        "prompt_eval_count": 5,
+        "prompt_eval_duration": 250_000_000,
+        "eval_count": 2,
+        "eval_duration": 250_000_000,
+    }
+    assert json.loads(json.dumps(final)) == final  # one NDJSON line each
+
+
+def test_generate_chunks_carry_response_and_zero_stats_are_left_out() -> None:
+    stream = StreamTranslator(model="m", kind="generate", started=1.0, loaded=1.0)
+    [chunk] = stream.feed(sse("word", finish="stop"), 1.5, MOMENT)
+    assert (chunk["response"], chunk["done"]) == ("word", False)
+    final = stream.finish(2.0, MOMENT)
+    assert final["done_reason"] == "stop" and final["response"] == ""
+    assert "load_duration" not in final and "prompt_eval_count" not in final
+
+
+def test_streamed_tool_call_fragments_arrive_as_one_call_with_object_arguments() -> None:
+    stream = StreamTranslator(model="m", kind="chat", started=0.0, loaded=0.0)
+    fragments = [
+        {"index": 0, "id": "call_1", "function": {"name": "add", "arguments": '{"a": '}},
+        {"index": 0, "function": {"arguments": "1}"}},
+    ]
+    chunks = []
+    for fragment in fragments:
+        chunks += stream.feed({"choices": [{"delta": {"tool_calls": [fragment]}}]}, 0.1, MOMENT)
+    chunks += stream.feed(sse(finish="tool_calls"), 0.2, MOMENT)
+    [call_chunk] = chunks
+    assert call_chunk["done"] is False
+    assert call_chunk["message"]["tool_calls"] == [
+        {"id": "call_1", "function": {"index": 0, "name": "add", "arguments": {"a": 1}}}
+    ]
+    assert stream.finish(0.3, MOMENT)["done_reason"] == "stop"
+
+
+def test_stream_false_merges_text_and_keeps_the_final_metadata() -> None:
+    chunks = [
+        {"model": "m", "message": {"role": "assistant", "content": "a"}, "done": False},
+        {"model": "m", "message": {"role": "assistant", "content": "b"}, "done": False},
+        {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True,
+         "done_reason": "stop", "eval_count": 2},
+    ]  # fmt: skip
+    merged = merge_stream(chunks, "chat")
+    assert merged["message"] == {"role": "assistant", "content": "ab"}
+    assert (merged["done"], merged["eval_count"]) == (True, 2)
+    generated = merge_stream([{"response": "x"}, {"response": "y", "done": True}], "generate")
+    assert generated == {"response": "xy", "done": True}
+
+
+@pytest.mark.server
+def test_a_real_mlx_lm_stream_translates(tiny_model: Path, tmp_path: Path) -> None:
+    port = free_port()
+    argv = mlx_lm_server_argv(tiny_model, port)
+    body = {"messages": [{"role": "user", "content": "hello there"}], "options": {"num_predict": 6}}
+    request = chat_request(body, ModelDefaults(parameters={"temperature": 0.0}), None)
+    with running_server(argv, port=port, log_path=tmp_path / "mlx.log") as server:
+        stream = StreamTranslator(model="tiny", kind="chat", started=0.0, loaded=0.0)
+        chunks: list[dict[str, Any]] = []
+        with httpx.stream(
+            "POST", f"{server.url}/v1/chat/completions", json=request, timeout=120, trust_env=False
+        ) as reply:
+            assert reply.status_code == 200
+            for line in reply.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks += stream.feed(json.loads(line[6:]), 1.0, MOMENT)
+        final = stream.finish(2.0, MOMENT)
+        plain = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={**request, "stream": False, "stream_options": None},
+            timeout=120,
+            trust_env=False,
+        ).json()
+    text = "".join(c["message"]["content"] for c in chunks)
+    assert text and text == plain["choices"][0]["message"]["content"]
+    assert (final["done_reason"], final["eval_count"]) == ("length", 6)
+    assert final["prompt_eval_count"] > 0
