@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_lama.orchestrator.inventory import ServerRow, external_rows, inventory, url_port
+from mlx_lama.netaddr import url_port
+from mlx_lama.orchestrator.inventory import ServerRow, external_rows, inventory
 from mlx_lama.orchestrator.observe import observe, observe_externals
 from mlx_lama.orchestrator.state import (
     DesiredState,

@@ -25,8 +25,8 @@ from mlx_lama.gateway.security import (
     Send,
     error_body,
     is_local_origin,
-    is_loopback_host,
 )
+from mlx_lama.netaddr import is_loopback_host
 
 LOCAL = "http://localhost:11434"
 KEY = "s3cret-key"

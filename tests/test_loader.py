@@ -632,3 +632,24 @@ def test_schema_package_exports_resolve() -> None:
         assert getattr(schema, name).__name__ == name
     with pytest.raises(AttributeError):
         _ = schema.nothing_here
+
+
+@pytest.mark.parametrize(
+    ("host", "needs_key"),
+    [
+        ("127.0.0.1", False),
+        ("LOCALHOST", False),
+        ("::1", False),
+        ("[::1]", False),
+        ("::ffff:127.0.0.1", False),
+        ("127.evil.example", True),  # a name, not an address: it may point anywhere
+        ("0.0.0.0", True),
+        ("192.168.1.5", True),
+    ],
+)
+def test_only_loopback_hosts_may_go_without_an_api_key(host: str, needs_key: bool) -> None:
+    text = f'[server]\nhost = "{host}"\n'
+    if not needs_key:
+        assert parse_manifest(text).server.host == host
+        return
+    assert "exposes the gateway beyond this machine" in only_problem(text).message

@@ -34,13 +34,13 @@ Host, Origin and key checks and are closed (policy violation) on failure.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from mlx_lama.humanize import size_str
+from mlx_lama.netaddr import is_ascii_number, is_loopback_host
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -96,49 +96,6 @@ class SecurityPolicy:
     def loopback_only(self) -> bool:
         """Bound to loopback: the only case where DNS rebinding is a threat."""
         return is_loopback_host(self.bind_host)
-
-
-def _is_number(text: str) -> bool:
-    # str.isdigit alone accepts "²", which latin-1 header decoding can produce.
-    return text.isascii() and text.isdigit()
-
-
-def _split_host(host: str) -> str | None:
-    """The host part of ``host[:port]`` / ``[v6][:port]`` / bare IPv6; None if malformed."""
-    if host.startswith("["):
-        end = host.find("]")
-        if end < 0:
-            return None
-        rest = host[end + 1 :]
-        if rest and not (rest.startswith(":") and _is_number(rest[1:])):
-            return None
-        return host[1:end]
-    if host.count(":") > 1:
-        return host  # bare IPv6, as in a bind address: no port possible
-    name, sep, port = host.partition(":")
-    if sep and not _is_number(port):
-        return None
-    return name
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost``, ``127.x.x.x`` or ``::1``, with or without a port.
-
-    Takes a Host header value (``localhost:11434``, ``[::1]:11434``) or a bind
-    address (``127.0.0.1``, ``::1``); case-insensitive. Pure.
-    """
-    name = _split_host(host.strip().lower())
-    if not name:
-        return False
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def is_local_origin(origin: str) -> bool:
@@ -259,7 +216,7 @@ class SecurityMiddleware:
         declared = _header(scope, b"content-length")
         if declared:
             # Differing or non-numeric lengths are a smuggling attempt, not a body.
-            if len(set(declared)) != 1 or not _is_number(declared[0].strip()):
+            if len(set(declared)) != 1 or not is_ascii_number(declared[0].strip()):
                 await _respond(send, 400, error_body(path, 400, "invalid Content-Length"), cors)
                 return
             if int(declared[0]) > limit:

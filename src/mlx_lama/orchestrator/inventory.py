@@ -7,8 +7,8 @@ Pure: the CLI renders these as tables or JSON; the gateway's ``/api/tags`` and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit
 
+from mlx_lama.netaddr import url_port
 from mlx_lama.orchestrator.state import (
     CachedRepo,
     CachedRevision,
@@ -75,9 +75,7 @@ def inventory(desired: DesiredState, observed: ObservedState) -> list[ModelRow]:
         revision = None
         if cached is not None:
             revision = cached.revision(model.commit) if model.commit else _main(cached)
-        if model.repo is None:
-            status = "served" if model.name in serving else "in manifest"
-        elif revision is None:
+        if model.repo is not None and revision is None:
             status = "not pulled"
         else:
             status = "served" if model.name in serving else "in manifest"
@@ -142,12 +140,6 @@ def external_rows(statuses: tuple[ExternalStatus, ...]) -> list[ServerRow]:
         )
         for e in statuses
     ]
-
-
-def url_port(url: str) -> int:
-    """The TCP port ``url`` connects to (80/443 when it names none). Pure."""
-    parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _main(cached: CachedRepo) -> CachedRevision | None:

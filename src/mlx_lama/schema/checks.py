@@ -13,11 +13,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlx_lama.netaddr import is_loopback_host, url_port
 from mlx_lama.schema.locate import KeyPath, render_key_path
 from mlx_lama.schema.manifest import BUILTIN_BACKENDS
 from mlx_lama.schema.names import canonical_name, check_model_name, is_repo_id
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]"})
 _URL_EXAMPLE = 'as in url = "http://127.0.0.1:1234"'
 # Keys that configure files or a process mlx-lama runs; an external model has neither.
 _NOT_FOR_EXTERNAL = {
@@ -212,12 +212,12 @@ def _check_gateway_loop(name: str, url: object, server: dict[str, Any], report: 
     if not isinstance(url, str):
         return
     try:
-        parts = urlsplit(server_url(url))
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        normalized = server_url(url)
+        host, port = urlsplit(normalized).hostname, url_port(normalized)
     except ValueError:
         return  # the schema reports a bad url
     gateway = server.get("port", 11434)
-    if port == gateway and _is_loopback(parts.hostname or ""):
+    if port == gateway and is_loopback_host(host or ""):
         report(
             ("models", name, "url"),
             f"url {url!r} is mlx-lama's own gateway ([server] port {gateway})",
@@ -321,14 +321,10 @@ def _check_aliases(aliases: dict[str, Any], models: dict[str, str], report: _Rep
 
 def _check_exposure(server: dict[str, Any], report: _Report) -> None:
     host = server.get("host")
-    if not isinstance(host, str) or _is_loopback(host) or server.get("api_key"):
+    if not isinstance(host, str) or is_loopback_host(host) or server.get("api_key"):
         return
     report(
         ("server", "host"),
         f"host {host!r} exposes the gateway beyond this machine without an api_key",
         'set api_key under [server], or bind host = "127.0.0.1"',
     )
-
-
-def _is_loopback(host: str) -> bool:
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
