@@ -56,9 +56,9 @@ def load_workspace(file: Path | None) -> Workspace:
     )
 
 
-def observe_and_warn(workspace: Workspace) -> ObservedState:
-    """Observe (probing the manifest's external servers), printing each warning on stderr."""
-    observed = observe(cache_dir=workspace.cache_dir, externals=workspace.desired().externals)
+def observe_and_warn(workspace: Workspace, desired: DesiredState) -> ObservedState:
+    """Observe (probing ``desired``'s external servers), printing each warning on stderr."""
+    observed = observe(cache_dir=workspace.cache_dir, externals=desired.externals)
     for warning in observed.warnings:
         typer.echo(f"warning: {warning}", err=True)
     return observed

@@ -56,7 +56,7 @@ def apply(
         if locked:
             check_lock_matches(workspace.manifest, workspace.lock, workspace.lock_path)
         desired = workspace.desired()
-        observed = observe_and_warn(workspace)
+        observed = observe_and_warn(workspace, desired)
         plan = make_plan(desired, observed, PlanOptions(prune=prune))
         typer.echo(plan.render(), nl=False)
         if dry_run or plan.empty:
@@ -105,9 +105,8 @@ def _confirm(count: int) -> bool:
 
 def _refresh_lock(workspace: Workspace) -> None:
     """Drop lock entries for models the manifest no longer has (no hub access)."""
-    from mlx_lama.schema.lockfile import write_lock
+    from mlx_lama.schema.lockfile import lockable_names, save_lock
 
-    names = [n for n, e in workspace.manifest.models.items() if e.repo is not None]
-    trimmed = workspace.lock.with_models((), keep=names)
-    if trimmed != workspace.lock and workspace.lock_path.exists():
-        write_lock(workspace.lock_path, trimmed)
+    trimmed = workspace.lock.with_models((), keep=lockable_names(workspace.manifest))
+    if trimmed != workspace.lock:
+        save_lock(workspace.lock_path, trimmed)

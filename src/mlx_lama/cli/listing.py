@@ -30,7 +30,8 @@ def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
     from mlx_lama.orchestrator.inventory import inventory
 
     workspace = load_workspace(file)
-    rows = inventory(workspace.desired(), observe_and_warn(workspace))
+    desired = workspace.desired()
+    rows = inventory(desired, observe_and_warn(workspace, desired))
     if as_json:
         typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return

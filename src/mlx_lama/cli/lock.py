@@ -28,7 +28,7 @@ def lock(
     from mlx_lama.cli._workspace import load_workspace, quiet_hub_logging
     from mlx_lama.orchestrator.filelock import apply_lock
     from mlx_lama.orchestrator.relock import relock
-    from mlx_lama.schema.lockfile import render_lock, write_lock
+    from mlx_lama.schema.lockfile import save_lock
 
     if models and not upgrade:
         raise typer.BadParameter("naming models only makes sense with --upgrade")
@@ -39,10 +39,7 @@ def lock(
             workspace.manifest, workspace.lock, upgrade=upgrade, only=models or ()
         )
         path = workspace.lock_path
-        if new_lock.models or path.exists():
-            current = path.read_text(encoding="utf-8") if path.exists() else ""
-            if render_lock(new_lock) != current:
-                write_lock(path, new_lock)
+        save_lock(path, new_lock)
     failed = [c for c in changes if c.after is None]
     for change in changes:
         if change.after is None:

@@ -40,7 +40,8 @@ def plan(
 
     workspace = load_workspace(file)
     require_engines(workspace.manifest)
-    result = make_plan(workspace.desired(), observe_and_warn(workspace), PlanOptions(prune=prune))
+    desired = workspace.desired()
+    result = make_plan(desired, observe_and_warn(workspace, desired), PlanOptions(prune=prune))
     typer.echo(result.to_json() if as_json else result.render(), nl=as_json)
     if detailed_exitcode and not result.empty:
         raise typer.Exit(2)

@@ -25,7 +25,7 @@ from mlx_lama.orchestrator import cache, process, pull, pulled
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.plan import Action, ActionKind, Plan
 from mlx_lama.orchestrator.state import DesiredState, ObservedState, ServerSpec
-from mlx_lama.schema.lockfile import Lock, LockedModel, lock_path_for, render_lock, write_lock
+from mlx_lama.schema.lockfile import Lock, LockedModel, lock_path_for, lockable_names, save_lock
 from mlx_lama.schema.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ def apply_plan(
     ]
     outcomes.extend(run_interruptibly(pulls, parallel_pulls))
 
-    lock = ctx.lock.with_models(resolved.values(), keep=_locked_names(ctx.manifest))
+    lock = ctx.lock.with_models(resolved.values(), keep=lockable_names(ctx.manifest))
     if ctx.write_lock:
-        _save_lock(ctx, lock)
+        save_lock(lock_path_for(ctx.manifest_path), lock)
 
     failed_models = {
         o.action.model for o in outcomes if not o.ok and o.action.kind is ActionKind.PULL
@@ -199,19 +199,6 @@ def run_interruptibly(tasks: Sequence[Callable[[], Outcome]], limit: int) -> lis
 
 def _of(actions: Iterable[Action], kind: ActionKind) -> list[Action]:
     return [a for a in actions if a.kind is kind]
-
-
-def _locked_names(manifest: Manifest) -> list[str]:
-    return [name for name, entry in manifest.models.items() if entry.repo is not None]
-
-
-def _save_lock(ctx: ApplyContext, lock: Lock) -> None:
-    path = lock_path_for(ctx.manifest_path)
-    if not path.exists() and not lock.models:
-        return  # nothing to lock yet: don't litter a folder with an empty lock
-    current = path.read_text(encoding="utf-8") if path.exists() else None
-    if current != render_lock(lock):
-        write_lock(path, lock)
 
 
 def _stop(action: Action, ctx: ApplyContext) -> str:

@@ -86,10 +86,8 @@ def probe_external(client: httpx.Client, spec: ExternalSpec) -> ExternalStatus:
         root = client.get(f"{spec.url}/")
     except httpx.HTTPError as exc:
         return status(False, _error_detail(exc, client.timeout.read))
-    first = f"HTTP {response.status_code} on /v1/models"
-    if root.is_success:
-        return status(True, f"{first}, HTTP {root.status_code} on /")
-    return status(False, f"{first}, HTTP {root.status_code} on /")
+    detail = f"HTTP {response.status_code} on /v1/models, HTTP {root.status_code} on /"
+    return status(root.is_success, detail)
 
 
 def external_warning(status: ExternalStatus) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import pull
-from mlx_lama.schema.lockfile import Lock, LockedModel
+from mlx_lama.schema.lockfile import Lock, LockedModel, lockable_names
 from mlx_lama.schema.manifest import Manifest
 
 
@@ -54,5 +54,4 @@ def relock(
         updates.append(resolved)
         if resolved != current:
             changes.append(LockChange(name, current, resolved))
-    keep = [n for n, e in manifest.models.items() if e.repo is not None]
-    return lock.with_models(updates, keep=keep), changes
+    return lock.with_models(updates, keep=lockable_names(manifest)), changes

@@ -94,6 +94,21 @@ def write_lock(path: Path, lock: Lock) -> None:
     atomic_write_text(path, render_lock(lock))
 
 
+def save_lock(path: Path, lock: Lock) -> None:
+    """Write ``lock`` only if its text changes, and never create an empty lock file."""
+    exists = path.exists()
+    if not exists and not lock.models:
+        return  # nothing to lock yet: don't litter a folder with an empty lock
+    current = path.read_text(encoding="utf-8") if exists else None
+    if current != render_lock(lock):
+        write_lock(path, lock)
+
+
+def lockable_names(manifest: Manifest) -> list[str]:
+    """The manifest models the lock covers: those with a ``repo``. Pure."""
+    return [name for name, entry in manifest.models.items() if entry.repo is not None]
+
+
 def render_lock(lock: Lock) -> str:
     """The lock as TOML text. Pure and deterministic."""
     out = [_HEADER, f"version = {LOCK_VERSION}\n"]
@@ -123,7 +138,7 @@ def lock_mismatches(manifest: Manifest, lock: Lock) -> list[str]:
                 f"{name} is locked to {locked.repo}@{locked.revision}, "
                 f"the manifest asks for {entry.repo}@{revision}"
             )
-    wanted = {n for n, e in manifest.models.items() if e.repo is not None}
+    wanted = set(lockable_names(manifest))
     problems.extend(
         f"{m.name} is locked but not in the manifest" for m in lock.models if m.name not in wanted
     )
