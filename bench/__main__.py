@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import reconcile
+from bench import gateway, reconcile
 
-SUITES = {"reconcile": reconcile.main}
+SUITES = {"reconcile": reconcile.main, "gateway": gateway.main}
 
 
 def main() -> None:
@@ -17,7 +17,12 @@ def main() -> None:
     parser.add_argument(
         "names", nargs="*", help=f"suites to run: {', '.join(SUITES)} (default all)"
     )
-    parser.add_argument("--runs", type=int, default=15, help="timed runs per command")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=15,
+        help="timed runs per command (gateway: batches per path and level)",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(SUITES))
     if unknown:

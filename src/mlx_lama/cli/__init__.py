@@ -9,14 +9,14 @@ import sys
 
 # Registration order is the order --help lists the commands in.
 # isort: off
-from mlx_lama.cli import plan, apply, lock, listing, validate, aliases, backends
+from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
 
 # isort: on
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
-    "aliases", "app", "apply", "backends", "listing", "lock", "main", "plan", "validate",
+    "aliases", "app", "apply", "backends", "listing", "lock", "main", "plan", "serve", "validate",
 ]  # fmt: skip
 
 

@@ -1,0 +1,479 @@
+"""Streaming through the mlx-lama gateway vs straight to the model server.
+
+What it measures: for the tiny random-weight test model served by
+``mlx_lm.server``, the aggregate tokens/s and the time to first token (TTFT)
+of streamed chat completions at 1 and 8 concurrent streams, sent (a) directly
+to the backend as OpenAI SSE, (b) through the gateway as OpenAI SSE and
+(c) through the gateway as Ollama NDJSON (``/api/chat``; no direct
+counterpart, so it is compared with direct SSE). Derived: the tokens/s ratio
+gateway/direct (target >= 0.97) and the added TTFT, gateway median minus
+direct median (target <= 3 ms).
+
+How: everything lives in a temporary folder (the model, an isolated
+MLX_LAMA_HOME and Hugging Face home, a manifest with one ``serve = "always"``
+model on a fixed port). ``mlx-lama serve`` runs as a subprocess; once its
+``/health`` says the model is ready, the backend is reachable on its own port
+too. One asyncio httpx client sends batches of 1 or 8 parallel streams; the
+paths are interleaved batch by batch (order reversed every round) after
+warm-up batches, so drift hits all of them alike. The CPU seconds the gateway,
+the backend and this client use per batch are recorded too: on a small
+machine they share the cores, and that explains most of what is measured.
+
+What it must not do: change the gateway, tune anything to meet a target, or
+leave a process behind. The gateway is stopped (SIGTERM, then SIGKILL of its
+group), the always-on server by the PID in its run record (after checking
+its start time), and the script checks with psutil that neither survives.
+Thresholds are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.report import machine, write_section
+from tests.fixtures.hf_env import SCRUBBED_ENV, layout
+from tests.fixtures.servers import free_port
+from tests.fixtures.tiny_model import make_tiny_model
+
+MODEL = "tiny"
+MAX_TOKENS = 256
+LEVELS = (1, 8)
+WARMUP_BATCHES = 2
+READY_TIMEOUT = 300.0
+RATIO_TARGET = 0.97
+ADDED_TTFT_TARGET_MS = 3.0
+PROMPT = [{"role": "user", "content": "hello"}]
+
+DIRECT = "direct SSE"
+GATEWAY = "gateway SSE"
+OLLAMA = "gateway NDJSON"
+PATHS = (DIRECT, GATEWAY, OLLAMA)
+
+
+# -- one stream, one batch
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    ttft: float  # seconds from sending the request to the first content event
+    tokens: int  # events carrying non-empty content
+    span: float  # seconds from the first to the last content event
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.tokens - 1) / self.span if self.span > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    wall: float  # seconds from the first request sent to the last stream ended
+    streams: tuple[Stream, ...]
+    cpu: dict[str, float]  # CPU seconds used during the batch: gateway, backend, client
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.streams)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall
+
+
+@dataclass(slots=True)
+class Series:
+    """All timed batches of one path at one concurrency level."""
+
+    batches: list[Batch] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return statistics.median(b.tokens_per_s for b in self.batches)
+
+    @property
+    def stream_tokens_per_s(self) -> float:
+        return statistics.median(s.tokens_per_s for s in self.streams())
+
+    @property
+    def ttft_ms(self) -> float:
+        return statistics.median(s.ttft for s in self.streams()) * 1000
+
+    def streams(self) -> Iterator[Stream]:
+        for batch in self.batches:
+            yield from batch.streams
+
+    def cpu_ms_per_1k_tokens(self, who: str) -> float:
+        tokens = sum(b.tokens for b in self.batches)
+        return sum(b.cpu[who] for b in self.batches) * 1000 / tokens * 1000
+
+
+def openai_body(model: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "messages": PROMPT,
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+        "temperature": 0,
+    }
+    if model is not None:  # mlx_lm.server would try to load a model it is given
+        body["model"] = model
+    return body
+
+
+def ollama_body() -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": PROMPT,
+        "stream": True,
+        "options": {"num_predict": MAX_TOKENS, "temperature": 0},
+    }
+
+
+def sse_content(line: str) -> bool | None:
+    """True for an event with content, False for one without, None at ``[DONE]``."""
+    if not line.startswith("data:"):
+        return False
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return None
+    event = json.loads(data)
+    if "error" in event:
+        raise RuntimeError(f"error event in the stream: {data}")
+    choices = event.get("choices") or [{}]
+    return bool((choices[0].get("delta") or {}).get("content"))
+
+
+def ndjson_content(line: str) -> bool | None:
+    """True for a chunk with content, False for one without, None for the last one."""
+    if not line.strip():
+        return False
+    chunk = json.loads(line)
+    if "error" in chunk:
+        raise RuntimeError(f"error line in the stream: {line}")
+    if chunk.get("done"):
+        return None
+    return bool((chunk.get("message") or {}).get("content"))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    body: dict[str, Any]
+    content: Callable[[str], bool | None]
+
+
+async def one_stream(client: httpx.AsyncClient, target: Target) -> Stream:
+    sent = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    finished = False
+    async with client.stream("POST", target.url, json=target.body) as response:
+        if response.status_code != 200:
+            text = (await response.aread()).decode("utf-8", "replace")
+            raise RuntimeError(f"{target.url} answered {response.status_code}: {text}")
+        async for line in response.aiter_lines():
+            found = target.content(line)
+            if found is None:
+                finished = True
+                break
+            if found:
+                last = time.perf_counter()
+                if tokens == 0:
+                    first = last
+                tokens += 1
+    if not finished or tokens == 0:
+        raise RuntimeError(f"{target.url}: stream ended early after {tokens} tokens")
+    return Stream(ttft=first - sent, tokens=tokens, span=last - first)
+
+
+class CpuMeter:
+    """CPU seconds used by the gateway, the backend and this process."""
+
+    def __init__(self, gateway_pid: int, backend_pid: int) -> None:
+        self.procs = {
+            "gateway": psutil.Process(gateway_pid),
+            "backend": psutil.Process(backend_pid),
+        }
+
+    def read(self) -> dict[str, float]:
+        out = {}
+        for who, proc in self.procs.items():
+            times = proc.cpu_times()
+            out[who] = times.user + times.system
+        out["client"] = time.process_time()
+        return out
+
+
+async def one_batch(
+    client: httpx.AsyncClient, target: Target, streams: int, meter: CpuMeter
+) -> Batch:
+    before = meter.read()
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_stream(client, target) for _ in range(streams)))
+    wall = time.perf_counter() - start
+    after = meter.read()
+    return Batch(wall, tuple(results), {k: after[k] - before[k] for k in before})
+
+
+async def measure(
+    targets: dict[str, Target], runs: int, meter: CpuMeter
+) -> dict[int, dict[str, Series]]:
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    timeout = httpx.Timeout(120.0)
+    results: dict[int, dict[str, Series]] = {}
+    async with httpx.AsyncClient(trust_env=False, timeout=timeout, limits=limits) as client:
+        for level in LEVELS:
+            for _ in range(WARMUP_BATCHES):
+                for path in PATHS:
+                    await one_batch(client, targets[path], level, meter)
+            series = {path: Series() for path in PATHS}
+            for index in range(runs):
+                order = PATHS if index % 2 == 0 else tuple(reversed(PATHS))
+                for path in order:
+                    batch = await one_batch(client, targets[path], level, meter)
+                    series[path].batches.append(batch)
+            results[level] = series
+            for path in PATHS:
+                s = series[path]
+                print(
+                    f"{level} stream(s)  {path:15s} {s.tokens_per_s:8.1f} tok/s  "
+                    f"TTFT {s.ttft_ms:7.2f} ms",
+                    flush=True,
+                )
+    return results
+
+
+# -- the gateway and its server
+
+
+def build(root: Path) -> tuple[Path, dict[str, str], int]:
+    """The manifest, the gateway's environment and the backend's port."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(layout(root / "state"))
+    for name in ("HOME", "HF_HOME", "HF_HUB_CACHE", "MLX_LAMA_HOME"):
+        Path(env[name]).mkdir(parents=True, exist_ok=True)
+    model = make_tiny_model(root / "model", seed=0)
+    port = free_port()
+    manifest = root / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models."{MODEL}"]\npath = "{model}"\nserve = "always"\nport = {port}\n',
+        encoding="utf-8",
+    )
+    return manifest, env, port
+
+
+def wait_ready(url: str, gateway: subprocess.Popen[bytes], log: Path) -> int:
+    """Poll ``/health`` until the model is ready; return its server's PID."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    with httpx.Client(trust_env=False, timeout=2.0) as client:
+        while True:
+            if gateway.poll() is not None:
+                raise SystemExit(f"the gateway exited with {gateway.returncode}:\n{tail(log)}")
+            with suppress(httpx.HTTPError, ValueError):
+                entry = client.get(url + "/health").json()["models"][MODEL]
+                if entry["state"] == "ready":
+                    return int(entry["pid"])
+                if entry["state"] == "failed":
+                    raise SystemExit(f"the model failed to start: {entry}\n{tail(log)}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not ready after {READY_TIMEOUT:.0f}s:\n{tail(log)}")
+            time.sleep(0.25)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "<no log>"
+
+
+def stop_gateway(gateway: subprocess.Popen[bytes]) -> None:
+    if gateway.poll() is None:
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(60)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            gateway.wait(10)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(gateway.pid, signal.SIGKILL)  # anything it left in its group
+
+
+def stop_recorded_servers(home: Path) -> list[int]:
+    """Stop every server a run record in ``home`` names (if it is still the recorded
+    process); return the PIDs that were recorded."""
+    pids = []
+    for path in sorted((home / "run").glob("*.json")):
+        with suppress(OSError, ValueError, KeyError):
+            record = json.loads(path.read_text())
+            pid = int(record["pid"])
+            pids.append(pid)
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - float(record["process_started"])) >= 1.0:
+                continue  # the PID was reused: not ours
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except psutil.TimeoutExpired:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                proc.wait(10)
+    return pids
+
+
+def survivors(pids: list[int]) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def main(runs: int = 15) -> None:
+    """``runs`` timed batches per path and concurrency level."""
+    root = Path(tempfile.mkdtemp(prefix="mlx-lama-bench-gateway-"))
+    gateway: subprocess.Popen[bytes] | None = None
+    watched: list[int] = []
+    home = root / "state" / "mlx-lama-home"
+    started = time.monotonic()
+    try:
+        manifest, env, backend_port = build(root)
+        gateway_port = free_port()
+        env["MLX_LAMA_HOST"] = f"127.0.0.1:{gateway_port}"
+        log = root / "gateway.log"
+        with log.open("wb") as out:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "mlx_lama", "serve", "-f", str(manifest)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        watched.append(gateway.pid)
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        backend_pid = wait_ready(gateway_url, gateway, log)
+        watched.append(backend_pid)
+        print(f"ready after {time.monotonic() - started:.1f}s", flush=True)
+        backend_url = f"http://127.0.0.1:{backend_port}"
+        targets = {
+            DIRECT: Target(backend_url + "/v1/chat/completions", openai_body(None), sse_content),
+            GATEWAY: Target(gateway_url + "/v1/chat/completions", openai_body(MODEL), sse_content),
+            OLLAMA: Target(gateway_url + "/api/chat", ollama_body(), ndjson_content),
+        }
+        meter = CpuMeter(gateway.pid, backend_pid)
+        results = asyncio.run(measure(targets, runs, meter))
+        problems = [line for line in tail(log, 400).splitlines() if "Traceback" in line]
+        if problems:
+            print(f"the gateway log has tracebacks:\n{tail(log, 80)}", file=sys.stderr)
+        write_section("gateway", render(results, runs))
+        print(f"done in {time.monotonic() - started:.0f}s", flush=True)
+    finally:
+        if gateway is not None:
+            stop_gateway(gateway)
+        watched.extend(stop_recorded_servers(home))
+        shutil.rmtree(root, ignore_errors=True)
+        left = survivors(watched)
+        if left:
+            raise SystemExit(f"processes left behind: {left}")
+
+
+# -- the report
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "not met"
+
+
+def render(results: dict[int, dict[str, Series]], runs: int) -> str:
+    rows = []
+    derived = []
+    cpu = []
+    for level, series in results.items():
+        direct = series[DIRECT]
+        for path in PATHS:
+            s = series[path]
+            low = min(b.tokens_per_s for b in s.batches)
+            high = max(b.tokens_per_s for b in s.batches)
+            rows.append(
+                f"| {level} | {path} | {s.tokens_per_s:.0f} ({low:.0f}-{high:.0f}) "
+                f"| {s.stream_tokens_per_s:.0f} | {s.ttft_ms:.1f} |"
+            )
+            cpu.append(
+                f"| {level} | {path} | {s.cpu_ms_per_1k_tokens('backend'):.0f} "
+                f"| {s.cpu_ms_per_1k_tokens('gateway'):.0f} "
+                f"| {s.cpu_ms_per_1k_tokens('client'):.0f} |"
+            )
+        for path in (GATEWAY, OLLAMA):
+            ratio = series[path].tokens_per_s / direct.tokens_per_s
+            added = series[path].ttft_ms - direct.ttft_ms
+            has_target = path == GATEWAY
+            derived.append(
+                f"| {level} | tokens/s ratio, {path} / {DIRECT} | {ratio:.3f} | "
+                + (f">= {RATIO_TARGET} ({verdict(ratio >= RATIO_TARGET)})" if has_target else "-")
+                + " |"
+            )
+            derived.append(
+                f"| {level} | added TTFT, {path} - {DIRECT} | {added:+.1f} ms | "
+                + (
+                    f"<= {ADDED_TTFT_TARGET_MS:.0f} ms ({verdict(added <= ADDED_TTFT_TARGET_MS)})"
+                    if has_target
+                    else "-"
+                )
+                + " |"
+            )
+    tokens = sorted(
+        {s.tokens for level in results.values() for x in level.values() for s in x.streams()}
+    )
+    counted = ", ".join(str(t) for t in tokens)
+    return f"""## Streaming through the gateway vs straight to the server
+
+The tiny random-weight test model (2 layers, hidden size 64) served by
+`mlx_lm.server` as a `serve = "always"` model of `mlx-lama serve`. Each
+request is a streamed chat completion of `max_tokens = {MAX_TOKENS}` at
+temperature 0 (content events per stream: {counted}). Three paths: the backend's
+own port (OpenAI SSE), the gateway's `/v1/chat/completions` (SSE passed through,
+`model` rewritten per event), and the gateway's `/api/chat` (Ollama NDJSON
+translated from the backend's SSE; no direct counterpart, so it is compared
+with direct SSE). One asyncio httpx client on the same machine sends batches
+of 1 or 8 parallel streams; {WARMUP_BATCHES} warm-up batches per path, then
+{runs} timed batches per path and level, interleaved (order reversed every round).
+
+| streams | path | aggregate tokens/s, median (min-max) | per-stream tokens/s, median | TTFT median (ms) |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+| streams | derived | value | target |
+|---|---|---|---|
+{chr(10).join(derived)}
+
+CPU time per 1000 streamed tokens (ms), summed over the timed batches:
+
+| streams | path | backend | gateway | client |
+|---|---|---|---|---|
+{chr(10).join(cpu)}
+
+How to read it: aggregate tokens/s is all content events of a batch over the
+batch's wall time; the ratio divides the medians of the gateway path and the
+direct path at the same level. TTFT runs from sending the request to the
+first event with content, so at 8 streams it includes waiting for the
+backend's batch; added TTFT is the gateway's median minus the direct median.
+The backend, the gateway and the client share the machine's cores: every
+CPU millisecond the gateway spends per token is one the backend cannot use,
+so on a small machine the ratio measures the gateway's CPU cost per token as
+much as its latency.
+
+Machine: {machine()}.
+Command: `uv run --all-extras python -m bench gateway`
+"""

@@ -1,0 +1,263 @@
+"""The gateway's starlette app: routes, error handling, lifespan.
+
+``create_app(gateway, policy)`` builds the ASGI app ``mlx-lama serve`` runs:
+the Ollama API, the OpenAI API, ``/health`` and ``/metrics``, wrapped in the
+security middleware. One ``httpx.AsyncClient`` to the model servers is made
+in the lifespan and closed there, where the scheduler's background expiry
+also starts and stops. Errors are always JSON in the caller's API family with
+a real status code, never a traceback or a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from mlx_lama import __version__
+from mlx_lama.gateway import inference, manage
+from mlx_lama.gateway.core import Gateway
+from mlx_lama.gateway.http import ApiError, error_response, read_json
+from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
+from mlx_lama.gateway.models import iso_time, show_response, tags_entry
+from mlx_lama.gateway.security import SecurityMiddleware, SecurityPolicy
+from mlx_lama.schema.manifest import ModelEntry
+
+log = logging.getLogger(__name__)
+
+# The Ollama API level the gateway follows (shared/docs/ollama-api.md); clients
+# compare it to decide which features to use.
+OLLAMA_API_VERSION = "0.33.0"
+CONNECT_TIMEOUT = 10.0
+
+
+def create_app(gateway: Gateway, policy: SecurityPolicy) -> SecurityMiddleware:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # No read timeout: a long generation may pause between tokens.
+        timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+            gateway.client = client
+            gateway.scheduler.start()
+            try:
+                yield
+            finally:
+                await gateway.scheduler.shutdown()
+                gateway.client = None
+
+    app = Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.gateway = gateway
+    return SecurityMiddleware(app, policy)
+
+
+def _routes() -> list[Route]:
+    return [
+        Route("/", _root, methods=["GET", "HEAD"]),
+        Route("/api/version", _version, methods=["GET", "HEAD"]),
+        Route("/api/tags", _tags, methods=["GET", "HEAD"]),
+        Route("/api/ps", _ps, methods=["GET"]),
+        Route("/api/show", _show, methods=["POST"]),
+        Route("/api/chat", inference.ollama_chat, methods=["POST"]),
+        Route("/api/generate", inference.ollama_generate, methods=["POST"]),
+        Route("/api/embed", inference.ollama_embed, methods=["POST"]),
+        Route("/api/embeddings", inference.ollama_embeddings, methods=["POST"]),
+        Route("/api/pull", manage.pull, methods=["POST"]),
+        Route("/api/delete", manage.delete, methods=["DELETE"]),
+        Route("/api/copy", manage.copy, methods=["POST"]),
+        Route("/api/create", _unsupported("create"), methods=["POST"]),
+        Route("/api/push", _unsupported("push"), methods=["POST"]),
+        Route("/v1/chat/completions", inference.openai_proxy, methods=["POST"]),
+        Route("/v1/completions", inference.openai_proxy, methods=["POST"]),
+        Route("/v1/embeddings", inference.openai_proxy, methods=["POST"]),
+        Route("/v1/models", _v1_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", _v1_model, methods=["GET"]),
+        Route("/health", _health, methods=["GET"]),
+        Route("/metrics", _metrics, methods=["GET"]),
+    ]
+
+
+# -- errors
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(request.url.path, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "404 page not found", 405: "405 method not allowed"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    response = error_response(request.url.path, ApiError(exc.status_code, message))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s", request.url.path, exc_info=exc)
+    return error_response(request.url.path, ApiError(500, "internal error; see the gateway log"))
+
+
+def _unsupported(verb: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        raise ApiError(
+            501,
+            f"/api/{verb} is not supported by mlx-lama; "
+            + (
+                "describe the model in mlxlama.toml instead"
+                if verb == "create"
+                else "models come from Hugging Face repos"
+            ),
+        )
+
+    return endpoint
+
+
+# -- information
+
+
+async def _root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def _version(request: Request) -> Response:
+    return JSONResponse({"version": OLLAMA_API_VERSION, "mlx_lama": __version__})
+
+
+def _listed_names(gateway: Gateway) -> list[tuple[str, str]]:
+    """(shown name, manifest model) for every model and every alias."""
+    pairs = [(name, name) for name in gateway.manifest.models]
+    for alias in gateway.manifest.aliases:
+        target = gateway.alias_target(alias)
+        if target is not None:
+            pairs.append((alias, target))
+    return pairs
+
+
+async def _tags(request: Request) -> Response:
+    gateway = inference.gateway_of(request)
+    entries = []
+    for shown, model in _listed_names(gateway):
+        entry = tags_entry(shown, gateway.facts(model))
+        if gateway.manifest.is_external(model):
+            entry["remote_host"] = gateway.manifest.models[model].url
+        entries.append(entry)
+    entries.sort(key=lambda e: (e["modified_at"], e["name"]), reverse=True)
+    return JSONResponse({"models": entries})
+
+
+async def _ps(request: Request) -> Response:
+    gateway = inference.gateway_of(request)
+    rows = []
+    on_gpu = sys.platform == "darwin"  # unified memory: all of it is GPU-visible
+    for slot in gateway.scheduler.loaded():
+        facts = gateway.facts(slot.name)
+        details = tags_entry(slot.name, facts)
+        expires = slot.expires_epoch if slot.expires_epoch is not None else _FOREVER
+        row = {
+            "name": details["name"],
+            "model": details["model"],
+            "size": slot.memory,
+            "digest": details["digest"],
+            "details": details["details"],
+            "expires_at": iso_time(min(expires, _FOREVER)),
+            "size_vram": slot.memory if on_gpu else 0,
+        }
+        context = details["details"].get("context_length")
+        if context:
+            row["context_length"] = context
+        rows.append(row)
+    rows.sort(key=lambda r: r["expires_at"], reverse=True)
+    return JSONResponse({"models": rows})
+
+
+_FOREVER = 10_000_000_000.0  # 2286-11-20: Ollama shows a far-future date for "forever"
+
+
+async def _show(request: Request) -> Response:
+    gateway = inference.gateway_of(request)
+    body = await read_json(request)
+    name = body.get("model") or body.get("name")
+    route = inference.resolve(gateway, name)
+    entry: ModelEntry = route.entry
+    system = body.get("system") if isinstance(body.get("system"), str) else None
+    answer = show_response(str(name), entry, gateway.facts(route.name), system=system)
+    if gateway.embeddings_capable(route) and route.kind != "external":
+        answer["capabilities"] = [*answer["capabilities"], "embedding"]
+    return JSONResponse(answer)
+
+
+async def _v1_models(request: Request) -> Response:
+    gateway = inference.gateway_of(request)
+    data = [_v1_entry(gateway, shown, model) for shown, model in _listed_names(gateway)]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def _v1_model(request: Request) -> Response:
+    gateway = inference.gateway_of(request)
+    name = request.path_params["model"]
+    route = inference.resolve(gateway, name)
+    return JSONResponse(_v1_entry(gateway, name, route.name))
+
+
+def _v1_entry(gateway: Gateway, shown: str, model: str) -> dict[str, Any]:
+    return {
+        "id": shown if ":" in shown.rsplit("/", 1)[-1] else f"{shown}:latest",
+        "object": "model",
+        "created": int(gateway.facts(model).modified),
+        "owned_by": "mlx-lama",
+    }
+
+
+# -- health and metrics
+
+
+async def _health(request: Request) -> Response:
+    gateway = inference.gateway_of(request)
+    models = {}
+    for name, slot in sorted(gateway.scheduler.slots.items()):
+        state = slot.state if slot.error is None or slot.state != "stopped" else "failed"
+        entry: dict[str, Any] = {"state": state, "serve": slot.spec.serve, "in_flight": slot.refs}
+        if slot.record is not None:
+            entry.update(pid=slot.record.pid, port=slot.record.port)
+        if slot.error:
+            entry["error"] = slot.error
+        models[name] = entry
+    failed = any(m["state"] == "failed" for m in models.values())
+    return JSONResponse(
+        {"status": "degraded" if failed else "ok", "version": __version__, "models": models}
+    )
+
+
+async def _metrics(request: Request) -> Response:
+    gateway = inference.gateway_of(request)
+    loaded = [
+        LoadedModel(name=s.name, memory_bytes=s.memory, pinned=s.pinned)
+        for s in gateway.scheduler.loaded()
+    ]
+    text = gateway.metrics.render(
+        loaded, memory_budget_bytes=gateway.scheduler.config.memory_budget
+    )
+    return Response(
+        text, media_type=CONTENT_TYPE.split(";")[0], headers={"Content-Type": CONTENT_TYPE}
+    )

@@ -1,0 +1,278 @@
+"""The gateway's view of the manifest: which names route where, and what each model is.
+
+``Gateway`` holds the loaded manifest and lock, the desired state built from
+them, the alias registry and the :class:`Scheduler`. The routes ask it to
+resolve a request's model name (alias, manifest name, ``name:latest``, repo
+id) to a :class:`Route`, and for the facts ``/api/tags`` and ``/api/show``
+report. :meth:`Gateway.reload` takes a changed manifest (after the gateway's
+own edits, and from the watcher later). It never edits the manifest itself and
+never starts processes directly: that is the scheduler's job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mlx_lama.gateway.metrics import Metrics
+from mlx_lama.gateway.models import ModelFacts
+from mlx_lama.gateway.ollama import ModelDefaults
+from mlx_lama.gateway.scheduler import Scheduler, SchedulerConfig, Slot
+from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.state import DesiredState, ServerSpec
+from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
+from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
+from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE, Manifest, ModelEntry
+from mlx_lama.schema.names import canonical_name, check_model_name
+from mlx_lama.schema.units import Duration
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger(__name__)
+
+RouteKind = Literal["server", "external", "never"]
+
+
+class UnknownModel(LookupError):
+    """The name is not a model (or alias) of the manifest; ``str()`` is the client message."""
+
+
+class InvalidName(ValueError):
+    """The name breaks the naming rules; ``str()`` is the client message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request for a manifest model goes."""
+
+    name: str  # the manifest's model name
+    entry: ModelEntry
+    kind: RouteKind
+    url: str | None = None  # external models: the server's root
+
+    @property
+    def defaults(self) -> ModelDefaults:
+        return ModelDefaults(
+            system=self.entry.system,
+            messages=tuple({"role": m.role, "content": m.content} for m in self.entry.messages),
+            parameters=self.entry.parameters.as_dict(),
+        )
+
+
+class Gateway:
+    """Shared state of one running gateway."""
+
+    def __init__(
+        self,
+        manifest_path: Path,
+        manifest: Manifest,
+        lock: Lock,
+        *,
+        cache_dir: Path,
+        scheduler: Scheduler,
+        total_memory: int,
+        ready_timeout: float | None = None,
+    ) -> None:
+        self.manifest_path = manifest_path
+        self.cache_dir = cache_dir
+        self.scheduler = scheduler
+        self.total_memory = total_memory
+        self.ready_timeout = ready_timeout
+        self.manifest = manifest
+        self.lock = lock
+        self.desired = DesiredState()
+        self.metrics = Metrics()
+        scheduler.on_load = self.metrics.load
+        self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
+        self.registry = Registry()
+        self._servers: dict[str, ServerSpec] = {}
+        self._apply(manifest, lock)
+
+    # -- manifest
+
+    def _apply(self, manifest: Manifest, lock: Lock) -> list[Slot]:
+        self.manifest = manifest
+        self.lock = lock
+        self.desired = desired(
+            manifest, lock, manifest_dir=self.manifest_path.parent, cache_dir=self.cache_dir
+        )
+        self.registry = load_registry(
+            manifest_aliases=manifest.aliases, manifest_models=list(manifest.models)
+        )
+        self._servers = {s.name: s for s in self.desired.servers}
+        server = manifest.server
+        config = SchedulerConfig(
+            max_loaded=server.max_loaded,
+            memory_budget=server.memory_budget.resolve(self.total_memory),
+            max_queue=self.scheduler.config.max_queue,
+            ready_timeout=self.ready_timeout,
+            manifest=str(self.manifest_path),
+        )
+        return self.scheduler.configure(
+            self.desired.servers,
+            {s.name: self.keep_alive_of(s.name) for s in self.desired.servers},
+            [name for name, entry in manifest.models.items() if entry.pin],
+            config,
+        )
+
+    async def reload(self, manifest: Manifest | None = None) -> None:
+        """Take the manifest on disk (or ``manifest``, already loaded) and its lock;
+        stop servers that are gone from it or whose launch spec changed."""
+        from mlx_lama.schema import load_manifest
+
+        fresh = manifest if manifest is not None else load_manifest(self.manifest_path)
+        stale = self._apply(fresh, read_lock(lock_path_for(self.manifest_path)))
+        await self.scheduler.stop_slots(stale, "changed in the manifest")
+
+    def keep_alive_of(self, name: str) -> Duration:
+        entry = self.manifest.models[name]
+        return (
+            entry.keep_alive
+            or self.manifest.defaults.keep_alive
+            or self.manifest.server.keep_alive
+            or DEFAULT_KEEP_ALIVE
+        )
+
+    # -- names
+
+    def resolve(self, name: object) -> Route:
+        """The route for a request's model name. Raises InvalidName or UnknownModel."""
+        if not isinstance(name, str) or not name:
+            raise InvalidName("model is required")
+        problem = check_model_name(name)
+        if problem is not None:
+            raise InvalidName(problem)
+        try:
+            resolution = self.registry.resolve(name)
+        except InvalidModelNameError as error:
+            raise InvalidName(str(error)) from None
+        except Exception:  # an unknown name, or an alias loop: not a model we serve
+            raise UnknownModel(_not_found(name)) from None
+        target = resolution.model
+        if target is None:  # a repo id or a built-in alias: a manifest model may use that repo
+            target = self._model_for_repo(resolution.target)
+        if target is None:
+            raise UnknownModel(_not_found(name))
+        return self.route(target)
+
+    def route(self, target: str) -> Route:
+        entry = self.manifest.models[target]
+        if self.manifest.is_external(target):
+            return Route(target, entry, "external", url=entry.url)
+        kind: RouteKind = "server" if target in self._servers else "never"
+        return Route(target, entry, kind)
+
+    def _model_for_repo(self, repo: str) -> str | None:
+        matches = sorted(n for n, e in self.manifest.models.items() if e.repo == repo)
+        return matches[0] if matches else None
+
+    def model_key(self, name: str) -> str | None:
+        """The manifest's own key for ``name`` (Ollama matching), or None."""
+        try:
+            key = canonical_name(name)
+        except ValueError:
+            return None
+        return next((n for n in self.manifest.models if canonical_name(n) == key), None)
+
+    def alias_key(self, name: str) -> str | None:
+        try:
+            key = canonical_name(name)
+        except ValueError:
+            return None
+        return next((a for a in self.manifest.aliases if canonical_name(a) == key), None)
+
+    def alias_target(self, alias: str) -> str | None:
+        """The manifest model an alias ends at (following chains), or None."""
+        try:
+            return self.registry.resolve(alias).model
+        except Exception:
+            return None
+
+    # -- facts about models
+
+    def model_folder(self, name: str) -> Path | None:
+        spec = next((m for m in self.desired.models if m.name == name), None)
+        if spec is None:
+            return None
+        if spec.path is not None:
+            return spec.path
+        if spec.repo is None or spec.commit is None:
+            return None
+        folder = (
+            self.cache_dir / ("models--" + spec.repo.replace("/", "--")) / "snapshots" / spec.commit
+        )
+        return folder if folder.is_dir() else None
+
+    def facts(self, name: str) -> ModelFacts:
+        """Size, time and config of ``name``'s files (empty ones when not on disk)."""
+        folder = self.model_folder(name)
+        locked = self.lock.get(name)
+        commit = locked.commit if locked else None
+        if folder is None:
+            return ModelFacts(size=0, modified=0.0, commit=commit, config={}, tokenizer_config={})
+        size = locked.size if locked and locked.size else _folder_size(folder)
+        try:
+            modified = folder.stat().st_mtime
+        except OSError:
+            modified = 0.0
+        return ModelFacts(
+            size=size,
+            modified=modified,
+            commit=commit,
+            config=_read_json(folder / "config.json", _mtime(folder / "config.json")),
+            tokenizer_config=_read_json(
+                folder / "tokenizer_config.json", _mtime(folder / "tokenizer_config.json")
+            ),
+        )
+
+    def embeddings_capable(self, route: Route) -> bool:
+        if route.kind == "external":
+            return True
+        spec = self._servers.get(route.name)
+        if spec is None:
+            return False
+        from mlx_lama.backends.base import get_backend
+
+        return get_backend(spec.engine).capabilities().embeddings
+
+    def server_spec(self, name: str) -> ServerSpec | None:
+        return self._servers.get(name)
+
+
+def _not_found(name: str) -> str:
+    return f"model '{name}' not found"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@lru_cache(maxsize=256)
+def _read_json(path: Path, mtime: float) -> dict[str, Any]:
+    """A JSON file as a dict ({} when missing or not JSON); cached by path and mtime."""
+    del mtime  # part of the cache key only
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for file in files:
+            try:
+                total += (Path(root) / file).stat().st_size
+            except OSError:
+                continue
+    return total

@@ -1,0 +1,427 @@
+"""The routes that run a model: Ollama chat/generate/embed and the OpenAI endpoints.
+
+Each resolves the request's model through the manifest, waits for its server
+(the scheduler starts it on demand), rewrites ``model`` to what that server
+serves (stripping anything that would make it load something else), and
+streams the answer back: Ollama's NDJSON translated from the backend's SSE,
+or the backend's SSE passed through with ``model`` rewritten to the name the
+client used. A client that goes away cancels the backend request; a backend
+that dies mid-stream ends the stream with an error line or event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mlx_lama.gateway import ollama
+from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
+from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling, read_json
+from mlx_lama.gateway.proxy import (
+    EARLY_END,
+    ProxyStream,
+    UpstreamError,
+    backend_body,
+    describe,
+    open_upstream,
+    sse_events,
+    until_disconnect,
+)
+from mlx_lama.gateway.scheduler import Lease, SchedulerError
+from mlx_lama.schema.units import Duration
+
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def resolve(gateway: Gateway, name: object) -> Route:
+    try:
+        return gateway.resolve(name)
+    except InvalidName as error:
+        raise ApiError(400, str(error)) from None
+    except UnknownModel as error:
+        raise ApiError(404, str(error)) from None
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one request goes: a leased server, or an external one."""
+
+    base_url: str
+    served_model: str | None
+    lease: Lease | None
+    waited: float
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+
+async def acquire(gateway: Gateway, route: Route, keep_alive: Duration | None) -> Target:
+    if route.kind == "external":
+        return Target(str(route.url), route.name, None, 0.0)
+    if route.kind == "never":
+        raise ApiError(
+            400,
+            f"model '{route.name}' is not served (serve = \"never\" in mlxlama.toml); "
+            'set serve = "on-demand" to use it',
+        )
+    try:
+        lease = await gateway.scheduler.acquire(route.name, keep_alive)
+    except SchedulerError as error:
+        raise ApiError(error.status, str(error)) from None
+    return Target(lease.base_url, lease.served_model, lease, lease.waited)
+
+
+async def post(
+    gateway: Gateway, route: Route, path: str, body: JsonObject, keep_alive: Duration | None
+) -> tuple[Target, httpx.Response]:
+    """Lease the model's server and open ``path`` on it. A server found dead is
+    forgotten and started again once."""
+    assert gateway.client is not None
+    for attempt in (1, 2):
+        target = await acquire(gateway, route, keep_alive)
+        try:
+            response = await open_upstream(
+                gateway.client, target.base_url + path, backend_body(body, target.served_model)
+            )
+        except UpstreamError as error:
+            target.release()
+            lease = target.lease
+            retry = attempt == 1 and error.connect and lease is not None
+            if retry and lease is not None and await gateway.scheduler.lost(lease.slot):
+                continue
+            raise ApiError(error.status, str(error)) from None
+        except BaseException:
+            target.release()
+            raise
+        return target, response
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _line(obj: JsonObject) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- Ollama /api/chat and /api/generate
+
+
+async def ollama_chat(request: Request) -> Response:
+    return await _ollama_run(request, "chat")
+
+
+async def ollama_generate(request: Request) -> Response:
+    return await _ollama_run(request, "generate")
+
+
+async def _ollama_run(request: Request, kind: str) -> Response:
+    started = time.monotonic()
+    gateway = gateway_of(request)
+    body = await read_json(request)
+    route = resolve(gateway, body.get("model"))
+    name = str(body["model"])
+    try:
+        keep_alive = ollama.parse_keep_alive(body.get("keep_alive"))
+        if kind == "chat":
+            empty = not body.get("messages")
+            path = "/v1/chat/completions"
+            if not empty:
+                openai = ollama.chat_request(body, route.defaults, None)
+        else:
+            empty = not body.get("prompt") and not body.get("images")
+            if not empty:
+                path, openai = ollama.generate_request(body, route.defaults, None)
+    except ollama.RequestError as error:
+        raise ApiError(400, str(error)) from None
+    if empty:
+        return await _load_only(gateway, route, name, kind, keep_alive, started)
+    return await _ollama_answer(
+        request, gateway, (route, name, kind), path, openai, keep_alive, started
+    )
+
+
+async def _ollama_answer(
+    request: Request,
+    gateway: Gateway,
+    what: tuple[Route, str, str],  # the route, the name the client used, "chat" or "generate"
+    path: str,
+    openai: JsonObject,
+    keep_alive: Duration | None,
+    started: float,
+) -> Response:
+    route, name, kind = what
+    check_sampling(openai)
+    stream = openai["stream"]
+    openai["stream"] = True  # always stream from the backend: usage and cancellation
+    openai["stream_options"] = {"include_usage": True}
+    target, upstream = await post(gateway, route, path, openai, keep_alive)
+    translator = ollama.StreamTranslator(
+        model=name, kind=kind, started=started, loaded=started + target.waited
+    )
+    endpoint = f"/api/{kind}"
+
+    async def chunks() -> AsyncIterator[JsonObject]:
+        async for event in sse_events(upstream):
+            for chunk in translator.feed(event, time.monotonic(), _now()):
+                yield chunk
+        yield translator.finish(time.monotonic(), _now())
+
+    def record(status: int) -> None:
+        _record(gateway, route.name, endpoint, status, started, translator)
+
+    if stream:
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in chunks():
+                    yield _line(chunk)
+            except (UpstreamError, httpx.HTTPError) as error:
+                yield _line({"error": describe(error)})
+
+        async def close() -> None:
+            await upstream.aclose()
+            target.release()
+            record(200)
+
+        return ProxyStream(lines(), media_type=NDJSON, on_close=close)
+
+    async def collect() -> JsonObject:
+        parts = [chunk async for chunk in chunks()]
+        return ollama.merge_stream(parts, kind)
+
+    try:
+        merged = await _guarded(request, collect)
+    finally:
+        await upstream.aclose()
+        target.release()
+    if merged is None:
+        record(499)
+        return Response(status_code=499)
+    record(200)
+    return JSONResponse(merged)
+
+
+async def _guarded(
+    request: Request, work: Callable[[], Awaitable[JsonObject]]
+) -> JsonObject | None:
+    """``work`` cancelled if the client leaves; upstream failures become 502."""
+    try:
+        return await until_disconnect(request, work)
+    except (UpstreamError, httpx.HTTPError) as error:
+        raise ApiError(502, describe(error)) from None
+
+
+def _record(
+    gateway: Gateway,
+    model: str,
+    endpoint: str,
+    status: int,
+    started: float,
+    translator: ollama.StreamTranslator | None = None,
+) -> None:
+    metrics = gateway.metrics
+    metrics.request(model, endpoint, status, time.monotonic() - started)
+    if translator is not None:
+        metrics.tokens(model, translator.prompt_tokens, translator.completion_tokens)
+        if translator.first_token is not None:
+            metrics.first_token(model, translator.first_token - started)
+
+
+async def _load_only(
+    gateway: Gateway,
+    route: Route,
+    name: str,
+    kind: str,
+    keep_alive: Duration | None,
+    started: float,
+) -> Response:
+    """An empty prompt loads the model; with ``keep_alive: 0`` it unloads it instead."""
+    if keep_alive is not None and keep_alive.seconds == 0:
+        if route.kind == "server":
+            await gateway.scheduler.unload(route.name, reason="keep_alive 0")
+        reason = "unload"
+    else:
+        target = await acquire(gateway, route, keep_alive)
+        target.release()
+        reason = "load"
+    answer: JsonObject = {"model": name, "created_at": ollama.created_at(_now())}
+    if kind == "chat":
+        answer["message"] = {"role": "assistant", "content": ""}
+    else:
+        answer["response"] = ""
+    answer.update(done=True, done_reason=reason)
+    gateway.metrics.request(route.name, f"/api/{kind}", 200, time.monotonic() - started)
+    return JSONResponse(answer)
+
+
+# -- Ollama /api/embed and /api/embeddings
+
+
+async def ollama_embed(request: Request) -> Response:
+    return await _ollama_embed(request, legacy=False)
+
+
+async def ollama_embeddings(request: Request) -> Response:
+    return await _ollama_embed(request, legacy=True)
+
+
+async def _ollama_embed(request: Request, *, legacy: bool) -> Response:
+    started = time.monotonic()
+    gateway = gateway_of(request)
+    body = await read_json(request)
+    route = resolve(gateway, body.get("model"))
+    name = str(body["model"])
+    if not gateway.embeddings_capable(route):
+        raise ApiError(400, f'"{name}" does not support embeddings')
+    try:
+        keep_alive = ollama.parse_keep_alive(body.get("keep_alive"))
+    except ollama.RequestError as error:
+        raise ApiError(400, str(error)) from None
+    given = body.get("prompt") if legacy else body.get("input")
+    if given is not None and not isinstance(given, str | list):
+        raise ApiError(400, "input must be a string or a list of strings")
+    inputs = [given] if isinstance(given, str) else list(given or [])
+    if not inputs or inputs == [""]:
+        target = await acquire(gateway, route, keep_alive)
+        target.release()
+        return JSONResponse({"embedding": []} if legacy else {"model": name, "embeddings": []})
+    upstream_body: JsonObject = {"input": inputs}
+    if body.get("dimensions") is not None:
+        upstream_body["dimensions"] = body["dimensions"]
+    target, upstream = await post(gateway, route, "/v1/embeddings", upstream_body, keep_alive)
+    try:
+        data = await _guarded(request, lambda: _json_of(upstream))
+    finally:
+        await upstream.aclose()
+        target.release()
+    if data is None:
+        return Response(status_code=499)
+    vectors = [item.get("embedding") for item in sorted(data.get("data") or [], key=_index)]
+    gateway.metrics.request(route.name, request.url.path, 200, time.monotonic() - started)
+    if legacy:
+        return JSONResponse({"embedding": vectors[0] if vectors else []})
+    usage = data.get("usage") or {}
+    return JSONResponse(
+        {
+            "model": name,
+            "embeddings": vectors,
+            "total_duration": round((time.monotonic() - started) * 1e9),
+            "load_duration": round(target.waited * 1e9),
+            "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
+        }
+    )
+
+
+def _index(item: Any) -> int:
+    return int(item.get("index", 0)) if isinstance(item, dict) else 0
+
+
+async def _json_of(response: httpx.Response) -> JsonObject:
+    try:
+        data = json.loads(await response.aread())
+    except ValueError:
+        raise UpstreamError("model server sent a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamError("model server sent an unexpected body")
+    return data
+
+
+# -- OpenAI /v1/chat/completions, /v1/completions, /v1/embeddings
+
+
+async def openai_proxy(request: Request) -> Response:
+    started = time.monotonic()
+    gateway = gateway_of(request)
+    path = request.url.path
+    body = await read_json(request)
+    route = resolve(gateway, body.get("model"))
+    name = str(body["model"])
+    if path == "/v1/embeddings" and not gateway.embeddings_capable(route):
+        raise ApiError(400, f"model '{name}' does not support embeddings")
+    check_sampling(body)
+    stream = body.get("stream") is True
+    target, upstream = await post(gateway, route, path, body, None)
+    if stream:
+        first: list[float] = []
+
+        async def events() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                async for line in upstream.aiter_lines():
+                    done = done or line.strip() == "data: [DONE]"
+                    yield _rewrite_sse(line, name, first, gateway, route.name) + b"\n"
+            except httpx.HTTPError as error:
+                problem = describe(error)
+            else:
+                if done:
+                    return
+                problem = EARLY_END
+            # No [DONE] after an error event: OpenAI clients raise on it.
+            failure = {"error": {"message": problem, "type": "server_error"}}
+            yield b"data: " + json.dumps(failure).encode() + b"\n\n"
+
+        async def close() -> None:
+            await upstream.aclose()
+            target.release()
+            gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
+            if first:
+                gateway.metrics.first_token(route.name, first[0] - started)
+
+        return ProxyStream(events(), media_type=SSE, on_close=close)
+    try:
+        data = await _guarded(request, lambda: _json_of(upstream))
+    finally:
+        await upstream.aclose()
+        target.release()
+    if data is None:
+        return Response(status_code=499)
+    if "model" in data:
+        data["model"] = name
+    _count_usage(gateway, route.name, data)
+    gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
+    return JSONResponse(data)
+
+
+def _rewrite_sse(line: str, name: str, first: list[float], gateway: Gateway, model: str) -> bytes:
+    """One SSE line from the backend, with ``model`` set to the client's name."""
+    if not line.startswith("data:"):
+        return line.encode()
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return line.encode()
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return line.encode()
+    if isinstance(event, dict):
+        if "model" in event:
+            event["model"] = name
+        if not first and event.get("choices"):
+            first.append(time.monotonic())
+        _count_usage(gateway, model, event)
+    return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _count_usage(gateway: Gateway, model: str, event: JsonObject) -> None:
+    usage = event.get("usage")
+    if isinstance(usage, dict):
+        gateway.metrics.tokens(
+            model, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        )

@@ -1,0 +1,255 @@
+"""``/api/pull``, ``/api/delete`` and ``/api/copy``: Ollama's model management as manifest edits.
+
+- pull downloads a repo (named by a manifest model, an alias or a repo id)
+  with Ollama-style progress lines, then adds the model to the manifest and
+  its commit to the lock;
+- delete stops the model's server, removes it (and the aliases that lead to
+  it) from the manifest and the lock, and frees its files when mlx-lama
+  pulled them and no other manifest model uses them; deleting an alias only
+  removes the alias;
+- copy adds an alias, as ``ollama cp`` adds a name for the same weights.
+
+Edits go through ``schema.editor`` (comments kept, validated, atomic, under
+the apply lock); the gateway then reloads. Nothing here runs while a model
+name is unvalidated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from mlx_lama.errors import MlxLamaError
+from mlx_lama.gateway.core import Gateway
+from mlx_lama.gateway.http import ApiError, read_json
+from mlx_lama.gateway.inference import NDJSON, gateway_of
+from mlx_lama.schema.lockfile import LockedModel
+from mlx_lama.schema.names import check_model_name
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_EVERY = 0.1  # seconds between progress lines
+
+
+def _name(body: dict[str, Any], key: str = "model") -> str:
+    name = body.get(key) or (body.get("name") if key == "model" else None)
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, f"{key} is required")
+    problem = check_model_name(name)
+    if problem is not None:
+        raise ApiError(400, f'{key} "{name}" is invalid: {problem}')
+    return name
+
+
+# -- pull
+
+
+async def pull(request: Request) -> Response:
+    gateway = gateway_of(request)
+    body = await read_json(request)
+    name = _name(body)
+    stream = body.get("stream", True) is not False
+    repo, revision, existing = _pull_source(gateway, name)
+    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def emit(event: dict[str, Any] | None) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    task = loop.create_task(_pull_work(gateway, name, repo, revision, existing, emit))
+
+    async def lines() -> AsyncIterator[bytes]:
+        while True:
+            event = await events.get()
+            if event is None:
+                return
+            yield json.dumps(event).encode() + b"\n"
+
+    if stream:
+        return StreamingResponse(lines(), media_type=NDJSON)
+    last: dict[str, Any] = {}
+    async for line in lines():
+        last = json.loads(line)
+    await task
+    if "error" in last:
+        raise ApiError(500, str(last["error"]))
+    return JSONResponse(last)
+
+
+def _pull_source(gateway: Gateway, name: str) -> tuple[str | None, str, str | None]:
+    """(repo, revision, manifest name if already there). repo None: nothing to download."""
+    existing = gateway.model_key(name)
+    if existing is not None:
+        entry = gateway.manifest.models[existing]
+        return entry.repo, entry.revision or "main", existing
+    try:
+        resolution = gateway.registry.resolve(name)
+    except Exception:
+        raise ApiError(404, "pull model manifest: file does not exist") from None
+    if resolution.model is not None:  # an alias of a manifest model
+        entry = gateway.manifest.models[resolution.model]
+        return entry.repo, entry.revision or "main", resolution.model
+    return resolution.target, "main", None
+
+
+async def _pull_work(
+    gateway: Gateway,
+    name: str,
+    repo: str | None,
+    revision: str,
+    existing: str | None,
+    emit: Any,
+) -> None:
+    try:
+        emit({"status": "pulling manifest"})
+        if repo is not None:
+            locked = await asyncio.to_thread(_resolve, repo, revision, existing or name)
+            await asyncio.to_thread(_download, gateway, locked, emit)
+            emit({"status": "verifying sha256 digest"})
+            emit({"status": "writing manifest"})
+            await asyncio.to_thread(_record, gateway, name, existing, locked)
+            await gateway.reload()
+        emit({"status": "success"})
+    except MlxLamaError as error:
+        emit({"error": str(error)})
+    except Exception:
+        log.exception("pull of %r failed", name)
+        emit({"error": "internal error; see the gateway log"})
+    finally:
+        emit(None)
+
+
+def _resolve(repo: str, revision: str, name: str) -> LockedModel:
+    from mlx_lama.orchestrator import pull
+
+    return pull.resolve_revision(repo, revision, name=name)
+
+
+def _download(gateway: Gateway, locked: LockedModel, emit: Any) -> None:
+    from mlx_lama.orchestrator import pull
+
+    digest = hashlib.sha256(f"{locked.repo}@{locked.commit}".encode()).hexdigest()
+    status = f"pulling {digest[:12]}"
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < _PROGRESS_EVERY:
+            return
+        last[0] = now
+        emit({"status": status, "digest": f"sha256:{digest}", "total": total, "completed": done})
+
+    emit({"status": status, "digest": f"sha256:{digest}", "total": locked.size})
+    pull.pull_model(locked, cache_dir=gateway.cache_dir, progress=progress)
+
+
+def _record(gateway: Gateway, name: str, existing: str | None, locked: LockedModel) -> None:
+    """Add the model to the manifest (when new) and its commit to the lock."""
+    from mlx_lama.orchestrator.filelock import apply_lock
+    from mlx_lama.schema import editor
+    from mlx_lama.schema.lockfile import lock_path_for, lockable_names, read_lock, save_lock
+
+    with apply_lock():
+        if existing is None:
+            manifest = editor.add_model(gateway.manifest_path, name, {"repo": locked.repo})
+        else:
+            from mlx_lama.schema import load_manifest
+
+            manifest = load_manifest(gateway.manifest_path)
+        key = existing or name
+        lock_path = lock_path_for(gateway.manifest_path)
+        entry = LockedModel(key, locked.repo, locked.revision, locked.commit, locked.files)
+        lock = read_lock(lock_path).with_models([entry], keep=lockable_names(manifest))
+        save_lock(lock_path, lock)
+
+
+# -- delete
+
+
+async def delete(request: Request) -> Response:
+    gateway = gateway_of(request)
+    body = await read_json(request)
+    name = _name(body)
+    alias = gateway.alias_key(name)
+    model = gateway.model_key(name)
+    if model is None and alias is not None:
+        await asyncio.to_thread(_remove_alias, gateway, alias)
+        await gateway.reload()
+        return Response(status_code=200)
+    if model is None:
+        raise ApiError(404, f"model '{name}' not found")
+    slot = gateway.scheduler.slots.get(model)
+    if slot is not None and slot.refs:
+        raise ApiError(409, f"model '{name}' is answering requests; try again when it is done")
+    await asyncio.to_thread(_remove_model, gateway, model)
+    await gateway.reload()  # stops its server: it is gone from the manifest
+    return Response(status_code=200)
+
+
+def _remove_alias(gateway: Gateway, alias: str) -> None:
+    from mlx_lama.schema import editor
+
+    editor.remove_alias(gateway.manifest_path, alias)
+
+
+def _remove_model(gateway: Gateway, model: str) -> None:
+    from mlx_lama.orchestrator import cache, pulled
+    from mlx_lama.orchestrator.filelock import apply_lock
+    from mlx_lama.schema import editor
+    from mlx_lama.schema.lockfile import lock_path_for, lockable_names, read_lock, save_lock
+
+    repo = gateway.manifest.models[model].repo
+    with apply_lock():
+        manifest, _aliases = editor.remove_model(gateway.manifest_path, model)
+        lock_path = lock_path_for(gateway.manifest_path)
+        save_lock(lock_path, read_lock(lock_path).with_models((), keep=lockable_names(manifest)))
+        still_used = any(entry.repo == repo for entry in manifest.models.values())
+        if repo is not None and not still_used and repo in pulled.read_pulled():
+            # Its server must be gone before its files are: stop it first.
+            running = gateway.scheduler.slots.get(model)
+            if running is not None and running.record is not None:
+                from mlx_lama.orchestrator import process
+
+                process.stop_server(running.record)
+            cache.remove_repo(repo, gateway.cache_dir)
+            pulled.forget_pulled(repo)
+
+
+# -- copy
+
+
+async def copy(request: Request) -> Response:
+    gateway = gateway_of(request)
+    body = await read_json(request)
+    source = _name(body, "source")
+    destination = _name(body, "destination")
+    if gateway.model_key(source) is None and gateway.alias_key(source) is None:
+        raise ApiError(404, f'model "{source}" not found')
+    if gateway.model_key(destination) is not None:
+        raise ApiError(
+            400,
+            f'destination "{destination}" is a model in mlxlama.toml; '
+            "delete it first or choose another name",
+        )
+    target = gateway.model_key(source) or gateway.alias_key(source)
+    assert target is not None
+    await asyncio.to_thread(_set_alias, gateway, destination, target)
+    await gateway.reload()
+    return Response(status_code=200)
+
+
+def _set_alias(gateway: Gateway, alias: str, target: str) -> None:
+    from mlx_lama.schema import editor
+
+    try:
+        editor.set_alias(gateway.manifest_path, alias, target)
+    except MlxLamaError as error:
+        raise ApiError(400, str(error)) from None

@@ -1,0 +1,185 @@
+"""Talking to the model servers: upstream requests, SSE parsing, and clean-up on every path.
+
+The inference routes open an upstream request with :func:`open_upstream`,
+read OpenAI server-sent events with :func:`sse_events`, and answer through a
+:class:`ProxyStream`, whose ``on_close`` runs however the response ends
+(finished, client gone, backend died), so the upstream response is closed
+and the scheduler lease released exactly once. :func:`until_disconnect` gives
+non-streaming responses the same "client gone cancels the backend" rule.
+No translation between API shapes happens here (``ollama.py`` does that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Fields a client could use to make a backend load something the manifest does
+# not name (mlx_lm.server loads `model`, `adapters` and `draft_model` on request).
+_LOADING_FIELDS = (
+    "model",
+    "adapters",
+    "adapter",
+    "adapter_path",
+    "draft_model",
+    "num_draft_tokens",
+)
+MAX_LINE = 4 * 2**20  # longest SSE line accepted from a backend
+EARLY_END = "model server closed the stream before the answer was complete"
+
+
+class UpstreamError(Exception):
+    """A backend answered with an error status, or could not be reached.
+
+    ``connect`` is True when no connection was made (the server may be gone).
+    """
+
+    def __init__(self, message: str, status: int = 502, *, connect: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.connect = connect
+
+
+def backend_body(body: Mapping[str, Any], served_model: str | None) -> dict[str, Any]:
+    """``body`` with every model-loading field removed and ``model`` set to what the
+    backend serves (left out when the backend takes none). Pure."""
+    clean = {k: v for k, v in body.items() if k not in _LOADING_FIELDS}
+    if served_model is not None:
+        clean = {"model": served_model, **clean}
+    return clean
+
+
+async def open_upstream(
+    client: httpx.AsyncClient, url: str, body: Mapping[str, Any]
+) -> httpx.Response:
+    """POST ``body`` to ``url`` and return the response with its body unread.
+
+    Raises UpstreamError for a connection failure or an error status (with the
+    backend's own message where it gave one); the response is closed then.
+    """
+    request = client.build_request("POST", url, json=body)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.ConnectError as error:
+        raise UpstreamError(f"model server not reachable: {error}", 502, connect=True) from None
+    except httpx.HTTPError as error:
+        raise UpstreamError(f"model server failed: {type(error).__name__}", 502) from None
+    if response.status_code >= 400:
+        try:
+            text = (await response.aread()).decode("utf-8", "replace")
+        except httpx.HTTPError:
+            text = ""
+        finally:
+            await response.aclose()
+        status = response.status_code if response.status_code < 500 else 502
+        raise UpstreamError(
+            _error_text(text) or f"model server answered {response.status_code}", status
+        )
+    return response
+
+
+def _error_text(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:500]
+    return str(error or text)[:500]
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of an OpenAI SSE stream, up to ``[DONE]``.
+
+    An event a backend sends as ``data: {"error": ...}`` raises UpstreamError,
+    and so does a stream that ends without ``[DONE]``: a server that dies
+    mid-answer just closes the connection, which would otherwise read as the end.
+    """
+    async for line in response.aiter_lines():
+        if len(line) > MAX_LINE:
+            raise UpstreamError("model server sent an oversized event")
+        if not line.startswith("data:"):
+            continue  # comments, event names and blank separators
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise UpstreamError("model server sent an event that is not JSON") from None
+        if not isinstance(event, dict):
+            continue
+        if "error" in event and "choices" not in event:
+            raise UpstreamError(_error_text(json.dumps(event)))
+        yield event
+    raise UpstreamError(EARLY_END)
+
+
+def describe(error: BaseException) -> str:
+    """What went wrong mid-stream, in words for the client (no paths, no traceback)."""
+    if isinstance(error, UpstreamError):
+        return str(error)
+    if isinstance(error, httpx.HTTPError):
+        return f"model server stopped answering ({type(error).__name__})"
+    return "internal error"
+
+
+class ProxyStream(StreamingResponse):
+    """A streaming response whose ``on_close`` always runs, even when the client
+    disconnects before the first chunk (when the body generator never starts)."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        media_type: str,
+        on_close: Callable[[], Awaitable[None]],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_close()
+
+
+async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
+    """Run ``work`` unless the client goes away first (then cancel it: None).
+
+    Call only after the request body was read: the next ASGI message is then
+    the disconnect.
+    """
+    result: list[T] = []
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    group.cancel_scope.cancel()
+                    return
+
+        async def run() -> None:
+            result.append(await work())
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        group.start_soon(run)
+    return result[0] if result else None

@@ -1,0 +1,206 @@
+"""``mlx-lama serve``: apply the manifest, adopt what runs, then serve the gateway.
+
+:func:`listen_address` decides where to listen (``MLX_LAMA_HOST`` over the
+manifest's ``[server]``) and refuses a non-loopback address without an API
+key. :func:`open_socket` binds it first, so a taken port fails before anything
+else happens. :func:`prepare` reconciles once (stopping servers the manifest
+no longer wants and starting the ``always`` ones) and builds the
+:class:`Gateway` with every running server of ours adopted. :func:`run`
+serves the app on the socket under uvicorn until interrupted; on the way out
+the on-demand servers it holds are stopped and the ``always`` ones keep
+running for the next ``serve`` or ``apply`` to adopt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import psutil
+
+from mlx_lama.errors import MlxLamaError, UsageError
+from mlx_lama.gateway.core import Gateway
+from mlx_lama.gateway.scheduler import DEFAULT_MAX_QUEUE, Scheduler, SchedulerConfig
+from mlx_lama.gateway.security import SecurityPolicy
+from mlx_lama.netaddr import is_loopback_host, parse_listen_address
+from mlx_lama.orchestrator.apply import ApplyContext, ApplyResult, Reporter, apply_plan
+from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.filelock import apply_lock
+from mlx_lama.orchestrator.observe import observe
+from mlx_lama.orchestrator.plan import Plan, PlanOptions, make_plan
+from mlx_lama.orchestrator.runrecords import inspect_record, read_records
+from mlx_lama.schema import load_manifest
+from mlx_lama.schema.lockfile import lock_path_for, read_lock
+from mlx_lama.schema.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+HOST_ENV = "MLX_LAMA_HOST"
+MAX_QUEUE_ENV = "MLX_LAMA_MAX_QUEUE"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+
+def listen_address(manifest: Manifest, *, insecure: bool = False) -> Listen:
+    """Where the gateway listens. Raises UsageError for a bad ``MLX_LAMA_HOST``, or a
+    non-loopback address without ``[server] api_key`` (unless ``insecure``)."""
+    server = manifest.server
+    try:
+        host, port = parse_listen_address(os.environ.get(HOST_ENV, ""), server.host, server.port)
+    except ValueError as error:
+        raise UsageError(f"{HOST_ENV}={os.environ.get(HOST_ENV)!r} is invalid: {error}") from None
+    if not is_loopback_host(host) and server.api_key is None and not insecure:
+        raise UsageError(
+            f"refusing to listen on {host}:{port} without an API key: anyone on the network "
+            "could run and manage models",
+            hint="set api_key under [server] in mlxlama.toml, or pass --insecure if this "
+            "network is trusted",
+        )
+    return Listen(host, port)
+
+
+def open_socket(listen: Listen) -> socket.socket:
+    """A listening socket on ``listen``; a clear error when the port is taken."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((listen.host, listen.port))
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise MlxLamaError(
+            f"cannot listen on {listen.host}:{listen.port}: {error.strerror or error}",
+            hint="is Ollama or another `mlx-lama serve` running there? Stop it, or set "
+            f"{HOST_ENV} (e.g. {HOST_ENV}=127.0.0.1:11435) or [server] port",
+        ) from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def reconcile(
+    manifest_path: Path,
+    *,
+    cache_dir: Path,
+    reporter: Reporter | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    ready_timeout: float = 300.0,
+) -> ApplyResult | None:
+    """One apply of the manifest (no pruning of files). None when nothing needed doing."""
+    with apply_lock():
+        manifest = load_manifest(manifest_path)
+        lock = read_lock(lock_path_for(manifest_path))
+        wanted = desired(manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir)
+        observed = observe(cache_dir=cache_dir, externals=wanted.externals)
+        for warning in observed.warnings:
+            log.warning("%s", warning)
+        plan = make_plan(wanted, observed, PlanOptions(prune=False))
+        if on_plan is not None:
+            on_plan(plan)
+        if plan.empty:
+            return None
+        context = ApplyContext(
+            manifest=manifest,
+            manifest_path=manifest_path,
+            lock=lock,
+            desired=wanted,
+            observed=observed,
+            cache_dir=cache_dir,
+            write_lock=True,
+        )
+        return apply_plan(plan, context, reporter=reporter, ready_timeout=ready_timeout)
+
+
+def prepare(
+    manifest_path: Path,
+    *,
+    cache_dir: Path,
+    ready_timeout: float | None = None,
+) -> Gateway:
+    """The gateway for the manifest as it is now, with running servers adopted."""
+    manifest = load_manifest(manifest_path)
+    config = SchedulerConfig(max_queue=_max_queue())
+    gateway = Gateway(
+        manifest_path,
+        manifest,
+        read_lock(lock_path_for(manifest_path)),
+        cache_dir=cache_dir,
+        scheduler=Scheduler(config),
+        total_memory=psutil.virtual_memory().total,
+        ready_timeout=ready_timeout,
+    )
+    records, warnings = read_records()
+    for warning in warnings:
+        log.warning("%s", warning)
+    running = [r for r in records if inspect_record(r).state == "running"]
+    adopted = gateway.scheduler.adopt(running)
+    if adopted:
+        log.info("adopted running servers: %s", ", ".join(sorted(adopted)))
+    return gateway
+
+
+def security_policy(manifest: Manifest, listen: Listen) -> SecurityPolicy:
+    server = manifest.server
+    return SecurityPolicy(
+        bind_host=listen.host,
+        port=listen.port,
+        api_key=server.api_key,
+        origins=tuple(server.origins),
+    )
+
+
+def run(gateway: Gateway, listen: Listen, sock: socket.socket) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM): uvicorn on the already-bound ``sock``."""
+    import uvicorn
+
+    from mlx_lama.gateway.app import create_app
+
+    app = create_app(gateway, security_policy(gateway.manifest, listen))
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    _quiet_server_class()(config).run(sockets=[sock])
+
+
+def _quiet_server_class() -> type:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """Shuts down on SIGINT/SIGTERM without re-raising the signal afterwards, which
+        would turn a clean stop into a KeyboardInterrupt traceback (a second ^C forces)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+    return QuietServer
+
+
+def _max_queue() -> int:
+    text = os.environ.get(MAX_QUEUE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_QUEUE
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise UsageError(f"{MAX_QUEUE_ENV}={text!r} is invalid: use a whole number of at least 1")
+    return int(text)

@@ -1,0 +1,38 @@
+"""The gateway in front of a real ``vllm-mlx`` server: the engine serves the model under
+its manifest name, so the gateway rewrites ``model`` to that name and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+
+from tests.fixtures.gateway import gateway_in_thread
+
+pytestmark = pytest.mark.server
+
+
+def test_ollama_and_openai_requests_reach_vllm_mlx_under_the_served_name(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models."batched"]\npath = "{tiny_model}"\nbackend = "vllm-mlx"\n',
+        encoding="utf-8",
+    )
+    with gateway_in_thread(manifest) as running:
+        with ollama.Client(host=running.url) as client:
+            answer = client.chat(
+                "batched:latest",
+                messages=[{"role": "user", "content": "hi"}],
+                options={"num_predict": 3},
+            )
+            assert answer.model == "batched:latest"
+            assert answer.message.content and answer.done
+            assert [m.model for m in client.ps().models] == ["batched:latest"]
+        with openai.OpenAI(base_url=running.url + "/v1", api_key="unused") as oai:
+            completion = oai.completions.create(model="batched", prompt="once", max_tokens=3)
+            assert completion.model == "batched"
+            assert completion.choices[0].text
