@@ -199,3 +199,14 @@ def test_api_key_is_required_when_configured(tmp_path: Path, tiny_model: Path) -
         assert (
             httpx.get(running.url + "/", trust_env=False).status_code == 200
         )  # liveness stays open
+
+
+def test_embeddings_on_an_engine_without_them_get_ollamas_capability_error(
+    http: httpx.Client,
+) -> None:
+    ollama_style = http.post("/api/embed", json={"model": "local", "input": "text"})
+    assert ollama_style.status_code == 400
+    assert ollama_style.json() == {"error": '"local" does not support embeddings'}
+    openai_style = http.post("/v1/embeddings", json={"model": "local", "input": "text"})
+    assert openai_style.status_code == 400
+    assert "does not support embeddings" in openai_style.json()["error"]["message"]

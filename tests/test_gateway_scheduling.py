@@ -68,7 +68,8 @@ def test_first_request_starts_a_model_and_keep_alive_stops_it(gateway: RunningGa
         # keep_alive = "2s" under [server]: idle for two seconds, then stopped.
         wait_for(lambda: _loaded(client) == [], 30, "the idle model to be unloaded")
         wait_for(lambda: not _alive(pid), 30, "its server process to exit")
-        assert not (gateway.home / "run" / "first.json").exists()
+        record = gateway.home / "run" / "first.json"
+        wait_for(lambda: not record.exists(), 10, "its run record to be deleted")
 
 
 def test_max_loaded_evicts_the_idle_model_and_empty_requests_load_and_unload(
@@ -149,5 +150,5 @@ def test_memory_budget_evicts_the_least_recently_used_idle_model(
         assert http.post("/api/chat", json=_chat_body("first")).status_code == 200
         assert _loaded_names(http) == ["first:latest"]
         metrics = http.get("/metrics").text
-        assert "mlx_lama_memory_budget_bytes 400000000" in metrics
+        assert "mlx_lama_memory_budget_bytes 419430400" in metrics
         assert 'mlx_lama_model_loads_total{model="second",result="ok"} 1' in metrics
