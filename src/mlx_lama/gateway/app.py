@@ -201,10 +201,7 @@ async def _show(request: Request) -> Response:
     route = inference.resolve(gateway, name)
     entry: ModelEntry = route.entry
     system = body.get("system") if isinstance(body.get("system"), str) else None
-    answer = show_response(str(name), entry, gateway.facts(route.name), system=system)
-    if gateway.embeddings_capable(route) and route.kind != "external":
-        answer["capabilities"] = [*answer["capabilities"], "embedding"]
-    return JSONResponse(answer)
+    return JSONResponse(show_response(str(name), entry, gateway.facts(route.name), system=system))
 
 
 async def _v1_models(request: Request) -> Response:

@@ -54,15 +54,8 @@ class Route:
     name: str  # the manifest's model name
     entry: ModelEntry
     kind: RouteKind
+    defaults: ModelDefaults  # SYSTEM, MESSAGE and PARAMETER applied under each request
     url: str | None = None  # external models: the server's root
-
-    @property
-    def defaults(self) -> ModelDefaults:
-        return ModelDefaults(
-            system=self.entry.system,
-            messages=tuple({"role": m.role, "content": m.content} for m in self.entry.messages),
-            parameters=self.entry.parameters.as_dict(),
-        )
 
 
 class Gateway:
@@ -163,10 +156,18 @@ class Gateway:
 
     def route(self, target: str) -> Route:
         entry = self.manifest.models[target]
+        defaults = ModelDefaults(
+            system=entry.system,
+            messages=tuple({"role": m.role, "content": m.content} for m in entry.messages),
+            parameters={
+                **self.manifest.defaults.parameters.as_dict(),
+                **entry.parameters.as_dict(),
+            },
+        )
         if self.manifest.is_external(target):
-            return Route(target, entry, "external", url=entry.url)
+            return Route(target, entry, "external", defaults, url=entry.url)
         kind: RouteKind = "server" if target in self._servers else "never"
-        return Route(target, entry, kind)
+        return Route(target, entry, kind, defaults)
 
     def _model_for_repo(self, repo: str) -> str | None:
         matches = sorted(n for n, e in self.manifest.models.items() if e.repo == repo)

@@ -21,13 +21,13 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from mlx_lama.errors import MlxLamaError
+from mlx_lama.errors import ManifestError, MlxLamaError
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import ApiError, read_json
 from mlx_lama.gateway.inference import NDJSON, gateway_of
@@ -118,6 +118,9 @@ async def _pull_work(
             await asyncio.to_thread(_record, gateway, name, existing, locked)
             await gateway.reload()
         emit({"status": "success"})
+    except ManifestError as error:  # the user's file is broken: its path stays in our log
+        log.error("pull of %r could not edit the manifest: %s", name, error)
+        emit({"error": "downloaded, but mlxlama.toml needs fixing first; see the gateway log"})
     except MlxLamaError as error:
         emit({"error": str(error)})
     except Exception:
@@ -181,7 +184,7 @@ async def delete(request: Request) -> Response:
     alias = gateway.alias_key(name)
     model = gateway.model_key(name)
     if model is None and alias is not None:
-        await asyncio.to_thread(_remove_alias, gateway, alias)
+        await _edit(lambda: _remove_alias(gateway, alias), f"delete {alias!r}")
         await gateway.reload()
         return Response(status_code=200)
     if model is None:
@@ -189,9 +192,24 @@ async def delete(request: Request) -> Response:
     slot = gateway.scheduler.slots.get(model)
     if slot is not None and slot.refs:
         raise ApiError(409, f"model '{name}' is answering requests; try again when it is done")
-    await asyncio.to_thread(_remove_model, gateway, model)
+    await _edit(lambda: _remove_model(gateway, model), f"delete {model!r}")
     await gateway.reload()  # stops its server: it is gone from the manifest
     return Response(status_code=200)
+
+
+async def _edit(work: Callable[[], None], what: str) -> None:
+    """Run a manifest edit on a worker thread; its refusals become client errors
+    (without file paths: those stay in the gateway's log)."""
+    from mlx_lama.schema.editor import ManifestEditError
+
+    try:
+        await asyncio.to_thread(work)
+    except ManifestEditError as error:
+        raise ApiError(400, str(error)) from None
+    except MlxLamaError as error:
+        log.error("could not %s: %s", what, error)
+        message = f"could not {what}: mlxlama.toml needs fixing; see the gateway log"
+        raise ApiError(500, message) from None
 
 
 def _remove_alias(gateway: Gateway, alias: str) -> None:
@@ -241,7 +259,7 @@ async def copy(request: Request) -> Response:
         )
     target = gateway.model_key(source) or gateway.alias_key(source)
     assert target is not None
-    await asyncio.to_thread(_set_alias, gateway, destination, target)
+    await _edit(lambda: _set_alias(gateway, destination, target), f"copy {source!r}")
     await gateway.reload()
     return Response(status_code=200)
 
@@ -249,7 +267,4 @@ async def copy(request: Request) -> Response:
 def _set_alias(gateway: Gateway, alias: str, target: str) -> None:
     from mlx_lama.schema import editor
 
-    try:
-        editor.set_alias(gateway.manifest_path, alias, target)
-    except MlxLamaError as error:
-        raise ApiError(400, str(error)) from None
+    editor.set_alias(gateway.manifest_path, alias, target)

@@ -216,7 +216,9 @@ class Scheduler:
     async def acquire(self, name: str, keep_alive: Duration | None = None) -> Lease:
         """Wait until ``name``'s server is ready and hold it. Raises SchedulerError."""
         began = time.monotonic()
-        slot = self.slots[name]
+        slot = self.slots.get(name)
+        if slot is None:
+            raise SchedulerError(f"model {name!r} is no longer in the manifest", status=404)
         if not slot.ready:
             if self._pending >= self.config.max_queue:
                 raise SchedulerError(
@@ -281,12 +283,13 @@ class Scheduler:
                     record = await asyncio.to_thread(self._start, slot.spec)
                 except MlxLamaError as error:
                     slot.state = "stopped"
-                    slot.error = str(error).splitlines()[0]
+                    slot.error = error.message.splitlines()[0]
                     self._report_load(slot.name, time.monotonic() - began, False)
+                    log.error("%s", error)  # with the log tail and the log's path
                     raise SchedulerError(
                         f"model {slot.name!r} failed to load: {slot.error}",
                         status=500,
-                        hint=error.hint,
+                        hint="the gateway's log has the engine's output",
                     ) from None
                 self._report_load(slot.name, time.monotonic() - began, True)
                 if self.slots.get(slot.name) is not slot:  # removed from the manifest meanwhile
