@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -57,6 +58,10 @@ MODEL = "tiny"
 MAX_TOKENS = 256
 LEVELS = (1, 8)
 WARMUP_BATCHES = 2
+QUIET_WINDOW = 0.25  # s; how long the idle machine is sampled before each timed batch
+QUIET_CORES = 0.25  # busy cores below which the machine counts as quiet
+QUIET_WAIT = 10.0  # s; the longest wait for quiet before a batch runs anyway
+QUIET_BUDGET = 60.0  # s; all waits for quiet together, so a busy machine cannot stall the run
 LATE_START = 0.1  # s; a TTFT above this means the backend admitted the stream late
 READY_TIMEOUT = 300.0
 RATIO_TARGET = 0.97
@@ -69,8 +74,9 @@ OLLAMA = "gateway NDJSON"
 PATHS = (DIRECT, GATEWAY, OLLAMA)
 MAIN_HEADER = (
     "| streams | path | batches | aggregate tokens/s, median (min-max) "
-    "| per-stream tokens/s, median | TTFT median (ms) | late starts |\n"
-    "|---|---|---|---|---|---|---|"
+    "| per-stream tokens/s, median | TTFT median (ms) | late starts "
+    "| TTFT median, on-time streams (ms) |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -92,7 +98,7 @@ class Stream:
 class Batch:
     wall: float  # seconds from the first request sent to the last stream ended
     streams: tuple[Stream, ...]
-    cpu: dict[str, float]  # CPU seconds used during the batch: gateway, backend, client
+    cpu: dict[str, float]  # CPU seconds during the batch: gateway, backend, client, other
 
     @property
     def tokens(self) -> int:
@@ -126,6 +132,11 @@ class Series:
             yield from batch.streams
 
     @property
+    def on_time_ttft_ms(self) -> float:
+        on_time = [s.ttft for s in self.streams() if s.ttft <= LATE_START]
+        return statistics.median(on_time) * 1000 if on_time else float("nan")
+
+    @property
     def late(self) -> int:
         """Streams that waited for a later admission by the backend."""
         return sum(1 for s in self.streams() if s.ttft > LATE_START)
@@ -138,10 +149,10 @@ class Series:
         tokens = sum(b.tokens for b in self.batches)
         return sum(b.cpu[who] for b in self.batches) * 1000 / tokens * 1000
 
-    @property
-    def cores_busy(self) -> float:
-        """CPU seconds of backend, gateway and client together per second of wall time."""
-        return sum(sum(b.cpu.values()) for b in self.batches) / sum(b.wall for b in self.batches)
+    def cores(self, *who: str) -> float:
+        """CPU seconds of ``who`` per second of wall time, over the timed batches."""
+        busy = sum(b.cpu[w] for b in self.batches for w in who)
+        return busy / sum(b.wall for b in self.batches)
 
 
 def batches(level: int, runs: int) -> int:
@@ -227,8 +238,27 @@ async def one_stream(client: httpx.AsyncClient, target: Target) -> Stream:
     return Stream(ttft=first - sent, tokens=tokens, span=last - first)
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+async def quiet(limit: float) -> float:
+    """Wait (up to about ``limit`` seconds) until other processes leave the CPUs nearly
+    idle; return the seconds waited beyond the first sample. Between batches only the
+    bench's own servers run, and they are idle then."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        before = machine_busy()
+        await asyncio.sleep(QUIET_WINDOW)
+        if (machine_busy() - before) / QUIET_WINDOW < QUIET_CORES:
+            break
+    return max(0.0, time.monotonic() - start - QUIET_WINDOW)
+
+
 class CpuMeter:
-    """CPU seconds used by the gateway, the backend and this process."""
+    """CPU seconds used by the gateway, the backend, this process and everything else."""
 
     def __init__(self, gateway_pid: int, backend_pid: int) -> None:
         self.procs = {
@@ -242,7 +272,15 @@ class CpuMeter:
             times = proc.cpu_times()
             out[who] = times.user + times.system
         out["client"] = time.process_time()
+        out["machine"] = machine_busy()
         return out
+
+    @staticmethod
+    def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        used = {k: after[k] - before[k] for k in before}
+        machine = used.pop("machine")
+        used["other"] = max(0.0, machine - sum(used.values()))
+        return used
 
 
 async def one_batch(
@@ -253,7 +291,7 @@ async def one_batch(
     results = await asyncio.gather(*(one_stream(client, target) for _ in range(streams)))
     wall = time.perf_counter() - start
     after = meter.read()
-    return Batch(wall, tuple(results), {k: after[k] - before[k] for k in before})
+    return Batch(wall, tuple(results), meter.used(before, after))
 
 
 async def measure(
@@ -262,6 +300,7 @@ async def measure(
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     timeout = httpx.Timeout(120.0)
     results: dict[int, dict[str, Series]] = {}
+    waited = 0.0  # on waits for a quiet machine, against QUIET_BUDGET
     async with httpx.AsyncClient(trust_env=False, timeout=timeout, limits=limits) as client:
         for level in LEVELS:
             for _ in range(WARMUP_BATCHES):
@@ -271,6 +310,7 @@ async def measure(
             for index in range(batches(level, runs)):
                 order = PATHS if index % 2 == 0 else tuple(reversed(PATHS))
                 for path in order:
+                    waited += await quiet(min(QUIET_WAIT, max(0.0, QUIET_BUDGET - waited)))
                     batch = await one_batch(client, targets[path], level, meter)
                     series[path].batches.append(batch)
             results[level] = series
@@ -450,12 +490,14 @@ def render(results: dict[int, dict[str, Series]]) -> str:
             rows.append(
                 f"| {level} | {path} | {len(s.batches)} "
                 f"| {s.tokens_per_s:.0f} ({low:.0f}-{high:.0f}) "
-                f"| {s.stream_tokens_per_s:.0f} | {s.ttft_ms:.1f} | {s.late}/{s.count} |"
+                f"| {s.stream_tokens_per_s:.0f} | {s.ttft_ms:.1f} | {s.late}/{s.count} "
+                f"| {s.on_time_ttft_ms:.1f} |"
             )
             cpu.append(
                 f"| {level} | {path} | {s.cpu_ms_per_1k_tokens('backend'):.0f} "
                 f"| {s.cpu_ms_per_1k_tokens('gateway'):.0f} "
-                f"| {s.cpu_ms_per_1k_tokens('client'):.0f} | {s.cores_busy:.2f} |"
+                f"| {s.cpu_ms_per_1k_tokens('client'):.0f} "
+                f"| {s.cores('backend', 'gateway', 'client'):.2f} | {s.cores('other'):.2f} |"
             )
         for path in (GATEWAY, OLLAMA):
             ratio = series[path].tokens_per_s / direct.tokens_per_s
@@ -477,20 +519,46 @@ def render(results: dict[int, dict[str, Series]]) -> str:
         {s.tokens for by_path in results.values() for x in by_path.values() for s in x.streams()}
     )
     rows_text, derived_text, cpu_text = "\n".join(rows), "\n".join(derived), "\n".join(cpu)
+    setup = f"""The tiny random-weight test model (2 layers, hidden size 64) served by
+`mlx_lm.server` {version("mlx-lm")} (MLX {version("mlx")}, CPU) as a `serve = "always"`
+model of `mlx-lama serve`. Each request is a streamed chat completion of
+`max_tokens = {MAX_TOKENS}` at temperature 0 (content events per stream:
+{", ".join(map(str, counts))}). Three paths: the backend's own port (OpenAI SSE), the
+gateway's `/v1/chat/completions` (SSE passed through, `model` rewritten in
+every event) and the gateway's `/api/chat` (Ollama NDJSON translated from the
+backend's SSE; no direct counterpart, so it is compared with direct SSE). One
+asyncio httpx client on the same machine sends batches of 1 or 8 parallel
+streams: {WARMUP_BATCHES} warm-up batches per path, then the timed batches, the paths
+interleaved batch by batch (order reversed every round)."""
+    cpu_intro = f"""CPU time per 1000 streamed tokens (ms) over the timed batches, the cores the
+three processes kept busy together, and the cores anything else on the
+machine used meanwhile (before each timed batch the script waits, up to
+{QUIET_WAIT:.0f} s and {QUIET_BUDGET:.0f} s in all, until other processes use under
+{QUIET_CORES} of a core):"""
+    reading = f"""How to read it: aggregate tokens/s is all content events of a batch over the
+batch's wall time (median over batches); the ratio divides the gateway
+path's median by the direct median at the same level. TTFT runs from sending
+the request to the first event with content; added TTFT is the gateway's
+median minus the direct median. The backend, the gateway and the client share
+the machine's cores, so every CPU millisecond the gateway (and the client
+reading its output) spends per token is one the backend cannot use: on a
+small machine the ratio measures the gateway's CPU cost per token more than
+its latency. {findings(results)}"""
+    batching = f"""At 8 streams the backend decides the figures: `mlx_lm.server` admits new
+requests into its running batch only between 0.5 s decode slices, so a stream
+that misses the first admission waits for the next one ("late starts": TTFT
+above {LATE_START * 1000:.0f} ms). Which streams are late depends on arrival jitter of a
+millisecond or so, so the 8-stream tokens/s are bimodal and vary from run to
+run by more than the gateway's effect; read the 1-stream rows for the
+gateway's own cost. Streams admitted together get their first token from the
+same backend step, after the last of them has arrived, so at 8 streams the
+on-time TTFT through the gateway is mostly how much later it hands the last of
+those requests to the backend, not a delay each stream pays on its own. When
+more than half the streams start late, the plain TTFT median is a late stream's
+and the added TTFT measures the backend's admission slices, not the gateway."""
     return f"""## Streaming through the gateway vs straight to the server
 
-The tiny random-weight test model (2 layers, hidden size 64) served by
-`mlx_lm.server` {version("mlx-lm")} (MLX {version("mlx")}, CPU) as a
-`serve = "always"` model of `mlx-lama serve`. Each request is a streamed chat
-completion of `max_tokens = {MAX_TOKENS}` at temperature 0 (content events per
-stream: {", ".join(map(str, counts))}). Three paths: the backend's own port (OpenAI
-SSE), the gateway's `/v1/chat/completions` (SSE passed through, `model`
-rewritten in every event) and the gateway's `/api/chat` (Ollama NDJSON
-translated from the backend's SSE; no direct counterpart, so it is compared
-with direct SSE). One asyncio httpx client on the same machine sends batches
-of 1 or 8 parallel streams: {WARMUP_BATCHES} warm-up batches per path, then the
-timed batches, the paths interleaved batch by batch (order reversed every
-round).
+{wrap(setup)}
 
 {MAIN_HEADER}
 {rows_text}
@@ -499,29 +567,46 @@ round).
 |---|---|---|---|
 {derived_text}
 
-CPU time per 1000 streamed tokens (ms) over the timed batches, and the cores
-the three processes kept busy together:
+{wrap(cpu_intro)}
 
-| streams | path | backend | gateway | client | cores busy |
-|---|---|---|---|---|---|
+| streams | path | backend | gateway | client | cores busy | other processes |
+|---|---|---|---|---|---|---|
 {cpu_text}
 
-How to read it: aggregate tokens/s is all content events of a batch over the
-batch's wall time (median over batches); the ratio divides the gateway
-path's median by the direct median at the same level. TTFT runs from sending
-the request to the first event with content; added TTFT is the gateway's
-median minus the direct median. The backend, the gateway and the client share
-the machine's cores, so every CPU millisecond the gateway (and the client
-reading its output) spends per token is one the backend cannot use: on a
-small machine the ratio measures the gateway's CPU cost per token more than
-its latency. At 8 streams the backend decides the figures: `mlx_lm.server`
-admits new requests into its running batch only between 0.5 s decode slices,
-so a stream that misses the first admission waits for the next one ("late
-starts": TTFT above {LATE_START * 1000:.0f} ms). Which streams are late
-depends on arrival jitter of a millisecond or so, so the 8-stream TTFT and
-tokens/s are bimodal and their gateway/direct comparison is mostly noise
-from that; the 1-stream rows isolate the gateway's own cost.
+{wrap(reading)}
+
+{wrap(batching)}
 
 Machine: {machine()}.
 Command: `uv run --all-extras python -m bench gateway`
 """
+
+
+def wrap(paragraph: str) -> str:
+    return textwrap.fill(" ".join(paragraph.split()), width=78, break_on_hyphens=False)
+
+
+def findings(results: dict[int, dict[str, Series]]) -> str:
+    """One sentence on what the gateway path costs at a single stream, from the data."""
+    single = results.get(1)
+    if single is None:
+        return ""
+    direct, through = single[DIRECT], single[GATEWAY]
+    gateway_ms = through.cpu_ms_per_1k_tokens("gateway")
+    client_ms = through.cpu_ms_per_1k_tokens("client") - direct.cpu_ms_per_1k_tokens("client")
+    backend_ms = direct.cpu_ms_per_1k_tokens("backend")
+    through_backend_ms = through.cpu_ms_per_1k_tokens("backend")
+    same = abs(through_backend_ms / backend_ms - 1) < 0.05
+    return (
+        f"Here, at 1 stream, the gateway SSE path adds {gateway_ms:.0f} ms of gateway "
+        f"CPU and {client_ms:+.0f} ms of client CPU per 1000 tokens to the "
+        f"backend's own {backend_ms:.0f} ms, and the per-stream rate goes from "
+        f"{direct.stream_tokens_per_s:.0f} to {through.stream_tokens_per_s:.0f} tokens/s"
+        + (
+            f" while the backend's CPU per 1000 tokens stays about the same "
+            f"({through_backend_ms:.0f} ms): the backend is not doing more work, "
+            "it waits for a core."
+            if same
+            else f" (backend CPU per 1000 tokens through the gateway: {through_backend_ms:.0f} ms)."
+        )
+    )

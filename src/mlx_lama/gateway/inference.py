@@ -28,6 +28,7 @@ from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling, read_jso
 from mlx_lama.gateway.proxy import (
     EARLY_END,
     ProxyStream,
+    SseRelay,
     UpstreamError,
     backend_body,
     describe,
@@ -359,18 +360,21 @@ async def openai_proxy(request: Request) -> Response:
     stream = body.get("stream") is True
     target, upstream = await post(gateway, route, path, body, None)
     if stream:
-        first: list[float] = []
+        relay = SseRelay(name)
 
         async def events() -> AsyncIterator[bytes]:
-            done = False
             try:
                 async for line in upstream.aiter_lines():
-                    done = done or line.strip() == "data: [DONE]"
-                    yield _rewrite_sse(line, name, first, gateway, route.name) + b"\n"
+                    event = relay.feed(line, time.monotonic())
+                    if event is not None:
+                        yield event
             except httpx.HTTPError as error:
                 problem = describe(error)
             else:
-                if done:
+                rest = relay.flush()
+                if rest is not None:
+                    yield rest
+                if relay.done:
                     return
                 problem = EARLY_END
             # No [DONE] after an error event: OpenAI clients raise on it.
@@ -381,8 +385,10 @@ async def openai_proxy(request: Request) -> Response:
             await upstream.aclose()
             target.release()
             gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
-            if first:
-                gateway.metrics.first_token(route.name, first[0] - started)
+            if relay.first_content is not None:
+                gateway.metrics.first_token(route.name, relay.first_content - started)
+            if relay.usage is not None:
+                _count_usage(gateway, route.name, {"usage": relay.usage})
 
         return ProxyStream(events(), media_type=SSE, on_close=close)
     try:
@@ -397,26 +403,6 @@ async def openai_proxy(request: Request) -> Response:
     _count_usage(gateway, route.name, data)
     gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
     return JSONResponse(data)
-
-
-def _rewrite_sse(line: str, name: str, first: list[float], gateway: Gateway, model: str) -> bytes:
-    """One SSE line from the backend, with ``model`` set to the client's name."""
-    if not line.startswith("data:"):
-        return line.encode()
-    data = line[5:].strip()
-    if data == "[DONE]":
-        return line.encode()
-    try:
-        event = json.loads(data)
-    except ValueError:
-        return line.encode()
-    if isinstance(event, dict):
-        if "model" in event:
-            event["model"] = name
-        if not first and event.get("choices"):
-            first.append(time.monotonic())
-        _count_usage(gateway, model, event)
-    return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _count_usage(gateway: Gateway, model: str, event: JsonObject) -> None:

@@ -11,8 +11,10 @@ No translation between API shapes happens here (``ollama.py`` does that).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -183,3 +185,58 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -
         group.start_soon(watch)
         group.start_soon(run)
     return result[0] if result else None
+
+
+# A top-level "model" member of an event. Quotes inside JSON strings are escaped,
+# so this cannot match inside a string value; nested objects carry no "model".
+_MODEL_MEMBER = re.compile(r'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+_USAGE_MEMBER = re.compile(r'"usage"\s*:\s*\{')
+_EMPTY_CONTENT = re.compile(r'"content"\s*:\s*(?:""|null)')
+
+
+class SseRelay:
+    """Passes a backend's SSE stream to the client event by event, with ``model`` set
+    to the name the client used, without decoding each event (that would cost a
+    JSON parse and dump per token). Notes the first content event and the usage."""
+
+    def __init__(self, name: str) -> None:
+        self._member = '"model":' + json.dumps(name, ensure_ascii=False)
+        self._lines: list[str] = []
+        self.done = False  # saw data: [DONE]
+        self.first_content: float | None = None  # monotonic time, set by the caller's clock
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, line: str, now: float) -> bytes | None:
+        """Take one line; return a whole event (ending in a blank line) when one is complete."""
+        if not line:
+            if not self._lines:
+                return None
+            event = "\n".join(self._lines) + "\n\n"
+            self._lines.clear()
+            return event.encode()
+        if line.startswith("data:"):
+            line = self._data(line, now)
+        self._lines.append(line)
+        return None
+
+    def flush(self) -> bytes | None:
+        if not self._lines:
+            return None
+        event = "\n".join(self._lines) + "\n\n"
+        self._lines.clear()
+        return event.encode()
+
+    def _data(self, line: str, now: float) -> str:
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.done = True
+            return line
+        wanted = self.first_content is None and '"content"' in payload
+        if wanted and not _EMPTY_CONTENT.search(payload):
+            self.first_content = now
+        if _USAGE_MEMBER.search(payload):
+            with contextlib.suppress(ValueError):
+                usage = json.loads(payload).get("usage")
+                if isinstance(usage, dict):
+                    self.usage = usage
+        return _MODEL_MEMBER.sub(lambda _match: self._member, line, count=1)
