@@ -29,6 +29,7 @@ from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import ApiError, error_response, read_json
 from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
+from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
 from mlx_lama.gateway.security import SecurityMiddleware, SecurityPolicy
 from mlx_lama.schema.manifest import ModelEntry
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 # The Ollama API level the gateway follows (shared/docs/ollama-api.md); clients
 # compare it to decide which features to use.
 OLLAMA_API_VERSION = "0.33.0"
-CONNECT_TIMEOUT = 10.0
 
 
 def create_app(gateway: Gateway, policy: SecurityPolicy) -> SecurityMiddleware:

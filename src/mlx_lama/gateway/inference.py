@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from starlette.requests import Request
@@ -26,8 +26,10 @@ from mlx_lama.gateway import ollama
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
 from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling, read_json
 from mlx_lama.gateway.proxy import (
+    CONNECT_TIMEOUT,
     EARLY_END,
     ProxyStream,
+    RawStream,
     SseRelay,
     UpstreamError,
     backend_body,
@@ -87,18 +89,21 @@ async def acquire(gateway: Gateway, route: Route, keep_alive: Duration | None) -
     return Target(lease.base_url, lease.served_model, lease, lease.waited)
 
 
-async def post(
-    gateway: Gateway, route: Route, path: str, body: JsonObject, keep_alive: Duration | None
-) -> tuple[Target, httpx.Response]:
-    """Lease the model's server and open ``path`` on it. A server found dead is
+Upstream = TypeVar("Upstream")
+
+
+async def _leased(
+    gateway: Gateway,
+    route: Route,
+    keep_alive: Duration | None,
+    open_on: Callable[[Target], Awaitable[Upstream]],
+) -> tuple[Target, Upstream]:
+    """Lease the model's server and open a request on it. A server found dead is
     forgotten and started again once."""
-    assert gateway.client is not None
     for attempt in (1, 2):
         target = await acquire(gateway, route, keep_alive)
         try:
-            response = await open_upstream(
-                gateway.client, target.base_url + path, backend_body(body, target.served_model)
-            )
+            response = await open_on(target)
         except UpstreamError as error:
             target.release()
             lease = target.lease
@@ -111,6 +116,39 @@ async def post(
             raise
         return target, response
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def post(
+    gateway: Gateway, route: Route, path: str, body: JsonObject, keep_alive: Duration | None
+) -> tuple[Target, httpx.Response]:
+    """POST ``body`` to ``path`` on the model's server (whole answers)."""
+    client = gateway.client
+    assert client is not None
+
+    async def open_on(target: Target) -> httpx.Response:
+        payload = backend_body(body, target.served_model)
+        return await open_upstream(client, target.base_url + path, payload)
+
+    return await _leased(gateway, route, keep_alive, open_on)
+
+
+async def post_stream(
+    gateway: Gateway, route: Route, path: str, body: JsonObject, keep_alive: Duration | None
+) -> tuple[Target, RawStream | httpx.Response]:
+    """POST ``body`` to ``path`` for a token stream: read off the socket directly for
+    plain-HTTP servers (all the engines mlx-lama starts), through httpx otherwise."""
+    client = gateway.client
+    assert client is not None
+
+    async def open_on(target: Target) -> RawStream | httpx.Response:
+        payload = backend_body(body, target.served_model)
+        if target.base_url.startswith("http://"):
+            return await RawStream.open(
+                target.base_url + path, payload, connect_timeout=CONNECT_TIMEOUT
+            )
+        return await open_upstream(client, target.base_url + path, payload)
+
+    return await _leased(gateway, route, keep_alive, open_on)
 
 
 def _line(obj: JsonObject) -> bytes:
@@ -172,7 +210,7 @@ async def _ollama_answer(
     stream = openai["stream"]
     openai["stream"] = True  # always stream from the backend: usage and cancellation
     openai["stream_options"] = {"include_usage": True}
-    target, upstream = await post(gateway, route, path, openai, keep_alive)
+    target, upstream = await post_stream(gateway, route, path, openai, keep_alive)
     translator = ollama.StreamTranslator(
         model=name, kind=kind, started=started, loaded=started + target.waited
     )
@@ -357,40 +395,9 @@ async def openai_proxy(request: Request) -> Response:
     if path == "/v1/embeddings" and not gateway.embeddings_capable(route):
         raise ApiError(400, f"model '{name}' does not support embeddings")
     check_sampling(body)
-    stream = body.get("stream") is True
+    if body.get("stream") is True:
+        return await _openai_stream(gateway, route, name, path, body, started)
     target, upstream = await post(gateway, route, path, body, None)
-    if stream:
-        relay = SseRelay(name)
-
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                async for line in upstream.aiter_lines():
-                    event = relay.feed(line, time.monotonic())
-                    if event is not None:
-                        yield event
-            except httpx.HTTPError as error:
-                problem = describe(error)
-            else:
-                rest = relay.flush()
-                if rest is not None:
-                    yield rest
-                if relay.done:
-                    return
-                problem = EARLY_END
-            # No [DONE] after an error event: OpenAI clients raise on it.
-            failure = {"error": {"message": problem, "type": "server_error"}}
-            yield b"data: " + json.dumps(failure).encode() + b"\n\n"
-
-        async def close() -> None:
-            await upstream.aclose()
-            target.release()
-            gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
-            if relay.first_content is not None:
-                gateway.metrics.first_token(route.name, relay.first_content - started)
-            if relay.usage is not None:
-                _count_usage(gateway, route.name, {"usage": relay.usage})
-
-        return ProxyStream(events(), media_type=SSE, on_close=close)
     try:
         data = await _guarded(request, lambda: _json_of(upstream))
     finally:
@@ -403,6 +410,43 @@ async def openai_proxy(request: Request) -> Response:
     _count_usage(gateway, route.name, data)
     gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
     return JSONResponse(data)
+
+
+async def _openai_stream(
+    gateway: Gateway, route: Route, name: str, path: str, body: JsonObject, started: float
+) -> Response:
+    target, upstream = await post_stream(gateway, route, path, body, None)
+    relay = SseRelay(name)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for line in upstream.aiter_lines():
+                event = relay.feed(line, time.monotonic())
+                if event is not None:
+                    yield event
+        except (UpstreamError, httpx.HTTPError) as error:
+            problem = describe(error)
+        else:
+            rest = relay.flush()
+            if rest is not None:
+                yield rest
+            if relay.done:
+                return
+            problem = EARLY_END
+        # No [DONE] after an error event: OpenAI clients raise on it.
+        failure = {"error": {"message": problem, "type": "server_error"}}
+        yield b"data: " + json.dumps(failure).encode() + b"\n\n"
+
+    async def close() -> None:
+        await upstream.aclose()
+        target.release()
+        gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
+        if relay.first_content is not None:
+            gateway.metrics.first_token(route.name, relay.first_content - started)
+        if relay.usage is not None:
+            _count_usage(gateway, route.name, {"usage": relay.usage})
+
+    return ProxyStream(events(), media_type=SSE, on_close=close)
 
 
 def _count_usage(gateway: Gateway, model: str, event: JsonObject) -> None:

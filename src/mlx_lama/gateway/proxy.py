@@ -11,12 +11,14 @@ No translation between API shapes happens here (``ollama.py`` does that).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -38,6 +40,7 @@ _LOADING_FIELDS = (
     "draft_model",
     "num_draft_tokens",
 )
+CONNECT_TIMEOUT = 10.0  # seconds to reach a model server (reads have no timeout)
 MAX_LINE = 4 * 2**20  # longest SSE line accepted from a backend
 EARLY_END = "model server closed the stream before the answer was complete"
 
@@ -103,7 +106,7 @@ def _error_text(text: str) -> str:
     return str(error or text)[:500]
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+async def sse_events(response: httpx.Response | RawStream) -> AsyncIterator[dict[str, Any]]:
     """The JSON events of an OpenAI SSE stream, up to ``[DONE]``.
 
     An event a backend sends as ``data: {"error": ...}`` raises UpstreamError,
@@ -240,3 +243,108 @@ class SseRelay:
                 if isinstance(usage, dict):
                     self.usage = usage
         return _MODEL_MEMBER.sub(lambda _match: self._member, line, count=1)
+
+
+class RawStream:
+    """A streamed HTTP/1.1 response read straight off an asyncio stream.
+
+    Used for the token streams only: httpx costs about as much CPU per streamed
+    token as the rest of the gateway together (see docs/benchmarks.md), which on
+    a small machine is CPU the engine needs. One request per connection
+    (``Connection: close``); the body is chunked, sized or read to the end.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def open(cls, url: str, body: Mapping[str, Any], *, connect_timeout: float) -> RawStream:
+        """POST ``body`` to ``url`` (``http://host:port/path``); raises UpstreamError."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=MAX_LINE), connect_timeout
+            )
+        except (OSError, TimeoutError) as error:
+            raise UpstreamError(f"model server not reachable: {error}", connect=True) from None
+        stream = cls(reader, writer)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        head = (
+            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {netloc}\r\n"
+            "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            writer.write(head.encode("latin-1") + payload)
+            await writer.drain()
+            await stream._read_head()
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            await stream.aclose()
+            raise UpstreamError("model server closed the connection", connect=False) from None
+        if stream.status >= 400:
+            text = await stream._read_rest()
+            await stream.aclose()
+            status = stream.status if stream.status < 500 else 502
+            raise UpstreamError(
+                _error_text(text) or f"model server answered {stream.status}", status
+            )
+        return stream
+
+    async def _read_head(self) -> None:
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                self.headers[name.strip().lower()] = value.strip()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size_line = await self._reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    return
+                data = await self._reader.readexactly(size + 2)
+                yield data[:-2]
+        elif "content-length" in self.headers:
+            yield await self._reader.readexactly(int(self.headers["content-length"]))
+        else:
+            while data := await self._reader.read(65536):
+                yield data
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """The body's lines (without line ends); UpstreamError if the connection breaks."""
+        pending = b""
+        try:
+            async for data in self._chunks():
+                pending += data
+                if len(pending) > MAX_LINE and b"\n" not in pending:
+                    raise UpstreamError("model server sent an oversized event")
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line.rstrip(b"\r").decode("utf-8", "replace")
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise UpstreamError("model server stopped answering") from None
+        if pending:
+            yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+    async def _read_rest(self) -> str:
+        out = b""
+        with contextlib.suppress(OSError, ValueError, asyncio.IncompleteReadError):
+            async for data in self._chunks():
+                out += data
+                if len(out) > 65536:
+                    break
+        return out.decode("utf-8", "replace")
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
