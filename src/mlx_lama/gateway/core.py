@@ -26,9 +26,10 @@ from mlx_lama.gateway.scheduler import Scheduler, SchedulerConfig, Slot
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
+from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE, Manifest, ModelEntry
-from mlx_lama.schema.names import canonical_name, check_model_name
+from mlx_lama.schema.names import check_model_name
 from mlx_lama.schema.units import Duration
 
 if TYPE_CHECKING:
@@ -175,18 +176,10 @@ class Gateway:
 
     def model_key(self, name: str) -> str | None:
         """The manifest's own key for ``name`` (Ollama matching), or None."""
-        try:
-            key = canonical_name(name)
-        except ValueError:
-            return None
-        return next((n for n in self.manifest.models if canonical_name(n) == key), None)
+        return find_model_key(self.manifest, name)
 
     def alias_key(self, name: str) -> str | None:
-        try:
-            key = canonical_name(name)
-        except ValueError:
-            return None
-        return next((a for a in self.manifest.aliases if canonical_name(a) == key), None)
+        return find_alias_key(self.manifest, name)
 
     def alias_target(self, alias: str) -> str | None:
         """The manifest model an alias ends at (following chains), or None."""

@@ -344,12 +344,9 @@ async def _ollama_embed(request: Request, *, legacy: bool) -> Response:
     upstream_body: JsonObject = {"input": inputs}
     if body.get("dimensions") is not None:
         upstream_body["dimensions"] = body["dimensions"]
-    target, upstream = await post(gateway, route, "/v1/embeddings", upstream_body, keep_alive)
-    try:
-        data = await _guarded(request, lambda: _json_of(upstream))
-    finally:
-        await upstream.aclose()
-        target.release()
+    target, data = await _whole_answer(
+        request, gateway, route, ("/v1/embeddings", upstream_body), keep_alive
+    )
     if data is None:
         return Response(status_code=499)
     vectors = [item.get("embedding") for item in sorted(data.get("data") or [], key=_index)]
@@ -366,6 +363,24 @@ async def _ollama_embed(request: Request, *, legacy: bool) -> Response:
             "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
         }
     )
+
+
+async def _whole_answer(
+    request: Request,
+    gateway: Gateway,
+    route: Route,
+    call: tuple[str, JsonObject],  # path and body
+    keep_alive: Duration | None,
+) -> tuple[Target, JsonObject | None]:
+    """A non-streamed backend answer as JSON (None: the client left, and the backend
+    request was cancelled). The lease is released before this returns."""
+    path, body = call
+    target, upstream = await post(gateway, route, path, body, keep_alive)
+    try:
+        return target, await _guarded(request, lambda: _json_of(upstream))
+    finally:
+        await upstream.aclose()
+        target.release()
 
 
 def _index(item: Any) -> int:
@@ -397,12 +412,7 @@ async def openai_proxy(request: Request) -> Response:
     check_sampling(body)
     if body.get("stream") is True:
         return await _openai_stream(gateway, route, name, path, body, started)
-    target, upstream = await post(gateway, route, path, body, None)
-    try:
-        data = await _guarded(request, lambda: _json_of(upstream))
-    finally:
-        await upstream.aclose()
-        target.release()
+    _target, data = await _whole_answer(request, gateway, route, (path, body), None)
     if data is None:
         return Response(status_code=499)
     if "model" in data:
