@@ -24,7 +24,7 @@ from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.scheduler import Scheduler, SchedulerConfig, Slot
 from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.state import DesiredState, ServerSpec
+from mlx_lama.orchestrator.state import DesiredState, ServerSpec, repo_folder_name
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
@@ -198,9 +198,7 @@ class Gateway:
             return spec.path
         if spec.repo is None or spec.commit is None:
             return None
-        folder = (
-            self.cache_dir / ("models--" + spec.repo.replace("/", "--")) / "snapshots" / spec.commit
-        )
+        folder = self.cache_dir / repo_folder_name(spec.repo) / "snapshots" / spec.commit
         return folder if folder.is_dir() else None
 
     def facts(self, name: str) -> ModelFacts:

@@ -25,10 +25,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError
@@ -142,10 +142,6 @@ class SchedulerConfig:
     manifest: str = ""
 
 
-StartFn = Callable[[ServerSpec], RunRecord]
-StopFn = Callable[[RunRecord], None]
-
-
 class Scheduler:
     """Loaded servers and the rules for loading and unloading them. Use from one event loop."""
 
@@ -156,7 +152,7 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._idle = asyncio.Event()  # set whenever a request releases a server
         self._reaper: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.on_load: Callable[[str, float, bool], None] | None = None
 
     # -- configuration
@@ -422,8 +418,7 @@ class Scheduler:
                     except MlxLamaError as error:
                         log.error("could not stop %r: %s", slot.name, error)
 
-    def _spawn(self, work: object) -> None:
-        assert asyncio.iscoroutine(work)
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
