@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +22,7 @@ from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.scheduler import Scheduler, SchedulerConfig, Slot
+from mlx_lama.orchestrator.cache import bytes_in
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, repo_folder_name
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
@@ -78,14 +78,15 @@ class Gateway:
         self.scheduler = scheduler
         self.total_memory = total_memory
         self.ready_timeout = ready_timeout
-        self.manifest = manifest
-        self.lock = lock
-        self.desired = DesiredState()
         self.metrics = Metrics()
         scheduler.on_load = self.metrics.load
         self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
-        self.registry = Registry()
-        self._servers: dict[str, ServerSpec] = {}
+        # Set by _apply from the manifest, now and on every reload:
+        self.manifest: Manifest
+        self.lock: Lock
+        self.desired: DesiredState
+        self.registry: Registry
+        self._servers: dict[str, ServerSpec]
         self._apply(manifest, lock)
 
     # -- manifest
@@ -208,7 +209,7 @@ class Gateway:
         commit = locked.commit if locked else None
         if folder is None:
             return ModelFacts(size=0, modified=0.0, commit=commit, config={}, tokenizer_config={})
-        size = locked.size if locked and locked.size else _folder_size(folder)
+        size = locked.size if locked and locked.size else bytes_in(folder, follow_links=True)
         try:
             modified = folder.stat().st_mtime
         except OSError:
@@ -257,14 +258,3 @@ def _read_json(path: Path, mtime: float) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _folder_size(folder: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for file in files:
-            try:
-                total += (Path(root) / file).stat().st_size
-            except OSError:
-                continue
-    return total

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -35,6 +35,8 @@ from mlx_lama.schema.lockfile import LockedModel
 from mlx_lama.schema.names import check_model_name
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _PROGRESS_EVERY = 0.1  # seconds between progress lines
 
@@ -184,32 +186,36 @@ async def delete(request: Request) -> Response:
     alias = gateway.alias_key(name)
     model = gateway.model_key(name)
     if model is None and alias is not None:
-        await _edit(lambda: _remove_alias(gateway, alias), f"delete {alias!r}")
-        await gateway.reload()
+        await _edit(gateway, lambda: _remove_alias(gateway, alias), f"delete {alias!r}")
         return Response(status_code=200)
     if model is None:
         raise ApiError(404, f"model '{name}' not found")
     slot = gateway.scheduler.slots.get(model)
     if slot is not None and slot.refs:
         raise ApiError(409, f"model '{name}' is answering requests; try again when it is done")
-    await _edit(lambda: _remove_model(gateway, model), f"delete {model!r}")
-    await gateway.reload()  # stops its server: it is gone from the manifest
+    # The reload inside _edit stops its server (it is gone from the manifest), so its
+    # files can go after it.
+    repo = await _edit(gateway, lambda: _remove_model(gateway, model), f"delete {model!r}")
+    if repo is not None:
+        await asyncio.to_thread(_free_files, gateway, repo)
     return Response(status_code=200)
 
 
-async def _edit(work: Callable[[], None], what: str) -> None:
-    """Run a manifest edit on a worker thread; its refusals become client errors
-    (without file paths: those stay in the gateway's log)."""
+async def _edit(gateway: Gateway, work: Callable[[], T], what: str) -> T:
+    """Run a manifest edit on a worker thread, then reload the gateway. Its refusals
+    become client errors (without file paths: those stay in the gateway's log)."""
     from mlx_lama.schema.editor import ManifestEditError
 
     try:
-        await asyncio.to_thread(work)
+        result = await asyncio.to_thread(work)
     except ManifestEditError as error:
         raise ApiError(400, str(error)) from None
     except MlxLamaError as error:
         log.error("could not %s: %s", what, error)
         message = f"could not {what}: mlxlama.toml needs fixing; see the gateway log"
         raise ApiError(500, message) from None
+    await gateway.reload()
+    return result
 
 
 def _remove_alias(gateway: Gateway, alias: str) -> None:
@@ -218,8 +224,10 @@ def _remove_alias(gateway: Gateway, alias: str) -> None:
     editor.remove_alias(gateway.manifest_path, alias)
 
 
-def _remove_model(gateway: Gateway, model: str) -> None:
-    from mlx_lama.orchestrator import cache, pulled
+def _remove_model(gateway: Gateway, model: str) -> str | None:
+    """Remove ``model`` (and its aliases) from the manifest and the lock. Returns its
+    repo when mlx-lama pulled it and no other model still uses it: files to free."""
+    from mlx_lama.orchestrator import pulled
     from mlx_lama.orchestrator.filelock import apply_lock
     from mlx_lama.schema import editor
     from mlx_lama.schema.lockfile import lock_path_for, lockable_names, read_lock, save_lock
@@ -229,16 +237,19 @@ def _remove_model(gateway: Gateway, model: str) -> None:
         manifest, _aliases = editor.remove_model(gateway.manifest_path, model)
         lock_path = lock_path_for(gateway.manifest_path)
         save_lock(lock_path, read_lock(lock_path).with_models((), keep=lockable_names(manifest)))
-        still_used = any(entry.repo == repo for entry in manifest.models.values())
-        if repo is not None and not still_used and repo in pulled.read_pulled():
-            # Its server must be gone before its files are: stop it first.
-            running = gateway.scheduler.slots.get(model)
-            if running is not None and running.record is not None:
-                from mlx_lama.orchestrator import process
+    still_used = any(entry.repo == repo for entry in manifest.models.values())
+    if repo is None or still_used or repo not in pulled.read_pulled():
+        return None
+    return repo
 
-                process.stop_server(running.record)
-            cache.remove_repo(repo, gateway.cache_dir)
-            pulled.forget_pulled(repo)
+
+def _free_files(gateway: Gateway, repo: str) -> None:
+    from mlx_lama.orchestrator import cache, pulled
+    from mlx_lama.orchestrator.filelock import apply_lock
+
+    with apply_lock():
+        cache.remove_repo(repo, gateway.cache_dir)
+        pulled.forget_pulled(repo)
 
 
 # -- copy
@@ -259,8 +270,7 @@ async def copy(request: Request) -> Response:
         )
     target = gateway.model_key(source) or gateway.alias_key(source)
     assert target is not None
-    await _edit(lambda: _set_alias(gateway, destination, target), f"copy {source!r}")
-    await gateway.reload()
+    await _edit(gateway, lambda: _set_alias(gateway, destination, target), f"copy {source!r}")
     return Response(status_code=200)
 
 

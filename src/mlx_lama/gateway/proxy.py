@@ -88,11 +88,16 @@ async def open_upstream(
             text = ""
         finally:
             await response.aclose()
-        status = response.status_code if response.status_code < 500 else 502
-        raise UpstreamError(
-            _error_text(text) or f"model server answered {response.status_code}", status
-        )
+        raise _status_error(response.status_code, text)
     return response
+
+
+def _status_error(status: int, text: str) -> UpstreamError:
+    """A backend's error answer for our client: its own message, its 4xx status,
+    and 502 for its 5xx (the fault is upstream of the gateway)."""
+    return UpstreamError(
+        _error_text(text) or f"model server answered {status}", status if status < 500 else 502
+    )
 
 
 def _error_text(text: str) -> str:
@@ -212,17 +217,14 @@ class SseRelay:
     def feed(self, line: str, now: float) -> bytes | None:
         """Take one line; return a whole event (ending in a blank line) when one is complete."""
         if not line:
-            if not self._lines:
-                return None
-            event = "\n".join(self._lines) + "\n\n"
-            self._lines.clear()
-            return event.encode()
+            return self.flush()
         if line.startswith("data:"):
             line = self._data(line, now)
         self._lines.append(line)
         return None
 
     def flush(self) -> bytes | None:
+        """The event collected so far, if any (at a blank line, or when the stream ends)."""
         if not self._lines:
             return None
         event = "\n".join(self._lines) + "\n\n"
@@ -289,10 +291,7 @@ class RawStream:
         if stream.status >= 400:
             text = await stream._read_rest()
             await stream.aclose()
-            status = stream.status if stream.status < 500 else 502
-            raise UpstreamError(
-                _error_text(text) or f"model server answered {stream.status}", status
-            )
+            raise _status_error(stream.status, text)
         return stream
 
     async def _read_head(self) -> None:

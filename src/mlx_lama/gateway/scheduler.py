@@ -34,6 +34,7 @@ from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import process, runrecords
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
+from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE
 from mlx_lama.schema.units import Duration
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class Scheduler:
         fresh: dict[str, Slot] = {}
         for spec in servers:
             old = self.slots.get(spec.name)
-            duration = keep_alive.get(spec.name, Duration(300.0))
+            duration = keep_alive.get(spec.name, DEFAULT_KEEP_ALIVE)
             if old is not None and old.spec.spec_hash == spec.spec_hash:
                 old.spec = spec
                 old.keep_alive = duration

@@ -24,6 +24,7 @@ from types import FrameType
 
 import psutil
 
+from mlx_lama.backends.base import client_host
 from mlx_lama.errors import MlxLamaError, UsageError
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.scheduler import DEFAULT_MAX_QUEUE, Scheduler, SchedulerConfig
@@ -52,7 +53,8 @@ class Listen:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        """Where a client on this machine reaches the gateway."""
+        host = client_host(self.host)
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 

@@ -112,7 +112,7 @@ def remove_repo(repo_id: str, cache_dir: Path | None = None) -> int:
             f"model repo '{repo_id}' is not in the Hugging Face cache at {cache}",
             hint="`mlx-lama list` shows the cached models",
         )
-    freed = _bytes_in(folder)
+    freed = bytes_in(folder)
     _delete_with_hub_strategy(cache, repo_id)
     if folder.exists():  # not scanned by huggingface_hub (damaged), or it left something behind
         shutil.rmtree(folder, ignore_errors=True)
@@ -285,13 +285,15 @@ def _snapshot_entries(top: str, prefix: str = "") -> Iterator[tuple[str, str, bo
 # -- removal -------------------------------------------------------------------
 
 
-def _bytes_in(folder: Path) -> int:
-    """Bytes of the regular files under ``folder`` (links not followed)."""
+def bytes_in(folder: Path, *, follow_links: bool = False) -> int:
+    """Bytes of the regular files under ``folder``. Links are not followed unless
+    ``follow_links`` (a snapshot's files are links to its blobs); broken ones count 0."""
     total = 0
     for root, _dirs, names in os.walk(folder):
         for name in names:
             try:
-                info = Path(root, name).lstat()
+                path = Path(root, name)
+                info = path.stat() if follow_links else path.lstat()
             except OSError:
                 continue
             if stat.S_ISREG(info.st_mode):
