@@ -101,7 +101,7 @@ def test_bad_sampling_values_are_refused_before_any_model_starts(
     assert openai_style.status_code == 400
     assert openai_style.json()["error"]["type"] == "invalid_request_error"
     assert gateway.health()["models"] == {
-        "local": {"state": "stopped", "serve": "on-demand", "in_flight": 0}
+        "local": {"state": "stopped", "serve": "on-demand", "in_flight": 0, "backend": "mlx-lm"}
     }
 
 

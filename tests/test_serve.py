@@ -94,6 +94,7 @@ def test_serve_applies_the_manifest_and_adopts_running_servers(
                 "state": "ready",
                 "serve": "always",
                 "in_flight": 0,
+                "backend": "mlx-lm",
                 "pid": first.pid_of("tiny"),
                 "port": port,
             }

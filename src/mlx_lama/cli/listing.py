@@ -55,16 +55,21 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
     """List model servers: the ones mlx-lama started and the manifest's external ones.
 
     Shows port, pid, state, uptime and memory; an external server's state is
-    whether it answers right now.
+    whether it answers right now. While `mlx-lama serve` runs, servers it is
+    restarting after a crash, or has given up on, are listed too, with the
+    last lines of a failed server's log.
     """
     from mlx_lama.humanize import duration_str, size_str
-    from mlx_lama.orchestrator.inventory import external_rows, server_rows
+    from mlx_lama.orchestrator.inventory import external_rows, server_rows, supervised_rows
     from mlx_lama.orchestrator.observe import observe_externals, observe_servers, resident_memory
 
     externals = _manifest_externals(file)
     servers = observe_servers()
     memory = {s.record.pid: m for s in servers if s.alive and (m := resident_memory(s.record.pid))}
     rows = server_rows(servers, memory) + external_rows(observe_externals(externals))
+    supervised = _daemon_models()
+    listed = {row.name for row in rows if row.up}
+    rows += [row for row in supervised_rows(supervised) if row.name not in listed]
     rows.sort(key=lambda row: row.name)
     now = time.time()
     if as_json:
@@ -83,6 +88,30 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
         for row in rows
     ]
     typer.echo(format_table(("NAME", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY"), table))
+    for row in rows:
+        if row.state == "failed":
+            typer.echo(f"\n{row.name} failed: {row.detail}")
+            tail = supervised.get(row.name, {}).get("log_tail")
+            if isinstance(tail, str) and tail.strip():
+                typer.echo("  last lines of its log:")
+                typer.echo("\n".join("    " + line for line in tail.splitlines()))
+
+
+def _daemon_models() -> dict[str, dict[str, object]]:
+    """The running daemon's view of its servers (``/health``), or {} without one."""
+    import httpx
+
+    from mlx_lama.daemonfile import running_daemon
+
+    daemon = running_daemon()
+    if daemon is None:
+        return {}
+    try:
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            models = client.get(str(daemon["url"]) + "/health").json().get("models", {})
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return {}
+    return models if isinstance(models, dict) else {}
 
 
 def _manifest_externals(file: Path | None) -> tuple[ExternalSpec, ...]:

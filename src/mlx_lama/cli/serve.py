@@ -27,24 +27,40 @@ def serve(
         float,
         typer.Option("--timeout", help="Seconds a starting model server gets to answer.", min=1),
     ] = 300.0,
+    stop_all_on_exit: Annotated[
+        bool,
+        typer.Option(
+            "--stop-all-on-exit",
+            help='On exit, stop the serve = "always" servers too (they keep running otherwise).',
+        ),
+    ] = False,
 ) -> None:
-    """Run the gateway: the Ollama and OpenAI APIs on [server] host:port.
+    """Run the daemon: the Ollama and OpenAI APIs on [server] host:port.
 
     Applies the manifest first (stopping servers it no longer wants, starting
     the serve = "always" ones) and adopts servers already running. Models
     with serve = "on-demand" start on their first request and stop after
-    keep_alive idle. MLX_LAMA_HOST overrides the address, in the forms
-    OLLAMA_HOST takes (127.0.0.1:11435, :8080, http://0.0.0.0). Ctrl-C stops
-    the gateway and its on-demand servers; "always" servers keep running.
+    keep_alive idle. Saving mlxlama.toml (or its lock) applies the change at
+    once: aliases and sampling defaults without a restart, a changed launch
+    setting by restarting only that server; an invalid save is reported and
+    ignored. A server that crashes is restarted with backoff (1 s doubling to
+    60 s; after 5 failures in 10 minutes it is marked failed until the
+    manifest changes). SIGHUP reapplies the manifest. MLX_LAMA_HOST
+    overrides the address, in the forms OLLAMA_HOST takes (127.0.0.1:11435,
+    :8080, http://0.0.0.0). Ctrl-C or SIGTERM stops the gateway (requests get
+    10 s to finish) and its on-demand servers; "always" servers keep running
+    unless --stop-all-on-exit.
     """
     from mlx_lama.cli._progress import ApplyReporter
     from mlx_lama.cli._workspace import load_workspace, quiet_hub_logging
     from mlx_lama.gateway import server
+    from mlx_lama.gateway.supervisor import probe_setting
     from mlx_lama.orchestrator.engines import require_engines
 
     _configure_logging()
     workspace = load_workspace(file)
     require_engines(workspace.manifest)
+    probe_setting()  # a bad MLX_LAMA_PROBE_INTERVAL is refused before anything starts
     listen = server.listen_address(workspace.manifest, insecure=insecure)
     sock = server.open_socket(listen)
     try:
@@ -67,7 +83,7 @@ def serve(
             f"({len(gateway.manifest.models)} models, manifest {workspace.manifest_path})",
             err=True,
         )
-        server.run(gateway, listen, sock)
+        server.run(gateway, listen, sock, stop_all_on_exit=stop_all_on_exit)
     finally:
         sock.close()
 

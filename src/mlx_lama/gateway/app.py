@@ -10,10 +10,13 @@ a real status code, never a traceback or a path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -31,6 +34,8 @@ from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
 from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
 from mlx_lama.gateway.security import SecurityMiddleware, SecurityPolicy
+from mlx_lama.gateway.supervisor import Supervisor
+from mlx_lama.netaddr import is_loopback_host
 from mlx_lama.schema.manifest import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,13 @@ log = logging.getLogger(__name__)
 OLLAMA_API_VERSION = "0.33.0"
 
 
-def create_app(gateway: Gateway, policy: SecurityPolicy) -> SecurityMiddleware:
+def create_app(
+    gateway: Gateway, policy: SecurityPolicy, *, stop_all_on_exit: bool = False
+) -> SecurityMiddleware:
+    """The gateway's ASGI app. Its lifespan runs the scheduler and the
+    :class:`Supervisor`; on the way out it stops the on-demand servers (and the
+    ``always`` ones too with ``stop_all_on_exit``)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # No read timeout: a long generation may pause between tokens.
@@ -49,10 +60,16 @@ def create_app(gateway: Gateway, policy: SecurityPolicy) -> SecurityMiddleware:
         async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
             gateway.client = client
             gateway.scheduler.start()
+            supervisor = Supervisor(gateway)
+            gateway.supervisor = supervisor
+            supervisor.start()
+            hangup = _on_hangup(supervisor.poke)
             try:
                 yield
             finally:
-                await gateway.scheduler.shutdown()
+                hangup()
+                await supervisor.stop()
+                await gateway.scheduler.shutdown(stop_always=stop_all_on_exit)
                 gateway.client = None
 
     app = Starlette(
@@ -92,6 +109,21 @@ def _routes() -> list[Route]:
         Route("/health", _health, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
     ]
+
+
+def _on_hangup(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` on SIGHUP (where the loop can take signals: the main
+    thread, on POSIX); returns what undoes it."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, callback)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return lambda: None
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
 
 
 # -- errors
@@ -230,20 +262,34 @@ def _v1_entry(gateway: Gateway, shown: str, model: str) -> dict[str, Any]:
 
 
 async def _health(request: Request) -> Response:
+    """The gateway's own state and each served model's: ``status`` is "ok", or
+    "degraded" when a server has failed or the manifest on disk is refused."""
     gateway = inference.gateway_of(request)
+    local = request.client is not None and is_loopback_host(request.client.host)
     models = {}
     for name, slot in sorted(gateway.scheduler.slots.items()):
-        state = slot.state if slot.error is None or slot.state != "stopped" else "failed"
+        state = "not downloaded" if slot.missing else slot.state
         entry: dict[str, Any] = {"state": state, "serve": slot.spec.serve, "in_flight": slot.refs}
+        entry["backend"] = slot.spec.backend
         if slot.record is not None:
             entry.update(pid=slot.record.pid, port=slot.record.port)
         if slot.error:
             entry["error"] = slot.error
+        if slot.failures:
+            entry["failures"] = len(slot.failures)
+        if slot.state == "failed" and local:  # log lines may hold paths: this machine only
+            entry["log_tail"] = slot.log_tail
         models[name] = entry
-    failed = any(m["state"] == "failed" for m in models.values())
-    return JSONResponse(
-        {"status": "degraded" if failed else "ok", "version": __version__, "models": models}
-    )
+    body: dict[str, Any] = {"status": "ok", "version": __version__, "pid": os.getpid()}
+    supervisor = gateway.supervisor
+    if supervisor is not None:
+        body["reloads"] = supervisor.reloads
+        if supervisor.problem is not None:
+            body["manifest_error"] = supervisor.problem.message
+    if "manifest_error" in body or any(m["state"] == "failed" for m in models.values()):
+        body["status"] = "degraded"
+    body["models"] = models
+    return JSONResponse(body)
 
 
 async def _metrics(request: Request) -> Response:

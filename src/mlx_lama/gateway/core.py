@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
-from mlx_lama.gateway.scheduler import Scheduler, SchedulerConfig, Slot
+from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
 from mlx_lama.orchestrator.cache import bytes_in
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, repo_folder_name
@@ -34,6 +34,8 @@ from mlx_lama.schema.units import Duration
 
 if TYPE_CHECKING:
     import httpx
+
+    from mlx_lama.gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class Gateway:
         self.metrics = Metrics()
         scheduler.on_load = self.metrics.load
         self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
+        self.supervisor: Supervisor | None = None  # runs in the app's lifespan
         # Set by _apply from the manifest, now and on every reload:
         self.manifest: Manifest
         self.lock: Lock
@@ -91,7 +94,7 @@ class Gateway:
 
     # -- manifest
 
-    def _apply(self, manifest: Manifest, lock: Lock) -> list[Slot]:
+    def _apply(self, manifest: Manifest, lock: Lock) -> Changes:
         self.manifest = manifest
         self.lock = lock
         self.desired = desired(
@@ -114,16 +117,48 @@ class Gateway:
             {s.name: self.keep_alive_of(s.name) for s in self.desired.servers},
             [name for name, entry in manifest.models.items() if entry.pin],
             config,
+            missing=self.not_downloaded(),
         )
 
-    async def reload(self, manifest: Manifest | None = None) -> None:
-        """Take the manifest on disk (or ``manifest``, already loaded) and its lock;
-        stop servers that are gone from it or whose launch spec changed."""
+    def not_downloaded(self) -> set[str]:
+        """Served models whose files are not all in the cache (being pulled, or failed to)."""
+        from mlx_lama.orchestrator.pull import file_problems
+
+        missing = set()
+        for model in self.desired.models:
+            if model.repo is None:
+                continue
+            if model.commit is None:
+                missing.add(model.name)
+                continue
+            snapshot = self.cache_dir / repo_folder_name(model.repo) / "snapshots" / model.commit
+            if file_problems(snapshot, model.files):
+                missing.add(model.name)
+        return missing
+
+    async def reload(
+        self, manifest: Manifest | None = None, lock: Lock | None = None, *, wait: bool = True
+    ) -> Changes:
+        """Take the manifest on disk (or ``manifest``, already loaded) and its lock.
+
+        Routing changes (aliases, keep_alive, pin, system prompt and sampling
+        defaults) are live when this returns. Servers gone from the manifest
+        stop once their requests end, and servers whose launch spec changed are
+        restarted from the new spec; with ``wait`` this returns after that,
+        otherwise it happens in the background. Raises the loader's errors for a
+        manifest that does not validate (nothing is changed then).
+        """
         from mlx_lama.schema import load_manifest
 
         fresh = manifest if manifest is not None else load_manifest(self.manifest_path)
-        stale = self._apply(fresh, read_lock(lock_path_for(self.manifest_path)))
-        await self.scheduler.stop_slots(stale, "changed in the manifest")
+        if lock is None:
+            lock = read_lock(lock_path_for(self.manifest_path))
+        changes = self._apply(fresh, lock)
+        tasks = self.scheduler.apply_changes(changes)
+        if wait:
+            for task in tasks:
+                await task
+        return changes
 
     def keep_alive_of(self, name: str) -> Duration:
         entry = self.manifest.models[name]

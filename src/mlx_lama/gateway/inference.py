@@ -98,8 +98,9 @@ async def _leased(
     keep_alive: Duration | None,
     open_on: Callable[[Target], Awaitable[Upstream]],
 ) -> tuple[Target, Upstream]:
-    """Lease the model's server and open a request on it. A server found dead is
-    forgotten and started again once."""
+    """Lease the model's server and open a request on it. When the server answered
+    nothing and its process turns out to be gone, it is restarted (see
+    :meth:`Scheduler.lost`) and the request sent once more."""
     for attempt in (1, 2):
         target = await acquire(gateway, route, keep_alive)
         try:

@@ -48,7 +48,9 @@ EARLY_END = "model server closed the stream before the answer was complete"
 class UpstreamError(Exception):
     """A backend answered with an error status, or could not be reached.
 
-    ``connect`` is True when no connection was made (the server may be gone).
+    ``connect`` is True when the server answered nothing at all: no connection,
+    or one closed before a response began (the server may be gone, and the
+    request may be sent again).
     """
 
     def __init__(self, message: str, status: int = 502, *, connect: bool = False) -> None:
@@ -79,6 +81,8 @@ async def open_upstream(
         response = await client.send(request, stream=True)
     except httpx.ConnectError as error:
         raise UpstreamError(f"model server not reachable: {error}", 502, connect=True) from None
+    except httpx.RemoteProtocolError:  # closed before the response began
+        raise UpstreamError("model server closed the connection", 502, connect=True) from None
     except httpx.HTTPError as error:
         raise UpstreamError(f"model server failed: {type(error).__name__}", 502) from None
     if response.status_code >= 400:
@@ -287,7 +291,7 @@ class RawStream:
             await stream._read_head()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             await stream.aclose()
-            raise UpstreamError("model server closed the connection", connect=False) from None
+            raise UpstreamError("model server closed the connection", connect=True) from None
         if stream.status >= 400:
             text = await stream._read_rest()
             await stream.aclose()

@@ -10,8 +10,15 @@ stopping idle, least-recently-used, unpinned on-demand servers; when every
 candidate is busy the start waits for one to go idle. Requests waiting for a
 start are bounded: past ``max_queue`` the request is refused (503).
 
-``serve = "always"`` servers are the reconciler's: they are adopted, never
-expire and are never evicted, but a dead one is started again on demand.
+``serve = "always"`` servers are adopted, never expire and are never
+evicted. A server that dies (or fails its liveness probe, see
+:mod:`mlx_lama.gateway.supervisor`) is restarted with exponential backoff
+(1 s doubling to 60 s); requests for it wait for the restart. After
+``MAX_FAILURES`` failed starts or crashes within ``FAILURE_WINDOW`` it is
+``failed``: requests get 503 with its last log lines until the manifest
+changes. A server whose launch spec changed keeps serving until its
+in-flight requests end (up to ``DRAIN_TIMEOUT``); then it is stopped and the
+new one started, with requests waiting for it meanwhile.
 
 Processes are started and stopped through ``orchestrator.process`` on worker
 threads (those calls block). It never decides what the manifest should be,
@@ -32,21 +39,26 @@ from typing import Any, Literal
 
 from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError
-from mlx_lama.orchestrator import process, runrecords
+from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE
 from mlx_lama.schema.units import Duration
 
 log = logging.getLogger(__name__)
 
-SlotState = Literal["stopped", "starting", "ready", "stopping"]
+SlotState = Literal["stopped", "starting", "ready", "stopping", "restarting", "failed"]
 
 DEFAULT_MAX_QUEUE = 512  # Ollama's OLLAMA_MAX_QUEUE default
 MEMORY_MARGIN = 256 * 2**20  # runtime, KV cache and activations beyond the weights
 WEIGHT_FACTOR = 1.1
 _WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf", ".bin")
-_REAP_EVERY = 0.25
+_TICK = 0.25  # s between looks at every server (expiry, crashes, due starts)
 _FOREVER_SECONDS = 292 * 365 * 86400  # what Ollama shows for "never expires" (MaxInt64 ns)
+FIRST_BACKOFF = 1.0  # s; doubles with every failure in the window
+MAX_BACKOFF = 60.0
+MAX_FAILURES = 5  # failed starts and crashes within FAILURE_WINDOW before giving up
+FAILURE_WINDOW = 600.0  # s
+DRAIN_TIMEOUT = 30.0  # s an old server gets to finish its requests before it is stopped
 
 
 class SchedulerError(MlxLamaError):
@@ -90,6 +102,13 @@ class Slot:
     error: str | None = None  # why the last start failed
     loading: asyncio.Task[None] | None = None
     unload_after: bool = False  # keep_alive 0 arrived: unload when idle
+    failures: list[float] = field(default_factory=list)  # monotonic times of recent failures
+    log_tail: str = ""  # the server's last log lines, once it has failed
+    last_probe: float = 0.0  # monotonic; the last liveness probe
+    replaces: Slot | None = None  # the server of the old spec, until it has stopped
+    restart_pending: bool = False  # it crashed while loaded: start it again after the backoff
+    retry_at: float = 0.0  # monotonic; no start before this (backoff after a failure)
+    missing: bool = False  # its model is not (completely) in the cache yet
 
     @property
     def name(self) -> str:
@@ -109,6 +128,26 @@ class Slot:
 
     def duration(self) -> Duration:
         return self.session if self.session is not None else self.keep_alive
+
+    def note_failure(self, now: float) -> float | None:
+        """Count a failed start or a crash; the backoff before the next try, or None
+        when there were MAX_FAILURES within FAILURE_WINDOW (give up)."""
+        self.failures = [t for t in self.failures if now - t < FAILURE_WINDOW] + [now]
+        if len(self.failures) >= MAX_FAILURES:
+            return None
+        return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (len(self.failures) - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a new manifest means for running servers (from :meth:`Scheduler.configure`)."""
+
+    removed: tuple[Slot, ...] = ()  # no longer served: stop once idle
+    replaced: tuple[Slot, ...] = ()  # new slots whose old server (``replaces``) must go first
+
+    @property
+    def empty(self) -> bool:
+        return not self.removed and not self.replaced
 
 
 @dataclass(slots=True)
@@ -164,16 +203,22 @@ class Scheduler:
         keep_alive: Mapping[str, Duration],
         pinned: Iterable[str],
         config: SchedulerConfig | None = None,
-    ) -> list[Slot]:
+        *,
+        missing: Iterable[str] = (),
+    ) -> Changes:
         """Take a new set of servers (at start and after the manifest changed).
 
-        Unchanged servers keep their state. Returns the slots whose server must
-        be stopped: gone from the manifest, or launched from a different spec.
+        A server whose launch spec is unchanged keeps its process and state
+        (keep_alive and pin changes apply as they are); a failed one is
+        re-armed, since a manifest change is its retry. A changed spec gets a
+        new slot that ``replaces`` the running server, which keeps serving
+        until :meth:`apply_changes` drains it. Stops nothing itself.
         """
         if config is not None:
             self.config = config
         pins = set(pinned)
-        stale: list[Slot] = []
+        absent = set(missing)
+        replaced: list[Slot] = []
         fresh: dict[str, Slot] = {}
         for spec in servers:
             old = self.slots.get(spec.name)
@@ -182,19 +227,43 @@ class Scheduler:
                 old.spec = spec
                 old.keep_alive = duration
                 old.pinned = spec.name in pins
+                old.missing = spec.name in absent
+                if old.state == "failed":
+                    old.state = "stopped"
+                    old.failures.clear()
+                    old.retry_at = 0.0
                 fresh[spec.name] = old
                 continue
-            if old is not None:
-                stale.append(old)
-            fresh[spec.name] = Slot(
+            slot = Slot(
                 spec=spec,
                 keep_alive=duration,
                 pinned=spec.name in pins,
                 memory=estimate_memory(spec.model_path),
+                missing=spec.name in absent,
             )
-        stale.extend(slot for name, slot in self.slots.items() if name not in fresh)
+            if old is not None:
+                slot.replaces = old if old.record is not None else old.replaces
+                if slot.replaces is not None:
+                    replaced.append(slot)
+            fresh[spec.name] = slot
+        removed = tuple(slot for name, slot in self.slots.items() if name not in fresh)
         self.slots = fresh
-        return [slot for slot in stale if slot.record is not None]
+        return Changes(removed=removed, replaced=tuple(replaced))
+
+    def apply_changes(self, changes: Changes) -> list[asyncio.Task[object]]:
+        """Carry out ``changes`` in the background: removed servers stop once their
+        requests end; replaced ones are restarted from the new spec (requests
+        wait for it). Returns the tasks, for callers that must wait."""
+        tasks = []
+        for slot in changes.removed:
+            for old in (slot, slot.replaces):
+                if old is not None:
+                    tasks.append(self._spawn(self._retire(old, "removed from the manifest")))
+        for slot in changes.replaced:
+            if slot.loading is None:
+                slot.loading = self._load_task(slot)
+            tasks.append(self._spawn(_quietly(slot.loading)))
+        return tasks
 
     def adopt(self, records: Iterable[RunRecord]) -> list[str]:
         """Take over servers already running from our specs (found by ``observe``)."""
@@ -217,6 +286,7 @@ class Scheduler:
         if slot is None:
             raise SchedulerError(f"model {name!r} is no longer in the manifest", status=404)
         if not slot.ready:
+            _refuse_failed(slot)
             if self._pending >= self.config.max_queue:
                 raise SchedulerError(
                     f"server busy: {self._pending} requests are already waiting for models to load",
@@ -226,11 +296,15 @@ class Scheduler:
             self._pending += 1
             try:
                 while not slot.ready:
+                    current = self.slots.get(name)
+                    if current is None:
+                        raise SchedulerError(f"model {name!r} was removed", status=404)
+                    slot = current
+                    _refuse_failed(slot)
                     if slot.loading is None:
-                        slot.loading = asyncio.get_running_loop().create_task(self._load(slot))
+                        slot.loading = self._load_task(slot)
                     # shield: one waiter going away must not cancel the start the others wait on
                     await asyncio.shield(slot.loading)
-                    slot = self.slots.get(name, slot)
             finally:
                 self._pending -= 1
         slot.refs += 1
@@ -264,12 +338,26 @@ class Scheduler:
 
     # -- loading and making room
 
+    def _load_task(self, slot: Slot) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._load(slot))
+        task.add_done_callback(_retrieve)  # a start nobody waits for fails in the log only
+        return task
+
     async def _load(self, slot: Slot) -> None:
+        """Start ``slot``'s server (the body of ``slot.loading``): first the server it
+        replaces is drained and stopped, and a backoff after a failure is waited out."""
         try:
+            if slot.replaces is not None:
+                await self._retire(slot.replaces, "its launch spec changed in the manifest")
+                slot.replaces = None
+            backoff = slot.retry_at - time.monotonic()
+            if backoff > 0:
+                await asyncio.sleep(backoff)
             async with self._load_lock:
-                if slot.state == "ready":
+                while slot.state == "stopping":
+                    await self._wait_idle()
+                if slot.state == "ready" or self.slots.get(slot.name) is not slot:
                     return
-                await self._wait_stopped(slot)
                 await self._make_room(slot)
                 slot.state = "starting"
                 slot.session = None
@@ -279,22 +367,49 @@ class Scheduler:
                 try:
                     record = await asyncio.to_thread(self._start, slot.spec)
                 except MlxLamaError as error:
-                    slot.state = "stopped"
-                    slot.error = error.message.splitlines()[0]
                     self._report_load(slot.name, time.monotonic() - began, False)
                     log.error("%s", error)  # with the log tail and the log's path
+                    self._failed_start(slot, error.message.splitlines()[0])
                     raise SchedulerError(
                         f"model {slot.name!r} failed to load: {slot.error}",
                         status=500,
                         hint="the gateway's log has the engine's output",
                     ) from None
                 self._report_load(slot.name, time.monotonic() - began, True)
-                if self.slots.get(slot.name) is not slot:  # removed from the manifest meanwhile
+                if self.slots.get(slot.name) is not slot:  # replaced or removed meanwhile
                     await asyncio.to_thread(process.stop_server, record)
-                    raise SchedulerError(f"model {slot.name!r} was removed", status=404)
+                    slot.state = "stopped"
+                    return
+                slot.restart_pending = False
                 self._mark_ready(slot, record, time.monotonic())
         finally:
             slot.loading = None
+
+    def _failed_start(self, slot: Slot, why: str) -> float | None:
+        """Count a failure of ``slot``; the backoff before its next start (None: given up)."""
+        now = time.monotonic()
+        slot.error = why
+        slot.expires_epoch = None
+        backoff = slot.note_failure(now)
+        if backoff is None:
+            self._give_up(slot)
+        else:
+            slot.state = "restarting" if slot.restart_pending or slot.always else "stopped"
+            slot.retry_at = now + backoff
+        return backoff
+
+    def _give_up(self, slot: Slot) -> None:
+        slot.state = "failed"
+        slot.restart_pending = False
+        slot.log_tail = process.tail_log(process.log_path_for(slot.name))
+        log.error(
+            "giving up on %r: %d failures within %.0f minutes (last: %s); "
+            "it is retried when the manifest changes",
+            slot.name,
+            len(slot.failures),
+            FAILURE_WINDOW / 60,
+            slot.error,
+        )
 
     def _start(self, spec: ServerSpec) -> RunRecord:
         return process.start_server(
@@ -305,9 +420,25 @@ class Scheduler:
         if self.on_load is not None:
             self.on_load(name, seconds, ok)
 
-    async def _wait_stopped(self, slot: Slot) -> None:
+    async def _retire(self, slot: Slot, reason: str) -> None:
+        """Stop an old server once its requests have ended (at most DRAIN_TIMEOUT)."""
+        if slot.loading is not None:
+            await _quietly(slot.loading)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while slot.refs and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_idle(), deadline - time.monotonic())
+        if slot.refs:
+            log.warning(
+                "%r still has %d requests after %gs; stopping it",
+                slot.name,
+                slot.refs,
+                DRAIN_TIMEOUT,
+            )
         while slot.state == "stopping":
             await self._wait_idle()
+        if slot.record is not None:
+            await self._stop(slot, reason)
 
     async def _make_room(self, slot: Slot) -> None:
         """Evict until ``slot`` fits ``max_loaded`` and the memory budget (waiting for busy
@@ -382,70 +513,111 @@ class Scheduler:
     def _seconds(duration: Duration) -> float:
         return _FOREVER_SECONDS if duration.forever else duration.seconds
 
-    # -- failures seen by the proxy
+    # -- failures: crashes, lost connections
+
+    async def crashed(self, slot: Slot, why: str) -> None:
+        """``slot``'s server exited or stopped answering: stop what is left of it and
+        start it again after the backoff (or give up, see :meth:`Slot.note_failure`).
+        Requests arriving meanwhile wait for the restart."""
+        record = slot.record
+        if record is None or slot.state != "ready":
+            return
+        log.warning("server %r (pid %d) %s", slot.name, record.pid, why)
+        slot.state = "stopping"
+        backoff = None
+        try:
+            await asyncio.to_thread(process.stop_server, record)  # a hung one is killed
+        except MlxLamaError as error:
+            log.error("could not stop %r: %s", slot.name, error)
+        finally:
+            slot.record = None
+            slot.session = None
+            slot.restart_pending = True
+            backoff = self._failed_start(slot, why)
+            self._idle.set()
+        if backoff is not None:
+            log.info("restarting %r in %gs", slot.name, backoff)
 
     async def lost(self, slot: Slot) -> bool:
         """The proxy could not connect to ``slot``'s server. If its process is gone,
-        forget it (the next request starts it again) and return True."""
+        treat it as a crash (the caller's retry waits for the restart) and return True."""
         record = slot.record
         if record is None:
             return True
-        identity = await asyncio.to_thread(runrecords.process_identity, record)
-        if identity == "ours":
+        if await asyncio.to_thread(process.exited, record) is None:
             return False
-        log.warning("server %r (pid %d) is gone; it starts again on demand", slot.name, record.pid)
-        await asyncio.to_thread(process.stop_server, record)  # clears the record only
-        if slot.record is record:
-            slot.state = "stopped"
-            slot.record = None
+        await self.crashed(slot, "is gone")
         return True
 
-    # -- background expiry and shutdown
+    # -- background: expiry, crash detection, pending starts, shutdown
 
     def start(self) -> None:
-        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        self._reaper = asyncio.get_running_loop().create_task(self._tick())
 
-    async def _reap(self) -> None:
+    async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(_REAP_EVERY)
-            now = time.monotonic()
+            await asyncio.sleep(_TICK)
             for slot in list(self.slots.values()):
-                if slot.state != "ready" or slot.refs or slot.always:
-                    continue
-                duration = slot.duration()
-                if not duration.forever and now - slot.idle_since >= duration.seconds:
-                    try:
-                        await self._stop(slot, f"idle for {duration}")
-                    except MlxLamaError as error:
-                        log.error("could not stop %r: %s", slot.name, error)
+                try:
+                    await self._check(slot, time.monotonic())
+                except MlxLamaError as error:
+                    log.error("%s: %s", slot.name, error)
 
-    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+    async def _check(self, slot: Slot, now: float) -> None:
+        """One look at ``slot``: has its process died, has it been idle too long,
+        is a (re)start due?"""
+        if slot.state == "ready" and slot.record is not None:
+            gone = process.exited(slot.record)
+            if gone is not None:
+                await self.crashed(slot, gone)
+                return
+            duration = slot.duration()
+            if (
+                not slot.refs
+                and not slot.always
+                and not duration.forever
+                and now - slot.idle_since >= duration.seconds
+            ):
+                await self._stop(slot, f"idle for {duration}")
+            return
+        due = (slot.restart_pending or slot.always) and not slot.missing
+        waiting = slot.state in ("stopped", "restarting") and slot.loading is None
+        if due and waiting and now >= slot.retry_at:
+            slot.loading = self._load_task(slot)
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def stop_slots(self, slots: Iterable[Slot], reason: str) -> None:
-        for slot in slots:
-            if slot.record is not None:
-                await self._stop(slot, reason)
-
-    async def shutdown(self, *, stop_on_demand: bool = True) -> None:
-        """Stop the reaper and (by default) every on-demand server this gateway holds;
-        ``always`` servers keep running for the next ``serve`` or ``apply`` to adopt."""
+    async def shutdown(self, *, stop_always: bool = False) -> None:
+        """Stop the background work and every on-demand server this gateway holds
+        (with ``stop_always`` the ``always`` ones too; otherwise they keep running
+        for the next ``serve`` or ``apply`` to adopt). Backoff waits and drains are
+        cut short; a start in progress is finished first, so that its server is
+        stopped rather than left behind."""
         if self._reaper is not None:
             self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
-        if stop_on_demand:
-            for slot in list(self.slots.values()):
-                if slot.loading is not None:
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await slot.loading
-                if not slot.always and slot.record is not None:
-                    await self._stop(slot, "gateway shutting down")
+            await _quietly(self._reaper)
+        waiting: list[asyncio.Task[Any]] = list(self._tasks)
+        for slot in self.slots.values():
+            if slot.loading is not None:
+                waiting.append(slot.loading)
+                if slot.state != "starting":
+                    slot.loading.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in waiting:
+            await _quietly(task)
+        for slot in list(self.slots.values()):
+            for held in (slot.replaces, slot):
+                if (
+                    held is not None
+                    and held.record is not None
+                    and (stop_always or not held.always)
+                ):
+                    await self._stop(held, "gateway shutting down")
 
     # -- views
 
@@ -455,3 +627,32 @@ class Scheduler:
 
 def _gb(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{math.ceil(size / 1e6)} MB"
+
+
+def _refuse_failed(slot: Slot) -> None:
+    if slot.missing:
+        raise SchedulerError(
+            f"model {slot.name!r} is not downloaded yet",
+            status=503,
+            hint=f"the daemon pulls models the manifest adds (see its log), or run "
+            f"`mlx-lama pull {slot.name}`; retry when `mlx-lama list` shows it",
+        )
+    if slot.state == "failed":
+        raise SchedulerError(
+            f"model {slot.name!r} failed {len(slot.failures)} times within "
+            f"{FAILURE_WINDOW / 60:.0f} minutes and is not started again (last: {slot.error})",
+            status=503,
+            hint="see `mlx-lama ps` and the server's log; saving the manifest retries it",
+        )
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's exception as seen (it was logged where it happened)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _quietly(task: asyncio.Future[Any]) -> None:
+    """Wait for ``task`` without its exception or cancellation."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task

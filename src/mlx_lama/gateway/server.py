@@ -5,10 +5,12 @@ manifest's ``[server]``) and refuses a non-loopback address without an API
 key. :func:`open_socket` binds it first, so a taken port fails before anything
 else happens. :func:`prepare` reconciles once (stopping servers the manifest
 no longer wants and starting the ``always`` ones) and builds the
-:class:`Gateway` with every running server of ours adopted. :func:`run`
-serves the app on the socket under uvicorn until interrupted; on the way out
-the on-demand servers it holds are stopped and the ``always`` ones keep
-running for the next ``serve`` or ``apply`` to adopt.
+:class:`Gateway` with every running server of ours adopted (and the run
+records of dead ones dropped). :func:`run` serves the app on the socket under
+uvicorn until interrupted, while the :class:`Supervisor` keeps the servers
+matching the manifest; on the way out the on-demand servers it holds are
+stopped and the ``always`` ones keep running for the next ``serve`` or
+``apply`` to adopt (unless told to stop them too).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from types import FrameType
 import psutil
 
 from mlx_lama.backends.base import client_host
+from mlx_lama.daemonfile import daemon_file
 from mlx_lama.errors import MlxLamaError, UsageError
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.scheduler import DEFAULT_MAX_QUEUE, Scheduler, SchedulerConfig
 from mlx_lama.gateway.security import SecurityPolicy
 from mlx_lama.netaddr import is_loopback_host, parse_listen_address
+from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.apply import ApplyContext, ApplyResult, Reporter, apply_plan
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.filelock import apply_lock
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 
 HOST_ENV = "MLX_LAMA_HOST"
 MAX_QUEUE_ENV = "MLX_LAMA_MAX_QUEUE"
+GRACE_SECONDS = 10  # in-flight requests get this long to finish when the daemon stops
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,11 @@ def prepare(
     records, warnings = read_records()
     for warning in warnings:
         log.warning("%s", warning)
-    running = [r for r in records if inspect_record(r).state == "running"]
+    inspected = [inspect_record(r) for r in records]
+    for gone in (s.record for s in inspected if not s.alive):
+        log.info("dropping the run record of %r: pid %d is gone", gone.name, gone.pid)
+        process.stop_server(gone)  # signals nothing: only deletes the record
+    running = [s.record for s in inspected if s.state == "running"]
     adopted = gateway.scheduler.adopt(running)
     if adopted:
         log.info("adopted running servers: %s", ", ".join(sorted(adopted)))
@@ -167,21 +176,30 @@ def security_policy(manifest: Manifest, listen: Listen) -> SecurityPolicy:
     )
 
 
-def run(gateway: Gateway, listen: Listen, sock: socket.socket) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM): uvicorn on the already-bound ``sock``."""
+def run(
+    gateway: Gateway, listen: Listen, sock: socket.socket, *, stop_all_on_exit: bool = False
+) -> None:
+    """Serve until SIGINT/SIGTERM: uvicorn on the already-bound ``sock``. On the way
+    out, requests get GRACE_SECONDS to finish, then the on-demand servers (and with
+    ``stop_all_on_exit`` the ``always`` ones) are stopped. While it runs,
+    ``daemon.json`` in MLX_LAMA_HOME tells other commands where it listens."""
     import uvicorn
 
     from mlx_lama.gateway.app import create_app
 
-    app = create_app(gateway, security_policy(gateway.manifest, listen))
+    app = create_app(
+        gateway, security_policy(gateway.manifest, listen), stop_all_on_exit=stop_all_on_exit
+    )
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=10,
+        proxy_headers=False,  # nothing is in front of it; a client must not pick its address
+        timeout_graceful_shutdown=GRACE_SECONDS,
     )
-    _quiet_server_class()(config).run(sockets=[sock])
+    with daemon_file(listen.url, gateway.manifest_path):
+        _quiet_server_class()(config).run(sockets=[sock])
 
 
 def _quiet_server_class() -> type:

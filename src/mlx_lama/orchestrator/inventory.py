@@ -45,10 +45,11 @@ class ServerRow:
     port: int
     pid: int | None
     state: str  # running | unresponsive | dead | foreign | answering | not answering
+    #             | restarting | failed (from the daemon)
     started_at: float | None
     memory: int | None  # resident bytes of the server and its children
     url: str | None = None  # external servers only
-    detail: str | None = None  # external servers only: what the probe saw
+    detail: str | None = None  # external: what the probe saw; restarting/failed: why
 
     @property
     def up(self) -> bool:
@@ -122,6 +123,33 @@ def server_rows(servers: tuple[RunningServer, ...], memory: dict[int, int]) -> l
         )
         for s in servers
     ]
+
+
+def supervised_rows(models: dict[str, dict[str, object]]) -> list[ServerRow]:
+    """``ps`` rows for what the daemon reports as restarting or failed (``/health``'s
+    ``models``); those have no live process to list otherwise. Pure."""
+    rows = []
+    for name, entry in sorted(models.items()):
+        state = entry.get("state")
+        if state not in ("restarting", "failed"):
+            continue
+        failures, port = entry.get("failures"), entry.get("port")
+        detail = str(entry.get("error") or "")
+        if isinstance(failures, int):
+            detail += f" ({failures} failure{'s' if failures != 1 else ''} in 10 minutes)"
+        rows.append(
+            ServerRow(
+                name=name,
+                backend=str(entry.get("backend") or "-"),
+                port=port if isinstance(port, int) else 0,
+                pid=None,
+                state=str(state),
+                started_at=None,
+                memory=None,
+                detail=detail,
+            )
+        )
+    return rows
 
 
 def external_rows(statuses: tuple[ExternalStatus, ...]) -> list[ServerRow]:

@@ -173,6 +173,22 @@ def stop_server(record: RunRecord, *, timeout: float = 15.0) -> None:
     runrecords.delete_record(record.name)
 
 
+def exited(record: RunRecord) -> str | None:
+    """None while the recorded server runs; otherwise how it ended ("exited with
+    code 1", "was killed by SIGKILL", "is gone"). Cheap enough to call often: a
+    child of this process is polled, any other one looked up once."""
+    child = _CHILDREN.get(record.pid)
+    if child is not None:
+        code = child.poll()
+        if code is None:
+            return None
+        if code < 0:
+            with suppress(ValueError):
+                return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+    return None if runrecords.process_identity(record) == "ours" else "is gone"
+
+
 def _refuse_if_running(name: str) -> None:
     path = runrecords.record_path(name)
     try:
@@ -405,6 +421,7 @@ def _terminate(proc: psutil.Process, timeout: float) -> None:
     except ProcessLookupError:
         group = False
     _signal(proc, signal.SIGTERM, group)
+    _signal(proc, signal.SIGCONT, group)  # a stopped process must run to act on SIGTERM
     if not _wait_gone(proc, timeout):
         log.warning("pid %d ignored SIGTERM for %gs; sending SIGKILL", proc.pid, timeout)
         _signal(proc, signal.SIGKILL, group)

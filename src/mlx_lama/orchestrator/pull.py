@@ -161,7 +161,7 @@ def pull_model(
             repo=locked.repo,
             revision=locked.revision,
         )
-    if not _file_problems(snapshot, locked.files):
+    if not file_problems(snapshot, locked.files):
         if progress is not None:
             progress(total, total)
         return snapshot
@@ -186,7 +186,7 @@ def pull_model(
     finally:
         watcher.stop()
     snapshot = Path(folder)
-    problems = _file_problems(snapshot, locked.files)
+    problems = file_problems(snapshot, locked.files)
     if problems:
         raise PullError(
             f"{locked.repo}@{locked.revision} (commit {locked.commit[:12]}) does not match "
@@ -281,7 +281,7 @@ def _size_of(path: Path) -> int | None:
         return None
 
 
-def _file_problems(snapshot: Path, files: Files) -> list[str]:
+def file_problems(snapshot: Path, files: Files) -> list[str]:
     """What is missing or the wrong size in ``snapshot``, as short phrases."""
     if not files:
         return ["no files are locked"]

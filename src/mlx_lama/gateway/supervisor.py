@@ -1,0 +1,275 @@
+"""The daemon's control loop: keep the running servers matching the manifest.
+
+:class:`Supervisor` runs beside the gateway (started and stopped in its
+lifespan). It
+
+- watches the manifest and its lock (:mod:`mlx_lama.orchestrator.watch`) and
+  reconciles after each save that changed their bytes, or on SIGHUP;
+- reconciles by reloading the gateway (:meth:`Gateway.reload`): routing-only
+  edits are live at once, a changed launch spec restarts only that server,
+  and nothing else is touched. A manifest that does not validate, or a
+  deleted one, is logged with its ``file:line`` problems and ignored: the last
+  good manifest stays in force (and ``/health`` shows the problem);
+- pulls models the manifest added that are not in the cache, in the
+  background under the apply lock; the lock file it writes is a change like
+  any other, after which ``always`` servers for them start;
+- probes idle servers now and then with a one-token generation; one that
+  does not answer is treated as crashed and restarted by the scheduler.
+
+Process exits, backoff and giving up are the scheduler's
+(:meth:`Scheduler.crashed`); the supervisor only notices what the scheduler
+cannot see from process state alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mlx_lama.backends.base import launch_spec
+from mlx_lama.errors import MlxLamaError, UsageError
+from mlx_lama.orchestrator import process
+from mlx_lama.orchestrator.apply import ApplyContext, Outcome, apply_plan
+from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.filelock import apply_lock
+from mlx_lama.orchestrator.observe import observe
+from mlx_lama.orchestrator.plan import ActionKind, Plan, PlanOptions, make_plan
+from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
+from mlx_lama.schema import load_manifest
+from mlx_lama.schema.lockfile import lock_path_for, read_lock
+
+if TYPE_CHECKING:
+    from mlx_lama.gateway.core import Gateway
+    from mlx_lama.gateway.scheduler import Slot
+
+log = logging.getLogger(__name__)
+
+PROBE_ENV = "MLX_LAMA_PROBE_INTERVAL"
+DEFAULT_PROBE_INTERVAL = 30.0  # s an idle server goes unprobed
+PROBE_TIMEOUT = 20.0  # s a one-token generation may take on an idle server
+MIN_PROBE_TIMEOUT = 5.0  # (shorter probe intervals get shorter timeouts, down to this)
+_PROBE_TICK = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestProblem:
+    """Why the manifest on disk is not the one in force."""
+
+    message: str
+    since: float  # epoch seconds
+
+
+class Supervisor:
+    """Watches the manifest, reloads the gateway, pulls what is missing, probes servers."""
+
+    def __init__(self, gateway: Gateway, *, probe_interval: float | None = None) -> None:
+        self.gateway = gateway
+        self.probe_interval = probe_interval if probe_interval is not None else probe_setting()
+        self.problem: ManifestProblem | None = None
+        self.reloads = 0  # successful reloads since start
+        self._applied: Fingerprint = fingerprint(gateway.manifest_path)
+        self._wake = asyncio.Event()
+        self._force = False
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pull_task: asyncio.Task[None] | None = None
+        self._pull_again = False  # the manifest changed while a pull ran
+        self._failed_pull: Fingerprint | None = None  # what was in force when a pull failed
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._watch(), name="mlx-lama-watch"),
+            loop.create_task(self._reconcile_loop(), name="mlx-lama-reconcile"),
+        ]
+        if self.probe_interval > 0:
+            self._tasks.append(loop.create_task(self._probe_loop(), name="mlx-lama-probe"))
+        self._start_pulls()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # A pull runs on a worker thread that cannot be cancelled; it finishes
+        # on its own (or dies with the process) and leaves no partial files.
+
+    def poke(self) -> None:
+        """Reconcile now even if the files look unchanged (SIGHUP)."""
+        self._force = True
+        self._wake.set()
+
+    # -- reconciling
+
+    async def _watch(self) -> None:
+        async for _ in watch_manifest(self.gateway.manifest_path, stop=self._stop):
+            self._wake.set()
+
+    async def _reconcile_loop(self) -> None:
+        # One reconcile at a time; saves during one coalesce into exactly one more.
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            force, self._force = self._force, False
+            try:
+                await self.reconcile(force=force)
+            except Exception:  # the loop must survive anything one reconcile does
+                log.exception("reconcile failed; the last good manifest stays in force")
+
+    async def reconcile(self, *, force: bool = False) -> bool:
+        """Reload the manifest if its bytes (or its lock's) changed; True if reloaded."""
+        path = self.gateway.manifest_path
+        seen = fingerprint(path)
+        if seen == self._applied and not force:
+            return False
+        if seen[0] is None:
+            self._refuse(
+                f"{path} is gone; nothing was stopped, the last good manifest stays in force "
+                "until it is back"
+            )
+            return False
+        try:
+            manifest = load_manifest(path)
+            lock = read_lock(lock_path_for(path))
+        except MlxLamaError as error:
+            text = str(error) + (f"\n  hint: {error.hint}" if error.hint else "")
+            self._refuse(f"{text}\nkeeping the last good manifest; fix and save to apply")
+            return False
+        began = time.monotonic()
+        changes = await self.gateway.reload(manifest, lock, wait=False)
+        self._applied = seen
+        self.reloads += 1
+        if self.problem is not None:
+            log.info("%s is valid again", path.name)
+            self.problem = None
+        log.info(
+            "reloaded %s in %.0f ms%s",
+            path.name,
+            (time.monotonic() - began) * 1000,
+            "".join(
+                f"; {what}: {', '.join(s.name for s in slots)}"
+                for what, slots in (("restarting", changes.replaced), ("stopping", changes.removed))
+                if slots
+            ),
+        )
+        self._start_pulls()
+        return True
+
+    def _refuse(self, message: str) -> None:
+        if self.problem is None or self.problem.message != message:
+            log.error("%s", message)
+        self.problem = ManifestProblem(message, time.time())
+
+    # -- pulling what the manifest added
+
+    def _start_pulls(self) -> None:
+        """Pull in the background what the manifest wants on disk and the cache lacks.
+        A pull that failed is tried again only once the manifest or lock changes."""
+        if self._pull_task is not None and not self._pull_task.done():
+            self._pull_again = True
+            return
+        self._pull_again = False
+        if self._applied == self._failed_pull or not self.gateway.not_downloaded():
+            return
+        self._pull_task = asyncio.get_running_loop().create_task(self._pull(self._applied))
+
+    async def _pull(self, applied: Fingerprint) -> None:
+        try:
+            outcomes = await asyncio.to_thread(self._pull_blocking)
+        except MlxLamaError as error:
+            log.error("pull failed: %s", error)
+            outcomes = []
+        if not all(o.ok for o in outcomes) or not outcomes:
+            self._failed_pull = applied
+        if any(o.ok for o in outcomes):
+            self.poke()  # the files are in: reload so their servers can start
+        elif self._pull_again:
+            self._start_pulls()
+
+    def _pull_blocking(self) -> list[Outcome]:
+        """Pull the models the manifest has and the cache lacks (under the apply lock,
+        like ``mlx-lama apply``); the lock file is rewritten when they are in."""
+        gateway = self.gateway
+        with apply_lock():
+            manifest = load_manifest(gateway.manifest_path)
+            lock = read_lock(lock_path_for(gateway.manifest_path))
+            wanted = desired(
+                manifest,
+                lock,
+                manifest_dir=gateway.manifest_path.parent,
+                cache_dir=gateway.cache_dir,
+            )
+            observed = observe(cache_dir=gateway.cache_dir)
+            pulls = make_plan(wanted, observed, PlanOptions(prune=False)).of(ActionKind.PULL)
+            if not pulls:
+                return []
+            log.info("pulling %s", ", ".join(a.target for a in pulls))
+            context = ApplyContext(
+                manifest=manifest,
+                manifest_path=gateway.manifest_path,
+                lock=lock,
+                desired=wanted,
+                observed=observed,
+                cache_dir=gateway.cache_dir,
+            )
+            result = apply_plan(Plan(pulls), context)
+        for outcome in result.outcomes:
+            if outcome.ok:
+                log.info("pulled %s (%s)", outcome.action.model, outcome.detail)
+            else:
+                log.error("pulling %s failed: %s", outcome.action.model, outcome.detail)
+        return list(result.outcomes)
+
+    # -- liveness
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_PROBE_TICK)
+            now = time.monotonic()
+            for slot in list(self.gateway.scheduler.slots.values()):
+                if self._probe_due(slot, now):
+                    slot.last_probe = now
+                    await self._probe(slot)
+
+    def _probe_due(self, slot: Slot, now: float) -> bool:
+        if slot.state != "ready" or slot.record is None or slot.refs:
+            return False
+        return now - max(slot.last_used, slot.last_probe) >= self.probe_interval
+
+    async def _probe(self, slot: Slot) -> None:
+        record = slot.record
+        if record is None:
+            return
+        launch = launch_spec(slot.spec, record.port)
+        timeout = min(PROBE_TIMEOUT, max(MIN_PROBE_TIMEOUT, self.probe_interval))
+        problem = await asyncio.to_thread(process.one_token, launch, timeout)
+        if problem is not None and slot.record is record:
+            await self.gateway.scheduler.crashed(
+                slot, f"failed its liveness probe ({problem}); stopping it"
+            )
+
+
+def probe_setting() -> float:
+    """Seconds between liveness probes of an idle server (``MLX_LAMA_PROBE_INTERVAL``;
+    0 turns probing off)."""
+    text = os.environ.get(PROBE_ENV, "").strip()
+    if not text:
+        return DEFAULT_PROBE_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UsageError(
+            f"{PROBE_ENV}={text!r} is invalid: use a number of seconds (0 turns probing off)"
+        )
+    return value

@@ -1,0 +1,247 @@
+"""The daemon keeps the machine matching the manifest: hot reload, crash restarts, shutdown.
+
+Each test runs ``mlx-lama serve`` as a subprocess (the watcher and the signal
+handling are the daemon's own) on the tiny model, edits the manifest the way
+editors save it, and watches PIDs through ``/health`` and the run records.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from pytest import MonkeyPatch
+
+from mlx_lama.gateway.scheduler import MAX_FAILURES, Slot
+from mlx_lama.orchestrator.state import ServerSpec
+from mlx_lama.schema.units import Duration
+from tests.fixtures.cli import cli
+from tests.fixtures.gateway import RunningGateway, gateway_process, wait_for
+
+READY = 120.0  # s a (re)started tiny server may take here, generously
+
+
+def _save(path: Path, text: str) -> None:
+    """Save the way most editors do: write a temporary file, then rename it over."""
+    temporary = path.with_name(f".{path.name}.swp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def _chat(gateway: RunningGateway, model: str) -> httpx.Response:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": False,
+        "options": {"num_predict": 2},
+    }
+    with httpx.Client(trust_env=False, timeout=READY) as client:
+        return client.post(gateway.url + "/api/chat", json=body)
+
+
+def _model(gateway: RunningGateway, name: str) -> dict[str, object]:
+    models = gateway.health()["models"]
+    assert isinstance(models, dict)
+    entry = models.get(name)
+    return entry if isinstance(entry, dict) else {}
+
+
+def _pid(gateway: RunningGateway, name: str) -> object:
+    return _model(gateway, name).get("pid")
+
+
+def _ready_pid(gateway: RunningGateway, name: str) -> int:
+    wait_for(lambda: _model(gateway, name).get("state") == "ready", READY, f"{name} ready")
+    pid = _pid(gateway, name)
+    assert isinstance(pid, int)
+    return pid
+
+
+def _manifest(tiny_model: Path, *, extra: str = "", a_env: str = "") -> str:
+    env = f"env = {{ {a_env} }}\n" if a_env else ""
+    return (
+        "version = 1\n\n"
+        "# the model that must stay up\n"
+        f'[models.a]\npath = "{tiny_model}"\nserve = "always"\n{env}'
+        f"{extra}"
+    )
+
+
+def test_reload_is_diff_aware_and_survives_a_bad_save(tiny_model: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(_manifest(tiny_model), encoding="utf-8")
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        a_pid = _ready_pid(daemon, "a")
+
+        # Adding a model and an alias: B answers, A is untouched.
+        with_b = f'\n[models.b]\npath = "{tiny_model}"\n\n[aliases]\nhelper = "b"\n'
+        _save(manifest, _manifest(tiny_model, extra=with_b))
+        wait_for(lambda: "b" in daemon.health()["models"], 10, "model b to be routed")  # type: ignore[operator]
+        answer = _chat(daemon, "helper")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "helper"
+        b_pid = _ready_pid(daemon, "b")
+        assert _pid(daemon, "a") == a_pid
+
+        # An alias change restarts nothing.
+        moved = with_b.replace('helper = "b"', 'helper = "a"\nsidekick = "b"')
+        _save(manifest, _manifest(tiny_model, extra=moved))
+        wait_for(lambda: _chat(daemon, "sidekick").status_code == 200, 10, "the new alias")
+        assert _pid(daemon, "a") == a_pid and _pid(daemon, "b") == b_pid
+
+        # A launch setting of A restarts A only.
+        old_a = a_pid
+        _save(manifest, _manifest(tiny_model, extra=moved, a_env='MLX_LAMA_TEST = "1"'))
+        wait_for(lambda: _pid(daemon, "a") not in (old_a, None), READY, "a to restart")
+        a_pid = _ready_pid(daemon, "a")
+        assert not psutil.pid_exists(old_a)
+        assert _pid(daemon, "b") == b_pid
+        assert _chat(daemon, "a").status_code == 200
+
+        # Invalid TOML: reported with file:line, nothing stops, A keeps answering.
+        reloads = daemon.health()["reloads"]
+        _save(manifest, _manifest(tiny_model, extra=moved) + "\n[models.c\npath = 1\n")
+        wait_for(lambda: "manifest_error" in daemon.health(), 10, "the manifest error")
+        health = daemon.health()
+        assert health["status"] == "degraded"
+        assert f"{manifest.name}:" in str(health["manifest_error"])
+        assert health["reloads"] == reloads
+        assert _chat(daemon, "a").status_code == 200
+        assert _pid(daemon, "a") == a_pid and _pid(daemon, "b") == b_pid
+
+        # Deleting the manifest tears nothing down either.
+        manifest.unlink()
+        wait_for(lambda: "gone" in str(daemon.health().get("manifest_error")), 10, "deletion")
+        assert _chat(daemon, "sidekick").status_code == 200
+
+        # The fix (delete-then-recreate) applies.
+        fixed = moved + '\n[models.c]\npath = "' + str(tiny_model) + '"\n'
+        manifest.write_text(_manifest(tiny_model, extra=fixed, a_env='MLX_LAMA_TEST = "1"'))
+        wait_for(lambda: "manifest_error" not in daemon.health(), 10, "the fix to apply")
+        assert "c" in daemon.health()["models"]  # type: ignore[operator]
+        assert _pid(daemon, "a") == a_pid and _pid(daemon, "b") == b_pid
+        assert "# the model that must stay up" in manifest.read_text()
+
+
+def test_a_killed_server_comes_back_and_requests_wait_for_it(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(_manifest(tiny_model), encoding="utf-8")
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        old = _ready_pid(daemon, "a")
+        os.kill(old, signal.SIGKILL)
+        answer = _chat(daemon, "a")  # sent during the outage: waits for the restart
+        assert answer.status_code == 200, answer.text
+        new = _ready_pid(daemon, "a")
+        assert new != old and not psutil.pid_exists(old)
+        assert _model(daemon, "a").get("failures") == 1
+
+
+def test_a_hung_server_fails_its_liveness_probe_and_is_restarted(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(_manifest(tiny_model), encoding="utf-8")
+    env = {**os.environ, "MLX_LAMA_PROBE_INTERVAL": "1"}
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log", env=env) as daemon:
+        hung = _ready_pid(daemon, "a")
+        os.kill(hung, signal.SIGSTOP)  # alive, port open, answers nothing
+        wait_for(lambda: _pid(daemon, "a") not in (hung, None), READY, "a to be replaced")
+        assert _ready_pid(daemon, "a") != hung
+        assert not psutil.pid_exists(hung)
+        assert _model(daemon, "a").get("failures") == 1
+        assert daemon.process is not None
+        assert "failed its liveness probe" in daemon.process.log_tail()
+        assert _chat(daemon, "a").status_code == 200
+
+
+def test_bad_probe_interval_is_a_usage_error(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text("version = 1\n", encoding="utf-8")
+    monkeypatch.setenv("MLX_LAMA_PROBE_INTERVAL", "soon")
+    code, _out, err = cli("serve", "-f", str(manifest))
+    assert code == 2 and "MLX_LAMA_PROBE_INTERVAL='soon'" in err and "Traceback" not in err
+
+
+def test_sigterm_stops_on_demand_servers_and_keeps_always_ones(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    extra = f'\n[models.b]\npath = "{tiny_model}"\nserve = "on-demand"\n'
+    manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        always = _ready_pid(daemon, "a")
+        streaming = threading.Thread(target=_chat, args=(daemon, "b"))
+        streaming.start()
+        on_demand = _ready_pid(daemon, "b")
+        streaming.join(READY)
+        assert daemon.process is not None
+        daemon.process.process.send_signal(signal.SIGTERM)
+        assert daemon.process.process.wait(60) == 0
+        assert not psutil.pid_exists(on_demand) or (
+            psutil.Process(on_demand).status() == psutil.STATUS_ZOMBIE
+        )
+        assert psutil.pid_exists(always)  # "always" servers outlive the daemon
+        assert not (daemon.home / "daemon.json").exists()
+
+
+def test_sigterm_with_stop_all_on_exit_stops_always_servers_too(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(_manifest(tiny_model), encoding="utf-8")
+    with gateway_process(
+        manifest, log_path=tmp_path / "daemon.log", args=("--stop-all-on-exit",)
+    ) as daemon:
+        always = _ready_pid(daemon, "a")
+        assert daemon.process is not None
+        daemon.process.process.send_signal(signal.SIGTERM)
+        assert daemon.process.process.wait(60) == 0
+        wait_for(lambda: not psutil.pid_exists(always), 10, "the always server to stop")
+        assert not list((daemon.home / "run").glob("*.json"))
+
+
+def test_a_server_that_keeps_failing_is_marked_failed_until_the_manifest_changes(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    broken = tmp_path / "not-there"  # every start fails at once: no model folder
+    body = 'version = 1\n\n[models.a]\npath = "{}"\nserve = "always"\n'
+    manifest.write_text(body.format(broken), encoding="utf-8")
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: _model(daemon, "a").get("state") == "failed", 60, "a to be given up")
+        assert _model(daemon, "a").get("failures") == MAX_FAILURES
+        refused = _chat(daemon, "a")
+        assert refused.status_code == 503
+        assert "failed 5 times" in refused.json()["error"]
+        code, out, _err = cli("ps")
+        assert code == 0
+        assert "failed" in out and "does not exist" in out
+
+        _save(manifest, body.format(tiny_model))  # the fix is the retry
+        _ready_pid(daemon, "a")
+        assert _chat(daemon, "a").status_code == 200
+
+
+def test_backoff_doubles_then_gives_up() -> None:
+    slot = Slot(
+        spec=ServerSpec(
+            name="a", model="a", backend="mlx-lm", engine="mlx-lm", serve="always", model_path=None
+        ),
+        keep_alive=Duration.parse("5m"),
+        pinned=False,
+        memory=0,
+    )
+    now = time.monotonic()
+    delays = [slot.note_failure(now + i) for i in range(MAX_FAILURES)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, None]
+    # Failures older than the window no longer count.
+    fresh = Slot(spec=slot.spec, keep_alive=slot.keep_alive, pinned=False, memory=0)
+    fresh.failures = [now - 3600.0] * 4
+    assert fresh.note_failure(now) == 1.0
