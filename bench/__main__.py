@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import gateway, reconcile
+from bench import gateway, reconcile, reload_latency
 
-SUITES = {"reconcile": reconcile.main, "gateway": gateway.main}
+SUITES = {"reconcile": reconcile.main, "gateway": gateway.main, "reload": reload_latency.main}
 
 
 def main() -> None:
@@ -21,7 +21,8 @@ def main() -> None:
         "--runs",
         type=int,
         default=15,
-        help="timed runs per command (gateway: batches per path and level)",
+        help="timed runs per command (gateway: batches per path and level; reload: saves per "
+        "measurement, at most 3 for the always model)",
     )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(SUITES))

@@ -3,26 +3,32 @@
 What it measures: for the tiny random-weight test model served by
 ``mlx_lm.server``, the aggregate tokens/s and the time to first token (TTFT)
 of streamed chat completions at 1 and 8 concurrent streams, sent (a) directly
-to the backend as OpenAI SSE, (b) through the gateway as OpenAI SSE and
-(c) through the gateway as Ollama NDJSON (``/api/chat``; no direct
-counterpart, so it is compared with direct SSE). Derived: the tokens/s ratio
-gateway/direct (target >= 0.97) and the added TTFT, gateway median minus
-direct median (target <= 3 ms).
+to the backend as OpenAI SSE, (b) through a bare relay (``bench/relay.py``:
+one uvloop process that copies the bytes without parsing them), (c) through
+the gateway as OpenAI SSE and (d) through the gateway as Ollama NDJSON
+(``/api/chat``; no direct counterpart, so it is compared with direct SSE).
+Derived: the tokens/s ratio path/direct (gateway SSE target >= 0.97) and the
+added TTFT, path median minus direct median (gateway SSE target <= 3 ms). The
+relay's figures are the floor: what any process between the client and the
+backend costs on this machine, to compare the gateway's with.
 
 How: everything lives in a temporary folder (the model, an isolated
 MLX_LAMA_HOME and Hugging Face home, a manifest with one ``serve = "always"``
 model on a fixed port). ``mlx-lama serve`` runs as a subprocess; once its
 ``/health`` says the model is ready, the backend is reachable on its own port
-too. One asyncio httpx client sends batches of 1 or 8 parallel streams; the
-paths are interleaved batch by batch (order reversed every round) after
-warm-up batches, so drift hits all of them alike. The CPU seconds the gateway,
-the backend and this client use per batch are recorded too: on a small
-machine they share the cores, and that explains most of what is measured.
+too, and the relay is started in front of it. One asyncio httpx client sends
+batches of 1 or 8 parallel streams; the paths are interleaved batch by batch
+(order reversed every round) after warm-up batches, so drift hits all of them
+alike. The CPU seconds the backend, the path's in-between process (the
+gateway or the relay) and this client use per batch are recorded too: on a
+small machine they share the cores, and that explains most of what is
+measured.
 
 What it must not do: change the gateway, tune anything to meet a target, or
-leave a process behind. The gateway is stopped (SIGTERM, then SIGKILL of its
-group), the always-on server by the PID in its run record (after checking
-its start time), and the script checks with psutil that neither survives.
+leave a process behind. The gateway and the relay are stopped (SIGTERM, then
+SIGKILL of their groups), the always-on server by the PID in its run record
+(after checking its start time), and the script checks with psutil that none
+survives.
 Thresholds are reported, never asserted.
 """
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import statistics
@@ -39,7 +46,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -64,14 +71,16 @@ QUIET_WAIT = 10.0  # s; the longest wait for quiet before a batch runs anyway
 QUIET_BUDGET = 60.0  # s; all waits for quiet together, so a busy machine cannot stall the run
 LATE_START = 0.1  # s; a TTFT above this means the backend admitted the stream late
 READY_TIMEOUT = 300.0
+RELAY_READY_TIMEOUT = 30.0
 RATIO_TARGET = 0.97
 ADDED_TTFT_TARGET_MS = 3.0
 PROMPT = [{"role": "user", "content": "hello"}]
 
 DIRECT = "direct SSE"
+RELAY = "bare relay (floor)"
 GATEWAY = "gateway SSE"
 OLLAMA = "gateway NDJSON"
-PATHS = (DIRECT, GATEWAY, OLLAMA)
+PATHS = (DIRECT, RELAY, GATEWAY, OLLAMA)
 MAIN_HEADER = (
     "| streams | path | batches | aggregate tokens/s, median (min-max) "
     "| per-stream tokens/s, median | TTFT median (ms) | late starts "
@@ -98,7 +107,7 @@ class Stream:
 class Batch:
     wall: float  # seconds from the first request sent to the last stream ended
     streams: tuple[Stream, ...]
-    cpu: dict[str, float]  # CPU seconds during the batch: gateway, backend, client, other
+    cpu: dict[str, float]  # CPU seconds during the batch: between, backend, client, other
 
     @property
     def tokens(self) -> int:
@@ -257,23 +266,29 @@ async def quiet(limit: float) -> float:
     return max(0.0, time.monotonic() - start - QUIET_WINDOW)
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
 class CpuMeter:
-    """CPU seconds used by the gateway, the backend, this process and everything else."""
+    """CPU seconds used by the backend, a path's in-between process ("between": the
+    gateway or the relay; none for the direct path), this process and everything else
+    (including an in-between process of another path)."""
 
-    def __init__(self, gateway_pid: int, backend_pid: int) -> None:
-        self.procs = {
-            "gateway": psutil.Process(gateway_pid),
-            "backend": psutil.Process(backend_pid),
+    def __init__(self, backend_pid: int, between: Mapping[str, int]) -> None:
+        self.backend = psutil.Process(backend_pid)
+        procs = {pid: psutil.Process(pid) for pid in set(between.values())}
+        self.between = {path: procs[pid] for path, pid in between.items()}
+
+    def read(self, path: str) -> dict[str, float]:
+        between = self.between.get(path)
+        return {
+            "backend": cpu_seconds(self.backend),
+            "between": cpu_seconds(between) if between is not None else 0.0,
+            "client": time.process_time(),
+            "machine": machine_busy(),
         }
-
-    def read(self) -> dict[str, float]:
-        out = {}
-        for who, proc in self.procs.items():
-            times = proc.cpu_times()
-            out[who] = times.user + times.system
-        out["client"] = time.process_time()
-        out["machine"] = machine_busy()
-        return out
 
     @staticmethod
     def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -284,13 +299,14 @@ class CpuMeter:
 
 
 async def one_batch(
-    client: httpx.AsyncClient, target: Target, streams: int, meter: CpuMeter
+    client: httpx.AsyncClient, targets: dict[str, Target], path: str, streams: int, meter: CpuMeter
 ) -> Batch:
-    before = meter.read()
+    target = targets[path]
+    before = meter.read(path)
     start = time.perf_counter()
     results = await asyncio.gather(*(one_stream(client, target) for _ in range(streams)))
     wall = time.perf_counter() - start
-    after = meter.read()
+    after = meter.read(path)
     return Batch(wall, tuple(results), meter.used(before, after))
 
 
@@ -305,19 +321,19 @@ async def measure(
         for level in LEVELS:
             for _ in range(WARMUP_BATCHES):
                 for path in PATHS:
-                    await one_batch(client, targets[path], level, meter)
+                    await one_batch(client, targets, path, level, meter)
             series = {path: Series() for path in PATHS}
             for index in range(batches(level, runs)):
                 order = PATHS if index % 2 == 0 else tuple(reversed(PATHS))
                 for path in order:
                     waited += await quiet(min(QUIET_WAIT, max(0.0, QUIET_BUDGET - waited)))
-                    batch = await one_batch(client, targets[path], level, meter)
+                    batch = await one_batch(client, targets, path, level, meter)
                     series[path].batches.append(batch)
             results[level] = series
             for path in PATHS:
                 s = series[path]
                 print(
-                    f"{level} stream(s)  {path:15s} {s.tokens_per_s:8.1f} tok/s  "
+                    f"{level} stream(s)  {path:18s} {s.tokens_per_s:8.1f} tok/s  "
                     f"TTFT {s.ttft_ms:7.2f} ms",
                     flush=True,
                 )
@@ -327,12 +343,37 @@ async def measure(
 # -- the gateway and its server
 
 
-def build(root: Path) -> tuple[Path, dict[str, str], int]:
-    """The manifest, the gateway's environment and the backend's port."""
+def isolated_env(root: Path) -> dict[str, str]:
+    """This environment without the developer's Hugging Face and mlx-lama settings, with
+    all state (HOME, MLX_LAMA_HOME, HF_HOME) under ``root / "state"``."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(layout(root / "state"))
     for name in ("HOME", "HF_HOME", "HF_HUB_CACHE", "MLX_LAMA_HOME"):
         Path(env[name]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def start_gateway(
+    manifest: Path, env: Mapping[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``mlx-lama serve -f manifest`` on a free port in its own session, its output
+    in ``log``; return it and its URL."""
+    port = free_port()
+    with log.open("wb") as out:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "mlx_lama", "serve", "-f", str(manifest)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "MLX_LAMA_HOST": f"127.0.0.1:{port}"},
+            start_new_session=True,
+        )
+    return gateway, f"http://127.0.0.1:{port}"
+
+
+def build(root: Path) -> tuple[Path, dict[str, str], int]:
+    """The manifest, the gateway's environment and the backend's port."""
+    env = isolated_env(root)
     model = make_tiny_model(root / "model", seed=0)
     port = free_port()
     manifest = root / "mlxlama.toml"
@@ -343,15 +384,15 @@ def build(root: Path) -> tuple[Path, dict[str, str], int]:
     return manifest, env, port
 
 
-def wait_ready(url: str, gateway: subprocess.Popen[bytes], log: Path) -> int:
-    """Poll ``/health`` until the model is ready; return its server's PID."""
+def wait_ready(url: str, gateway: subprocess.Popen[bytes], log: Path, model: str = MODEL) -> int:
+    """Poll ``/health`` until ``model`` is ready; return its server's PID."""
     deadline = time.monotonic() + READY_TIMEOUT
     with httpx.Client(trust_env=False, timeout=2.0) as client:
         while True:
             if gateway.poll() is not None:
                 raise SystemExit(f"the gateway exited with {gateway.returncode}:\n{tail(log)}")
             with suppress(httpx.HTTPError, ValueError):
-                entry = client.get(url + "/health").json()["models"][MODEL]
+                entry = client.get(url + "/health").json()["models"][model]
                 if entry["state"] == "ready":
                     return int(entry["pid"])
                 if entry["state"] == "failed":
@@ -368,16 +409,41 @@ def tail(path: Path, lines: int = 40) -> str:
         return "<no log>"
 
 
-def stop_gateway(gateway: subprocess.Popen[bytes]) -> None:
-    if gateway.poll() is None:
-        gateway.send_signal(signal.SIGTERM)
+def start_relay(backend_port: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``bench.relay`` in front of the backend in its own session; return it and
+    its port once it says it is listening."""
+    port = free_port()
+    with log.open("wb") as err:
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "bench.relay", str(backend_port), str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=Path(__file__).resolve().parents[1],
+            start_new_session=True,
+        )
+    assert relay.stdout is not None
+    readable, _, _ = select.select([relay.stdout], [], [], RELAY_READY_TIMEOUT)
+    line = relay.stdout.readline() if readable else b""
+    relay.stdout.close()  # it prints nothing more
+    if line.strip() != b"ready":
+        stop_process(relay, 5)
+        raise SystemExit(f"the relay did not start (said {line!r}):\n{tail(log)}")
+    return relay, port
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL; then SIGKILL to anything
+    left in its process group (it was started in its own session)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            gateway.wait(60)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
-            gateway.kill()
-            gateway.wait(10)
+            proc.kill()
+            proc.wait(10)
     with suppress(ProcessLookupError, PermissionError):
-        os.killpg(gateway.pid, signal.SIGKILL)  # anything it left in its group
+        os.killpg(proc.pid, signal.SIGKILL)  # anything it left in its group
 
 
 def stop_recorded_servers(home: Path) -> list[int]:
@@ -424,47 +490,46 @@ def main(runs: int = 15) -> None:
     """``runs`` timed batches per path and concurrency level."""
     root = Path(tempfile.mkdtemp(prefix="mlx-lama-bench-gateway-"))
     gateway: subprocess.Popen[bytes] | None = None
+    relay: subprocess.Popen[bytes] | None = None
     watched: list[int] = []
     home = root / "state" / "mlx-lama-home"
     started = time.monotonic()
     try:
         manifest, env, backend_port = build(root)
-        gateway_port = free_port()
-        env["MLX_LAMA_HOST"] = f"127.0.0.1:{gateway_port}"
         log = root / "gateway.log"
-        with log.open("wb") as out:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "mlx_lama", "serve", "-f", str(manifest)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        gateway, gateway_url = start_gateway(manifest, env, log)
         watched.append(gateway.pid)
-        gateway_url = f"http://127.0.0.1:{gateway_port}"
         backend_pid = wait_ready(gateway_url, gateway, log)
         watched.append(backend_pid)
+        relay, relay_port = start_relay(backend_port, root / "relay.log")
+        watched.append(relay.pid)
         print(f"ready after {time.monotonic() - started:.1f}s", flush=True)
         backend_url = f"http://127.0.0.1:{backend_port}"
+        relay_url = f"http://127.0.0.1:{relay_port}"
         targets = {
             DIRECT: Target(backend_url + "/v1/chat/completions", openai_body(None), sse_content),
+            RELAY: Target(relay_url + "/v1/chat/completions", openai_body(None), sse_content),
             GATEWAY: Target(gateway_url + "/v1/chat/completions", openai_body(MODEL), sse_content),
             OLLAMA: Target(gateway_url + "/api/chat", ollama_body(), ndjson_content),
         }
-        meter = CpuMeter(gateway.pid, backend_pid)
+        between = {RELAY: relay.pid, GATEWAY: gateway.pid, OLLAMA: gateway.pid}
+        meter = CpuMeter(backend_pid, between)
         results = asyncio.run(measure(targets, runs, meter))
-        for path in (log, home / "logs" / f"{MODEL}.log"):
+        for path in (log, root / "relay.log", home / "logs" / f"{MODEL}.log"):
             report_problems(path)
         write_section("gateway", render(results))
         print(f"done in {time.monotonic() - started:.0f}s", flush=True)
     except BaseException:
-        for path in (root / "gateway.log", home / "logs" / f"{MODEL}.log"):
+        for path in (root / "gateway.log", root / "relay.log", home / "logs" / f"{MODEL}.log"):
             print(f"--- last lines of {path.name} ---\n{tail(path)}", file=sys.stderr)
         raise
     finally:
+        if relay is not None:
+            stop_process(relay, 10)
+            if relay.returncode != 0:
+                print(f"the relay exited with {relay.returncode}", file=sys.stderr)
         if gateway is not None:
-            stop_gateway(gateway)
+            stop_process(gateway, 60)
         watched.extend(stop_recorded_servers(home))
         shutil.rmtree(root, ignore_errors=True)
         left = survivors(watched)
@@ -493,13 +558,13 @@ def render(results: dict[int, dict[str, Series]]) -> str:
                 f"| {s.stream_tokens_per_s:.0f} | {s.ttft_ms:.1f} | {s.late}/{s.count} "
                 f"| {s.on_time_ttft_ms:.1f} |"
             )
+            between = "-" if path == DIRECT else f"{s.cpu_ms_per_1k_tokens('between'):.0f}"
             cpu.append(
                 f"| {level} | {path} | {s.cpu_ms_per_1k_tokens('backend'):.0f} "
-                f"| {s.cpu_ms_per_1k_tokens('gateway'):.0f} "
-                f"| {s.cpu_ms_per_1k_tokens('client'):.0f} "
-                f"| {s.cores('backend', 'gateway', 'client'):.2f} | {s.cores('other'):.2f} |"
+                f"| {between} | {s.cpu_ms_per_1k_tokens('client'):.0f} "
+                f"| {s.cores('backend', 'between', 'client'):.2f} | {s.cores('other'):.2f} |"
             )
-        for path in (GATEWAY, OLLAMA):
+        for path in (RELAY, GATEWAY, OLLAMA):
             ratio = series[path].tokens_per_s / direct.tokens_per_s
             added = series[path].ttft_ms - direct.ttft_ms
             if path == GATEWAY:
@@ -507,6 +572,8 @@ def render(results: dict[int, dict[str, Series]]) -> str:
                 ttft_target = (
                     f"<= {ADDED_TTFT_TARGET_MS:.0f} ms ({verdict(added <= ADDED_TTFT_TARGET_MS)})"
                 )
+            elif path == RELAY:
+                ratio_target = ttft_target = "- (floor: a relay that only copies bytes)"
             else:
                 ratio_target = ttft_target = "- (no target)"
             derived.append(
@@ -523,27 +590,32 @@ def render(results: dict[int, dict[str, Series]]) -> str:
 `mlx_lm.server` {version("mlx-lm")} (MLX {version("mlx")}, CPU) as a `serve = "always"`
 model of `mlx-lama serve`. Each request is a streamed chat completion of
 `max_tokens = {MAX_TOKENS}` at temperature 0 (content events per stream:
-{", ".join(map(str, counts))}). Three paths: the backend's own port (OpenAI SSE), the
-gateway's `/v1/chat/completions` (SSE passed through, `model` rewritten in
-every event) and the gateway's `/api/chat` (Ollama NDJSON translated from the
-backend's SSE; no direct counterpart, so it is compared with direct SSE). One
-asyncio httpx client on the same machine sends batches of 1 or 8 parallel
-streams: {WARMUP_BATCHES} warm-up batches per path, then the timed batches, the paths
-interleaved batch by batch (order reversed every round)."""
-    cpu_intro = f"""CPU time per 1000 streamed tokens (ms) over the timed batches, the cores the
-three processes kept busy together, and the cores anything else on the
-machine used meanwhile (before each timed batch the script waits, up to
-{QUIET_WAIT:.0f} s and {QUIET_BUDGET:.0f} s in all, until other processes use under
-{QUIET_CORES} of a core):"""
+{", ".join(map(str, counts))}). Four paths: the backend's own port (OpenAI SSE); a
+bare relay in front of it (`bench/relay.py`: one uvloop process that forwards
+the request and copies the response bytes as they arrive, parsing nothing but
+the request head), the floor cost of any process between the client and the
+backend; the gateway's `/v1/chat/completions` (SSE passed through, `model`
+rewritten in every event); and the gateway's `/api/chat` (Ollama NDJSON
+translated from the backend's SSE; no direct counterpart, so it is compared
+with direct SSE). One asyncio httpx client on the same machine sends batches
+of 1 or 8 parallel streams: {WARMUP_BATCHES} warm-up batches per path, then the timed
+batches, the paths interleaved batch by batch (order reversed every round)."""
+    cpu_intro = f"""CPU time per 1000 streamed tokens (ms) over the timed batches of the
+backend, of the process in between (the relay or the gateway; none on the
+direct path) and of the client, the cores these kept busy together, and the
+cores anything else on the machine used meanwhile (before each timed batch
+the script waits, up to {QUIET_WAIT:.0f} s and {QUIET_BUDGET:.0f} s in all, until other
+processes use under {QUIET_CORES} of a core):"""
     reading = f"""How to read it: aggregate tokens/s is all content events of a batch over the
-batch's wall time (median over batches); the ratio divides the gateway
-path's median by the direct median at the same level. TTFT runs from sending
-the request to the first event with content; added TTFT is the gateway's
-median minus the direct median. The backend, the gateway and the client share
-the machine's cores, so every CPU millisecond the gateway (and the client
-reading its output) spends per token is one the backend cannot use: on a
-small machine the ratio measures the gateway's CPU cost per token more than
-its latency. {findings(results)}"""
+batch's wall time (median over batches); the ratio divides a path's median by
+the direct median at the same level. TTFT runs from sending the request to
+the first event with content; added TTFT is a path's median minus the direct
+median. The backend, the process in between and the client share the
+machine's cores, so every CPU millisecond spent in between (and by the client
+reading its output) per token is one the backend cannot use: on a small
+machine the ratio measures the CPU cost per token more than latency. The bare
+relay does nothing but move the bytes through one more process, so its ratio
+is the floor to judge the gateway's against. {findings(results)}"""
     batching = f"""At 8 streams the backend decides the figures: `mlx_lm.server` admits new
 requests into its running batch only between 0.5 s decode slices, so a stream
 that misses the first admission waits for the next one ("late starts": TTFT
@@ -569,7 +641,7 @@ and the added TTFT measures the backend's admission slices, not the gateway."""
 
 {wrap(cpu_intro)}
 
-| streams | path | backend | gateway | client | cores busy | other processes |
+| streams | path | backend | in between (relay or gateway) | client | cores busy | other processes |
 |---|---|---|---|---|---|---|
 {cpu_text}
 
@@ -587,21 +659,34 @@ def wrap(paragraph: str) -> str:
 
 
 def findings(results: dict[int, dict[str, Series]]) -> str:
-    """One sentence on what the gateway path costs at a single stream, from the data."""
+    """What the bare relay and the gateway SSE path cost at a single stream, from the
+    data."""
     single = results.get(1)
     if single is None:
         return ""
-    direct, through = single[DIRECT], single[GATEWAY]
-    gateway_ms = through.cpu_ms_per_1k_tokens("gateway")
+    direct, relay, through = single[DIRECT], single[RELAY], single[GATEWAY]
+    relay_ratio = relay.tokens_per_s / direct.tokens_per_s
+    gateway_ratio = through.tokens_per_s / direct.tokens_per_s
+    relay_ms = relay.cpu_ms_per_1k_tokens("between")
+    gateway_ms = through.cpu_ms_per_1k_tokens("between")
     client_ms = through.cpu_ms_per_1k_tokens("client") - direct.cpu_ms_per_1k_tokens("client")
     backend_ms = direct.cpu_ms_per_1k_tokens("backend")
     through_backend_ms = through.cpu_ms_per_1k_tokens("backend")
     same = abs(through_backend_ms / backend_ms - 1) < 0.05
+    floor = (
+        f"so on this machine even a relay that only copies bytes misses the "
+        f">= {RATIO_TARGET} target"
+        if relay_ratio < RATIO_TARGET
+        else f"so the >= {RATIO_TARGET} target is within reach of a relay here"
+    )
     return (
-        f"Here, at 1 stream, the gateway SSE path adds {gateway_ms:.0f} ms of gateway "
-        f"CPU and {client_ms:+.0f} ms of client CPU per 1000 tokens to the "
-        f"backend's own {backend_ms:.0f} ms, and the per-stream rate goes from "
-        f"{direct.stream_tokens_per_s:.0f} to {through.stream_tokens_per_s:.0f} tokens/s"
+        f"Here, at 1 stream, the bare relay reaches a tokens/s ratio of {relay_ratio:.3f} "
+        f"with {relay_ms:.0f} ms of relay CPU per 1000 tokens, {floor}. The gateway SSE "
+        f"path reaches {gateway_ratio:.3f} ({gateway_ratio / relay_ratio:.3f} of the "
+        f"relay's tokens/s) with {gateway_ms:.0f} ms of gateway CPU and {client_ms:+.0f} ms "
+        f"of client CPU per 1000 tokens on top of the backend's own {backend_ms:.0f} ms, "
+        f"and the per-stream rate goes from {direct.stream_tokens_per_s:.0f} to "
+        f"{through.stream_tokens_per_s:.0f} tokens/s"
         + (
             f" while the backend's CPU per 1000 tokens stays about the same "
             f"({through_backend_ms:.0f} ms): the backend is not doing more work, "
