@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,10 +20,12 @@ import psutil
 from pytest import MonkeyPatch
 
 from mlx_lama.gateway.scheduler import MAX_FAILURES, Slot
-from mlx_lama.orchestrator.state import ServerSpec
+from mlx_lama.orchestrator import runrecords
+from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema.units import Duration
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import RunningGateway, gateway_process, wait_for
+from tests.fixtures.servers import free_port
 
 READY = 120.0  # s a (re)started tiny server may take here, generously
 
@@ -94,12 +98,21 @@ def test_reload_is_diff_aware_and_survives_a_bad_save(tiny_model: Path, tmp_path
         wait_for(lambda: _chat(daemon, "sidekick").status_code == 200, 10, "the new alias")
         assert _pid(daemon, "a") == a_pid and _pid(daemon, "b") == b_pid
 
-        # A launch setting of A restarts A only.
+        # A launch setting of A restarts A only; the old server answers until the
+        # new one is ready (no fixed port here, and memory enough for both).
         old_a = a_pid
         _save(manifest, _manifest(tiny_model, extra=moved, a_env='MLX_LAMA_TEST = "1"'))
+        wait_for(lambda: _model(daemon, "a").get("state") == "starting", 10, "a's successor")
+        during = _chat(daemon, "a")
+        assert during.status_code == 200, during.text
+        assert _model(daemon, "a").get("state") == "starting"  # answered by the old one
+        assert psutil.pid_exists(old_a)
         wait_for(lambda: _pid(daemon, "a") not in (old_a, None), READY, "a to restart")
         a_pid = _ready_pid(daemon, "a")
+        run = daemon.home / "run"
+        wait_for(lambda: not list(run.glob("*@@next.json")), 60, "the successor's record")
         assert not psutil.pid_exists(old_a)
+        assert (run / "a.json").exists()
         assert _pid(daemon, "b") == b_pid
         assert _chat(daemon, "a").status_code == 200
 
@@ -245,3 +258,30 @@ def test_backoff_doubles_then_gives_up() -> None:
     fresh = Slot(spec=slot.spec, keep_alive=slot.keep_alive, pinned=False, memory=0)
     fresh.failures = [now - 3600.0] * 4
     assert fresh.note_failure(now) == 1.0
+
+
+def test_records_of_dead_servers_are_dropped_on_start(tiny_model: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    extra = f'\n[models.b]\npath = "{tiny_model}"\n'  # on-demand: nothing starts it
+    manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(gone.pid).create_time()
+    gone.wait()
+    stale = RunRecord(
+        name="b",
+        pid=gone.pid,
+        port=free_port(),
+        host="127.0.0.1",
+        engine="mlx-lm",
+        model="b",
+        spec_hash="0" * 16,
+        argv=(sys.executable, "-m", "mlx_lm", "server"),
+        started_at=time.time(),
+        process_started=started,
+        log_path=str(tmp_path / "b.log"),
+    )
+    path = runrecords.write_record(stale)
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        _ready_pid(daemon, "a")
+        assert not path.exists()
+        assert _model(daemon, "b").get("state") == "stopped"

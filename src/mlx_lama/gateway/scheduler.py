@@ -16,9 +16,11 @@ evicted. A server that dies (or fails its liveness probe, see
 (1 s doubling to 60 s); requests for it wait for the restart. After
 ``MAX_FAILURES`` failed starts or crashes within ``FAILURE_WINDOW`` it is
 ``failed``: requests get 503 with its last log lines until the manifest
-changes. A server whose launch spec changed keeps serving until its
-in-flight requests end (up to ``DRAIN_TIMEOUT``); then it is stopped and the
-new one started, with requests waiting for it meanwhile.
+changes. A server whose launch spec changed is replaced: when the new one
+can start beside it (another port, memory for both) the old one serves on
+until the new one is ready; otherwise the old one goes first and requests
+wait for the new one. Either way the old one finishes its requests (up to
+``DRAIN_TIMEOUT``) before it is stopped.
 
 Processes are started and stopped through ``orchestrator.process`` on worker
 threads (those calls block). It never decides what the manifest should be,
@@ -36,6 +38,8 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import psutil
 
 from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError
@@ -59,6 +63,10 @@ MAX_BACKOFF = 60.0
 MAX_FAILURES = 5  # failed starts and crashes within FAILURE_WINDOW before giving up
 FAILURE_WINDOW = 600.0  # s
 DRAIN_TIMEOUT = 30.0  # s an old server gets to finish its requests before it is stopped
+CHANGED = "its launch spec changed in the manifest"
+# A successor starting beside its predecessor is recorded as NAME::next (never a
+# model name: a name has at most one ':') until the predecessor has stopped.
+STAGING_SUFFIX = "::next"
 
 
 class SchedulerError(MlxLamaError):
@@ -106,6 +114,7 @@ class Slot:
     log_tail: str = ""  # the server's last log lines, once it has failed
     last_probe: float = 0.0  # monotonic; the last liveness probe
     replaces: Slot | None = None  # the server of the old spec, until it has stopped
+    overlap: bool = False  # ``replaces`` serves on until this one is ready
     restart_pending: bool = False  # it crashed while loaded: start it again after the backoff
     retry_at: float = 0.0  # monotonic; no start before this (backoff after a failure)
     missing: bool = False  # its model is not (completely) in the cache yet
@@ -260,6 +269,8 @@ class Scheduler:
                 if old is not None:
                     tasks.append(self._spawn(self._retire(old, "removed from the manifest")))
         for slot in changes.replaced:
+            old = slot.replaces
+            slot.overlap = old is not None and old.ready and self._fits_beside(old, slot)
             if slot.loading is None:
                 slot.loading = self._load_task(slot)
             tasks.append(self._spawn(_quietly(slot.loading)))
@@ -285,6 +296,7 @@ class Scheduler:
         slot = self.slots.get(name)
         if slot is None:
             raise SchedulerError(f"model {name!r} is no longer in the manifest", status=404)
+        slot = _serving(slot)
         if not slot.ready:
             _refuse_failed(slot)
             if self._pending >= self.config.max_queue:
@@ -299,7 +311,9 @@ class Scheduler:
                     current = self.slots.get(name)
                     if current is None:
                         raise SchedulerError(f"model {name!r} was removed", status=404)
-                    slot = current
+                    slot = _serving(current)
+                    if slot.ready:
+                        break
                     _refuse_failed(slot)
                     if slot.loading is None:
                         slot.loading = self._load_task(slot)
@@ -344,12 +358,15 @@ class Scheduler:
         return task
 
     async def _load(self, slot: Slot) -> None:
-        """Start ``slot``'s server (the body of ``slot.loading``): first the server it
-        replaces is drained and stopped, and a backoff after a failure is waited out."""
+        """Start ``slot``'s server (the body of ``slot.loading``), after waiting out a
+        backoff. The server it replaces serves on beside it until it is ready when
+        ``slot.overlap`` (then it is drained and stopped); otherwise it is drained
+        and stopped first."""
+        old = slot.replaces
         try:
-            if slot.replaces is not None:
-                await self._retire(slot.replaces, "its launch spec changed in the manifest")
-                slot.replaces = None
+            if old is not None and not slot.overlap:
+                await self._retire(old, CHANGED)
+                slot.replaces = old = None
             backoff = slot.retry_at - time.monotonic()
             if backoff > 0:
                 await asyncio.sleep(backoff)
@@ -365,7 +382,7 @@ class Scheduler:
                 slot.expires_epoch = time.time() + self._seconds(slot.keep_alive)
                 began = time.monotonic()
                 try:
-                    record = await asyncio.to_thread(self._start, slot.spec)
+                    record = await asyncio.to_thread(self._start, slot.spec, slot.overlap)
                 except MlxLamaError as error:
                     self._report_load(slot.name, time.monotonic() - began, False)
                     log.error("%s", error)  # with the log tail and the log's path
@@ -381,9 +398,26 @@ class Scheduler:
                     slot.state = "stopped"
                     return
                 slot.restart_pending = False
-                self._mark_ready(slot, record, time.monotonic())
+                self._mark_ready(slot, record, time.monotonic())  # requests come here now
         finally:
             slot.loading = None
+        if old is not None and slot.ready:
+            await self._retire(old, CHANGED)
+            slot.replaces = None
+            slot.overlap = False
+            if slot.record is record:
+                slot.record = await asyncio.to_thread(process.rename_record, record, slot.name)
+
+    def _fits_beside(self, old: Slot, new: Slot) -> bool:
+        """Can ``new`` start while ``old`` still runs: another port, and memory for
+        both (within ``memory_budget``, else what the machine has free now)?"""
+        if old.record is None or new.spec.port == old.record.port:
+            return False
+        budget = self.config.memory_budget
+        if budget is not None:
+            used = sum(s.memory for s in self.loaded()) + old.memory
+            return used + new.memory <= budget
+        return new.memory <= psutil.virtual_memory().available
 
     def _failed_start(self, slot: Slot, why: str) -> float | None:
         """Count a failure of ``slot``; the backoff before its next start (None: given up)."""
@@ -411,9 +445,14 @@ class Scheduler:
             slot.error,
         )
 
-    def _start(self, spec: ServerSpec) -> RunRecord:
+    def _start(self, spec: ServerSpec, beside: bool = False) -> RunRecord:
+        """Start ``spec``'s server; ``beside`` the one it replaces, it is recorded under
+        a staging name until that one has stopped (see :func:`process.rename_record`)."""
         return process.start_server(
-            spec, manifest=self.config.manifest, ready_timeout=self.config.ready_timeout
+            spec,
+            manifest=self.config.manifest,
+            ready_timeout=self.config.ready_timeout,
+            record_name=f"{spec.name}{STAGING_SUFFIX}" if beside else None,
         )
 
     def _report_load(self, name: str, seconds: float, ok: bool) -> None:
@@ -627,6 +666,15 @@ class Scheduler:
 
 def _gb(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{math.ceil(size / 1e6)} MB"
+
+
+def _serving(slot: Slot) -> Slot:
+    """The slot a request for ``slot``'s model uses now: the server it replaces
+    while that one serves on beside it, else ``slot`` itself."""
+    old = slot.replaces
+    if slot.overlap and not slot.ready and old is not None and old.ready:
+        return old
+    return slot
 
 
 def _refuse_failed(slot: Slot) -> None:

@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from contextlib import suppress
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,17 +84,21 @@ def start_server(
     manifest: str = "",
     port: int | None = None,
     ready_timeout: float | None = None,
+    record_name: str | None = None,
 ) -> RunRecord:
     """Start ``server`` detached, record it, and return once it answers a generation.
 
     ``port`` overrides ``server.port``; with neither, a free port on
     ``server.host`` is chosen. ``ready_timeout`` defaults to the engine's.
+    ``record_name`` records it under another name than ``server.name`` (a
+    successor starting beside the server it replaces; see :func:`rename_record`).
     Raises :class:`ServerStartError` (with the log tail) when the process
     exits, reports a fatal error or is not ready in time; the server is then
     stopped and its record deleted. Refuses to start a server whose record
     points at a live process of ours (stop that one first).
     """
-    _refuse_if_running(server.name)
+    recorded_as = record_name or server.name
+    _refuse_if_running(recorded_as)
     chosen = port if port is not None else server.port or _free_port(server.host)
     launch = launch_spec(server, chosen)
     if server.model_path is not None and not server.model_path.expanduser().is_dir():
@@ -108,7 +113,7 @@ def start_server(
     except psutil.NoSuchProcess:  # pragma: no cover - our unreaped child always exists
         created = time.time()
     record = RunRecord(
-        name=server.name,
+        name=recorded_as,
         pid=proc.pid,
         port=chosen,
         host=server.host,
@@ -171,6 +176,16 @@ def stop_server(record: RunRecord, *, timeout: float = 15.0) -> None:
         _terminate(proc, timeout)
         log.info("stopped server %r (pid %d)", record.name, record.pid)
     runrecords.delete_record(record.name)
+
+
+def rename_record(record: RunRecord, name: str) -> RunRecord:
+    """Record the server of ``record`` under ``name`` instead (whose old record must
+    be gone: its server stopped). The new record is written before the old one is
+    deleted, so the process is never unrecorded."""
+    renamed = replace(record, name=name)
+    runrecords.write_record(renamed)
+    runrecords.delete_record(record.name)
+    return renamed
 
 
 def exited(record: RunRecord) -> str | None:
