@@ -528,13 +528,21 @@ def main(runs: int = 15) -> None:
             stop_process(relay, 10)
             if relay.returncode != 0:
                 print(f"the relay exited with {relay.returncode}", file=sys.stderr)
-        if gateway is not None:
-            stop_process(gateway, 60)
-        watched.extend(stop_recorded_servers(home))
-        shutil.rmtree(root, ignore_errors=True)
-        left = survivors(watched)
-        if left:
-            raise SystemExit(f"processes left behind: {left}")
+        tear_down(gateway, home, root, watched)
+
+
+def tear_down(
+    gateway: subprocess.Popen[bytes] | None, home: Path, root: Path, watched: list[int]
+) -> None:
+    """Stop the gateway and every recorded server, delete ``root``, and fail loudly
+    if any of ``watched`` (or the servers) survived."""
+    if gateway is not None:
+        stop_process(gateway, 60)
+    watched.extend(stop_recorded_servers(home))
+    shutil.rmtree(root, ignore_errors=True)
+    left = survivors(watched)
+    if left:
+        raise SystemExit(f"processes left behind: {left}")
 
 
 # -- the report

@@ -44,7 +44,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -63,10 +62,9 @@ from bench.gateway import (
     isolated_env,
     report_problems,
     start_gateway,
-    stop_process,
-    stop_recorded_servers,
     survivors,
     tail,
+    tear_down,
     wait_ready,
 )
 from bench.report import machine, write_section
@@ -326,13 +324,7 @@ def main(runs: int = 15) -> None:
             print(f"--- last lines of {path.name} ---\n{tail(path)}", file=sys.stderr)
         raise
     finally:
-        if gateway is not None:
-            stop_process(gateway, 60)
-        watched.extend(stop_recorded_servers(home))
-        shutil.rmtree(root, ignore_errors=True)
-        left = survivors(watched)
-        if left:
-            raise SystemExit(f"processes left behind: {left}")
+        tear_down(gateway, home, root, watched)
 
 
 # -- the report
