@@ -22,7 +22,9 @@ from pytest import MonkeyPatch
 from mlx_lama.gateway.scheduler import MAX_FAILURES, Slot
 from mlx_lama.orchestrator import runrecords
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
+from mlx_lama.schema.lockfile import read_lock
 from mlx_lama.schema.units import Duration
+from tests.conftest import PublishedRepo
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import RunningGateway, gateway_process, wait_for
 from tests.fixtures.servers import free_port
@@ -285,3 +287,17 @@ def test_records_of_dead_servers_are_dropped_on_start(tiny_model: Path, tmp_path
         _ready_pid(daemon, "a")
         assert not path.exists()
         assert _model(daemon, "b").get("state") == "stopped"
+
+
+def test_a_model_added_from_the_hub_is_pulled_then_served(
+    published_model: PublishedRepo, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text("version = 1\n", encoding="utf-8")
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        _save(manifest, f'version = 1\n\n[models.hubbed]\nrepo = "{published_model.repo_id}"\n')
+        wait_for(lambda: _model(daemon, "hubbed").get("state") == "stopped", 60, "the pull")
+        locked = read_lock(manifest.with_name("mlxlama.lock")).get("hubbed")
+        assert locked is not None and locked.commit == published_model.commit
+        answer = _chat(daemon, "hubbed")
+        assert answer.status_code == 200, answer.text

@@ -72,7 +72,7 @@ class Supervisor:
         self.probe_interval = probe_interval if probe_interval is not None else probe_setting()
         self.problem: ManifestProblem | None = None
         self.reloads = 0  # successful reloads since start
-        self._applied: Fingerprint = fingerprint(gateway.manifest_path)
+        self._applied: Fingerprint | None = None  # what the last reload read
         self._wake = asyncio.Event()
         self._force = False
         self._stop = asyncio.Event()
@@ -91,7 +91,7 @@ class Supervisor:
         ]
         if self.probe_interval > 0:
             self._tasks.append(loop.create_task(self._probe_loop(), name="mlx-lama-probe"))
-        self._start_pulls()
+        self._wake.set()  # a save since the gateway loaded the manifest is not missed
 
     async def stop(self) -> None:
         self._stop.set()
@@ -178,9 +178,10 @@ class Supervisor:
             self._pull_again = True
             return
         self._pull_again = False
-        if self._applied == self._failed_pull or not self.gateway.not_downloaded():
+        applied = self._applied
+        if applied is None or applied == self._failed_pull or not self.gateway.not_downloaded():
             return
-        self._pull_task = asyncio.get_running_loop().create_task(self._pull(self._applied))
+        self._pull_task = asyncio.get_running_loop().create_task(self._pull(applied))
 
     async def _pull(self, applied: Fingerprint) -> None:
         try:
