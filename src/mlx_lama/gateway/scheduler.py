@@ -57,6 +57,7 @@ MEMORY_MARGIN = 256 * 2**20  # runtime, KV cache and activations beyond the weig
 WEIGHT_FACTOR = 1.1
 _WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf", ".bin")
 _TICK = 0.25  # s between looks at every server (expiry, crashes, due starts)
+_DYING_GRACE = 2.0  # s a server that refused a connection gets to show it has exited
 _FOREVER_SECONDS = 292 * 365 * 86400  # what Ollama shows for "never expires" (MaxInt64 ns)
 FIRST_BACKOFF = 1.0  # s; doubles with every failure in the window
 MAX_BACKOFF = 60.0
@@ -583,9 +584,13 @@ class Scheduler:
         record = slot.record
         if record is None:
             return True
-        if await asyncio.to_thread(process.exited, record) is None:
-            return False
-        await self.crashed(slot, "is gone")
+        # A process killed a moment ago may still be tearing down: give it a little while.
+        deadline = time.monotonic() + _DYING_GRACE
+        while (gone := await asyncio.to_thread(process.exited, record)) is None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        await self.crashed(slot, gone)
         return True
 
     # -- background: expiry, crash detection, pending starts, shutdown
