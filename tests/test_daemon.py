@@ -125,6 +125,7 @@ def test_reload_is_diff_aware_and_survives_a_bad_save(tiny_model: Path, tmp_path
         health = daemon.health()
         assert health["status"] == "degraded"
         assert f"{manifest.name}:" in str(health["manifest_error"])
+        assert str(health["manifest_error_since"]).endswith("Z")
         assert health["reloads"] == reloads
         assert _chat(daemon, "a").status_code == 200
         assert _pid(daemon, "a") == a_pid and _pid(daemon, "b") == b_pid

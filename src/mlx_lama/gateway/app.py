@@ -286,6 +286,7 @@ async def _health(request: Request) -> Response:
         body["reloads"] = supervisor.reloads
         if supervisor.problem is not None:
             body["manifest_error"] = supervisor.problem.message
+            body["manifest_error_since"] = iso_time(supervisor.problem.since)
     if "manifest_error" in body or any(m["state"] == "failed" for m in models.values()):
         body["status"] = "degraded"
     body["models"] = models

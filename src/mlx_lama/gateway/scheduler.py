@@ -155,10 +155,6 @@ class Changes:
     removed: tuple[Slot, ...] = ()  # no longer served: stop once idle
     replaced: tuple[Slot, ...] = ()  # new slots whose old server (``replaces``) must go first
 
-    @property
-    def empty(self) -> bool:
-        return not self.removed and not self.replaced
-
 
 @dataclass(slots=True)
 class Lease:

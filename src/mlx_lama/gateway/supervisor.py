@@ -167,7 +167,8 @@ class Supervisor:
     def _refuse(self, message: str) -> None:
         if self.problem is None or self.problem.message != message:
             log.error("%s", message)
-        self.problem = ManifestProblem(message, time.time())
+        since = self.problem.since if self.problem is not None else time.time()
+        self.problem = ManifestProblem(message, since)
 
     # -- pulling what the manifest added
 
