@@ -13,15 +13,19 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import psutil
 from pytest import MonkeyPatch
 
+from mlx_lama import paths
 from mlx_lama.gateway.scheduler import MAX_FAILURES, Slot
-from mlx_lama.orchestrator import runrecords
+from mlx_lama.orchestrator import process, runrecords
+from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
+from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import read_lock
 from mlx_lama.schema.units import Duration
 from tests.conftest import PublishedRepo
@@ -302,3 +306,36 @@ def test_a_model_added_from_the_hub_is_pulled_then_served(
         assert locked is not None and locked.commit == published_model.commit
         answer = _chat(daemon, "hubbed")
         assert answer.status_code == 200, answer.text
+
+
+def test_a_server_started_meanwhile_by_apply_is_taken_over_or_replaced(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    extra = f'\n[models.b]\npath = "{tiny_model}"\n'  # on-demand
+    manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
+    wanted = desired(
+        load_manifest(manifest),
+        read_lock(manifest.with_name("mlxlama.lock")),
+        manifest_dir=tmp_path,
+        cache_dir=paths.hf_hub_cache(),
+    )
+    spec = next(s for s in wanted.servers if s.name == "b")
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        _ready_pid(daemon, "a")
+        # Started behind the daemon's back from the same spec (as `apply` would):
+        # the first request for it uses that server instead of failing to start one.
+        same = process.start_server(spec, manifest=str(manifest))
+        assert _chat(daemon, "b").status_code == 200
+        assert _pid(daemon, "b") == same.pid
+        assert _model(daemon, "b").get("failures") is None
+
+        # One from another spec is stale: stopped, and the daemon starts its own.
+        _save(manifest, _manifest(tiny_model, extra=extra + 'keep_alive = "1s"\n'))
+        wait_for(lambda: _model(daemon, "b").get("state") == "stopped", 30, "b to unload")
+        # (a child of this test: exited() reaps it, so it is not left a zombie)
+        wait_for(lambda: process.exited(same) is not None, 30, "the first b to stop")
+        stale = process.start_server(replace(spec, env=(("MLX_LAMA_TEST", "1"),)))
+        assert _chat(daemon, "b").status_code == 200
+        assert _pid(daemon, "b") not in (stale.pid, None)
+        assert process.exited(stale) is not None

@@ -443,8 +443,14 @@ class Scheduler:
         )
 
     def _start(self, spec: ServerSpec, beside: bool = False) -> RunRecord:
-        """Start ``spec``'s server; ``beside`` the one it replaces, it is recorded under
-        a staging name until that one has stopped (see :func:`process.rename_record`)."""
+        """Start ``spec``'s server, or take over one already running for it (started by
+        ``mlx-lama apply`` meanwhile). ``beside`` the one it replaces, it is recorded
+        under a staging name until that one has stopped (see
+        :func:`process.rename_record`)."""
+        if not beside:
+            running = process.take_over(spec, ready_timeout=self.config.ready_timeout)
+            if running is not None:
+                return running
         return process.start_server(
             spec,
             manifest=self.config.manifest,

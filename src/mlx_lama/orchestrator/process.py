@@ -204,16 +204,48 @@ def exited(record: RunRecord) -> str | None:
     return None if runrecords.process_identity(record) == "ours" else "is gone"
 
 
-def _refuse_if_running(name: str) -> None:
+def running_record(name: str) -> RunRecord | None:
+    """The run record of server ``name`` if its process is still ours (alive, same
+    start time and command line); None otherwise."""
     path = runrecords.record_path(name)
     try:
         existing = runrecords.record_from_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return
+        return None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        log.warning("replacing damaged run record %s (%s)", path, exc)
-        return
-    if runrecords.process_identity(existing) == "ours":
+        log.warning("ignoring damaged run record %s (%s)", path, exc)
+        return None
+    return existing if runrecords.process_identity(existing) == "ours" else None
+
+
+def take_over(server: ServerSpec, *, ready_timeout: float | None = None) -> RunRecord | None:
+    """A server for ``server`` that something else started (``mlx-lama apply`` while
+    the daemon runs, or an earlier daemon), once it answers a generation; None when
+    there is none. One of ours from another spec is stopped (it is stale), and so
+    is one that never becomes ready."""
+    record = running_record(server.name)
+    if record is None:
+        return None
+    if record.spec_hash != server.spec_hash:
+        log.info("stopping %r (pid %d): started from another spec", server.name, record.pid)
+        stop_server(record)
+        return None
+    launch = launch_spec(server, record.port)
+    timeout = ready_timeout if ready_timeout is not None else launch.ready_timeout
+    deadline = time.monotonic() + timeout
+    while (problem := one_token(launch, max(1.0, deadline - time.monotonic()))) is not None:
+        if time.monotonic() >= deadline or runrecords.process_identity(record) != "ours":
+            log.warning("not taking over %r (pid %d): %s", server.name, record.pid, problem)
+            stop_server(record)
+            return None
+        time.sleep(_RETRY_PAUSE)
+    log.info("took over running server %r (pid %d)", server.name, record.pid)
+    return record
+
+
+def _refuse_if_running(name: str) -> None:
+    existing = running_record(name)
+    if existing is not None:
         raise ServerStartError(
             f"server {name!r} is already running (pid {existing.pid}, port {existing.port})",
             hint="`mlx-lama ps` shows it; `mlx-lama apply` restarts it when its spec changed",
