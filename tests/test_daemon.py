@@ -30,7 +30,7 @@ from mlx_lama.schema.lockfile import read_lock
 from mlx_lama.schema.units import Duration
 from tests.conftest import PublishedRepo
 from tests.fixtures.cli import cli
-from tests.fixtures.gateway import RunningGateway, gateway_process, wait_for
+from tests.fixtures.gateway import RunningGateway, gateway_in_thread, gateway_process, wait_for
 from tests.fixtures.servers import free_port
 
 READY = 120.0  # s a (re)started tiny server may take here, generously
@@ -339,3 +339,21 @@ def test_a_server_started_meanwhile_by_apply_is_taken_over_or_replaced(
         assert _chat(daemon, "b").status_code == 200
         assert _pid(daemon, "b") not in (stale.pid, None)
         assert process.exited(stale) is not None
+
+
+def test_api_key_and_origins_changes_apply_without_a_restart(tmp_path: Path) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text("version = 1\n", encoding="utf-8")
+    with gateway_in_thread(manifest) as running, httpx.Client(trust_env=False) as http:
+        tags = running.url + "/api/tags"
+        assert http.get(tags).status_code == 200
+        _save(manifest, 'version = 1\n\n[server]\napi_key = "sesame"\n')
+        wait_for(lambda: http.get(tags).status_code == 401, 10, "the key to apply")
+        keyed = http.get(tags, headers={"Authorization": "Bearer sesame"})
+        assert keyed.status_code == 200
+
+        origin = {"Origin": "https://app.example"}
+        foreign = http.get(tags, headers={**origin, "Authorization": "Bearer sesame"})
+        assert foreign.status_code == 403
+        _save(manifest, 'version = 1\n\n[server]\norigins = ["https://app.example"]\n')
+        wait_for(lambda: http.get(tags, headers=origin).status_code == 200, 10, "the origin")

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -36,7 +37,7 @@ from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
 from mlx_lama.gateway.security import SecurityMiddleware, SecurityPolicy
 from mlx_lama.gateway.supervisor import Supervisor
 from mlx_lama.netaddr import is_loopback_host
-from mlx_lama.schema.manifest import ModelEntry
+from mlx_lama.schema.manifest import Manifest, ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,35 @@ def create_app(
         },
     )
     app.state.gateway = gateway
-    return SecurityMiddleware(app, policy)
+    guarded = SecurityMiddleware(app, policy)
+    gateway.on_reload.append(lambda old, new: _renew_policy(guarded, old, new))
+    return guarded
+
+
+def _renew_policy(guarded: SecurityMiddleware, old: Manifest, new: Manifest) -> None:
+    """Take a reloaded manifest's ``[server]`` api_key and origins at once. Where it
+    listens cannot change while running (the socket is bound): that is logged. A key
+    is never dropped while listening beyond this machine: that needs a restart."""
+    policy = guarded.policy
+    server = new.server
+    api_key = server.api_key
+    if api_key is None and policy.api_key is not None and not policy.loopback_only:
+        log.error(
+            "api_key was removed from [server], but the gateway listens on %s: keeping "
+            "the key; restart `mlx-lama serve` (with --insecure) to serve without one",
+            policy.bind_host,
+        )
+        api_key = policy.api_key
+    guarded.policy = replace(policy, api_key=api_key, origins=tuple(server.origins))
+    if (server.host, server.port) != (old.server.host, old.server.port):
+        log.warning(
+            "[server] host/port changed to %s:%s; the gateway keeps listening on %s:%d "
+            "until `mlx-lama serve` is restarted",
+            server.host,
+            server.port,
+            policy.bind_host,
+            policy.port,
+        )
 
 
 def _routes() -> list[Route]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -84,6 +85,8 @@ class Gateway:
         scheduler.on_load = self.metrics.load
         self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
         self.supervisor: Supervisor | None = None  # runs in the app's lifespan
+        # Called with (old, new) manifest after each reload, e.g. to renew the security policy.
+        self.on_reload: list[Callable[[Manifest, Manifest], None]] = []
         # Set by _apply from the manifest, now and on every reload:
         self.manifest: Manifest
         self.lock: Lock
@@ -153,7 +156,10 @@ class Gateway:
         fresh = manifest if manifest is not None else load_manifest(self.manifest_path)
         if lock is None:
             lock = read_lock(lock_path_for(self.manifest_path))
+        previous = self.manifest
         changes = self._apply(fresh, lock)
+        for listener in self.on_reload:
+            listener(previous, fresh)
         tasks = self.scheduler.apply_changes(changes)
         if wait:
             for task in tasks:

@@ -153,7 +153,7 @@ class Changes:
     """What a new manifest means for running servers (from :meth:`Scheduler.configure`)."""
 
     removed: tuple[Slot, ...] = ()  # no longer served: stop once idle
-    replaced: tuple[Slot, ...] = ()  # new slots whose old server (``replaces``) must go first
+    replaced: tuple[Slot, ...] = ()  # new slots taking over from a running server (``replaces``)
 
 
 @dataclass(slots=True)
@@ -258,8 +258,9 @@ class Scheduler:
 
     def apply_changes(self, changes: Changes) -> list[asyncio.Task[object]]:
         """Carry out ``changes`` in the background: removed servers stop once their
-        requests end; replaced ones are restarted from the new spec (requests
-        wait for it). Returns the tasks, for callers that must wait."""
+        requests end; replaced ones are restarted from the new spec, beside the
+        old one when it fits (see :meth:`_load`). Returns the tasks, for callers
+        that must wait."""
         tasks = []
         for slot in changes.removed:
             for old in (slot, slot.replaces):

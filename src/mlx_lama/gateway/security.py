@@ -150,6 +150,15 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, policy: SecurityPolicy) -> None:
         self.app = app
         self.policy = policy
+
+    @property
+    def policy(self) -> SecurityPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: SecurityPolicy) -> None:
+        """Replace the policy (a reloaded manifest's key and origins) for the next request."""
+        self._policy = policy
         self._api_key = policy.api_key.encode() if policy.api_key is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
