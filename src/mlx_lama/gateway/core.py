@@ -25,7 +25,7 @@ from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
 from mlx_lama.orchestrator.cache import bytes_in
 from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.state import DesiredState, ServerSpec, repo_folder_name
+from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folder
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
@@ -134,7 +134,7 @@ class Gateway:
             if model.commit is None:
                 missing.add(model.name)
                 continue
-            snapshot = self.cache_dir / repo_folder_name(model.repo) / "snapshots" / model.commit
+            snapshot = snapshot_folder(self.cache_dir, model.repo, model.commit)
             if file_problems(snapshot, model.files):
                 missing.add(model.name)
         return missing
@@ -240,7 +240,7 @@ class Gateway:
             return spec.path
         if spec.repo is None or spec.commit is None:
             return None
-        folder = self.cache_dir / repo_folder_name(spec.repo) / "snapshots" / spec.commit
+        folder = snapshot_folder(self.cache_dir, spec.repo, spec.commit)
         return folder if folder.is_dir() else None
 
     def facts(self, name: str) -> ModelFacts:

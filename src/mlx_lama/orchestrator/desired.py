@@ -14,7 +14,7 @@ from mlx_lama.orchestrator.state import (
     ExternalSpec,
     ModelSpec,
     ServerSpec,
-    repo_folder_name,
+    snapshot_folder,
 )
 from mlx_lama.schema.lockfile import Lock
 from mlx_lama.schema.manifest import Manifest, ModelEntry
@@ -79,7 +79,7 @@ def server_spec(
     if model.path is not None:
         model_path: Path | None = model.path
     elif model.repo is not None and model.commit is not None:
-        model_path = cache_dir / repo_folder_name(model.repo) / "snapshots" / model.commit
+        model_path = snapshot_folder(cache_dir, model.repo, model.commit)
     else:
         model_path = None
     return ServerSpec(

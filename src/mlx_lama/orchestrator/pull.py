@@ -31,7 +31,7 @@ from mlx_lama import paths
 from mlx_lama.atomic import atomic_write_text
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.pulled import pulled_file, record_pulled
-from mlx_lama.orchestrator.state import Files, repo_folder_name
+from mlx_lama.orchestrator.state import Files, repo_folder_name, snapshot_folder
 from mlx_lama.schema.lockfile import LockedModel
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def pull_model(
         (cache_dir if cache_dir is not None else paths.hf_hub_cache()).expanduser().resolve()
     )
     repo_path = cache_root / repo_folder_name(locked.repo)
-    snapshot = repo_path / "snapshots" / locked.commit
+    snapshot = snapshot_folder(cache_root, locked.repo, locked.commit)
     total = locked.size
     if not locked.files:
         raise PullError(

@@ -35,6 +35,11 @@ def repo_folder_name(repo_id: str) -> str:
     return "models--" + repo_id.replace("/", "--")
 
 
+def snapshot_folder(cache_dir: Path, repo_id: str, commit: str) -> Path:
+    """Where the files of ``repo_id`` at ``commit`` are in the cache. Pure."""
+    return cache_dir / repo_folder_name(repo_id) / "snapshots" / commit
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """A model the manifest wants on disk."""
