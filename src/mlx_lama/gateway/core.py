@@ -93,6 +93,7 @@ class Gateway:
         self.desired: DesiredState
         self.registry: Registry
         self._servers: dict[str, ServerSpec]
+        self.not_downloaded: frozenset[str]  # models whose files are not all in the cache
         self._apply(manifest, lock)
 
     # -- manifest
@@ -107,6 +108,7 @@ class Gateway:
             manifest_aliases=manifest.aliases, manifest_models=list(manifest.models)
         )
         self._servers = {s.name: s for s in self.desired.servers}
+        self.not_downloaded = self._not_downloaded()
         server = manifest.server
         config = SchedulerConfig(
             max_loaded=server.max_loaded,
@@ -120,11 +122,11 @@ class Gateway:
             {s.name: self.keep_alive_of(s.name) for s in self.desired.servers},
             [name for name, entry in manifest.models.items() if entry.pin],
             config,
-            missing=self.not_downloaded(),
+            missing=self.not_downloaded,
         )
 
-    def not_downloaded(self) -> set[str]:
-        """Served models whose files are not all in the cache (being pulled, or failed to)."""
+    def _not_downloaded(self) -> frozenset[str]:
+        """Models whose files are not all in the cache (being pulled, or failed to)."""
         from mlx_lama.orchestrator.pull import file_problems
 
         missing = set()
@@ -137,7 +139,7 @@ class Gateway:
             snapshot = snapshot_folder(self.cache_dir, model.repo, model.commit)
             if file_problems(snapshot, model.files):
                 missing.add(model.name)
-        return missing
+        return frozenset(missing)
 
     async def reload(
         self, manifest: Manifest | None = None, lock: Lock | None = None, *, wait: bool = True

@@ -38,7 +38,7 @@ from mlx_lama.orchestrator.apply import ApplyContext, ApplyResult, Reporter, app
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.filelock import apply_lock
 from mlx_lama.orchestrator.observe import observe
-from mlx_lama.orchestrator.plan import Plan, PlanOptions, make_plan
+from mlx_lama.orchestrator.plan import ActionKind, Plan, PlanOptions, make_plan
 from mlx_lama.orchestrator.runrecords import inspect_record, read_records
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
@@ -108,16 +108,22 @@ def reconcile(
     reporter: Reporter | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     ready_timeout: float = 300.0,
+    only: ActionKind | None = None,
 ) -> ApplyResult | None:
-    """One apply of the manifest (no pruning of files). None when nothing needed doing."""
+    """One apply of the manifest (no pruning of files), or of its ``only`` actions
+    (the daemon pulls this way; external servers are then not probed). None when
+    nothing needed doing."""
     with apply_lock():
         manifest = load_manifest(manifest_path)
         lock = read_lock(lock_path_for(manifest_path))
         wanted = desired(manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir)
-        observed = observe(cache_dir=cache_dir, externals=wanted.externals)
+        externals = wanted.externals if only is None else ()
+        observed = observe(cache_dir=cache_dir, externals=externals)
         for warning in observed.warnings:
             log.warning("%s", warning)
         plan = make_plan(wanted, observed, PlanOptions(prune=False))
+        if only is not None:
+            plan = Plan(plan.of(only))
         if on_plan is not None:
             on_plan(plan)
         if plan.empty:

@@ -11,8 +11,9 @@ lifespan). It
   deleted one, is logged with its ``file:line`` problems and ignored: the last
   good manifest stays in force (and ``/health`` shows the problem);
 - pulls models the manifest added that are not in the cache, in the
-  background under the apply lock; the lock file it writes is a change like
-  any other, after which ``always`` servers for them start;
+  background, the way the apply at start does (:func:`server.reconcile`); the
+  lock file it writes is a change like any other, after which ``always``
+  servers for them start;
 - probes idle servers now and then with a one-token generation; one that
   does not answer is treated as crashed and restarted by the scheduler.
 
@@ -33,12 +34,10 @@ from typing import TYPE_CHECKING
 
 from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError, UsageError
+from mlx_lama.gateway.server import reconcile
 from mlx_lama.orchestrator import process
-from mlx_lama.orchestrator.apply import ApplyContext, Outcome, apply_plan
-from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.filelock import apply_lock
-from mlx_lama.orchestrator.observe import observe
-from mlx_lama.orchestrator.plan import ActionKind, Plan, PlanOptions, make_plan
+from mlx_lama.orchestrator.apply import Outcome
+from mlx_lama.orchestrator.plan import ActionKind, Plan
 from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
@@ -180,7 +179,7 @@ class Supervisor:
             return
         self._pull_again = False
         applied = self._applied
-        if applied is None or applied == self._failed_pull or not self.gateway.not_downloaded():
+        if applied is None or applied == self._failed_pull or not self.gateway.not_downloaded:
             return
         self._pull_task = asyncio.get_running_loop().create_task(self._pull(applied))
 
@@ -198,38 +197,26 @@ class Supervisor:
             self._start_pulls()
 
     def _pull_blocking(self) -> list[Outcome]:
-        """Pull the models the manifest has and the cache lacks (under the apply lock,
-        like ``mlx-lama apply``); the lock file is rewritten when they are in."""
-        gateway = self.gateway
-        with apply_lock():
-            manifest = load_manifest(gateway.manifest_path)
-            lock = read_lock(lock_path_for(gateway.manifest_path))
-            wanted = desired(
-                manifest,
-                lock,
-                manifest_dir=gateway.manifest_path.parent,
-                cache_dir=gateway.cache_dir,
-            )
-            observed = observe(cache_dir=gateway.cache_dir)
-            pulls = make_plan(wanted, observed, PlanOptions(prune=False)).of(ActionKind.PULL)
-            if not pulls:
-                return []
-            log.info("pulling %s", ", ".join(a.target for a in pulls))
-            context = ApplyContext(
-                manifest=manifest,
-                manifest_path=gateway.manifest_path,
-                lock=lock,
-                desired=wanted,
-                observed=observed,
-                cache_dir=gateway.cache_dir,
-            )
-            result = apply_plan(Plan(pulls), context)
-        for outcome in result.outcomes:
+        """Pull the models the manifest has and the cache lacks, as ``mlx-lama apply``
+        would (under the apply lock); the lock file is rewritten when they are in."""
+
+        def announce(plan: Plan) -> None:
+            if not plan.empty:
+                log.info("pulling %s", ", ".join(a.target for a in plan.actions))
+
+        result = reconcile(
+            self.gateway.manifest_path,
+            cache_dir=self.gateway.cache_dir,
+            on_plan=announce,
+            only=ActionKind.PULL,
+        )
+        outcomes = list(result.outcomes) if result is not None else []
+        for outcome in outcomes:
             if outcome.ok:
                 log.info("pulled %s (%s)", outcome.action.model, outcome.detail)
             else:
                 log.error("pulling %s failed: %s", outcome.action.model, outcome.detail)
-        return list(result.outcomes)
+        return outcomes
 
     # -- liveness
 
