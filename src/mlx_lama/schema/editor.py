@@ -37,7 +37,7 @@ from mlx_lama.atomic import atomic_write_text
 from mlx_lama.errors import ManifestError, MlxLamaError, Problem
 from mlx_lama.orchestrator.filelock import apply_lock
 from mlx_lama.schema import memo
-from mlx_lama.schema.loader import parse_manifest
+from mlx_lama.schema.loader import BOM, decode_manifest, parse_manifest
 from mlx_lama.schema.manifest import Manifest
 from mlx_lama.schema.names import canonical_name, check_model_name
 
@@ -137,13 +137,8 @@ def _read(path: Path) -> tuple[str, str, int | None]:
         raise ManifestEditError(
             f"{path} is a folder, not a manifest", hint="name the mlxlama.toml file inside it"
         ) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        problem = Problem(str(path), line, 1, "", "the file is not valid UTF-8 text")
-        raise ManifestError(path, [problem]) from None
-    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    text = decode_manifest(raw, path)
+    bom = BOM if text.startswith(BOM) else ""
     return text.removeprefix(bom), bom, mode
 
 

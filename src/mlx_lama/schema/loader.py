@@ -38,6 +38,9 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 
 
+BOM = "\ufeff"
+
+
 def load_manifest(path: Path | str) -> Manifest:
     """Read and validate the manifest at ``path``.
 
@@ -58,15 +61,21 @@ def load_manifest(path: Path | str) -> Manifest:
     remembered = memo.recall(source, raw)
     if remembered is not None:
         return remembered
+    text = decode_manifest(raw, source).removeprefix(BOM)
+    manifest = parse_manifest(text, str(source))
+    memo.remember(source, raw, manifest)
+    return manifest
+
+
+def decode_manifest(raw: bytes, source: Path) -> str:
+    """A manifest file's bytes as text (a leading byte-order mark kept); ManifestError
+    naming the line when they are not UTF-8."""
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         problem = Problem(str(source), line, 1, "", "the file is not valid UTF-8 text")
         raise ManifestError(source, [problem]) from None
-    manifest = parse_manifest(text, str(source))
-    memo.remember(source, raw, manifest)
-    return manifest
 
 
 def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
