@@ -31,6 +31,11 @@ ManifestFile = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ReadyTimeout = Annotated[
+    float,
+    typer.Option("--timeout", help="Seconds a starting model server gets to answer.", min=1),
+]
+DEFAULT_READY_TIMEOUT = 300.0
 
 
 def debug_enabled() -> bool:

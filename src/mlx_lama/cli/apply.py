@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from mlx_lama.cli._app import app
-from mlx_lama.cli._common import ManifestFile, debug_enabled, exit_interrupted, handles_errors
+from mlx_lama.cli._common import (
+    DEFAULT_READY_TIMEOUT,
+    ManifestFile,
+    ReadyTimeout,
+    debug_enabled,
+    exit_interrupted,
+    handles_errors,
+)
 from mlx_lama.cli.plan import Prune
 from mlx_lama.errors import MlxLamaError, UsageError
 
@@ -45,10 +52,7 @@ def apply(
         bool,
         typer.Option("--locked", help="Fail if mlxlama.lock does not match the manifest."),
     ] = False,
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", help="Seconds a started server gets to answer.", min=1),
-    ] = 300.0,
+    timeout: ReadyTimeout = DEFAULT_READY_TIMEOUT,
     watch: Annotated[
         bool,
         typer.Option(

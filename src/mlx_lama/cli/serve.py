@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 
 from mlx_lama.cli._app import app
-from mlx_lama.cli._common import ManifestFile, debug_enabled, handles_errors
+from mlx_lama.cli._common import (
+    DEFAULT_READY_TIMEOUT,
+    ManifestFile,
+    ReadyTimeout,
+    debug_enabled,
+    handles_errors,
+)
 
 
 @app.command()
@@ -23,10 +29,7 @@ def serve(
             help="Allow listening on a non-loopback address without [server] api_key.",
         ),
     ] = False,
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", help="Seconds a starting model server gets to answer.", min=1),
-    ] = 300.0,
+    timeout: ReadyTimeout = DEFAULT_READY_TIMEOUT,
     stop_all_on_exit: Annotated[
         bool,
         typer.Option(
