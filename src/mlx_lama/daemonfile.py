@@ -20,6 +20,7 @@ import psutil
 
 from mlx_lama import paths
 from mlx_lama.atomic import atomic_write_text
+from mlx_lama.orchestrator.runrecords import CREATE_TIME_TOLERANCE
 
 DAEMON_FILE = "daemon.json"
 
@@ -54,7 +55,7 @@ def running_daemon() -> dict[str, Any] | None:
     try:
         info = json.loads(daemon_path().read_text(encoding="utf-8"))
         proc = psutil.Process(int(info["pid"]))
-        if abs(proc.create_time() - float(info["process_started"])) > 1.0:
+        if abs(proc.create_time() - float(info["process_started"])) > CREATE_TIME_TOLERANCE:
             return None
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None
