@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -24,14 +23,16 @@ from mlx_lama import paths
 from mlx_lama.gateway.scheduler import MAX_FAILURES, Slot
 from mlx_lama.orchestrator import process, runrecords
 from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.state import RunRecord, ServerSpec
+from mlx_lama.orchestrator.state import ServerSpec
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import read_lock
 from mlx_lama.schema.units import Duration
 from tests.conftest import PublishedRepo
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import RunningGateway, gateway_in_thread, gateway_process, wait_for
-from tests.fixtures.servers import free_port
+from tests.test_runrecords import SLEEP, procs, record_for, spawn
+
+__all__ = ["procs"]  # the fixture, shared with test_runrecords
 
 READY = 120.0  # s a (re)started tiny server may take here, generously
 
@@ -267,26 +268,16 @@ def test_backoff_doubles_then_gives_up() -> None:
     assert fresh.note_failure(now) == 1.0
 
 
-def test_records_of_dead_servers_are_dropped_on_start(tiny_model: Path, tmp_path: Path) -> None:
+def test_records_of_dead_servers_are_dropped_on_start(
+    tiny_model: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
     manifest = tmp_path / "mlxlama.toml"
     extra = f'\n[models.b]\npath = "{tiny_model}"\n'  # on-demand: nothing starts it
     manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = psutil.Process(gone.pid).create_time()
-    gone.wait()
-    stale = RunRecord(
-        name="b",
-        pid=gone.pid,
-        port=free_port(),
-        host="127.0.0.1",
-        engine="mlx-lm",
-        model="b",
-        spec_hash="0" * 16,
-        argv=(sys.executable, "-m", "mlx_lm", "server"),
-        started_at=time.time(),
-        process_started=started,
-        log_path=str(tmp_path / "b.log"),
-    )
+    dead = spawn(procs, SLEEP)
+    stale = record_for(dead, name="b", model="b")
+    dead.kill()
+    dead.wait()
     path = runrecords.write_record(stale)
     with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
         _ready_pid(daemon, "a")
