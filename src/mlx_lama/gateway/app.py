@@ -35,6 +35,7 @@ from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
 from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
 from mlx_lama.gateway.security import SecurityMiddleware, SecurityPolicy
+from mlx_lama.gateway.server import Listen, security_policy
 from mlx_lama.gateway.supervisor import Supervisor
 from mlx_lama.netaddr import is_loopback_host
 from mlx_lama.schema.manifest import Manifest, ModelEntry
@@ -94,15 +95,15 @@ def _renew_policy(guarded: SecurityMiddleware, old: Manifest, new: Manifest) -> 
     is never dropped while listening beyond this machine: that needs a restart."""
     policy = guarded.policy
     server = new.server
-    api_key = server.api_key
-    if api_key is None and policy.api_key is not None and not policy.loopback_only:
+    fresh = security_policy(new, Listen(policy.bind_host, policy.port))
+    if fresh.api_key is None and policy.api_key is not None and not policy.loopback_only:
         log.error(
             "api_key was removed from [server], but the gateway listens on %s: keeping "
             "the key; restart `mlx-lama serve` (with --insecure) to serve without one",
             policy.bind_host,
         )
-        api_key = policy.api_key
-    guarded.policy = replace(policy, api_key=api_key, origins=tuple(server.origins))
+        fresh = replace(fresh, api_key=policy.api_key)
+    guarded.policy = fresh
     if (server.host, server.port) != (old.server.host, old.server.port):
         log.warning(
             "[server] host/port changed to %s:%s; the gateway keeps listening on %s:%d "
