@@ -296,7 +296,7 @@ class Scheduler:
             raise SchedulerError(f"model {name!r} is no longer in the manifest", status=404)
         slot = _serving(slot)
         if not slot.ready:
-            _refuse_failed(slot)
+            _refuse_unavailable(slot)
             if self._pending >= self.config.max_queue:
                 raise SchedulerError(
                     f"server busy: {self._pending} requests are already waiting for models to load",
@@ -312,7 +312,7 @@ class Scheduler:
                     slot = _serving(current)
                     if slot.ready:
                         break
-                    _refuse_failed(slot)
+                    _refuse_unavailable(slot)
                     if slot.loading is None:
                         slot.loading = self._load_task(slot)
                     # shield: one waiter going away must not cancel the start the others wait on
@@ -685,7 +685,9 @@ def _serving(slot: Slot) -> Slot:
     return slot
 
 
-def _refuse_failed(slot: Slot) -> None:
+def _refuse_unavailable(slot: Slot) -> None:
+    """SchedulerError (503) when ``slot`` cannot be started now: its files are not in
+    the cache yet, or it has failed too often."""
     if slot.missing:
         raise SchedulerError(
             f"model {slot.name!r} is not downloaded yet",
