@@ -10,13 +10,15 @@ import sys
 # Registration order is the order --help lists the commands in.
 # isort: off
 from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
+from mlx_lama.cli import pull, stop, cp, rm
 
 # isort: on
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
-    "aliases", "app", "apply", "backends", "listing", "lock", "main", "plan", "serve", "validate",
+    "aliases", "app", "apply", "backends", "cp", "listing", "lock", "main", "plan", "pull", "rm",
+    "serve", "stop", "validate",
 ]  # fmt: skip
 
 

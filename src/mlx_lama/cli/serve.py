@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,12 +17,33 @@ from mlx_lama.cli._common import (
     debug_enabled,
     handles_errors,
 )
+from mlx_lama.errors import UsageError
 
 
 @app.command()
 @handles_errors
 def serve(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Serve this model always (pulling it first if needed) instead of running "
+            "the daemon.",
+            show_default=False,
+        ),
+    ] = None,
     file: ManifestFile = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", help="With MODEL: the port its server listens on.", min=1, max=65535
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend", help="With MODEL: the backend that serves it (mlx-lm, vllm-mlx, ...)."
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -38,7 +60,16 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run the daemon: the Ollama and OpenAI APIs on [server] host:port.
+    """Run the daemon: the Ollama and OpenAI APIs on [server] host:port. With MODEL,
+    serve that model always instead.
+
+    `mlx-lama serve MODEL` sets serve = "always" for MODEL in the manifest
+    (adding and pulling it when it is not there; --port and --backend set
+    those keys too) and starts its server, which keeps running after the
+    command ends; a running daemon for the manifest starts it instead.
+    `mlx-lama stop MODEL` undoes it.
+
+    Without MODEL:
 
     Applies the manifest first (stopping servers it no longer wants, starting
     the serve = "always" ones) and adopts servers already running. Models
@@ -54,11 +85,25 @@ def serve(
     10 s to finish) and its on-demand servers; "always" servers keep running
     unless --stop-all-on-exit.
     """
+    if model is not None:
+        if insecure or stop_all_on_exit:
+            raise UsageError(
+                "--insecure and --stop-all-on-exit are for the daemon, not for serve MODEL",
+                hint="run `mlx-lama serve` without a model for the daemon",
+            )
+        serve_model(model, file, port=port, backend=backend, timeout=timeout)
+        return
+    if port is not None or backend is not None:
+        raise UsageError(
+            "--port and --backend go with a MODEL",
+            hint="the daemon's address is [server] host and port, or MLX_LAMA_HOST",
+        )
     from mlx_lama.cli._progress import ApplyReporter
     from mlx_lama.cli._workspace import load_workspace, quiet_hub_logging
     from mlx_lama.gateway import server
     from mlx_lama.gateway.supervisor import probe_setting
     from mlx_lama.orchestrator.engines import require_engines
+    from mlx_lama.orchestrator.reconcile import reconcile
 
     _configure_logging()
     workspace = load_workspace(file)
@@ -69,7 +114,7 @@ def serve(
     try:
         quiet_hub_logging()
         with ApplyReporter() as reporter:
-            result = server.reconcile(
+            result = reconcile(
                 workspace.manifest_path,
                 cache_dir=workspace.cache_dir,
                 reporter=reporter,
@@ -89,6 +134,32 @@ def serve(
         server.run(gateway, listen, sock, stop_all_on_exit=stop_all_on_exit)
     finally:
         sock.close()
+
+
+def serve_model(
+    name: str, file: Path | None, *, port: int | None, backend: str | None, timeout: float
+) -> None:
+    """Set ``serve = "always"`` (and ``port``, ``backend``) for ``name``, pulling it into
+    the manifest first when it is not there, then start it (or let the daemon)."""
+    from mlx_lama.cli._handoff import settle
+    from mlx_lama.cli.pull import pull_models
+    from mlx_lama.orchestrator.entries import pull_source
+    from mlx_lama.schema import editor, find_manifest, load_manifest
+
+    path = find_manifest(file).path
+    source = pull_source(load_manifest(path), name)
+    if source.existing is None:
+        (key,) = pull_models(path, [name], serve=None)
+    else:
+        key = source.existing
+    fields: dict[str, object] = {"serve": "always"}
+    if port is not None:
+        fields["port"] = port
+    if backend is not None:
+        fields["backend"] = backend
+    editor.set_model_fields(path, key, fields)
+    settle(path, [key], timeout=timeout)
+    typer.echo(f"serving {key!r}", err=True)
 
 
 def _configure_logging() -> None:

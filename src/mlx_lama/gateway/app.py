@@ -314,6 +314,8 @@ async def _health(request: Request) -> Response:
     supervisor = gateway.supervisor
     if supervisor is not None:
         body["reloads"] = supervisor.reloads
+        if supervisor.applied is not None:  # the manifest in force, as sha256 of its bytes
+            body["manifest_sha256"] = supervisor.applied[0]
         if supervisor.problem is not None:
             body["manifest_error"] = supervisor.problem.message
             body["manifest_error_since"] = iso_time(supervisor.problem.since)

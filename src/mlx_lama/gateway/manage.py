@@ -31,6 +31,13 @@ from mlx_lama.errors import ManifestError, MlxLamaError
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import ApiError, read_json
 from mlx_lama.gateway.inference import NDJSON, gateway_of
+from mlx_lama.orchestrator.entries import (
+    PullSource,
+    free_files,
+    pull_source,
+    record_pull,
+    remove_entry,
+)
 from mlx_lama.schema.lockfile import LockedModel
 from mlx_lama.schema.names import check_model_name
 
@@ -59,14 +66,14 @@ async def pull(request: Request) -> Response:
     body = await read_json(request)
     name = _name(body)
     stream = body.get("stream", True) is not False
-    repo, revision, existing = _pull_source(gateway, name)
+    source = _pull_source(gateway, name)
     events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
     def emit(event: dict[str, Any] | None) -> None:
         loop.call_soon_threadsafe(events.put_nowait, event)
 
-    task = loop.create_task(_pull_work(gateway, name, repo, revision, existing, emit))
+    task = loop.create_task(_pull_work(gateway, source, emit))
 
     async def lines() -> AsyncIterator[bytes]:
         while True:
@@ -86,47 +93,31 @@ async def pull(request: Request) -> Response:
     return JSONResponse(last)
 
 
-def _pull_source(gateway: Gateway, name: str) -> tuple[str | None, str, str | None]:
-    """(repo, revision, manifest name if already there). repo None: nothing to download."""
-    existing = gateway.model_key(name)
-    if existing is not None:
-        entry = gateway.manifest.models[existing]
-        return entry.repo, entry.revision or "main", existing
+def _pull_source(gateway: Gateway, name: str) -> PullSource:
     try:
-        resolution = gateway.registry.resolve(name)
-    except Exception:
+        return pull_source(gateway.manifest, name)
+    except MlxLamaError:
         raise ApiError(404, "pull model manifest: file does not exist") from None
-    if resolution.model is not None:  # an alias of a manifest model
-        entry = gateway.manifest.models[resolution.model]
-        return entry.repo, entry.revision or "main", resolution.model
-    return resolution.target, "main", None
 
 
-async def _pull_work(
-    gateway: Gateway,
-    name: str,
-    repo: str | None,
-    revision: str,
-    existing: str | None,
-    emit: Any,
-) -> None:
+async def _pull_work(gateway: Gateway, source: PullSource, emit: Any) -> None:
     try:
         emit({"status": "pulling manifest"})
-        if repo is not None:
-            locked = await asyncio.to_thread(_resolve, repo, revision, existing or name)
+        if source.repo is not None:
+            locked = await asyncio.to_thread(_resolve, source.repo, source.revision, source.key)
             await asyncio.to_thread(_download, gateway, locked, emit)
             emit({"status": "verifying sha256 digest"})
             emit({"status": "writing manifest"})
-            await asyncio.to_thread(_record, gateway, name, existing, locked)
+            await asyncio.to_thread(record_pull, gateway.manifest_path, source, locked)
             await gateway.reload()
         emit({"status": "success"})
     except ManifestError as error:  # the user's file is broken: its path stays in our log
-        log.error("pull of %r could not edit the manifest: %s", name, error)
+        log.error("pull of %r could not edit the manifest: %s", source.name, error)
         emit({"error": "downloaded, but mlxlama.toml needs fixing first; see the gateway log"})
     except MlxLamaError as error:
         emit({"error": str(error)})
     except Exception:
-        log.exception("pull of %r failed", name)
+        log.exception("pull of %r failed", source.name)
         emit({"error": "internal error; see the gateway log"})
     finally:
         emit(None)
@@ -156,26 +147,6 @@ def _download(gateway: Gateway, locked: LockedModel, emit: Any) -> None:
     pull.pull_model(locked, cache_dir=gateway.cache_dir, progress=progress)
 
 
-def _record(gateway: Gateway, name: str, existing: str | None, locked: LockedModel) -> None:
-    """Add the model to the manifest (when new) and its commit to the lock."""
-    from mlx_lama.orchestrator.filelock import apply_lock
-    from mlx_lama.schema import editor
-    from mlx_lama.schema.lockfile import lock_path_for, lockable_names, read_lock, save_lock
-
-    with apply_lock():
-        if existing is None:
-            manifest = editor.add_model(gateway.manifest_path, name, {"repo": locked.repo})
-        else:
-            from mlx_lama.schema import load_manifest
-
-            manifest = load_manifest(gateway.manifest_path)
-        key = existing or name
-        lock_path = lock_path_for(gateway.manifest_path)
-        entry = LockedModel(key, locked.repo, locked.revision, locked.commit, locked.files)
-        lock = read_lock(lock_path).with_models([entry], keep=lockable_names(manifest))
-        save_lock(lock_path, lock)
-
-
 # -- delete
 
 
@@ -195,9 +166,11 @@ async def delete(request: Request) -> Response:
         raise ApiError(409, f"model '{name}' is answering requests; try again when it is done")
     # The reload inside _edit stops its server (it is gone from the manifest), so its
     # files can go after it.
-    repo = await _edit(gateway, lambda: _remove_model(gateway, model), f"delete {model!r}")
-    if repo is not None:
-        await asyncio.to_thread(_free_files, gateway, repo)
+    removed = await _edit(
+        gateway, lambda: remove_entry(gateway.manifest_path, model), f"delete {model!r}"
+    )
+    if removed.repo is not None:
+        await asyncio.to_thread(free_files, removed.repo, gateway.cache_dir)
     return Response(status_code=200)
 
 
@@ -222,34 +195,6 @@ def _remove_alias(gateway: Gateway, alias: str) -> None:
     from mlx_lama.schema import editor
 
     editor.remove_alias(gateway.manifest_path, alias)
-
-
-def _remove_model(gateway: Gateway, model: str) -> str | None:
-    """Remove ``model`` (and its aliases) from the manifest and the lock. Returns its
-    repo when mlx-lama pulled it and no other model still uses it: files to free."""
-    from mlx_lama.orchestrator import pulled
-    from mlx_lama.orchestrator.filelock import apply_lock
-    from mlx_lama.schema import editor
-    from mlx_lama.schema.lockfile import lock_path_for, lockable_names, read_lock, save_lock
-
-    repo = gateway.manifest.models[model].repo
-    with apply_lock():
-        manifest, _aliases = editor.remove_model(gateway.manifest_path, model)
-        lock_path = lock_path_for(gateway.manifest_path)
-        save_lock(lock_path, read_lock(lock_path).with_models((), keep=lockable_names(manifest)))
-    still_used = any(entry.repo == repo for entry in manifest.models.values())
-    if repo is None or still_used or repo not in pulled.read_pulled():
-        return None
-    return repo
-
-
-def _free_files(gateway: Gateway, repo: str) -> None:
-    from mlx_lama.orchestrator import cache, pulled
-    from mlx_lama.orchestrator.filelock import apply_lock
-
-    with apply_lock():
-        cache.remove_repo(repo, gateway.cache_dir)
-        pulled.forget_pulled(repo)
 
 
 # -- copy

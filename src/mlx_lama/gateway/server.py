@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,11 +33,6 @@ from mlx_lama.gateway.scheduler import DEFAULT_MAX_QUEUE, Scheduler, SchedulerCo
 from mlx_lama.gateway.security import SecurityPolicy
 from mlx_lama.netaddr import is_loopback_host, parse_listen_address
 from mlx_lama.orchestrator import process
-from mlx_lama.orchestrator.apply import ApplyContext, ApplyResult, Reporter, apply_plan
-from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.filelock import apply_lock
-from mlx_lama.orchestrator.observe import observe
-from mlx_lama.orchestrator.plan import ActionKind, Plan, PlanOptions, make_plan
 from mlx_lama.orchestrator.runrecords import inspect_record, read_records
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
@@ -99,45 +93,6 @@ def open_socket(listen: Listen) -> socket.socket:
         ) from None
     sock.set_inheritable(False)
     return sock
-
-
-def reconcile(
-    manifest_path: Path,
-    *,
-    cache_dir: Path,
-    reporter: Reporter | None = None,
-    on_plan: Callable[[Plan], None] | None = None,
-    ready_timeout: float = 300.0,
-    only: ActionKind | None = None,
-) -> ApplyResult | None:
-    """One apply of the manifest (no pruning of files), or of its ``only`` actions
-    (the daemon pulls this way; external servers are then not probed). None when
-    nothing needed doing."""
-    with apply_lock():
-        manifest = load_manifest(manifest_path)
-        lock = read_lock(lock_path_for(manifest_path))
-        wanted = desired(manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir)
-        externals = wanted.externals if only is None else ()
-        observed = observe(cache_dir=cache_dir, externals=externals)
-        for warning in observed.warnings:
-            log.warning("%s", warning)
-        plan = make_plan(wanted, observed, PlanOptions(prune=False))
-        if only is not None:
-            plan = Plan(plan.of(only))
-        if on_plan is not None:
-            on_plan(plan)
-        if plan.empty:
-            return None
-        context = ApplyContext(
-            manifest=manifest,
-            manifest_path=manifest_path,
-            lock=lock,
-            desired=wanted,
-            observed=observed,
-            cache_dir=cache_dir,
-            write_lock=True,
-        )
-        return apply_plan(plan, context, reporter=reporter, ready_timeout=ready_timeout)
 
 
 def prepare(

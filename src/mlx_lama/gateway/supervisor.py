@@ -11,9 +11,9 @@ lifespan). It
   deleted one, is logged with its ``file:line`` problems and ignored: the last
   good manifest stays in force (and ``/health`` shows the problem);
 - pulls models the manifest added that are not in the cache, in the
-  background, the way the apply at start does (:func:`server.reconcile`); the
-  lock file it writes is a change like any other, after which ``always``
-  servers for them start;
+  background, the way the apply at start does (``orchestrator.reconcile``);
+  the lock file it writes is a change like any other, after which
+  ``always`` servers for them start;
 - probes idle servers now and then with a one-token generation; one that
   does not answer is treated as crashed and restarted by the scheduler.
 
@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 
 from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError, UsageError
-from mlx_lama.gateway.server import reconcile
 from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.apply import Outcome
 from mlx_lama.orchestrator.plan import ActionKind, Plan
+from mlx_lama.orchestrator.reconcile import reconcile
 from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
@@ -101,6 +101,11 @@ class Supervisor:
                 await task
         # A pull runs on a worker thread that cannot be cancelled; it finishes
         # on its own (or dies with the process) and leaves no partial files.
+
+    @property
+    def applied(self) -> Fingerprint | None:
+        """The manifest and lock digests of the last reload (None before the first)."""
+        return self._applied
 
     def poke(self) -> None:
         """Reconcile now even if the files look unchanged (SIGHUP)."""

@@ -1,0 +1,149 @@
+"""What the model-management verbs do to the manifest, its lock and the cache.
+
+Shared by the CLI verbs (``pull``, ``rm``, ``run``) and the gateway's
+``/api/pull`` and ``/api/delete``, so both leave the same files behind:
+
+- :func:`pull_source` says which repo and revision a name means, and whether
+  the manifest has it already;
+- :func:`record_pull` writes a downloaded model into the manifest (when new)
+  and its commit into the lock;
+- :func:`remove_entry` takes a model (and the aliases that lead to it) out of
+  the manifest and the lock, and says whether its files may go;
+- :func:`free_files` deletes them.
+
+Manifest edits go through :mod:`mlx_lama.schema.editor` (comments kept,
+validated, atomic) under the apply lock. Nothing here starts or stops servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_lama.orchestrator.filelock import apply_lock
+from mlx_lama.registry import load_registry
+from mlx_lama.schema import editor, load_manifest
+from mlx_lama.schema.lockfile import (
+    LockedModel,
+    lock_path_for,
+    lockable_names,
+    read_lock,
+    save_lock,
+)
+from mlx_lama.schema.manifest import Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class PullSource:
+    """What pulling ``name`` means: download ``repo@revision`` (nothing when ``repo``
+    is None: a local folder or an external server), for manifest model ``existing``
+    or for a new entry called ``name``."""
+
+    name: str
+    repo: str | None
+    revision: str
+    existing: str | None
+
+    @property
+    def key(self) -> str:
+        """The manifest name the pull ends up under."""
+        return self.existing or self.name
+
+
+def pull_source(manifest: Manifest, name: str) -> PullSource:
+    """Resolve ``name`` as a manifest model, an alias (of the manifest, the user's
+    registry or the built-in table) or a repo id. Raises the registry's
+    :class:`~mlx_lama.registry.UnknownModelError` or
+    :class:`~mlx_lama.registry.InvalidModelNameError`."""
+    existing = editor.find_model_key(manifest, name)
+    if existing is None:
+        registry = load_registry(
+            manifest_aliases=manifest.aliases, manifest_models=manifest.models.keys()
+        )
+        resolution = registry.resolve(name)
+        if resolution.model is None:
+            return PullSource(name, resolution.target, "main", None)
+        existing = resolution.model  # an alias of a manifest model
+    entry = manifest.models[existing]
+    return PullSource(name, entry.repo, entry.revision or "main", existing)
+
+
+def record_pull(
+    manifest_path: Path,
+    source: PullSource,
+    locked: LockedModel | None,
+    *,
+    fields: Mapping[str, object] | None = None,
+) -> Manifest:
+    """After a download: add a new model with ``repo`` (then ``fields``, in order) to
+    the manifest, or set ``fields`` on the existing one, and write the commit to the
+    lock. One apply-lock hold, so concurrent pulls never lose each other's edits."""
+    with apply_lock():
+        if source.existing is None:
+            if locked is None:
+                raise ValueError("a new manifest model needs the repo it was pulled from")
+            manifest = editor.add_model(
+                manifest_path, source.name, {"repo": locked.repo, **(fields or {})}
+            )
+        elif fields:
+            manifest = editor.set_model_fields(manifest_path, source.existing, fields)
+        else:
+            manifest = load_manifest(manifest_path)
+        if locked is not None:
+            entry = LockedModel(
+                source.key, locked.repo, locked.revision, locked.commit, locked.files
+            )
+            lock_path = lock_path_for(manifest_path)
+            lock = read_lock(lock_path).with_models([entry], keep=lockable_names(manifest))
+            save_lock(lock_path, lock)
+    return manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """What :func:`remove_entry` did: the aliases that went with the model, and the
+    repo whose files may be deleted (None: none may; see :func:`remove_entry`)."""
+
+    model: str
+    aliases: tuple[str, ...]
+    repo: str | None
+    kept_because: str | None  # why the files stay, when the model had a repo
+
+
+def remove_entry(manifest_path: Path, model: str) -> Removed:
+    """Remove manifest model ``model`` and every alias leading to it from the manifest,
+    and its entry from the lock.
+
+    Its repo's files may then go when mlx-lama downloaded them (``pulled.json``)
+    and no model left in the manifest uses the same repo: files another tool put
+    in the Hugging Face cache are never deleted.
+    """
+    from mlx_lama.orchestrator import pulled
+
+    with apply_lock():
+        repo = load_manifest(manifest_path).models[model].repo
+        manifest, aliases = editor.remove_model(manifest_path, model)
+        lock_path = lock_path_for(manifest_path)
+        save_lock(lock_path, read_lock(lock_path).with_models((), keep=lockable_names(manifest)))
+    if repo is None:
+        return Removed(model, aliases, None, None)
+    users = sorted(name for name, entry in manifest.models.items() if entry.repo == repo)
+    if users:
+        return Removed(model, aliases, None, f"{', '.join(users)} still use {repo}")
+    if repo not in pulled.read_pulled():
+        return Removed(
+            model, aliases, None, f"mlx-lama did not download {repo}; another tool may use it"
+        )
+    return Removed(model, aliases, repo, None)
+
+
+def free_files(repo: str, cache_dir: Path) -> int:
+    """Delete ``repo`` from the cache and forget that mlx-lama pulled it. Returns
+    the bytes freed."""
+    from mlx_lama.orchestrator import cache, pulled
+
+    with apply_lock():
+        freed = cache.remove_repo(repo, cache_dir)
+        pulled.forget_pulled(repo)
+    return freed

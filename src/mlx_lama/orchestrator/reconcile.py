@@ -1,0 +1,70 @@
+"""One apply of a manifest file with no questions asked: the daemon's and the verbs'.
+
+``mlx-lama apply`` shows its plan and asks before it stops anything; the
+daemon (at start, and for the pulls the manifest adds) and the verbs that
+edit the manifest (``pull``, ``rm``, ``serve MODEL``, ``stop``, ...) have
+their go-ahead already, and apply only what concerns them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from mlx_lama.orchestrator.apply import ApplyContext, ApplyResult, Reporter, apply_plan
+from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.filelock import apply_lock
+from mlx_lama.orchestrator.observe import observe
+from mlx_lama.orchestrator.plan import Action, ActionKind, Plan, PlanOptions, make_plan
+from mlx_lama.schema import load_manifest
+from mlx_lama.schema.lockfile import lock_path_for, read_lock
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(
+    manifest_path: Path,
+    *,
+    cache_dir: Path,
+    reporter: Reporter | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    ready_timeout: float = 300.0,
+    only: ActionKind | None = None,
+    models: Collection[str] | None = None,
+) -> ApplyResult | None:
+    """One apply of the manifest (no pruning of files), or of its ``only`` actions
+    (the daemon pulls this way; external servers are then not probed), or of the
+    actions for manifest models ``models`` (and servers of those names: a removed
+    model's). None when nothing needed doing."""
+    with apply_lock():
+        manifest = load_manifest(manifest_path)
+        lock = read_lock(lock_path_for(manifest_path))
+        wanted = desired(manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir)
+        externals = wanted.externals if only is None and models is None else ()
+        observed = observe(cache_dir=cache_dir, externals=externals)
+        for warning in observed.warnings:
+            log.warning("%s", warning)
+        plan = make_plan(wanted, observed, PlanOptions(prune=False))
+        if only is not None:
+            plan = Plan(plan.of(only))
+        if models is not None:
+            plan = Plan(tuple(a for a in plan.actions if _concerns(a, models)))
+        if on_plan is not None:
+            on_plan(plan)
+        if plan.empty:
+            return None
+        context = ApplyContext(
+            manifest=manifest,
+            manifest_path=manifest_path,
+            lock=lock,
+            desired=wanted,
+            observed=observed,
+            cache_dir=cache_dir,
+            write_lock=True,
+        )
+        return apply_plan(plan, context, reporter=reporter, ready_timeout=ready_timeout)
+
+
+def _concerns(action: Action, models: Collection[str]) -> bool:
+    return action.model in models or action.server in models
