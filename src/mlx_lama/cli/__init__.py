@@ -11,14 +11,15 @@ import sys
 # isort: off
 from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
 from mlx_lama.cli import pull, stop, cp, rm
+from mlx_lama.cli import create, show
 
 # isort: on
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
-    "aliases", "app", "apply", "backends", "cp", "listing", "lock", "main", "plan", "pull", "rm",
-    "serve", "stop", "validate",
+    "aliases", "app", "apply", "backends", "cp", "create", "listing", "lock", "main", "plan",
+    "pull", "rm", "serve", "show", "stop", "validate",
 ]  # fmt: skip
 
 

@@ -13,8 +13,10 @@ from mlx_lama.cli._common import ManifestFile, handles_errors
 @app.command()
 @handles_errors
 def cp(
-    source: Annotated[str, typer.Argument(help="A model or alias of the manifest.")],
-    destination: Annotated[str, typer.Argument(help="The new name.")],
+    source: Annotated[
+        str, typer.Argument(help="A model or alias of the manifest.", metavar="SOURCE")
+    ],
+    destination: Annotated[str, typer.Argument(help="The new name.", metavar="DESTINATION")],
     file: ManifestFile = None,
 ) -> None:
     """Give a model another name: adds DESTINATION = SOURCE under [aliases].

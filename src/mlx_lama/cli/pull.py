@@ -35,7 +35,11 @@ PARALLEL_PULLS = 4
 def pull(
     models: Annotated[
         list[str],
-        typer.Argument(help="Models to pull: names, aliases or repo ids.", show_default=False),
+        typer.Argument(
+            help="Models to pull: names, aliases or repo ids.",
+            metavar="MODEL...",
+            show_default=False,
+        ),
     ],
     file: ManifestFile = None,
 ) -> None:

@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 @handles_errors
 def rm(
     models: Annotated[
-        list[str], typer.Argument(help="Models (or aliases) to remove.", show_default=False)
+        list[str],
+        typer.Argument(
+            help="Models (or aliases) to remove.", metavar="MODEL...", show_default=False
+        ),
     ],
     file: ManifestFile = None,
 ) -> None:

@@ -28,6 +28,7 @@ def serve(
         typer.Argument(
             help="Serve this model always (pulling it first if needed) instead of running "
             "the daemon.",
+            metavar="MODEL",
             show_default=False,
         ),
     ] = None,

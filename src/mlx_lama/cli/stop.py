@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 @app.command()
 @handles_errors
 def stop(
-    model: Annotated[str, typer.Argument(help="A model or alias of the manifest.")],
+    model: Annotated[
+        str, typer.Argument(help="A model or alias of the manifest.", metavar="MODEL")
+    ],
     file: ManifestFile = None,
 ) -> None:
     """Stop a model's server.

@@ -11,19 +11,17 @@ never starts processes directly: that is the scheduler's job.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from mlx_lama.gateway.facts import model_folder, read_facts
 from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
-from mlx_lama.orchestrator.cache import bytes_in
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folder
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
@@ -236,36 +234,11 @@ class Gateway:
 
     def model_folder(self, name: str) -> Path | None:
         spec = next((m for m in self.desired.models if m.name == name), None)
-        if spec is None:
-            return None
-        if spec.path is not None:
-            return spec.path
-        if spec.repo is None or spec.commit is None:
-            return None
-        folder = snapshot_folder(self.cache_dir, spec.repo, spec.commit)
-        return folder if folder.is_dir() else None
+        return None if spec is None else model_folder(spec, self.cache_dir)
 
     def facts(self, name: str) -> ModelFacts:
         """Size, time and config of ``name``'s files (empty ones when not on disk)."""
-        folder = self.model_folder(name)
-        locked = self.lock.get(name)
-        commit = locked.commit if locked else None
-        if folder is None:
-            return ModelFacts(size=0, modified=0.0, commit=commit, config={}, tokenizer_config={})
-        size = locked.size if locked and locked.size else bytes_in(folder, follow_links=True)
-        try:
-            modified = folder.stat().st_mtime
-        except OSError:
-            modified = 0.0
-        return ModelFacts(
-            size=size,
-            modified=modified,
-            commit=commit,
-            config=_read_json(folder / "config.json", _mtime(folder / "config.json")),
-            tokenizer_config=_read_json(
-                folder / "tokenizer_config.json", _mtime(folder / "tokenizer_config.json")
-            ),
-        )
+        return read_facts(self.model_folder(name), self.lock.get(name))
 
     def embeddings_capable(self, route: Route) -> bool:
         if route.kind == "external":
@@ -283,21 +256,3 @@ class Gateway:
 
 def _not_found(name: str) -> str:
     return f"model '{name}' not found"
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-@lru_cache(maxsize=256)
-def _read_json(path: Path, mtime: float) -> dict[str, Any]:
-    """A JSON file as a dict ({} when missing or not JSON); cached by path and mtime."""
-    del mtime  # part of the cache key only
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

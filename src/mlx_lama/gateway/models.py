@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlx_lama.schema.manifest import ModelEntry
-from mlx_lama.schema.modelfile import parameter_lines, render_modelfile
+from mlx_lama.schema.modelfile import ModelfileRenderError, parameter_lines, render_modelfile
 
 JsonObject = dict[str, Any]
 
@@ -149,9 +149,13 @@ def show_response(
 ) -> JsonObject:
     """The ``/api/show`` body; ``model_info`` is always present, as in Ollama."""
     template = facts.tokenizer_config.get("chat_template")
+    try:
+        modelfile = render_modelfile(name, entry, system=system)
+    except ModelfileRenderError as error:  # the rest of the answer is still worth having
+        modelfile = f"# {error}\n"
     return {
-        "license": "",
-        "modelfile": render_modelfile(name, entry, system=system),
+        "license": "\n".join(entry.license),
+        "modelfile": modelfile,
         "parameters": "\n".join(parameter_lines(entry)),
         "template": entry.template or (template if isinstance(template, str) else ""),
         "system": system if system is not None else entry.system or "",

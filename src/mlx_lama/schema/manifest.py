@@ -122,6 +122,7 @@ class ModelEntry:
     system: str | None = None
     template: str | None = None
     adapter: str | None = None
+    license: list[str] = field(default_factory=list)  # Modelfile LICENSE texts
     messages: list[Message] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -132,6 +133,7 @@ class ModelEntry:
         values = dict(data)
         values["keep_alive"] = _duration(values.get("keep_alive"))
         values["messages"] = [Message(**m) for m in values.get("messages", [])]
+        values["license"] = list(values.get("license", []))
         values["parameters"] = Parameters.from_data(values.get("parameters"))
         return cls(**values)
 

@@ -27,7 +27,7 @@ ServerUrl = Annotated[str, AfterValidator(server_url)]
 
 
 def _one_or_many(value: object) -> object:
-    # Modelfiles repeat `PARAMETER stop`; in TOML a single string is the common slip.
+    # Modelfiles repeat `PARAMETER stop` and LICENSE; in TOML one string is the common slip.
     return [value] if isinstance(value, str) else value
 
 
@@ -107,6 +107,7 @@ class ModelEntry(_Table):
     system: str | None = None
     template: str | None = None
     adapter: str | None = None
+    license: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(default_factory=list)
     messages: list[Message] = Field(default_factory=list)
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)

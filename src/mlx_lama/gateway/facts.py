@@ -1,0 +1,66 @@
+"""Where a manifest model's files are, and what they say: :class:`ModelFacts`.
+
+The gateway (``/api/tags``, ``/api/show``, ``/api/ps``) and ``mlx-lama show``
+both read a model's facts through here, so they find the same folder: a
+``path`` model's own folder, or the cache snapshot of the commit the lock pins
+(none until the model is locked and pulled). Reads the disk; never writes,
+never downloads.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from mlx_lama.gateway.models import ModelFacts
+from mlx_lama.orchestrator.cache import bytes_in
+from mlx_lama.orchestrator.state import ModelSpec, snapshot_folder
+from mlx_lama.schema.lockfile import LockedModel
+
+
+def model_folder(spec: ModelSpec, cache_dir: Path) -> Path | None:
+    """The folder holding ``spec``'s files: its ``path``, or its locked snapshot when
+    that is in the cache. None for a model not resolved or not downloaded."""
+    if spec.path is not None:
+        return spec.path
+    if spec.repo is None or spec.commit is None:
+        return None
+    folder = snapshot_folder(cache_dir, spec.repo, spec.commit)
+    return folder if folder.is_dir() else None
+
+
+def read_facts(folder: Path | None, locked: LockedModel | None) -> ModelFacts:
+    """Size, time and config of the files in ``folder`` (empty facts without one)."""
+    commit = locked.commit if locked else None
+    if folder is None:
+        return ModelFacts(size=0, modified=0.0, commit=commit, config={}, tokenizer_config={})
+    size = locked.size if locked and locked.size else bytes_in(folder, follow_links=True)
+    return ModelFacts(
+        size=size,
+        modified=_mtime(folder),
+        commit=commit,
+        config=_read_json(folder / "config.json", _mtime(folder / "config.json")),
+        tokenizer_config=_read_json(
+            folder / "tokenizer_config.json", _mtime(folder / "tokenizer_config.json")
+        ),
+    )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@lru_cache(maxsize=256)
+def _read_json(path: Path, mtime: float) -> dict[str, Any]:
+    """A JSON file as a dict ({} when missing or not JSON); cached by path and mtime."""
+    del mtime  # part of the cache key only
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
