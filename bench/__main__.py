@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from bench import gateway, reconcile, reload_latency
+from bench import gateway, reconcile, reload_latency, run_cli
 
-SUITES = {"reconcile": reconcile.main, "gateway": gateway.main, "reload": reload_latency.main}
+SUITES = {
+    "reconcile": reconcile.main,
+    "gateway": gateway.main,
+    "reload": reload_latency.main,
+    "run": run_cli.main,
+}
 
 
 def main() -> None:

@@ -5,7 +5,12 @@ environment of a model server, then spawns it. Kept deliberately small: a dict
 from engine name to a builder function. The full ``Backend`` interface (with
 ``detect()`` and ``capabilities()``) is a later issue and will grow out of this.
 
-Pure: no I/O, no logging. Nothing here starts, probes or inspects a process.
+``mlx-lama run`` without a daemon generates in its own process through
+:meth:`Backend.load_session`: the model is loaded once, and the returned
+:class:`InProcessModel` answers every turn of a chat.
+
+Pure: no I/O, no logging. Nothing here starts, probes or inspects a process
+(the engines' own modules load models, lazily, in ``load_session``).
 """
 
 from __future__ import annotations
@@ -219,6 +224,72 @@ class GenerationChunk:
     stats: GenerationStats | None = None
 
 
+class InProcessModel(ABC):
+    """A model loaded into this process, answering one request at a time.
+
+    Made by :meth:`Backend.load_session`; ``run`` keeps one for a whole chat so
+    the weights are loaded once. ``load_seconds`` is what loading took.
+    """
+
+    load_seconds: float = 0.0
+
+    @abstractmethod
+    def generate(
+        self,
+        *,
+        messages: Sequence[Mapping[str, str]] | None = None,
+        prompt: str | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """Stream one answer. ``messages`` go through the model's chat template;
+        ``prompt`` is used as it is. Parameters use the manifest's names."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
+        """Let go of the model (its memory is freed once nothing else holds it)."""
+
+
+class StopScanner:
+    """Cuts streamed text at the first of ``stops`` (Ollama's ``stop`` parameter).
+
+    Text that could be the start of a stop string is held back until the next
+    piece shows whether it is. Pure: no I/O.
+    """
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """The part of ``held + text`` that is safe to show now."""
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return text
+        buffer = self._held + text
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._held = ""
+            return buffer[: min(hits)]
+        keep = max(_overlap(buffer, s) for s in self._stops)
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """What is still held back once the text has ended."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The length of the longest end of ``text`` that begins ``stop``."""
+    for size in range(min(len(text), len(stop) - 1), 0, -1):
+        if stop.startswith(text[-size:]):
+            return size
+    return 0
+
+
 class Backend(ABC):
     """One engine. Subclasses set the class attributes and register themselves."""
 
@@ -242,6 +313,14 @@ class Backend(ABC):
     def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
         """The command that serves ``server`` on ``port``. Pure."""
 
+    def load_session(
+        self, model_path: Path, adapter: Path | None = None, *, template: str | None = None
+    ) -> InProcessModel:
+        """Load ``model_path`` (with a LoRA ``adapter`` and a chat ``template`` when
+        given) into this process, for ``run`` without a daemon. Engines that cannot
+        raise :class:`InProcessUnsupportedError`."""
+        raise InProcessUnsupportedError(self.name)
+
     def generate(
         self,
         model_path: Path,
@@ -251,11 +330,12 @@ class Backend(ABC):
         parameters: Mapping[str, ParameterValue] | None = None,
         adapter: Path | None = None,
     ) -> Iterator[GenerationChunk]:
-        """Generate in this process (for ``run`` without a daemon)."""
-        raise MlxLamaError(
-            f"the {self.name} backend cannot generate in-process",
-            hint='serve the model (`serve = "always"`) and send it requests',
-        )
+        """Load the model and stream one answer (see :meth:`load_session`)."""
+        session = self.load_session(model_path, adapter)
+        try:
+            yield from session.generate(messages=messages, prompt=prompt, parameters=parameters)
+        finally:
+            session.close()
 
     def package_present(self) -> bool:
         """Every Python package this engine needs is importable here (no import)."""
@@ -312,6 +392,16 @@ class Backend(ABC):
         if binary is not None:
             return (binary, *self.binary_command, *args)
         raise BackendMissingError(self.name, [server.name])
+
+
+class InProcessUnsupportedError(MlxLamaError):
+    """The engine can only answer from a server it runs, not inside this process."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(
+            f"the {backend} backend cannot generate in-process",
+            hint="start `mlx-lama serve` and run the command again: it sends the request there",
+        )
 
 
 class BackendMissingError(LaunchError):

@@ -2,7 +2,8 @@
 
 Called through :func:`mlx_lama.backends.base.launch_spec`. Builds argv and env
 only: starting, probing and stopping live in ``orchestrator/process.py``.
-Pure: no I/O, no logging.
+Pure (no I/O, no logging) but for :class:`MlxLmModel`, the in-process engine
+``run`` uses without a daemon, which imports mlx_lm only when it loads a model.
 
 Engine facts (mlx-lm 0.31): ``python -m mlx_lm server`` (``-m mlx_lm.server``
 is deprecated); ``/health`` answers before the model is loaded, and a model
@@ -24,8 +25,10 @@ from mlx_lama.backends.base import (
     Capabilities,
     GenerationChunk,
     GenerationStats,
+    InProcessModel,
     LaunchSpec,
     ParameterValue,
+    StopScanner,
     absolute,
     check_passthrough,
     merged_env,
@@ -33,6 +36,7 @@ from mlx_lama.backends.base import (
     register_backend,
     required_model_path,
 )
+from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
     from mlx_lama.orchestrator.state import ServerSpec
@@ -63,6 +67,10 @@ FATAL_LOG_MARKERS: tuple[str, ...] = ("Traceback (most recent call last)",)
 DEFAULT_MAX_TOKENS = 512  # in-process generation without num_predict
 
 READY_TIMEOUT = 300.0  # a multi-GB model loads in well under this on Apple silicon
+
+
+class ModelLoadError(MlxLamaError):
+    """mlx-lm could not load a model folder into this process."""
 
 
 @register_backend
@@ -113,55 +121,97 @@ class MlxLmBackend(Backend):
             fatal_log_markers=FATAL_LOG_MARKERS,
         )
 
+    def load_session(
+        self, model_path: Path, adapter: Path | None = None, *, template: str | None = None
+    ) -> InProcessModel:
+        """Load the model once with ``mlx_lm.load``; each turn then runs
+        ``stream_generate`` on it. ``template`` replaces the tokenizer's chat
+        template, as ``--chat-template`` does for the server."""
+        return MlxLmModel(model_path, adapter, template=template)
+
+
+class MlxLmModel(InProcessModel):
+    """A model loaded with ``mlx_lm.load``, generating with ``stream_generate``."""
+
+    def __init__(
+        self, model_path: Path, adapter: Path | None = None, *, template: str | None = None
+    ) -> None:
+        import time
+
+        started = time.perf_counter()  # importing mlx_lm (transformers) is part of loading
+        from mlx_lm import load
+
+        config = {"chat_template": template} if template is not None else None
+        try:
+            self._model, self._tokenizer = load(
+                str(absolute(model_path)),
+                tokenizer_config=config,
+                adapter_path=str(absolute(adapter)) if adapter else None,
+            )[:2]
+        except Exception as error:  # a folder that is not an MLX model: any error is possible
+            raise ModelLoadError(
+                f"mlx-lm cannot load {model_path}: {type(error).__name__}: {error}",
+                hint="is it an MLX model folder (config.json, *.safetensors, tokenizer)?",
+            ) from error
+        self.load_seconds = time.perf_counter() - started
+
     def generate(
         self,
-        model_path: Path,
         *,
         messages: Sequence[Mapping[str, str]] | None = None,
         prompt: str | None = None,
         parameters: Mapping[str, ParameterValue] | None = None,
-        adapter: Path | None = None,
     ) -> Iterator[GenerationChunk]:
-        """Stream text from ``model_path`` in this process with mlx_lm's ``stream_generate``.
+        """Stream text in this process with mlx_lm's ``stream_generate``.
 
-        ``messages`` go through the model's chat template; ``prompt`` is used as
-        it is. Sampling follows the manifest's parameter names; ``num_predict``
-        caps the tokens (default :data:`DEFAULT_MAX_TOKENS`).
+        Sampling follows the manifest's parameter names; ``num_predict`` caps
+        the tokens (default :data:`DEFAULT_MAX_TOKENS`), ``stop`` strings end the
+        answer (and are not shown), ``seed`` makes sampling repeatable.
         """
-        from mlx_lm import load, stream_generate
+        import mlx.core as mx
+        from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         params = dict(parameters or {})
-        model, tokenizer = load(
-            str(absolute(model_path)), adapter_path=str(adapter) if adapter else None
-        )[:2]
         if messages is not None:
-            text = tokenizer.apply_chat_template(  # type: ignore[no-untyped-call]
+            text = self._tokenizer.apply_chat_template(  # type: ignore[no-untyped-call]
                 list(messages), add_generation_prompt=True, tokenize=False
             )
         else:
             text = prompt or ""
         limit = params.get("num_predict")
         max_tokens = limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
+        seed = params.get("seed")
+        if isinstance(seed, int):
+            mx.random.seed(seed)
         sampler = make_sampler(
             temp=_number(params.get("temperature"), 0.0),
             top_p=_number(params.get("top_p"), 0.0),
             min_p=_number(params.get("min_p"), 0.0),
             top_k=int(_number(params.get("top_k"), 0)),
         )
+        window = params.get("repeat_last_n")
         processors = make_logits_processors(
             repetition_penalty=_optional(params.get("repeat_penalty")),
+            repetition_context_size=window if isinstance(window, int) and window > 0 else 20,
             presence_penalty=_optional(params.get("presence_penalty")),
             frequency_penalty=_optional(params.get("frequency_penalty")),
         )
+        stops = StopScanner(_stop_strings(params.get("stop")))
         last = None
         for response in stream_generate(
-            model, tokenizer, text, max_tokens=max_tokens, sampler=sampler,
+            self._model, self._tokenizer, text, max_tokens=max_tokens, sampler=sampler,
             logits_processors=processors,
         ):  # fmt: skip
             last = response
-            if response.text:
-                yield GenerationChunk(text=response.text)
+            shown = stops.feed(response.text)
+            if shown:
+                yield GenerationChunk(text=shown)
+            if stops.stopped:
+                break
+        rest = stops.flush()
+        if rest:
+            yield GenerationChunk(text=rest)
         if last is None:
             return
         yield GenerationChunk(
@@ -173,9 +223,23 @@ class MlxLmBackend(Backend):
                 tokens_per_second=last.generation_tps,
                 prompt_tokens_per_second=last.prompt_tps,
                 peak_memory=int(last.peak_memory * 1e9),
-                finish_reason=last.finish_reason,
+                finish_reason="stop" if stops.stopped else last.finish_reason,
             ),
         )
+
+    def close(self) -> None:
+        import mlx.core as mx
+
+        del self._model, self._tokenizer
+        mx.clear_cache()
+
+
+def _stop_strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
 
 
 def _number(value: object, default: float) -> float:

@@ -12,6 +12,7 @@ import sys
 from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
 from mlx_lama.cli import pull, stop, cp, rm
 from mlx_lama.cli import create, show
+from mlx_lama.cli import run
 
 # isort: on
 from mlx_lama.cli._app import app
@@ -19,7 +20,7 @@ from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
     "aliases", "app", "apply", "backends", "cp", "create", "listing", "lock", "main", "plan",
-    "pull", "rm", "serve", "show", "stop", "validate",
+    "pull", "rm", "run", "serve", "show", "stop", "validate",
 ]  # fmt: skip
 
 
