@@ -2,7 +2,8 @@
 
 ``create_app(gateway, policy)`` builds the ASGI app ``mlx-lama serve`` runs:
 the Ollama API, the OpenAI API, ``/health`` and ``/metrics``, wrapped in the
-security middleware. One ``httpx.AsyncClient`` to the model servers is made
+security middleware, with the token-streaming routes answered in front of
+Starlette by ``hotpath.HotPath``. One ``httpx.AsyncClient`` to the model servers is made
 in the lifespan and closed there, where the scheduler's background expiry
 also starts and stops. Errors are always JSON in the caller's API family with
 a real status code, never a traceback or a path.
@@ -30,7 +31,8 @@ from starlette.routing import Route
 from mlx_lama import __version__
 from mlx_lama.gateway import inference, manage
 from mlx_lama.gateway.core import Gateway
-from mlx_lama.gateway.http import ApiError, error_response, read_json
+from mlx_lama.gateway.hotpath import HotPath
+from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, read_json
 from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
 from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
@@ -84,7 +86,7 @@ def create_app(
         },
     )
     app.state.gateway = gateway
-    guarded = SecurityMiddleware(app, policy)
+    guarded = SecurityMiddleware(HotPath(app, gateway), policy)
     gateway.on_reload.append(lambda old, new: _renew_policy(guarded, old, new))
     return guarded
 
@@ -177,7 +179,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s", request.url.path, exc_info=exc)
-    return error_response(request.url.path, ApiError(500, "internal error; see the gateway log"))
+    return error_response(request.url.path, ApiError(500, INTERNAL_ERROR))
 
 
 def _unsupported(verb: str) -> Any:

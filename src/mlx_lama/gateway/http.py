@@ -25,6 +25,7 @@ MAX_TOKENS_CAP = 1_000_000
 MAX_STOP_SEQUENCES = 64
 MAX_STOP_LENGTH = 4096
 _INT64 = 2**63
+INTERNAL_ERROR = "internal error; see the gateway log"  # the answer to an unexpected exception
 
 
 class ApiError(Exception):
@@ -50,7 +51,11 @@ def _no_constants(name: str) -> float:
 
 async def read_json(request: Request) -> JsonObject:
     """The body as a JSON object; 400 for an empty body, bad JSON or a non-object."""
-    raw = await request.body()
+    return parse_json(await request.body())
+
+
+def parse_json(raw: bytes) -> JsonObject:
+    """``raw`` as a JSON object; 400 when it is empty, bad JSON or not an object. Pure."""
     if not raw.strip():
         raise ApiError(400, "missing request body")
     try:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive
 
 from mlx_lama.gateway import ollama
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
@@ -48,6 +49,33 @@ SSE = "text/event-stream"
 def gateway_of(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+@dataclass(slots=True)
+class Call:
+    """One request to a model route, however it arrived (a Starlette route, or the
+    hot path that skips Starlette, see ``hotpath.py``): its body already read."""
+
+    gateway: Gateway
+    path: str
+    body: JsonObject
+    receive: Receive  # the client's next ASGI message is its disconnect
+    started: float  # monotonic time the request arrived
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """``handler`` as a Starlette endpoint."""
+
+    async def route(request: Request) -> Response:
+        started = time.monotonic()
+        gateway = gateway_of(request)
+        body = await read_json(request)
+        return await handler(Call(gateway, request.url.path, body, request.receive, started))
+
+    return route
 
 
 def resolve(gateway: Gateway, name: object) -> Route:
@@ -163,18 +191,16 @@ def _now() -> datetime:
 # -- Ollama /api/chat and /api/generate
 
 
-async def ollama_chat(request: Request) -> Response:
-    return await _ollama_run(request, "chat")
+async def chat(call: Call) -> Response:
+    return await _ollama_run(call, "chat")
 
 
-async def ollama_generate(request: Request) -> Response:
-    return await _ollama_run(request, "generate")
+async def generate(call: Call) -> Response:
+    return await _ollama_run(call, "generate")
 
 
-async def _ollama_run(request: Request, kind: str) -> Response:
-    started = time.monotonic()
-    gateway = gateway_of(request)
-    body = await read_json(request)
+async def _ollama_run(call: Call, kind: str) -> Response:
+    gateway, body, started = call.gateway, call.body, call.started
     route = resolve(gateway, body.get("model"))
     name = str(body["model"])
     try:
@@ -192,20 +218,17 @@ async def _ollama_run(request: Request, kind: str) -> Response:
         raise ApiError(400, str(error)) from None
     if empty:
         return await _load_only(gateway, route, name, kind, keep_alive, started)
-    return await _ollama_answer(
-        request, gateway, (route, name, kind), path, openai, keep_alive, started
-    )
+    return await _ollama_answer(call, (route, name, kind), path, openai, keep_alive)
 
 
 async def _ollama_answer(
-    request: Request,
-    gateway: Gateway,
+    call: Call,
     what: tuple[Route, str, str],  # the route, the name the client used, "chat" or "generate"
     path: str,
     openai: JsonObject,
     keep_alive: Duration | None,
-    started: float,
 ) -> Response:
+    gateway, started = call.gateway, call.started
     route, name, kind = what
     check_sampling(openai)
     stream = openai["stream"]
@@ -247,7 +270,7 @@ async def _ollama_answer(
         return ollama.merge_stream(parts, kind)
 
     try:
-        merged = await _guarded(request, collect)
+        merged = await _guarded(call.receive, collect)
     finally:
         await upstream.aclose()
         target.release()
@@ -259,11 +282,11 @@ async def _ollama_answer(
 
 
 async def _guarded(
-    request: Request, work: Callable[[], Awaitable[JsonObject]]
+    receive: Receive, work: Callable[[], Awaitable[JsonObject]]
 ) -> JsonObject | None:
     """``work`` cancelled if the client leaves; upstream failures become 502."""
     try:
-        return await until_disconnect(request, work)
+        return await until_disconnect(receive, work)
     except (UpstreamError, httpx.HTTPError) as error:
         raise ApiError(502, describe(error)) from None
 
@@ -314,18 +337,16 @@ async def _load_only(
 # -- Ollama /api/embed and /api/embeddings
 
 
-async def ollama_embed(request: Request) -> Response:
-    return await _ollama_embed(request, legacy=False)
+async def embed(call: Call) -> Response:
+    return await _ollama_embed(call, legacy=False)
 
 
-async def ollama_embeddings(request: Request) -> Response:
-    return await _ollama_embed(request, legacy=True)
+async def embeddings(call: Call) -> Response:
+    return await _ollama_embed(call, legacy=True)
 
 
-async def _ollama_embed(request: Request, *, legacy: bool) -> Response:
-    started = time.monotonic()
-    gateway = gateway_of(request)
-    body = await read_json(request)
+async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
+    gateway, body, started = call.gateway, call.body, call.started
     route = resolve(gateway, body.get("model"))
     name = str(body["model"])
     if not gateway.embeddings_capable(route):
@@ -346,12 +367,12 @@ async def _ollama_embed(request: Request, *, legacy: bool) -> Response:
     if body.get("dimensions") is not None:
         upstream_body["dimensions"] = body["dimensions"]
     target, data = await _whole_answer(
-        request, gateway, route, ("/v1/embeddings", upstream_body), keep_alive
+        call.receive, gateway, route, ("/v1/embeddings", upstream_body), keep_alive
     )
     if data is None:
         return Response(status_code=499)
     vectors = [item.get("embedding") for item in sorted(data.get("data") or [], key=_index)]
-    gateway.metrics.request(route.name, request.url.path, 200, time.monotonic() - started)
+    gateway.metrics.request(route.name, call.path, 200, time.monotonic() - started)
     if legacy:
         return JSONResponse({"embedding": vectors[0] if vectors else []})
     usage = data.get("usage") or {}
@@ -367,7 +388,7 @@ async def _ollama_embed(request: Request, *, legacy: bool) -> Response:
 
 
 async def _whole_answer(
-    request: Request,
+    receive: Receive,
     gateway: Gateway,
     route: Route,
     call: tuple[str, JsonObject],  # path and body
@@ -378,7 +399,7 @@ async def _whole_answer(
     path, body = call
     target, upstream = await post(gateway, route, path, body, keep_alive)
     try:
-        return target, await _guarded(request, lambda: _json_of(upstream))
+        return target, await _guarded(receive, lambda: _json_of(upstream))
     finally:
         await upstream.aclose()
         target.release()
@@ -401,11 +422,8 @@ async def _json_of(response: httpx.Response) -> JsonObject:
 # -- OpenAI /v1/chat/completions, /v1/completions, /v1/embeddings
 
 
-async def openai_proxy(request: Request) -> Response:
-    started = time.monotonic()
-    gateway = gateway_of(request)
-    path = request.url.path
-    body = await read_json(request)
+async def openai(call: Call) -> Response:
+    gateway, path, body, started = call.gateway, call.path, call.body, call.started
     route = resolve(gateway, body.get("model"))
     name = str(body["model"])
     if path == "/v1/embeddings" and not gateway.embeddings_capable(route):
@@ -413,7 +431,7 @@ async def openai_proxy(request: Request) -> Response:
     check_sampling(body)
     if body.get("stream") is True:
         return await _openai_stream(gateway, route, name, path, body, started)
-    _target, data = await _whole_answer(request, gateway, route, (path, body), None)
+    _target, data = await _whole_answer(call.receive, gateway, route, (path, body), None)
     if data is None:
         return Response(status_code=499)
     if "model" in data:
@@ -466,3 +484,20 @@ def _count_usage(gateway: Gateway, model: str, event: JsonObject) -> None:
         gateway.metrics.tokens(
             model, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         )
+
+
+# -- the routes
+
+ollama_chat = endpoint(chat)
+ollama_generate = endpoint(generate)
+ollama_embed = endpoint(embed)
+ollama_embeddings = endpoint(embeddings)
+openai_proxy = endpoint(openai)
+
+# The token-streaming routes (POST), which ``hotpath.HotPath`` serves without Starlette.
+STREAMING: dict[str, Handler] = {
+    "/api/chat": chat,
+    "/api/generate": generate,
+    "/v1/chat/completions": openai,
+    "/v1/completions": openai,
+}

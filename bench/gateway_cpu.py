@@ -1,0 +1,284 @@
+"""CPU per streamed request in the gateway, against the bare relay's.
+
+Usage: ``uv run --all-extras python -m bench.gateway_cpu [--fake] [ROUNDS] [REPEATS]``.
+
+Why CPU and not time: at 8 concurrent streams ``mlx_lm.server`` admits the
+batch once the last request has arrived, and the gateway handles the 8
+requests one after another on one event loop, so the time-to-first-token it
+adds is about 8 times its CPU per request. CPU seconds of one process are
+also robust against whatever else runs on a small machine, which wall-clock
+figures are not.
+
+How: the same setup as ``bench.gateway`` (the tiny model as a ``serve =
+"always"`` model of ``mlx-lama serve`` in a temporary home, and
+``bench.relay`` in front of its backend). A raw asyncio client sends batches
+of 8 concurrent one-token streams (``Connection: close``, the whole answer
+read); per repeat and path, ROUNDS batches are sent and the CPU seconds of
+the process in between (gateway or relay, from psutil) are divided by the
+requests. Paths are interleaved repeat by repeat. Prints the median and range
+over the repeats, in microseconds per request. Nothing is written to
+docs/benchmarks.md; nothing is left running.
+
+``--fake`` serves the model from a canned one-token answer instead (an
+``external`` model pointing at a stub in this process): no scheduler lease, but
+a hundred times faster than waiting for ``mlx_lm.server``'s admission slices,
+for quick comparisons while changing the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.gateway import (
+    MODEL,
+    build,
+    cpu_seconds,
+    isolated_env,
+    start_gateway,
+    start_relay,
+    stop_process,
+    tail,
+    tear_down,
+    wait_ready,
+)
+
+STREAMS = 8
+PROMPT = [{"role": "user", "content": "hello"}]
+
+
+def request_bytes(port: int, path: str, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Content-Type: application/json\r\nAccept: */*\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+def paths(gateway_port: int, relay_port: int) -> dict[str, tuple[int, bytes]]:
+    openai = {"messages": PROMPT, "max_tokens": 1, "stream": True, "temperature": 0}
+    ollama = {
+        "model": MODEL,
+        "messages": PROMPT,
+        "stream": True,
+        "options": {"num_predict": 1, "temperature": 0},
+    }
+    sse = "/v1/chat/completions"
+    return {
+        "relay SSE": (relay_port, request_bytes(relay_port, sse, openai)),
+        "gateway SSE": (gateway_port, request_bytes(gateway_port, sse, {"model": MODEL, **openai})),
+        "gateway NDJSON": (gateway_port, request_bytes(gateway_port, "/api/chat", ollama)),
+    }
+
+
+async def one(port: int, request: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    if b" 200 " not in answer.split(b"\r\n", 1)[0] or b"error" in answer:
+        raise RuntimeError(f"bad answer: {answer[:500]!r}")
+
+
+class Arrivals:
+    """When the stub backend has received each whole request (perf_counter seconds)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+
+async def rounds(port: int, request: bytes, count: int, arrivals: Arrivals) -> list[float]:
+    """``count`` batches; per batch, the seconds from its start until the stub had the
+    last of its requests (empty without a stub)."""
+    spans = []
+    for _ in range(count):
+        arrivals.times.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(one(port, request) for _ in range(STREAMS)))
+        if len(arrivals.times) == STREAMS:
+            spans.append(max(arrivals.times) - start)
+    return spans
+
+
+@dataclass
+class Result:
+    cpu_us: list[float] = field(default_factory=list)  # per request, one value per repeat
+    forward_ms: list[float] = field(default_factory=list)  # per batch (stub only)
+
+
+async def measure(
+    targets: dict[str, tuple[int, bytes]],
+    procs: dict[str, psutil.Process],
+    count: int,
+    repeats: int,
+    arrivals: Arrivals,
+) -> dict[str, Result]:
+    for port, request in targets.values():
+        await rounds(port, request, 3, arrivals)  # warm-up
+    results = {name: Result() for name in targets}
+    order = list(targets)
+    for index in range(repeats):
+        for name in order if index % 2 == 0 else reversed(order):
+            port, request = targets[name]
+            before = cpu_seconds(procs[name])
+            spans = await rounds(port, request, count, arrivals)
+            used = cpu_seconds(procs[name]) - before
+            results[name].cpu_us.append(used / (count * STREAMS) * 1e6)
+            results[name].forward_ms.extend(span * 1000 for span in spans)
+    return results
+
+
+# What mlx_lm.server 0.31 sends for a one-token stream with usage (captured).
+_EVENT = (
+    '{"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "default_model", '
+    '"created": 1796487665, "choices": [{"index": 0, "finish_reason": %s, "delta": %s}]}'
+)
+CANNED = (
+    b"HTTP/1.0 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11.7\r\n"
+    b"Content-type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    b": keepalive 1/1\n\n"
+    + b"data: %s\n\n" % (_EVENT % ("null", '{"role": "assistant", "content": "during"}')).encode()
+    + b"data: %s\n\n" % (_EVENT % ('"length"', '{"role": "assistant"}')).encode()
+    + b'data: {"id": "chatcmpl-1", "object": "chat.completion", "model": "default_model", '
+    b'"created": 1796487665, "choices": [], "usage": {"prompt_tokens": 5, '
+    b'"completion_tokens": 1, "total_tokens": 6}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+async def stub(
+    arrivals: Arrivals, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """One request, one canned answer event by event, then close (as mlx_lm.server)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    arrivals.times.append(time.perf_counter())
+    head_end = CANNED.index(b"\r\n\r\n") + 4
+    pieces = [CANNED[:head_end], *(e + b"\n\n" for e in CANNED[head_end:].split(b"\n\n")[:-1])]
+    for piece in pieces:  # one write per event, a little apart, as a real engine streams
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.002)
+    writer.close()
+
+
+def fake_manifest(root: Path, port: int) -> Path:
+    manifest = root / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models."{MODEL}"]\nbackend = "external"\n'
+        f'url = "http://127.0.0.1:{port}/v1"\n',
+        encoding="utf-8",
+    )
+    return manifest
+
+
+async def run_fake(count: int, repeats: int, root: Path) -> dict[str, Result]:
+    arrivals = Arrivals()
+    server = await asyncio.start_server(partial(stub, arrivals), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    log = root / "gateway.log"
+    gateway, url = start_gateway(fake_manifest(root, port), isolated_env(root), log)
+    relay = None
+    try:
+        gateway_port = int(url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while True:
+            if gateway.poll() is not None:
+                raise SystemExit(f"the gateway exited:\n{tail(log)}")
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", gateway_port)
+                writer.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the gateway did not start:\n{tail(log)}") from None
+                await asyncio.sleep(0.2)
+        relay, relay_port = start_relay(port, root / "relay.log")
+        targets = paths(gateway_port, relay_port)
+        procs = {
+            name: psutil.Process(relay.pid if name.startswith("relay") else gateway.pid)
+            for name in targets
+        }
+        return await measure(targets, procs, count, repeats, arrivals)
+    finally:
+        if relay is not None:
+            stop_process(relay, 10)
+        stop_process(gateway, 30)
+        server.close()
+
+
+def report(results: dict[str, Result], count: int, repeats: int, seconds: float) -> None:
+    print(
+        f"{STREAMS} concurrent one-token streams, {count} batches x {repeats} repeats "
+        f"({seconds:.0f}s)"
+    )
+    for name, result in results.items():
+        cpu = result.cpu_us
+        line = (
+            f"  {name:15s} CPU/request {statistics.median(cpu):5.0f} us "
+            f"({min(cpu):.0f}-{max(cpu):.0f})"
+        )
+        if result.forward_ms:
+            forward = sorted(result.forward_ms)
+            line += (
+                f"   last request at the backend after {statistics.median(forward):5.2f} ms "
+                f"(p25 {forward[len(forward) // 4]:.2f}, p75 {forward[3 * len(forward) // 4]:.2f})"
+            )
+        print(line)
+
+
+def main(count: int = 25, repeats: int = 6, *, fake: bool = False) -> None:
+    root = Path(tempfile.mkdtemp(prefix="mlx-lama-bench-gwcpu-"))
+    home = root / "state" / "mlx-lama-home"
+    gateway = relay = None
+    watched: list[int] = []
+    started = time.monotonic()
+    try:
+        if fake:
+            results = asyncio.run(run_fake(count, repeats, root))
+            report(results, count, repeats, time.monotonic() - started)
+            return
+        manifest, env, backend_port = build(root)
+        log = root / "gateway.log"
+        gateway, url = start_gateway(manifest, env, log)
+        watched.append(gateway.pid)
+        watched.append(wait_ready(url, gateway, log))
+        relay, relay_port = start_relay(backend_port, root / "relay.log")
+        watched.append(relay.pid)
+        targets = paths(int(url.rsplit(":", 1)[1]), relay_port)
+        procs = {
+            name: psutil.Process(relay.pid if name.startswith("relay") else gateway.pid)
+            for name in targets
+        }
+        started = time.monotonic()
+        results = asyncio.run(measure(targets, procs, count, repeats, Arrivals()))
+        report(results, count, repeats, time.monotonic() - started)
+    finally:
+        if relay is not None:
+            stop_process(relay, 10)
+        tear_down(gateway, home, root, watched)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    numbers = [int(arg) for arg in args if arg != "--fake"]
+    main(*numbers[:2], fake="--fake" in args)
