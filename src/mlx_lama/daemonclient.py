@@ -8,17 +8,24 @@ for the result here (:meth:`Daemon.wait_applied`, :meth:`Daemon.wait_model`).
 Only a daemon named by ``daemon.json`` (:func:`running_daemon`) and serving
 the same manifest counts; requests carry ``[server] api_key`` when the
 manifest sets one.
+
+HTTP goes through the standard library's ``http.client``: the daemon is on
+this machine and speaks plain HTTP/1.1, and importing and setting up httpx
+(its CLI module, an SSL context) would take longer than ``run`` itself takes
+to answer with a warm model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from mlx_lama.daemonfile import running_daemon
 from mlx_lama.errors import MlxLamaError
@@ -40,22 +47,55 @@ class Daemon:
     pid: int
     headers: Mapping[str, str] = field(default_factory=dict)
 
-    def client(self, timeout: float | None = 10.0) -> httpx.Client:
-        """An HTTP client for the daemon (no proxies from the environment)."""
-        return httpx.Client(
-            base_url=self.url, headers=dict(self.headers), timeout=timeout, trust_env=False
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout: float
+    ) -> Reply:
+        """One request, its whole answer read. Raises DaemonError when the daemon
+        cannot be reached or stops answering within ``timeout`` seconds."""
+        with self.stream(method, path, body, timeout=timeout) as reply:
+            return Reply(reply.status, reply.read())
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None,
+    ) -> Iterator[http.client.HTTPResponse]:
+        """A request whose answer is read as it arrives (``readline`` for NDJSON);
+        ``timeout`` applies to each read, None waits as long as it takes. The
+        connection is closed on the way out. Transport errors, here or while the
+        caller reads, become DaemonError."""
+        address = urlsplit(self.url)
+        connection = http.client.HTTPConnection(
+            address.hostname or "127.0.0.1", address.port, timeout=timeout
         )
+        headers = {"Accept": "application/json", **self.headers}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            connection.request(method, path, body=payload, headers=headers)
+            yield connection.getresponse()
+        except (OSError, http.client.HTTPException) as error:
+            raise DaemonError(
+                f"the mlx-lama daemon at {self.url} (pid {self.pid}) did not answer: "
+                f"{error or type(error).__name__}",
+                hint="check that `mlx-lama serve` still runs, and its log",
+            ) from None
+        finally:
+            connection.close()
 
     def health(self) -> dict[str, Any]:
         """The daemon's ``/health``. Raises DaemonError when it does not answer."""
+        reply = self.request("GET", "/health", timeout=5.0)
         try:
-            with self.client(timeout=5.0) as client:
-                body = client.get("/health").json()
-        except (httpx.HTTPError, ValueError) as error:
-            raise DaemonError(
-                f"the mlx-lama daemon at {self.url} (pid {self.pid}) did not answer: {error}",
-                hint="check its log, or stop it and run the command again",
-            ) from None
+            body = reply.json()
+        except ValueError:
+            body = None
         if not isinstance(body, dict):
             raise DaemonError(f"the mlx-lama daemon at {self.url} sent an unexpected /health")
         return body
@@ -111,6 +151,29 @@ class Daemon:
                     hint="`mlx-lama ps` shows what the daemon is doing",
                 )
             time.sleep(POLL_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole answer of the daemon."""
+
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON (raises ValueError when it is not)."""
+        return json.loads(self.body)
+
+    def error_text(self) -> str:
+        """What a failed request says: its ``{"error": ...}``, else the status and text."""
+        try:
+            body = self.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])
+        text = self.body.decode(errors="replace").strip()[:200]
+        return f"the daemon answered HTTP {self.status}" + (f": {text}" if text else "")
 
 
 def daemon_for(manifest_path: Path, api_key: str | None = None) -> Daemon | None:

@@ -33,8 +33,6 @@ from mlx_lama.cli._common import ManifestFile, handles_errors
 from mlx_lama.errors import MlxLamaError, UsageError
 
 if TYPE_CHECKING:
-    import httpx
-
     from mlx_lama.backends.base import Backend, InProcessModel, ParameterValue
     from mlx_lama.cli._chat import Event, Message, Settings, Target
     from mlx_lama.cli._workspace import Workspace
@@ -403,8 +401,6 @@ class DaemonTarget:
         self.folder = _model_folder(workspace, key)
         self.where = f"the daemon at {daemon.url} (pid {daemon.pid})"
         self._daemon = daemon
-        # No read timeout: a cold model may take minutes to load before its first token.
-        self._client: httpx.Client = daemon.client(timeout=None)
 
     def load(self, keep_alive: str | None = None) -> None:
         """An empty chat: the daemon loads the model and answers once it is ready."""
@@ -431,37 +427,32 @@ class DaemonTarget:
         return self._chat(body)
 
     def _chat(self, body: dict[str, Any]) -> Generator[Event, None, None]:
-        import httpx
-
         from mlx_lama.cli._chat import Stats
+        from mlx_lama.daemonclient import Reply
 
-        try:
-            with self._client.stream("POST", "/api/chat", json=body) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise RunError(_error_text(response))
-                for line in response.iter_lines():
-                    if not line.strip():
-                        continue
-                    chunk = _parse_chunk(line)
-                    if "error" in chunk:
-                        raise RunError(str(chunk["error"]))
-                    message = chunk.get("message")
-                    content = message.get("content") if isinstance(message, dict) else None
-                    if isinstance(content, str) and content:
-                        yield content
-                    if chunk.get("done"):
-                        yield Stats.from_chunk(chunk)
-                        return
-        except httpx.HTTPError as error:
-            raise RunError(
-                f"lost the mlx-lama daemon at {self._daemon.url}: {error}",
-                hint="check that `mlx-lama serve` still runs",
-            ) from None
+        # No read timeout: a cold model may take minutes to load before its first token.
+        # A lost connection raises DaemonError, which names the daemon and the fix.
+        with self._daemon.stream("POST", "/api/chat", body, timeout=None) as response:
+            if response.status != 200:
+                raise RunError(Reply(response.status, response.read()).error_text())
+            for raw in response:
+                line = raw.decode(errors="replace").strip()
+                if not line:
+                    continue
+                chunk = _parse_chunk(line)
+                if "error" in chunk:
+                    raise RunError(str(chunk["error"]))
+                message = chunk.get("message")
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, str) and content:
+                    yield content
+                if chunk.get("done"):
+                    yield Stats.from_chunk(chunk)
+                    return
         raise RunError("the daemon ended the answer without its final line")
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to let go of: each request has its own connection."""
 
 
 def _model_folder(workspace: Workspace, key: str) -> Path | None:
@@ -486,15 +477,3 @@ def _parse_chunk(line: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise RunError(f"the daemon sent an unexpected line: {line[:200]!r}")
     return chunk
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The ``{"error": ...}`` of a failed request, else its status and text."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"])
-    text = response.text.strip()[:200]
-    return f"the daemon answered HTTP {response.status_code}" + (f": {text}" if text else "")

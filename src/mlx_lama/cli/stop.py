@@ -64,22 +64,15 @@ def stop(
 
 def _unload(daemon: Daemon, key: str) -> None:
     """Ask the daemon to unload ``key`` (Ollama's ``keep_alive: 0``) and wait until it has."""
-    import httpx
-
     from mlx_lama.daemonclient import DaemonError
 
     entry = daemon.health().get("models", {}).get(key)
     if not isinstance(entry, dict) or entry.get("state") in ("stopped", "not downloaded"):
         raise MlxLamaError(f"couldn't find model {key!r} to stop: it is not running")
-    try:
-        with daemon.client(timeout=60.0) as client:
-            response = client.post(
-                "/api/generate", json={"model": key, "keep_alive": 0, "stream": False}
-            )
-    except httpx.HTTPError as error:
-        raise DaemonError(f"the daemon at {daemon.url} did not answer: {error}") from None
-    if response.status_code != 200:
-        raise DaemonError(f"the daemon refused to unload {key!r}: {response.text.strip()}")
+    body = {"model": key, "keep_alive": 0, "stream": False}
+    reply = daemon.request("POST", "/api/generate", body, timeout=60.0)
+    if reply.status != 200:
+        raise DaemonError(f"the daemon refused to unload {key!r}: {reply.error_text()}")
     daemon.wait_model(
         key,
         lambda e: e is None or e.get("state") in ("stopped", "not downloaded"),
