@@ -61,14 +61,20 @@ def time_command(
     target: float | None = None,
     before_each: Callable[[], None] | None = None,
 ) -> Measurement:
-    """Run ``argv`` once to warm the OS caches, then ``runs`` timed times."""
-    subprocess.run(argv, env=dict(env), capture_output=True, check=True)
+    """Run ``argv`` once to warm the OS caches, then ``runs`` timed times.
+
+    The warm-up run may write bytecode even where ``PYTHONDONTWRITEBYTECODE`` is
+    set (as it is on some CI machines): a user's first run leaves ``.pyc`` files,
+    so later runs start from them, and timing compilation would measure the
+    machine's settings, not the command."""
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(argv, env=env, capture_output=True, check=True)
     seconds = []
     for _ in range(runs):
         if before_each:
             before_each()
         start = time.perf_counter()
-        subprocess.run(argv, env=dict(env), capture_output=True, check=False)
+        subprocess.run(argv, env=env, capture_output=True, check=False)
         seconds.append(time.perf_counter() - start)
     return Measurement(label, tuple(seconds), target)
 

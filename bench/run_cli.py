@@ -20,10 +20,12 @@ then run once more to warm the OS caches and ``runs`` timed times
 (``bench.report.time_command``). The daemon's model server must keep its PID
 throughout, so every daemon run was served warm.
 
-What it must not do: change mlx-lama or the engine, tune anything, write
-docs/benchmarks.md (it prints its table), or leave a process behind: the
-gateway is stopped (SIGTERM, then SIGKILL of its group), the model server by
-the PID in its run record, and the script checks with psutil that none survives.
+Its table replaces the ``run`` section of docs/benchmarks.md.
+
+What it must not do: change mlx-lama or the engine, tune anything, or leave a
+process behind: the gateway is stopped (SIGTERM, then SIGKILL of its group),
+the model server by the PID in its run record, and the script checks with
+psutil that none survives.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 from tests.fixtures.tiny_model import make_tiny_model
 
 from bench.gateway import isolated_env, report_problems, start_gateway, tear_down, wait_ready
-from bench.report import Measurement, machine, time_command
+from bench.report import Measurement, machine, time_command, write_section
 
 MODEL = "tiny"
 PROMPT = "hello"
@@ -119,8 +121,7 @@ def main(runs: int = 15) -> None:
         if wait_ready(url, gateway, log, MODEL) != server_pid:
             raise SystemExit("the daemon's model server was restarted during the runs")
         report_problems(log)
-        print()
-        print(render(results, tokens))
+        write_section("run", render(results, tokens))
         print(f"done in {time.monotonic() - started:.0f}s", flush=True)
     finally:
         tear_down(gateway, home, root, watched)
@@ -149,7 +150,7 @@ a daemon it pays what `mlx_lm generate` pays (importing mlx_lm and loading the
 model) plus its own manifest handling.
 
 Machine: {machine()}; mlx-lm {version("mlx-lm")}.
-Command: `uv run python -m bench run`
+Command: `uv run --all-extras python -m bench run`
 """
 
 
