@@ -1,7 +1,10 @@
 """Timing and reporting helpers shared by the benchmark suites.
 
-Runs commands as subprocesses, summarises the times (median, min, max), and
-replaces one marked section of docs/benchmarks.md, leaving the others alone.
+Runs commands as subprocesses, summarises the times (median, min, max), puts
+ours beside a peer (table row and ratio, :class:`Comparison`), draws one PNG
+chart per measurement under docs/benchmarks/, and replaces one marked section
+of docs/benchmarks.md, leaving the others alone. It measures nothing itself
+and starts no servers: the suites do, and stop what they start.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+CHARTS = DOC.parent / "benchmarks"  # chart(NAME) writes CHARTS / "NAME.png"
 HEADER = """# Benchmarks
 
 Every figure here comes from `bench/`; each section names the command that
@@ -27,8 +32,9 @@ produced it. Regenerate all of them with `uv run --all-extras python -m bench`.
 @dataclass(frozen=True, slots=True)
 class Measurement:
     label: str
-    seconds: tuple[float, ...]
+    seconds: tuple[float, ...]  # one sample per run; in ``unit`` when that is not "s"
     target: float | None = None
+    unit: str = "s"
 
     @property
     def runs(self) -> int:
@@ -44,9 +50,14 @@ class Measurement:
             verdict = "met" if self.median < self.target else "missed"
             target = f"< {self.target:.1f} s ({verdict})"
         return (
-            f"| {self.label} | {self.median:.3f} s | {min(self.seconds):.3f} s "
-            f"| {max(self.seconds):.3f} s | {target} |"
+            f"| {self.label} | {self.median:.3f} {self.unit} | {min(self.seconds):.3f} "
+            f"{self.unit} | {max(self.seconds):.3f} {self.unit} | {target} |"
         )
+
+    def spread(self) -> str:
+        """``median (min-max) unit``, as the comparison tables show it."""
+        low, high = min(self.seconds), max(self.seconds)
+        return f"{self.median:.3f} ({low:.3f}-{high:.3f}) {self.unit}"
 
     def line(self) -> str:
         return f"{self.label:45s} median {self.median * 1000:6.0f} ms"
@@ -60,14 +71,20 @@ def time_command(
     *,
     target: float | None = None,
     before_each: Callable[[], None] | None = None,
+    after_each: Callable[[], None] | None = None,
 ) -> Measurement:
     """Run ``argv`` once to warm the OS caches, then ``runs`` timed times.
+
+    ``before_each`` runs (untimed) before every run, the warm-up included;
+    ``after_each`` after every timed run, to check what the run left behind.
 
     The warm-up run may write bytecode even where ``PYTHONDONTWRITEBYTECODE`` is
     set (as it is on some CI machines): a user's first run leaves ``.pyc`` files,
     so later runs start from them, and timing compilation would measure the
     machine's settings, not the command."""
     env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if before_each:
+        before_each()
     subprocess.run(argv, env=env, capture_output=True, check=True)
     seconds = []
     for _ in range(runs):
@@ -76,7 +93,93 @@ def time_command(
         start = time.perf_counter()
         subprocess.run(argv, env=env, capture_output=True, check=False)
         seconds.append(time.perf_counter() - start)
+        if after_each:
+            after_each()
     return Measurement(label, tuple(seconds), target)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One measurement of ours beside the same measurement of a peer, from the same run."""
+
+    what: str  # what both did, e.g. "download a 28 MB repo into an empty cache"
+    ours: Measurement
+    peer: Measurement
+
+    @property
+    def ratio(self) -> float:
+        """Ours over the peer, medians: below 1 means ours took less (of time, memory)."""
+        return self.ours.median / self.peer.median
+
+    def row(self) -> str:
+        return (
+            f"| {self.what} | {self.ours.label} | {self.ours.spread()} | {self.peer.label} "
+            f"| {self.peer.spread()} | {self.ratio:.2f} | {self.ours.runs} |"
+        )
+
+
+def comparison_table(comparisons: Sequence[Comparison]) -> str:
+    """A markdown table, one row per comparison: both medians with min and max, the ratio."""
+    head = (
+        "| measurement | ours | median (min-max) | peer | median (min-max) "
+        "| ratio ours / peer | runs |\n|---|---|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(c.row() for c in comparisons) + "\n"
+
+
+def chart(name: str, comparisons: Sequence[Comparison], *, title: str) -> str:
+    """Draw the comparisons as horizontal bars (median, whiskers min to max) into
+    docs/benchmarks/NAME.png and return the markdown that shows it from benchmarks.md.
+
+    Ours in blue, peers in grey; a measurement shared by several comparisons (ours
+    against two peers) gets one bar. matplotlib is imported here, with the Agg
+    backend, so suites that draw nothing never pay for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars: list[tuple[Measurement, bool]] = []
+    for comparison in comparisons:
+        for measurement, ours in ((comparison.ours, True), (comparison.peer, False)):
+            if all(measurement is not seen for seen, _ in bars):
+                bars.append((measurement, ours))
+    bars.reverse()  # barh draws bottom-up; the first comparison reads first
+    medians = [m.median for m, _ in bars]
+    whiskers = [
+        [m.median - min(m.seconds) for m, _ in bars],
+        [max(m.seconds) - m.median for m, _ in bars],
+    ]
+    figure, axes = plt.subplots(figsize=(8, 1.0 + 0.45 * len(bars)))
+    try:
+        axes.barh(
+            [m.label for m, _ in bars],
+            medians,
+            xerr=whiskers,
+            color=["#1f77b4" if ours else "#9e9e9e" for _, ours in bars],
+            capsize=3,
+        )
+        axes.set_xlabel(f"median, whiskers min to max ({bars[0][0].unit})")
+        axes.set_title(title)
+        axes.set_xlim(left=0)
+        figure.tight_layout()
+        CHARTS.mkdir(parents=True, exist_ok=True)
+        # No Software/date metadata: a rerun with the same figures writes the same bytes.
+        figure.savefig(CHARTS / f"{name}.png", dpi=100, metadata={"Software": None})
+    finally:
+        plt.close(figure)
+    return f"![{title}](benchmarks/{name}.png)"
+
+
+def versions(*distributions: str) -> str:
+    """``mlx-lama 0.1.0, huggingface_hub 1.2.3``: installed versions, for a section's footer."""
+    found = []
+    for name in distributions:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return ", ".join(found)
 
 
 def machine() -> str:
