@@ -12,15 +12,15 @@ import sys
 from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
 from mlx_lama.cli import pull, stop, cp, rm
 from mlx_lama.cli import create, show
-from mlx_lama.cli import run
+from mlx_lama.cli import run, logs
 
 # isort: on
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
-    "aliases", "app", "apply", "backends", "cp", "create", "listing", "lock", "main", "plan",
-    "pull", "rm", "run", "serve", "show", "stop", "validate",
+    "aliases", "app", "apply", "backends", "cp", "create", "listing", "lock", "logs", "main",
+    "plan", "pull", "rm", "run", "serve", "show", "stop", "validate",
 ]  # fmt: skip
 
 

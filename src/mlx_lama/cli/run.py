@@ -55,11 +55,18 @@ class ModelNotFoundError(MlxLamaError):
 def run(
     model: Annotated[
         str,
-        typer.Argument(help="Model: a manifest name or alias, or a repo id.", show_default=False),
+        typer.Argument(
+            help="Model: a manifest name or alias, or a repo id.",
+            metavar="MODEL",
+            show_default=False,
+        ),
     ],
     prompt: Annotated[
         list[str] | None,
-        typer.Argument(help="Prompt (words are joined); none: read stdin, or chat on a terminal."),
+        typer.Argument(
+            help="Prompt (words are joined); none: read stdin, or chat on a terminal.",
+            metavar="[PROMPT]...",
+        ),
     ] = None,
     file: ManifestFile = None,
     verbose: Annotated[

@@ -19,6 +19,8 @@ from mlx_lama.cli._common import (
 )
 from mlx_lama.errors import UsageError
 
+DAEMON_LOG_BYTES = 10 * 1024 * 1024  # per file; three old ones are kept
+
 
 @app.command()
 @handles_errors
@@ -164,10 +166,25 @@ def serve_model(
 
 
 def _configure_logging() -> None:
+    """Log to stderr and to ``logs/daemon.log`` (what `mlx-lama logs` shows), kept
+    to a few rotated files of DAEMON_LOG_BYTES."""
+    from logging.handlers import RotatingFileHandler
+
+    from mlx_lama import paths
+
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_file = paths.logs_dir() / "daemon.log"
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            RotatingFileHandler(log_file, maxBytes=DAEMON_LOG_BYTES, backupCount=3, delay=True)
+        )
+    except OSError as error:
+        typer.echo(f"warning: cannot write {log_file}: {error.strerror or error}", err=True)
     logging.basicConfig(
         level=logging.DEBUG if debug_enabled() else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=handlers,
     )
     for noisy in ("httpx", "httpcore", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

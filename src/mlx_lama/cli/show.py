@@ -33,7 +33,9 @@ def _flag(name: str, what: str) -> object:
 @app.command()
 @handles_errors
 def show(
-    model: Annotated[str, typer.Argument(help="A model or alias of the manifest.")],
+    model: Annotated[
+        str, typer.Argument(help="A model or alias of the manifest.", metavar="MODEL")
+    ],
     file: ManifestFile = None,
     modelfile: Annotated[bool, _flag("modelfile", "Modelfile")] = False,
     parameters: Annotated[bool, _flag("parameters", "parameters")] = False,
