@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+
+from tests.fixtures.hf_env import SCRUBBED_ENV, layout
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 CHARTS = DOC.parent / "benchmarks"  # chart(NAME) writes CHARTS / "NAME.png"
@@ -112,9 +116,12 @@ class Comparison:
         return self.ours.median / self.peer.median
 
     def row(self) -> str:
+        runs = f"{self.ours.runs}"
+        if self.peer.runs != self.ours.runs:
+            runs += f" / {self.peer.runs}"
         return (
             f"| {self.what} | {self.ours.label} | {self.ours.spread()} | {self.peer.label} "
-            f"| {self.peer.spread()} | {self.ratio:.2f} | {self.ours.runs} |"
+            f"| {self.peer.spread()} | {self.ratio:.2f} | {runs} |"
         )
 
 
@@ -131,17 +138,19 @@ def chart(name: str, comparisons: Sequence[Comparison], *, title: str) -> str:
     """Draw the comparisons as horizontal bars (median, whiskers min to max) into
     docs/benchmarks/NAME.png and return the markdown that shows it from benchmarks.md.
 
-    Ours in blue, peers in grey; a measurement shared by several comparisons (ours
-    against two peers) gets one bar. matplotlib is imported here, with the Agg
-    backend, so suites that draw nothing never pay for it."""
+    Ours in blue on top, then the peers in grey; a measurement shared by several
+    comparisons (ours against two peers, several commands against one floor) gets
+    one bar. matplotlib is imported here, with the Agg backend, so suites that
+    draw nothing never pay for it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bars: list[tuple[Measurement, bool]] = []
-    for comparison in comparisons:
-        for measurement, ours in ((comparison.ours, True), (comparison.peer, False)):
+    for ours in (True, False):
+        for comparison in comparisons:
+            measurement = comparison.ours if ours else comparison.peer
             if all(measurement is not seen for seen, _ in bars):
                 bars.append((measurement, ours))
     bars.reverse()  # barh draws bottom-up; the first comparison reads first
@@ -153,12 +162,13 @@ def chart(name: str, comparisons: Sequence[Comparison], *, title: str) -> str:
     figure, axes = plt.subplots(figsize=(8, 1.0 + 0.45 * len(bars)))
     try:
         axes.barh(
-            [m.label for m, _ in bars],
+            range(len(bars)),  # positions, not labels: equal labels must not share a bar
             medians,
             xerr=whiskers,
             color=["#1f77b4" if ours else "#9e9e9e" for _, ours in bars],
             capsize=3,
         )
+        axes.set_yticks(range(len(bars)), [m.label for m, _ in bars])
         axes.set_xlabel(f"median, whiskers min to max ({bars[0][0].unit})")
         axes.set_title(title)
         axes.set_xlim(left=0)
@@ -180,6 +190,33 @@ def versions(*distributions: str) -> str:
         except metadata.PackageNotFoundError:
             found.append(f"{name} (not installed)")
     return ", ".join(found)
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """This environment without the developer's Hugging Face and mlx-lama settings, with
+    all state (HOME, MLX_LAMA_HOME, HF_HOME; offline) under ``root``, folders created."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(layout(root))
+    for name in ("HOME", "HF_HUB_CACHE", "MLX_LAMA_HOME"):
+        Path(env[name]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def shown(argv: Sequence[str], root: Path | None = None) -> str:
+    """``argv`` as a reader would type it: ``python`` and ``hf`` rather than this
+    venv's full paths, ``$TMP`` for the suite's temporary folder ``root``."""
+    venv = Path(sys.executable).parent
+    words = []
+    for arg in argv:
+        word = arg
+        if arg == sys.executable:
+            word = "python"
+        elif Path(arg).parent == venv:
+            word = Path(arg).name
+        if root is not None:
+            word = word.replace(str(root), "$TMP")
+        words.append(word if word and " " not in word else shlex.quote(word))
+    return " ".join(words)
 
 
 def machine() -> str:
