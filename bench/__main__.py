@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from bench import gateway, reconcile, reload_latency, run_cli
+from bench import cache_list, gateway, pull, reconcile, reload_latency, run_cli
 
 SUITES = {
     "reconcile": reconcile.main,
+    "list": cache_list.main,
+    "pull": pull.main,
     "gateway": gateway.main,
     "reload": reload_latency.main,
     "run": run_cli.main,

@@ -1,24 +1,38 @@
-"""CLI wall time of ``plan`` and ``list`` on a realistic project: 50 manifest models,
-100 repos in the Hugging Face cache, a lock that matches (a converged machine).
+"""CLI start-up: wall time of ``--help``, ``--version``, ``plan`` and ``list`` on a
+realistic project (50 manifest models, 100 repos in the Hugging Face cache, a lock
+that matches: a converged machine), each against Python's own start-up
+(``python -c pass``), the floor any Python CLI pays.
 
 Each command runs as a real subprocess with its own MLX_LAMA_HOME and HF cache
-under a temporary folder. ``plan`` is timed warm (manifest unchanged since the
-last run, the common case) and cold (first run after an edit: validation with
-pydantic). Python's own start-up (``python -c pass``) is the floor.
+under a temporary folder, removed at the end. ``plan`` is timed warm (manifest
+unchanged since the last run, the common case) and cold (first run after an
+edit: validation with pydantic). :func:`build` makes the project; the ``list``
+suite (bench/cache_list.py) lists the same cache. Nothing here touches the
+network or the developer's ~/.mlx-lama and ~/.cache.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.fixtures.hf_cache import place_in_cache
 
-from bench.report import Measurement, machine, time_command, write_section
+from bench.report import (
+    Comparison,
+    chart,
+    comparison_table,
+    isolated_env,
+    machine,
+    shown,
+    time_command,
+    versions,
+    write_section,
+)
 from mlx_lama.orchestrator.cache import scan_cache
 from mlx_lama.schema.lockfile import Lock, LockedModel, write_lock
 
@@ -29,21 +43,16 @@ CLI = [sys.executable, "-m", "mlx_lama"]
 
 
 def build(root: Path) -> tuple[Path, dict[str, str]]:
-    """The project folder and the environment that points every command at it."""
-    env = {
-        **os.environ,
-        "MLX_LAMA_HOME": str(root / "home"),
-        "HF_HOME": str(root / "hf"),
-        "HF_HUB_CACHE": str(root / "hf" / "hub"),
-        "HF_HUB_OFFLINE": "1",
-    }
+    """The converged project's manifest under ``root``, and the environment (offline,
+    all state under ``root / "state"``) that points every command at it."""
+    env = isolated_env(root / "state")
     source = root / "model"
     source.mkdir()
     (source / "config.json").write_text('{"model_type": "llama"}')
     (source / "model.safetensors").write_bytes(b"\0" * 4096)
     (source / "tokenizer.json").write_text("{}")
     (source / "tokenizer_config.json").write_text("{}")
-    cache = root / "hf" / "hub"
+    cache = Path(env["HF_HUB_CACHE"])
     for index in range(CACHED):
         place_in_cache(source, cache, f"bench-org/model-{index:03d}")
     project = root / "project"
@@ -78,44 +87,67 @@ def main(runs: int = 15) -> None:
         check = subprocess.run(plan, env=env, capture_output=True, text=True, check=False)
         if check.returncode != 0 or check.stdout != "No changes.\n":
             raise SystemExit(f"the bench project is not converged:\n{check.stdout}{check.stderr}")
-        memo = root / "home" / "cache"
+        memo = Path(env["MLX_LAMA_HOME"]) / "cache"
 
         def forget() -> None:
             shutil.rmtree(memo, ignore_errors=True)
 
-        results = [
-            time_command("python -c pass (floor)", [sys.executable, "-c", "pass"], env, runs),
-            time_command("mlx-lama --help", [*CLI, "--help"], env, runs),
-            time_command("mlx-lama plan (manifest unchanged)", plan, env, runs, target=TARGET),
-            time_command("mlx-lama list (manifest unchanged)", listing, env, runs, target=TARGET),
-            time_command(
-                "mlx-lama plan (first run after an edit)", plan, env, runs, before_each=forget
+        floor = time_command("python -c pass", [sys.executable, "-c", "pass"], env, runs)
+
+        def against_floor(
+            what: str,
+            label: str,
+            argv: list[str],
+            target: float | None = None,
+            before_each: Callable[[], None] | None = None,
+        ) -> Comparison:
+            measured = time_command(label, argv, env, runs, target=target, before_each=before_each)
+            return Comparison(what, measured, floor)
+
+        comparisons = [
+            against_floor("print the help", "mlx-lama --help", [*CLI, "--help"]),
+            against_floor("print the version", "mlx-lama --version", [*CLI, "--version"]),
+            against_floor("plan, manifest unchanged", "mlx-lama plan", plan, TARGET),
+            against_floor("list, manifest unchanged", "mlx-lama list", listing, TARGET),
+            against_floor(
+                "plan, first run after an edit", "mlx-lama plan (edited)", plan, None, forget
             ),
         ]
-        write_section("reconcile", render(results))
-        for result in results:
-            print(result.line())
+        write_section("reconcile", render(comparisons))
+        for measurement in [floor, *(c.ours for c in comparisons)]:
+            print(measurement.line())
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def render(results: list[Measurement]) -> str:
-    rows = "\n".join(r.row() for r in results)
-    return f"""## `plan` and `list` wall time
+def render(comparisons: list[Comparison]) -> str:
+    picture = chart("reconcile", comparisons, title="mlx-lama CLI wall time vs python -c pass")
+    verdicts = "; ".join(
+        f"{c.what}: {c.ours.median:.3f} s ({'met' if c.ours.median < TARGET else 'missed'})"
+        for c in comparisons
+        if c.ours.target is not None
+    )
+    return f"""## CLI start-up: `--help`, `--version`, `plan`, `list` against `python -c pass`
 
 {MODELS} manifest models, {CACHED} repos in the Hugging Face cache, lock matching
 (a converged machine: `plan` prints `No changes.`). Each command is a fresh
-process; {results[0].runs} runs each. Target: under {TARGET} s.
+process, started from bytecode; the peer is the interpreter's own start-up, the
+floor under any Python CLI, so the ratio says how many interpreter start-ups
+each command costs.
 
-| command | median | min | max | target |
-|---|---|---|---|---|
-{rows}
+{comparison_table(comparisons)}
+{picture}
 
-How to read it: the floor is the interpreter's own start-up. "Manifest
-unchanged" is the everyday case: the validated manifest is remembered by
-content hash, so pydantic is not imported at all. "First run after an edit"
+Target for `plan` and `list` with the manifest unchanged: under {TARGET} s
+(median). {verdicts}.
+
+How to read it: "unchanged" is the everyday case: the validated manifest is
+remembered by content hash, so pydantic is not imported at all. "After an edit"
 pays for validating with pydantic (its import alone is about 0.2 s here).
 
+Commands: `{shown(CLI)} --help`, `--version`, `plan -f mlxlama.toml
+--detailed-exitcode`, `list -f mlxlama.toml`; `python -c pass`.
+Versions: {versions("mlx-lama", "typer", "pydantic")}.
 Machine: {machine()}.
 Command: `uv run --all-extras python -m bench reconcile`
 """
