@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -68,7 +69,7 @@ def request_bytes(port: int, path: str, body: dict[str, Any]) -> bytes:
     return head.encode() + payload
 
 
-def paths(gateway_port: int, relay_port: int) -> dict[str, tuple[int, bytes]]:
+def paths(backend_port: int, gateway_port: int, relay_port: int) -> dict[str, tuple[int, bytes]]:
     openai = {"messages": PROMPT, "max_tokens": 1, "stream": True, "temperature": 0}
     ollama = {
         "model": MODEL,
@@ -78,19 +79,31 @@ def paths(gateway_port: int, relay_port: int) -> dict[str, tuple[int, bytes]]:
     }
     sse = "/v1/chat/completions"
     return {
+        "direct SSE": (backend_port, request_bytes(backend_port, sse, openai)),
         "relay SSE": (relay_port, request_bytes(relay_port, sse, openai)),
         "gateway SSE": (gateway_port, request_bytes(gateway_port, sse, {"model": MODEL, **openai})),
         "gateway NDJSON": (gateway_port, request_bytes(gateway_port, "/api/chat", ollama)),
     }
 
 
-async def one(port: int, request: bytes) -> None:
+_CONTENT = re.compile(rb'"content": ?"[^"]')  # the first token, in SSE or NDJSON
+
+
+async def one(port: int, request: bytes, start: float) -> float:
+    """Send ``request``, read the whole answer; the seconds from ``start`` until its
+    first token arrived."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
-    answer = await reader.read()
+    answer = b""
+    first = 0.0
+    while data := await reader.read(65536):
+        answer += data
+        if not first and _CONTENT.search(answer):
+            first = time.perf_counter() - start
     writer.close()
-    if b" 200 " not in answer.split(b"\r\n", 1)[0] or b"error" in answer:
+    if b" 200 " not in answer.split(b"\r\n", 1)[0] or b"error" in answer or not first:
         raise RuntimeError(f"bad answer: {answer[:500]!r}")
+    return first
 
 
 class Arrivals:
@@ -100,28 +113,31 @@ class Arrivals:
         self.times: list[float] = []
 
 
-async def rounds(port: int, request: bytes, count: int, arrivals: Arrivals) -> list[float]:
-    """``count`` batches; per batch, the seconds from its start until the stub had the
-    last of its requests (empty without a stub)."""
-    spans = []
+async def rounds(
+    port: int, request: bytes, count: int, arrivals: Arrivals
+) -> tuple[list[float], list[float]]:
+    """``count`` batches: per batch, the seconds from its start until the stub had the
+    last of its requests (none without a stub), and per stream its TTFT."""
+    spans, ttfts = [], []
     for _ in range(count):
         arrivals.times.clear()
         start = time.perf_counter()
-        await asyncio.gather(*(one(port, request) for _ in range(STREAMS)))
+        ttfts += await asyncio.gather(*(one(port, request, start) for _ in range(STREAMS)))
         if len(arrivals.times) == STREAMS:
             spans.append(max(arrivals.times) - start)
-    return spans
+    return spans, ttfts
 
 
 @dataclass
 class Result:
     cpu_us: list[float] = field(default_factory=list)  # per request, one value per repeat
     forward_ms: list[float] = field(default_factory=list)  # per batch (stub only)
+    ttft_ms: list[float] = field(default_factory=list)  # per stream, from its batch's start
 
 
 async def measure(
     targets: dict[str, tuple[int, bytes]],
-    procs: dict[str, psutil.Process],
+    procs: dict[str, psutil.Process | None],
     count: int,
     repeats: int,
     arrivals: Arrivals,
@@ -133,11 +149,14 @@ async def measure(
     for index in range(repeats):
         for name in order if index % 2 == 0 else reversed(order):
             port, request = targets[name]
-            before = cpu_seconds(procs[name])
-            spans = await rounds(port, request, count, arrivals)
-            used = cpu_seconds(procs[name]) - before
-            results[name].cpu_us.append(used / (count * STREAMS) * 1e6)
+            proc = procs[name]
+            before = cpu_seconds(proc) if proc is not None else 0.0
+            spans, ttfts = await rounds(port, request, count, arrivals)
+            if proc is not None:
+                used = cpu_seconds(proc) - before
+                results[name].cpu_us.append(used / (count * STREAMS) * 1e6)
             results[name].forward_ms.extend(span * 1000 for span in spans)
+            results[name].ttft_ms.extend(ttft * 1000 for ttft in ttfts)
     return results
 
 
@@ -212,11 +231,8 @@ async def run_fake(count: int, repeats: int, root: Path) -> dict[str, Result]:
                     raise SystemExit(f"the gateway did not start:\n{tail(log)}") from None
                 await asyncio.sleep(0.2)
         relay, relay_port = start_relay(port, root / "relay.log")
-        targets = paths(gateway_port, relay_port)
-        procs = {
-            name: psutil.Process(relay.pid if name.startswith("relay") else gateway.pid)
-            for name in targets
-        }
+        targets = paths(port, gateway_port, relay_port)
+        procs = between(targets, gateway.pid, relay.pid)
         return await measure(targets, procs, count, repeats, arrivals)
     finally:
         if relay is not None:
@@ -225,23 +241,40 @@ async def run_fake(count: int, repeats: int, root: Path) -> dict[str, Result]:
         server.close()
 
 
+def between(
+    targets: dict[str, tuple[int, bytes]], gateway: int, relay: int
+) -> dict[str, psutil.Process | None]:
+    """The process each path goes through (none for the direct path)."""
+    pids = {"relay": relay, "gateway": gateway}
+    return {
+        name: psutil.Process(pids[name.split()[0]]) if name.split()[0] in pids else None
+        for name in targets
+    }
+
+
+def _spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    low, high = ordered[len(ordered) // 4], ordered[3 * len(ordered) // 4]
+    return f"{statistics.median(ordered):5.2f} ms ({low:.2f}-{high:.2f})"
+
+
 def report(results: dict[str, Result], count: int, repeats: int, seconds: float) -> None:
     print(
         f"{STREAMS} concurrent one-token streams, {count} batches x {repeats} repeats "
-        f"({seconds:.0f}s)"
+        f"({seconds:.0f}s). CPU per request of the process in between: median (min-max) "
+        "over repeats; times: median (p25-p75)."
     )
     for name, result in results.items():
         cpu = result.cpu_us
-        line = (
-            f"  {name:15s} CPU/request {statistics.median(cpu):5.0f} us "
-            f"({min(cpu):.0f}-{max(cpu):.0f})"
+        line = f"  {name:15s}"
+        line += (
+            f" CPU/request {statistics.median(cpu):4.0f} us ({min(cpu):.0f}-{max(cpu):.0f})"
+            if cpu
+            else " " * 34
         )
+        line += f"  TTFT {_spread(result.ttft_ms)}"
         if result.forward_ms:
-            forward = sorted(result.forward_ms)
-            line += (
-                f"   last request at the backend after {statistics.median(forward):5.2f} ms "
-                f"(p25 {forward[len(forward) // 4]:.2f}, p75 {forward[3 * len(forward) // 4]:.2f})"
-            )
+            line += f"  last request at the stub {_spread(result.forward_ms)}"
         print(line)
 
 
@@ -263,11 +296,8 @@ def main(count: int = 25, repeats: int = 6, *, fake: bool = False) -> None:
         watched.append(wait_ready(url, gateway, log))
         relay, relay_port = start_relay(backend_port, root / "relay.log")
         watched.append(relay.pid)
-        targets = paths(int(url.rsplit(":", 1)[1]), relay_port)
-        procs = {
-            name: psutil.Process(relay.pid if name.startswith("relay") else gateway.pid)
-            for name in targets
-        }
+        targets = paths(backend_port, int(url.rsplit(":", 1)[1]), relay_port)
+        procs = between(targets, gateway.pid, relay.pid)
         started = time.monotonic()
         results = asyncio.run(measure(targets, procs, count, repeats, Arrivals()))
         report(results, count, repeats, time.monotonic() - started)

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RouteKind = Literal["server", "external", "never"]
+# Names remembered by Gateway.resolve; past this, new names are resolved every time
+# (a client must not make the gateway keep every spelling it can think of).
+MAX_RESOLVED = 256
 
 
 class UnknownModel(LookupError):
@@ -91,6 +94,7 @@ class Gateway:
         self.desired: DesiredState
         self.registry: Registry
         self._servers: dict[str, ServerSpec]
+        self._resolved: dict[str, Route]  # resolve's answers for this manifest
         self.not_downloaded: frozenset[str]  # models whose files are not all in the cache
         self._apply(manifest, lock)
 
@@ -106,6 +110,7 @@ class Gateway:
             manifest_aliases=manifest.aliases, manifest_models=list(manifest.models)
         )
         self._servers = {s.name: s for s in self.desired.servers}
+        self._resolved = {}
         self.not_downloaded = self._not_downloaded()
         server = manifest.server
         config = SchedulerConfig(
@@ -178,7 +183,21 @@ class Gateway:
     # -- names
 
     def resolve(self, name: object) -> Route:
-        """The route for a request's model name. Raises InvalidName or UnknownModel."""
+        """The route for a request's model name. Raises InvalidName or UnknownModel.
+
+        Remembered per name until the next reload: it is on every request's path
+        before the backend sees it, and the same few names come again and again.
+        """
+        if isinstance(name, str):
+            known = self._resolved.get(name)
+            if known is not None:
+                return known
+        route = self._resolve(name)
+        if len(self._resolved) < MAX_RESOLVED:
+            self._resolved[str(name)] = route
+        return route
+
+    def _resolve(self, name: object) -> Route:
         if not isinstance(name, str) or not name:
             raise InvalidName("model is required")
         problem = check_model_name(name)

@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, parse_json
 from mlx_lama.gateway.inference import STREAMING, Call, Handler
-from mlx_lama.gateway.security import ASGIApp, Message, Receive, Scope, Send
+from mlx_lama.gateway.security import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +51,21 @@ class HotPath:
             return
         started = time.monotonic()
         path: str = scope["path"]
-        response_started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
         try:
-            try:
-                body = parse_json(await _body(receive))
-                response = await handler(Call(self.gateway, path, body, receive, started))
-            except ApiError as error:  # as the app's ApiError handler answers
-                response = error_response(path, error)
-            await response(scope, receive, tracked)
+            body = parse_json(await _body(receive))
+            response = await handler(Call(self.gateway, path, body, receive, started))
+        except ApiError as error:  # as the app's ApiError handler answers
+            response = error_response(path, error)
         except Exception as error:  # as the app's handler for everything else
             log.error("unexpected error on %s", path, exc_info=error)
-            if not response_started:
-                await error_response(path, ApiError(500, INTERNAL_ERROR))(scope, receive, send)
+            await error_response(path, ApiError(500, INTERNAL_ERROR))(scope, receive, send)
+            raise
+        try:
+            await response(scope, receive, send)
+        except Exception as error:
+            # Every response sends its start first, so it has begun: as Starlette's
+            # error middleware, log it and leave the connection to the server.
+            log.error("unexpected error on %s", path, exc_info=error)
             raise
 
 

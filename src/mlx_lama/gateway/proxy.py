@@ -40,6 +40,9 @@ _LOADING_FIELDS = (
     "draft_model",
     "num_draft_tokens",
 )
+# ASGI spec versions whose servers do not raise on sending to a client that has gone
+# (uvicorn says 2.3): the stream has to listen for the disconnect itself.
+_WATCHED_SPECS = frozenset(("2.0", "2.1", "2.2", "2.3"))
 CONNECT_TIMEOUT = 10.0  # seconds to reach a model server (reads have no timeout)
 MAX_LINE = 4 * 2**20  # longest SSE line accepted from a backend
 EARLY_END = "model server closed the stream before the answer was complete"
@@ -168,10 +171,41 @@ class ProxyStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            if scope.get("asgi", {}).get("spec_version", "2.0") in _WATCHED_SPECS:
+                await self._stream_watched(receive, send)
+            else:
+                await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._on_close()
+
+    async def _stream_watched(self, receive: Receive, send: Send) -> None:
+        """The body, cut short when the client disconnects: what StreamingResponse does
+        for servers that do not raise on a send to a gone client (uvicorn's ASGI 2.3),
+        with one plain task watching for the disconnect instead of an anyio task group
+        (which costs as much CPU as relaying a few events)."""
+        task = asyncio.current_task()
+        assert task is not None
+        streaming = True
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if streaming:  # else the disconnect is the end of a complete response
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not gone or task.uncancel() > 0:  # cancelled from elsewhere too
+                raise
+        finally:
+            streaming = False
+            watcher.cancel()
 
 
 async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:

@@ -130,14 +130,35 @@ def error_body(path: str, status: int, message: str) -> bytes:
     return json.dumps(payload).encode()
 
 
-def _header(scope: Scope, name: bytes) -> list[str]:
-    return [v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == name]
+Headers = dict[bytes, list[str]]
+# The headers the checks read; the others are not even decoded.
+_CHECKED = frozenset(
+    (
+        b"host",
+        b"origin",
+        b"authorization",
+        b"content-length",
+        b"access-control-request-method",
+        b"access-control-request-private-network",
+    )
+)
+MAX_REMEMBERED_HOSTS = 64  # Host values known to be loopback (the client picks them)
 
 
-def _single(scope: Scope, name: bytes) -> str | None:
+def _checked_headers(scope: Scope) -> Headers:
+    """Every value of each header the checks read, in one pass over the request's."""
+    found: Headers = {}
+    for raw, value in scope.get("headers", ()):
+        key = raw.lower()
+        if key in _CHECKED:
+            found.setdefault(key, []).append(value.decode("latin-1"))
+    return found
+
+
+def _single(headers: Headers, name: bytes) -> str | None:
     """The header's value; None if absent or sent more than once (ambiguous)."""
-    values = _header(scope, name)
-    return values[0] if len(values) == 1 else None
+    values = headers.get(name)
+    return values[0] if values is not None and len(values) == 1 else None
 
 
 class _BodyTooLargeError(Exception):
@@ -150,6 +171,7 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, policy: SecurityPolicy) -> None:
         self.app = app
         self.policy = policy
+        self._loopback_hosts: set[str] = set()  # is_loopback_host is pure: remember its yes
 
     @property
     def policy(self) -> SecurityPolicy:
@@ -160,6 +182,7 @@ class SecurityMiddleware:
         """Replace the policy (a reloaded manifest's key and origins) for the next request."""
         self._policy = policy
         self._api_key = policy.api_key.encode() if policy.api_key is not None else None
+        self._loopback_only = policy.loopback_only  # a property that parses an address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -171,23 +194,31 @@ class SecurityMiddleware:
 
     # -- checks ------------------------------------------------------------
 
-    def host_allowed(self, scope: Scope) -> bool:
-        if not self.policy.loopback_only:
+    def host_allowed(self, headers: Headers) -> bool:
+        if not self._loopback_only:
             return True
-        host = _single(scope, b"host")
-        return host is not None and is_loopback_host(host)
+        host = _single(headers, b"host")
+        if host is None:
+            return False
+        if host in self._loopback_hosts:
+            return True
+        if not is_loopback_host(host):
+            return False
+        if len(self._loopback_hosts) < MAX_REMEMBERED_HOSTS:
+            self._loopback_hosts.add(host)
+        return True
 
     def origin_allowed(self, origin: str) -> bool:
         return (
             "*" in self.policy.origins or origin in self.policy.origins or is_local_origin(origin)
         )
 
-    def authorized(self, scope: Scope) -> bool:
+    def authorized(self, scope: Scope, headers: Headers) -> bool:
         if self._api_key is None:
             return True
         if scope["path"] in OPEN_PATHS and scope["method"] in ("GET", "HEAD"):
             return True
-        header = _single(scope, b"authorization")
+        header = _single(headers, b"authorization")
         if header is None:
             return False
         scheme, _, token = header.strip().partition(" ")
@@ -199,30 +230,29 @@ class SecurityMiddleware:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if not self.host_allowed(scope):
+        headers = _checked_headers(scope)
+        if not self.host_allowed(headers):
             await _respond(send, 403, b"", content_type=None)
             return
-        origin = _single(scope, b"origin")
+        origin = _single(headers, b"origin")
         # A repeated Origin is as suspect as a foreign one.
-        if _header(scope, b"origin") and not (origin is not None and self.origin_allowed(origin)):
+        if b"origin" in headers and not (origin is not None and self.origin_allowed(origin)):
             message = "origin not allowed; add it to the gateway's allowed origins"
             await _respond(send, 403, error_body(path, 403, message))
             return
         # Echo the origin, never "*", and never send Allow-Credentials.
         cors = [(b"access-control-allow-origin", origin.encode("latin-1"))] if origin else []
-        preflight = scope["method"] == "OPTIONS" and bool(
-            _header(scope, b"access-control-request-method")
-        )
+        preflight = scope["method"] == "OPTIONS" and b"access-control-request-method" in headers
         if origin and preflight:
-            await self._preflight(scope, send, origin, cors)
+            await self._preflight(headers, send, origin, cors)
             return
-        if not self.authorized(scope):
+        if not self.authorized(scope, headers):
             message = "unauthorized: send 'Authorization: Bearer <key>' with the gateway's API key"
             extra = [(b"www-authenticate", b"Bearer"), *cors]
             await _respond(send, 401, error_body(path, 401, message), extra)
             return
         limit = self.policy.max_body_bytes
-        declared = _header(scope, b"content-length")
+        declared = headers.get(b"content-length")
         if declared:
             # Differing or non-numeric lengths are a smuggling attempt, not a body.
             if len(set(declared)) != 1 or not is_ascii_number(declared[0].strip()):
@@ -234,7 +264,7 @@ class SecurityMiddleware:
         await self._call_limited(scope, receive, _with_cors(send, cors), limit)
 
     async def _preflight(
-        self, scope: Scope, send: Send, origin: str, cors: list[tuple[bytes, bytes]]
+        self, asked: Headers, send: Send, origin: str, cors: list[tuple[bytes, bytes]]
     ) -> None:
         headers = [
             *cors,
@@ -244,7 +274,7 @@ class SecurityMiddleware:
             (b"vary", b"Origin"),
         ]
         # Chrome's Private Network Access: only origins the user named may reach in.
-        pna = _single(scope, b"access-control-request-private-network")
+        pna = _single(asked, b"access-control-request-private-network")
         if pna == "true" and origin in self.policy.origins:
             headers.append((b"access-control-allow-private-network", b"true"))
         await send({"type": "http.response.start", "status": 204, "headers": headers})
@@ -285,11 +315,12 @@ class SecurityMiddleware:
     # -- websocket ---------------------------------------------------------
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = _single(scope, b"origin")
+        headers = _checked_headers(scope)
+        origin = _single(headers, b"origin")
         if (
-            not self.host_allowed(scope)
-            or (_header(scope, b"origin") and not (origin and self.origin_allowed(origin)))
-            or not self.authorized(scope)
+            not self.host_allowed(headers)
+            or (b"origin" in headers and not (origin and self.origin_allowed(origin)))
+            or not self.authorized(scope, headers)
         ):
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})  # policy violation
