@@ -29,7 +29,8 @@ def main() -> None:
         type=int,
         default=15,
         help="timed runs per command (gateway: batches per path and level; reload: saves per "
-        "measurement, at most 3 for the always model)",
+        "measurement, at most 3 for the always model; pull: at most 7; list: at most 5 of "
+        "mlx_lm manage)",
     )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(SUITES))

@@ -99,21 +99,23 @@ def render(comparison: Comparison, size_mb: float, count: int, commands: list[st
     layers = f"hidden size {HIDDEN}, {LAYERS} layers, intermediate size {INTERMEDIATE}"
     return f"""## `mlx-lama pull` vs `hf download`
 
-One repo, a random-weight llama ({layers}): {size_mb:.0f} MB in {count} files,
-one of them safetensors. It has no README, as mlx-lama pulls only the files a
-model needs: both tools fetch the same set. The Hub is the stand-in on
-127.0.0.1 (`HF_ENDPOINT`, plain HTTP). Every run, the warm-up included, starts
-from an empty Hugging Face cache and an empty MLX_LAMA_HOME; `mlx-lama pull`
-also starts from a manifest with no models, which it then edits and locks, as
-a user's pull does. Each run is checked complete afterwards.
+One repo: a random-weight llama ({layers}),
+{size_mb:.0f} MB in {count} files, one of them safetensors. It has no README,
+as mlx-lama pulls only the files a model needs: both tools fetch the same set.
+The Hub is the stand-in on 127.0.0.1 (`HF_ENDPOINT`, plain HTTP). Every run,
+the warm-up included, starts from an empty Hugging Face cache and an empty
+MLX_LAMA_HOME; `mlx-lama pull` also starts from a manifest with no models,
+which it then edits and locks, as a user's pull does. Each run is checked
+complete afterwards.
 
 {comparison_table([comparison])}
 {picture}
 
-Throughput, median: {rates}. The stand-in is a small Python server on the
-same machine, so the absolute rates are its own, not the Hub's CDN; both tools
-talk to the same server, so the ratio compares their own work: start-up,
-requests, writing the files and, for mlx-lama, the manifest and lock edits.
+Throughput, median: {rates}.
+The stand-in is a small Python server on the same machine, so the absolute
+rates are its own, not the Hub's CDN; both tools talk to the same server, so
+the ratio compares their own work: start-up, requests, writing the files and,
+for mlx-lama, the manifest and lock edits.
 
 Commands: `{commands[0]}`; `{commands[1]}`.
 Versions: {versions("mlx-lama", "huggingface_hub")}.
