@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import cache_list, gateway, pull, reconcile, reload_latency, run_cli
+from bench import cache_list, gateway, multimodel, pull, reconcile, reload_latency, run_cli
 
 SUITES = {
     "reconcile": reconcile.main,
@@ -16,6 +16,7 @@ SUITES = {
     "gateway": gateway.main,
     "reload": reload_latency.main,
     "run": run_cli.main,
+    "multimodel": multimodel.main,
 }
 
 
@@ -30,7 +31,7 @@ def main() -> None:
         default=15,
         help="timed runs per command (gateway: batches per path and level; reload: saves per "
         "measurement, at most 3 for the always model; pull: at most 7; list: at most 5 of "
-        "mlx_lm manage)",
+        "mlx_lm manage; multimodel: 3 starts of each side)",
     )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(SUITES))
