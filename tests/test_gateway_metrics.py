@@ -357,3 +357,20 @@ def test_concurrent_recording_adds_up() -> None:
         count = mid.get('mlx_lama_time_to_first_token_seconds_count{model="m"}', "0")
         inf = mid.get('mlx_lama_time_to_first_token_seconds_bucket{model="m",le="+Inf"}', "0")
         assert count == inf
+
+
+def test_measured_memory_and_crashes_are_reported_per_server() -> None:
+    loaded = [
+        LoadedModel("qwen", 1_500_000_000, pinned=False, resident_bytes=900_000_000),
+        LoadedModel("llama", 4_600_000_000, pinned=True),  # its size could not be read
+    ]
+    text = Metrics().render(loaded, memory_budget_bytes=None, crashes={"qwen": 2, "gone": 1})
+
+    found = samples(text)
+
+    assert found['mlx_lama_server_resident_bytes{model="qwen"}'] == "900000000"
+    assert not any(k.startswith('mlx_lama_server_resident_bytes{model="llama"') for k in found)
+    assert found['mlx_lama_server_crashes_total{model="qwen"}'] == "2"
+    assert found['mlx_lama_server_crashes_total{model="gone"}'] == "1"
+    assert "# TYPE mlx_lama_server_crashes_total counter" in text
+    assert "# TYPE mlx_lama_server_resident_bytes gauge" in text

@@ -1,7 +1,8 @@
 """The gateway's starlette app: routes, error handling, lifespan.
 
 ``create_app(gateway, policy)`` builds the ASGI app ``mlx-lama serve`` runs:
-the Ollama API, the OpenAI API, ``/health`` and ``/metrics``, wrapped in the
+the Ollama API, the OpenAI API, ``/health``, ``/metrics`` and the
+``/mlx-lama/`` routes of ``mlx-lama top`` (``stats.py``), wrapped in the
 security middleware, with the token-streaming routes answered in front of
 Starlette by ``hotpath.HotPath``. One ``httpx.AsyncClient`` to the model servers is made
 in the lifespan and closed there, where the scheduler's background expiry
@@ -29,7 +30,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlx_lama import __version__
-from mlx_lama.gateway import inference, manage
+from mlx_lama.gateway import inference, manage, stats
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.hotpath import HotPath
 from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, read_json
@@ -140,6 +141,8 @@ def _routes() -> list[Route]:
         Route("/v1/models/{model:path}", _v1_model, methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/mlx-lama/stats", stats.stats, methods=["GET"]),
+        Route("/mlx-lama/restart", stats.restart, methods=["POST"]),
     ]
 
 
@@ -329,12 +332,22 @@ async def _health(request: Request) -> Response:
 
 async def _metrics(request: Request) -> Response:
     gateway = inference.gateway_of(request)
+    slots = gateway.scheduler.loaded()
+    pids = [s.record.pid for s in slots if s.record is not None]
+    measured = await asyncio.to_thread(stats.resident_memories, pids)
     loaded = [
-        LoadedModel(name=s.name, memory_bytes=s.memory, pinned=s.pinned)
-        for s in gateway.scheduler.loaded()
+        LoadedModel(
+            name=s.name,
+            memory_bytes=s.memory,
+            pinned=s.pinned,
+            resident_bytes=measured.get(s.record.pid) if s.record is not None else None,
+        )
+        for s in slots
     ]
     text = gateway.metrics.render(
-        loaded, memory_budget_bytes=gateway.scheduler.config.memory_budget
+        loaded,
+        memory_budget_bytes=gateway.scheduler.config.memory_budget,
+        crashes={name: s.crashes for name, s in gateway.scheduler.slots.items() if s.crashes},
     )
     return Response(
         text, media_type=CONTENT_TYPE.split(";")[0], headers={"Content-Type": CONTENT_TYPE}

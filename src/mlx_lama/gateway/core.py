@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from mlx_lama.gateway.activity import Activity
 from mlx_lama.gateway.facts import model_folder, read_facts
 from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
@@ -82,8 +83,9 @@ class Gateway:
         self.scheduler = scheduler
         self.total_memory = total_memory
         self.ready_timeout = ready_timeout
-        self.metrics = Metrics()
-        scheduler.on_load = self.metrics.load
+        self.metrics = Metrics()  # for /metrics
+        self.activity = Activity()  # for /mlx-lama/stats (mlx-lama top)
+        scheduler.on_load = self._loaded
         self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
         self.supervisor: Supervisor | None = None  # runs in the app's lifespan
         # Called with (old, new) manifest after each reload, e.g. to renew the security policy.
@@ -97,6 +99,41 @@ class Gateway:
         self._resolved: dict[str, Route]  # resolve's answers for this manifest
         self.not_downloaded: frozenset[str]  # models whose files are not all in the cache
         self._apply(manifest, lock)
+
+    # -- what happened: /metrics and /mlx-lama/stats
+
+    def finished(
+        self,
+        model: str,
+        endpoint: str,
+        status: int,
+        seconds: float,
+        *,
+        tokens: tuple[int, int] | None = None,
+        first_token: float | None = None,
+    ) -> None:
+        """Count one finished request of ``model`` (a manifest name, or ``""``) on
+        ``endpoint`` (a route template): ``tokens`` are (prompt, completion) when the
+        backend reported them, ``first_token`` the seconds until the first one."""
+        self.metrics.request(model, endpoint, status, seconds)
+        if tokens is not None:
+            self.metrics.tokens(model, *tokens)
+        if first_token is not None:
+            self.metrics.first_token(model, first_token)
+        prompt, completion = tokens or (0, 0)
+        self.activity.request(
+            model,
+            endpoint,
+            status,
+            seconds,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            first_token=first_token,
+        )
+
+    def _loaded(self, model: str, seconds: float, ok: bool) -> None:
+        self.metrics.load(model, seconds, ok)
+        self.activity.load(model, seconds, ok)
 
     # -- manifest
 

@@ -61,9 +61,25 @@ class Call:
     body: JsonObject
     receive: Receive  # the client's next ASGI message is its disconnect
     started: float  # monotonic time the request arrived
+    model: str = ""  # the manifest model it was routed to, once resolved
 
 
 Handler = Callable[[Call], Awaitable[Response]]
+
+
+def counted(handler: Handler) -> Handler:
+    """``handler``, with its error answers counted for the model it was routed to
+    (successful ones count themselves, with their tokens, when they finish)."""
+
+    async def run(call: Call) -> Response:
+        try:
+            return await handler(call)
+        except ApiError as error:
+            seconds = time.monotonic() - call.started
+            call.gateway.finished(call.model, call.path, error.status, seconds)
+            raise
+
+    return run
 
 
 def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -191,10 +207,12 @@ def _now() -> datetime:
 # -- Ollama /api/chat and /api/generate
 
 
+@counted
 async def chat(call: Call) -> Response:
     return await _ollama_run(call, "chat")
 
 
+@counted
 async def generate(call: Call) -> Response:
     return await _ollama_run(call, "generate")
 
@@ -202,6 +220,7 @@ async def generate(call: Call) -> Response:
 async def _ollama_run(call: Call, kind: str) -> Response:
     gateway, body, started = call.gateway, call.body, call.started
     route = resolve(gateway, body.get("model"))
+    call.model = route.name
     name = str(body["model"])
     try:
         keep_alive = ollama.parse_keep_alive(body.get("keep_alive"))
@@ -299,12 +318,18 @@ def _record(
     started: float,
     translator: ollama.StreamTranslator | None = None,
 ) -> None:
-    metrics = gateway.metrics
-    metrics.request(model, endpoint, status, time.monotonic() - started)
-    if translator is not None:
-        metrics.tokens(model, translator.prompt_tokens, translator.completion_tokens)
-        if translator.first_token is not None:
-            metrics.first_token(model, translator.first_token - started)
+    if translator is None:
+        gateway.finished(model, endpoint, status, time.monotonic() - started)
+        return
+    first = translator.first_token
+    gateway.finished(
+        model,
+        endpoint,
+        status,
+        time.monotonic() - started,
+        tokens=(translator.prompt_tokens, translator.completion_tokens),
+        first_token=None if first is None else first - started,
+    )
 
 
 async def _load_only(
@@ -330,17 +355,19 @@ async def _load_only(
     else:
         answer["response"] = ""
     answer.update(done=True, done_reason=reason)
-    gateway.metrics.request(route.name, f"/api/{kind}", 200, time.monotonic() - started)
+    gateway.finished(route.name, f"/api/{kind}", 200, time.monotonic() - started)
     return JSONResponse(answer)
 
 
 # -- Ollama /api/embed and /api/embeddings
 
 
+@counted
 async def embed(call: Call) -> Response:
     return await _ollama_embed(call, legacy=False)
 
 
+@counted
 async def embeddings(call: Call) -> Response:
     return await _ollama_embed(call, legacy=True)
 
@@ -348,6 +375,7 @@ async def embeddings(call: Call) -> Response:
 async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
     gateway, body, started = call.gateway, call.body, call.started
     route = resolve(gateway, body.get("model"))
+    call.model = route.name
     name = str(body["model"])
     if not gateway.embeddings_capable(route):
         raise ApiError(400, f'"{name}" does not support embeddings')
@@ -372,7 +400,7 @@ async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
     if data is None:
         return Response(status_code=499)
     vectors = [item.get("embedding") for item in sorted(data.get("data") or [], key=_index)]
-    gateway.metrics.request(route.name, call.path, 200, time.monotonic() - started)
+    gateway.finished(route.name, call.path, 200, time.monotonic() - started)
     if legacy:
         return JSONResponse({"embedding": vectors[0] if vectors else []})
     usage = data.get("usage") or {}
@@ -422,9 +450,11 @@ async def _json_of(response: httpx.Response) -> JsonObject:
 # -- OpenAI /v1/chat/completions, /v1/completions, /v1/embeddings
 
 
+@counted
 async def openai(call: Call) -> Response:
     gateway, path, body, started = call.gateway, call.path, call.body, call.started
     route = resolve(gateway, body.get("model"))
+    call.model = route.name
     name = str(body["model"])
     if path == "/v1/embeddings" and not gateway.embeddings_capable(route):
         raise ApiError(400, f"model '{name}' does not support embeddings")
@@ -436,8 +466,7 @@ async def openai(call: Call) -> Response:
         return Response(status_code=499)
     if "model" in data:
         data["model"] = name
-    _count_usage(gateway, route.name, data)
-    gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
+    gateway.finished(route.name, path, 200, time.monotonic() - started, tokens=_usage(data))
     return JSONResponse(data)
 
 
@@ -469,21 +498,25 @@ async def _openai_stream(
     async def close() -> None:
         await upstream.aclose()
         target.release()
-        gateway.metrics.request(route.name, path, 200, time.monotonic() - started)
-        if relay.first_content is not None:
-            gateway.metrics.first_token(route.name, relay.first_content - started)
-        if relay.usage is not None:
-            _count_usage(gateway, route.name, {"usage": relay.usage})
+        first = relay.first_content
+        gateway.finished(
+            route.name,
+            path,
+            200,
+            time.monotonic() - started,
+            tokens=_usage({"usage": relay.usage}),
+            first_token=None if first is None else first - started,
+        )
 
     return ProxyStream(events(), media_type=SSE, on_close=close)
 
 
-def _count_usage(gateway: Gateway, model: str, event: JsonObject) -> None:
+def _usage(event: JsonObject) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of an OpenAI ``usage`` object, None without one."""
     usage = event.get("usage")
-    if isinstance(usage, dict):
-        gateway.metrics.tokens(
-            model, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        )
+    if not isinstance(usage, dict):
+        return None
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
 # -- the routes

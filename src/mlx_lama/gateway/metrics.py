@@ -51,6 +51,7 @@ class LoadedModel:
     name: str
     memory_bytes: int  # estimated resident size of its server
     pinned: bool
+    resident_bytes: int | None = None  # measured: its server's process tree, when readable
 
 
 class _Histogram:
@@ -137,8 +138,15 @@ class Metrics:
                 histogram = self._load_durations[model] = _Histogram(LOAD_BUCKETS)
             histogram.observe(seconds)
 
-    def render(self, loaded: Sequence[LoadedModel], *, memory_budget_bytes: int | None) -> str:
-        """The whole exposition: every family in a fixed order, samples sorted by labels."""
+    def render(
+        self,
+        loaded: Sequence[LoadedModel],
+        *,
+        memory_budget_bytes: int | None,
+        crashes: Mapping[str, int] | None = None,
+    ) -> str:
+        """The whole exposition: every family in a fixed order, samples sorted by labels.
+        ``crashes`` counts, per served model, its servers that died while serving."""
         out: list[str] = []
         with self._lock:
             _family(out, "requests_total", "counter", "Finished requests.")
@@ -188,9 +196,20 @@ class Metrics:
             labels = {"model": m.name, "pinned": "true" if m.pinned else "false"}
             out.append(_sample("model_memory_bytes", labels, str(m.memory_bytes)))
 
+        measured = sorted((m.name, m.resident_bytes) for m in loaded if m.resident_bytes)
+        if measured:
+            _family(out, "server_resident_bytes", "gauge", "Measured resident size of each server.")
+            for name, size in measured:
+                out.append(_sample("server_resident_bytes", {"model": name}, str(size)))
+
         if memory_budget_bytes is not None:
             _family(out, "memory_budget_bytes", "gauge", "Memory the gateway may fill with models.")
             out.append(_sample("memory_budget_bytes", {}, str(memory_budget_bytes)))
+
+        if crashes:
+            _family(out, "server_crashes_total", "counter", "Servers that died while serving.")
+            for name, count in sorted(crashes.items()):
+                out.append(_sample("server_crashes_total", {"model": name}, str(count)))
 
         return "\n".join(out) + "\n"
 

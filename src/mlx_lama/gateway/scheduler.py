@@ -119,6 +119,7 @@ class Slot:
     restart_pending: bool = False  # it crashed while loaded: start it again after the backoff
     retry_at: float = 0.0  # monotonic; no start before this (backoff after a failure)
     missing: bool = False  # its model is not (completely) in the cache yet
+    crashes: int = 0  # times its server died or hung while serving, since the gateway started
 
     @property
     def name(self) -> str:
@@ -348,6 +349,21 @@ class Scheduler:
         await self._stop(slot, reason)
         return True
 
+    async def restart(self, name: str) -> None:
+        """Stop ``name``'s server once its requests have ended, and start it again;
+        requests arriving meanwhile wait for the new one. Raises SchedulerError
+        (404 unknown, 409 not running)."""
+        slot = self.slots.get(name)
+        if slot is None:
+            raise SchedulerError(f"model {name!r} is not in the manifest", status=404)
+        if not slot.ready:
+            raise SchedulerError(f"model {name!r} is not running ({slot.state})", status=409)
+        await self._retire(slot, "restart requested")
+        if self.slots.get(name) is not slot or slot.loading is not None:
+            return  # removed, or started again meanwhile (an always server)
+        slot.loading = self._load_task(slot)
+        await asyncio.shield(slot.loading)
+
     # -- loading and making room
 
     def _load_task(self, slot: Slot) -> asyncio.Task[None]:
@@ -566,6 +582,7 @@ class Scheduler:
         if record is None or slot.state != "ready":
             return
         log.warning("server %r (pid %d) %s", slot.name, record.pid, why)
+        slot.crashes += 1
         slot.state = "stopping"
         backoff = None
         try:
