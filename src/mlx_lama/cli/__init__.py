@@ -12,7 +12,7 @@ import sys
 from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
 from mlx_lama.cli import pull, stop, cp, rm
 from mlx_lama.cli import create, show
-from mlx_lama.cli import run, logs
+from mlx_lama.cli import run, logs, top
 
 # isort: on
 from mlx_lama.cli._app import app
@@ -20,7 +20,7 @@ from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
     "aliases", "app", "apply", "backends", "cp", "create", "listing", "lock", "logs", "main",
-    "plan", "pull", "rm", "run", "serve", "show", "stop", "validate",
+    "plan", "pull", "rm", "run", "serve", "show", "stop", "top", "validate",
 ]  # fmt: skip
 
 
