@@ -202,3 +202,26 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_b_moves_a_model_to_the_next_installed_backend(tmp_path: Path) -> None:
+    from mlx_lama.cli.top import backend_choices, switch_backend
+    from mlx_lama.daemonclient import Daemon
+    from mlx_lama.schema import load_manifest
+
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        'version = 1\n\n[backends.batched]  # kept\ntype = "vllm-mlx"\n\n'
+        f'[models.tiny]  # my model\npath = "{tmp_path}"\n'
+    )
+    daemon = Daemon(url="http://127.0.0.1:9", manifest=manifest, pid=os.getpid())
+    assert backend_choices(load_manifest(manifest)) == ["batched", "mlx-lm", "vllm-mlx"]
+    said = switch_backend(daemon, "tiny")  # from the default, mlx-lm
+    assert said == "tiny: backend mlx-lm -> vllm-mlx (the daemon restarts it)"
+    assert load_manifest(manifest).backend_of("tiny") == "vllm-mlx"
+    switch_backend(daemon, "tiny")
+    assert load_manifest(manifest).backend_of("tiny") == "batched"  # round the list
+    switch_backend(daemon, "tiny")
+    assert load_manifest(manifest).backend_of("tiny") == "mlx-lm"
+    text = manifest.read_text()
+    assert "# kept" in text and "# my model" in text
