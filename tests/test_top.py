@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,12 +145,6 @@ def _row(lines: list[str], name: str) -> list[str] | None:
     return None
 
 
-def _busy_row(lines: list[str]) -> bool:
-    """The tiny row shows requests and tokens counted (REQS and TOKENS above 0)."""
-    cells = _row(lines, "tiny")
-    return cells is not None and len(cells) >= 11 and int(cells[7]) > 0 and cells[9] != "0"
-
-
 @pytest.mark.server
 def test_top_shows_the_servers_work_and_stops_it_with_s(tmp_path: Path, tiny_model: Path) -> None:
     model = tmp_path / "tiny"
@@ -160,25 +155,24 @@ def test_top_shows_the_servers_work_and_stops_it_with_s(tmp_path: Path, tiny_mod
         "[models.tiny.parameters]\nnum_predict = 8\n"
     )
     with gateway_process(manifest, log_path=tmp_path / "serve.log") as gateway:
-        with httpx.Client(base_url=gateway.url, trust_env=False, timeout=DEADLINE) as client:
-            for _ in range(3):  # the first one starts the on-demand server
-                with client.stream(
-                    "POST",
-                    "/api/chat",
-                    json={"model": "tiny", "messages": [{"role": "user", "content": "hello"}]},
-                ) as reply:
-                    assert reply.status_code == 200
-                    lines = [json.loads(line) for line in reply.iter_lines() if line]
-                    assert lines[-1]["done"] is True and lines[-1]["eval_count"] > 0
+        chats = Chats(gateway.url)
+        chats.one()  # the first one starts the on-demand server
         pid = gateway.pid_of("tiny")
         screen = Screen("--interval", "0.5")
+        worker = threading.Thread(target=chats.until_stopped, name="chats")
         try:
-            lines = screen.wait_until(_busy_row, "the tiny row with requests and tokens")
+            worker.start()  # requests keep running while top watches
+            lines = screen.wait_until(
+                lambda shown: _counted(shown) >= 3, "the tiny row with 3 requests and tokens"
+            )
             cells = _row(lines, "tiny")
             assert cells is not None and cells[1:3] == ["mlx-lm", "ready"]
-            assert int(cells[7]) == 3  # REQS: the three chats
             assert any("/api/chat" in line and "200" in line for line in lines)  # recent requests
             assert all(len(line) <= COLUMNS for line in lines)
+            chats.stop.set()
+            worker.join(DEADLINE)
+            assert chats.errors == []
+            screen.wait_until(lambda shown: _counted(shown) == chats.done, "every request counted")
 
             screen.press("s")  # stop: an on-demand model is unloaded now
             screen.wait_until(
@@ -193,7 +187,44 @@ def test_top_shows_the_servers_work_and_stops_it_with_s(tmp_path: Path, tiny_mod
             screen.press("q")
             assert screen.process.wait(30) == 0
         finally:
+            chats.stop.set()
+            if worker.is_alive():
+                worker.join(DEADLINE)
             screen.close()
+
+
+class Chats:
+    """Streamed Ollama chats with the tiny model, one after another."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.done = 0
+        self.errors: list[str] = []
+
+    def one(self) -> None:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}
+        with (
+            httpx.Client(base_url=self.url, trust_env=False, timeout=DEADLINE) as client,
+            client.stream("POST", "/api/chat", json=body) as reply,
+        ):
+            lines = [json.loads(line) for line in reply.iter_lines() if line]
+        if reply.status_code != 200 or not lines[-1].get("eval_count"):
+            self.errors.append(f"{reply.status_code}: {lines[-1:]}")
+        self.done += 1
+
+    def until_stopped(self) -> None:
+        while not self.stop.is_set():
+            self.one()
+            time.sleep(0.2)
+
+
+def _counted(lines: list[str]) -> int:
+    """The REQS the tiny row shows, when its TOKENS are above 0 too (else 0)."""
+    cells = _row(lines, "tiny")
+    if cells is None or len(cells) < 11 or not cells[7].isdigit() or cells[9] == "0":
+        return 0
+    return int(cells[7])
 
 
 def _alive(pid: int) -> bool:
