@@ -1,6 +1,7 @@
 """CPU per streamed request in the gateway, against the bare relay's.
 
-Usage: ``uv run --all-extras python -m bench.gateway_cpu [--fake] [ROUNDS] [REPEATS]``.
+Usage: ``uv run --all-extras python -m bench.gateway_cpu [--fake] [--base SRC]
+[ROUNDS] [REPEATS]``.
 
 Why CPU and not time: at 8 concurrent streams ``mlx_lm.server`` admits the
 batch once the last request has arrived, and the gateway handles the 8
@@ -14,10 +15,17 @@ How: the same setup as ``bench.gateway`` (the tiny model as a ``serve =
 ``bench.relay`` in front of its backend). A raw asyncio client sends batches
 of 8 concurrent one-token streams (``Connection: close``, the whole answer
 read); per repeat and path, ROUNDS batches are sent and the CPU seconds of
-the process in between (gateway or relay, from psutil) are divided by the
+the process in between (gateway or relay, from psutil), less what it uses
+when idle (the gateway's scheduler and supervisor ticks), are divided by the
 requests. Paths are interleaved repeat by repeat. Prints the median and range
-over the repeats, in microseconds per request. Nothing is written to
-docs/benchmarks.md; nothing is left running.
+over the repeats, in microseconds per request, and the time to each stream's
+first token (TTFT) from the start of its batch, the direct path included.
+Nothing is written to docs/benchmarks.md; nothing is left running.
+
+``--base SRC`` runs a second gateway from another checkout's ``src`` folder
+(``PYTHONPATH``; e.g. ``git archive REV src | tar -x -C /tmp/base``) beside
+this one, with its own home and backend, so a change is compared with its
+baseline under the same conditions.
 
 ``--fake`` serves the model from a canned one-token answer instead (an
 ``external`` model pointing at a stub in this process): no scheduler lease, but
@@ -32,6 +40,7 @@ import json
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,8 +59,9 @@ from bench.gateway import (
     start_gateway,
     start_relay,
     stop_process,
+    stop_recorded_servers,
+    survivors,
     tail,
-    tear_down,
     wait_ready,
 )
 
@@ -69,7 +79,9 @@ def request_bytes(port: int, path: str, body: dict[str, Any]) -> bytes:
     return head.encode() + payload
 
 
-def paths(backend_port: int, gateway_port: int, relay_port: int) -> dict[str, tuple[int, bytes]]:
+def paths(
+    backend_port: int, gateway_ports: dict[str, int], relay_port: int
+) -> dict[str, tuple[int, bytes]]:
     openai = {"messages": PROMPT, "max_tokens": 1, "stream": True, "temperature": 0}
     ollama = {
         "model": MODEL,
@@ -78,12 +90,15 @@ def paths(backend_port: int, gateway_port: int, relay_port: int) -> dict[str, tu
         "options": {"num_predict": 1, "temperature": 0},
     }
     sse = "/v1/chat/completions"
-    return {
+    targets = {
         "direct SSE": (backend_port, request_bytes(backend_port, sse, openai)),
         "relay SSE": (relay_port, request_bytes(relay_port, sse, openai)),
-        "gateway SSE": (gateway_port, request_bytes(gateway_port, sse, {"model": MODEL, **openai})),
-        "gateway NDJSON": (gateway_port, request_bytes(gateway_port, "/api/chat", ollama)),
     }
+    for prefix, port in gateway_ports.items():
+        named = {"model": MODEL, **openai}
+        targets[f"{prefix} SSE"] = (port, request_bytes(port, sse, named))
+        targets[f"{prefix} NDJSON"] = (port, request_bytes(port, "/api/chat", ollama))
+    return targets
 
 
 _CONTENT = re.compile(rb'"content": ?"[^"]')  # the first token, in SSE or NDJSON
@@ -135,15 +150,30 @@ class Result:
     ttft_ms: list[float] = field(default_factory=list)  # per stream, from its batch's start
 
 
+IDLE_WINDOW = 5.0  # s the processes in between are watched doing nothing
+
+
+async def idle_rates(procs: dict[str, psutil.Process | None]) -> dict[int, float]:
+    """CPU seconds per second each process in between uses with no request (the
+    gateway's scheduler and supervisor tick), to take off what the batches used."""
+    unique = {proc.pid: proc for proc in procs.values() if proc is not None}
+    before = {pid: cpu_seconds(proc) for pid, proc in unique.items()}
+    start = time.perf_counter()
+    await asyncio.sleep(IDLE_WINDOW)
+    elapsed = time.perf_counter() - start
+    return {pid: (cpu_seconds(proc) - before[pid]) / elapsed for pid, proc in unique.items()}
+
+
 async def measure(
     targets: dict[str, tuple[int, bytes]],
     procs: dict[str, psutil.Process | None],
     count: int,
     repeats: int,
     arrivals: Arrivals,
-) -> dict[str, Result]:
+) -> tuple[dict[str, Result], dict[int, float]]:
     for port, request in targets.values():
         await rounds(port, request, 3, arrivals)  # warm-up
+    idle = await idle_rates(procs)
     results = {name: Result() for name in targets}
     order = list(targets)
     for index in range(repeats):
@@ -151,13 +181,15 @@ async def measure(
             port, request = targets[name]
             proc = procs[name]
             before = cpu_seconds(proc) if proc is not None else 0.0
+            start = time.perf_counter()
             spans, ttfts = await rounds(port, request, count, arrivals)
             if proc is not None:
                 used = cpu_seconds(proc) - before
+                used -= idle[proc.pid] * (time.perf_counter() - start)
                 results[name].cpu_us.append(used / (count * STREAMS) * 1e6)
             results[name].forward_ms.extend(span * 1000 for span in spans)
             results[name].ttft_ms.extend(ttft * 1000 for ttft in ttfts)
-    return results
+    return results, idle
 
 
 # What mlx_lm.server 0.31 sends for a one-token stream with usage (captured).
@@ -209,43 +241,103 @@ def fake_manifest(root: Path, port: int) -> Path:
     return manifest
 
 
-async def run_fake(count: int, repeats: int, root: Path) -> dict[str, Result]:
+@dataclass
+class Gateways:
+    """The gateway(s) under test, by path prefix ("gateway", "base"), and their logs."""
+
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    homes: list[Path] = field(default_factory=list)
+
+    def start(self, prefix: str, manifest: Path, env: dict[str, str], log: Path) -> str:
+        proc, url = start_gateway(manifest, env, log)
+        self.procs[prefix] = proc
+        self.ports[prefix] = int(url.rsplit(":", 1)[1])
+        return url
+
+
+def with_source(env: dict[str, str], source: str | None) -> dict[str, str]:
+    return env if source is None else {**env, "PYTHONPATH": source}
+
+
+async def listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway exited:\n{tail(log)}")
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the gateway did not start:\n{tail(log)}") from None
+            await asyncio.sleep(0.2)
+
+
+async def run_fake(
+    count: int, repeats: int, root: Path, base: str | None
+) -> tuple[dict[str, Result], dict[int, float]]:
     arrivals = Arrivals()
     server = await asyncio.start_server(partial(stub, arrivals), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    log = root / "gateway.log"
-    gateway, url = start_gateway(fake_manifest(root, port), isolated_env(root), log)
+    gateways = Gateways()
     relay = None
     try:
-        gateway_port = int(url.rsplit(":", 1)[1])
-        deadline = time.monotonic() + 60
-        while True:
-            if gateway.poll() is not None:
-                raise SystemExit(f"the gateway exited:\n{tail(log)}")
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", gateway_port)
-                writer.close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the gateway did not start:\n{tail(log)}") from None
-                await asyncio.sleep(0.2)
+        for prefix, source in (("gateway", None), ("base", base)):
+            if prefix == "base" and base is None:
+                continue
+            home = root / prefix
+            home.mkdir()
+            log = home / "gateway.log"
+            env = with_source(isolated_env(home), source)
+            gateways.start(prefix, fake_manifest(home, port), env, log)
+            await listening(gateways.ports[prefix], gateways.procs[prefix], log)
         relay, relay_port = start_relay(port, root / "relay.log")
-        targets = paths(port, gateway_port, relay_port)
-        procs = between(targets, gateway.pid, relay.pid)
+        targets = paths(port, gateways.ports, relay_port)
+        procs = between(targets, gateways, relay.pid)
         return await measure(targets, procs, count, repeats, arrivals)
     finally:
         if relay is not None:
             stop_process(relay, 10)
-        stop_process(gateway, 30)
+        for proc in gateways.procs.values():
+            stop_process(proc, 30)
         server.close()
 
 
+def run_real(
+    count: int, repeats: int, root: Path, base: str | None, watched: list[int]
+) -> tuple[tuple[dict[str, Result], dict[int, float]], Gateways]:
+    gateways = Gateways()
+    backend_port = 0
+    relay = None
+    try:
+        for prefix, source in (("gateway", None), ("base", base)):
+            if prefix == "base" and base is None:
+                continue
+            home = root / prefix
+            home.mkdir()
+            manifest, env, port = build(home)
+            backend_port = backend_port or port
+            log = home / "gateway.log"
+            url = gateways.start(prefix, manifest, with_source(env, source), log)
+            watched.append(gateways.procs[prefix].pid)
+            watched.append(wait_ready(url, gateways.procs[prefix], log))
+        relay, relay_port = start_relay(backend_port, root / "relay.log")
+        watched.append(relay.pid)
+        targets = paths(backend_port, gateways.ports, relay_port)
+        procs = between(targets, gateways, relay.pid)
+        return asyncio.run(measure(targets, procs, count, repeats, Arrivals())), gateways
+    finally:
+        if relay is not None:
+            stop_process(relay, 10)
+
+
 def between(
-    targets: dict[str, tuple[int, bytes]], gateway: int, relay: int
+    targets: dict[str, tuple[int, bytes]], gateways: Gateways, relay: int
 ) -> dict[str, psutil.Process | None]:
     """The process each path goes through (none for the direct path)."""
-    pids = {"relay": relay, "gateway": gateway}
+    pids = {"relay": relay, **{prefix: proc.pid for prefix, proc in gateways.procs.items()}}
     return {
         name: psutil.Process(pids[name.split()[0]]) if name.split()[0] in pids else None
         for name in targets
@@ -258,11 +350,15 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(ordered):5.2f} ms ({low:.2f}-{high:.2f})"
 
 
-def report(results: dict[str, Result], count: int, repeats: int, seconds: float) -> None:
+def report(
+    measured: tuple[dict[str, Result], dict[int, float]], count: int, repeats: int, seconds: float
+) -> None:
+    results, idle = measured
     print(
         f"{STREAMS} concurrent one-token streams, {count} batches x {repeats} repeats "
-        f"({seconds:.0f}s). CPU per request of the process in between: median (min-max) "
-        "over repeats; times: median (p25-p75)."
+        f"({seconds:.0f}s). CPU per request of the process in between, less its idle "
+        f"CPU ({', '.join(f'{rate * 1000:.1f}' for rate in idle.values())} ms/s): median "
+        "(min-max) over repeats; times: median (p25-p75)."
     )
     for name, result in results.items():
         cpu = result.cpu_us
@@ -278,37 +374,34 @@ def report(results: dict[str, Result], count: int, repeats: int, seconds: float)
         print(line)
 
 
-def main(count: int = 25, repeats: int = 6, *, fake: bool = False) -> None:
+def main(count: int = 25, repeats: int = 6, *, fake: bool = False, base: str | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="mlx-lama-bench-gwcpu-"))
-    home = root / "state" / "mlx-lama-home"
-    gateway = relay = None
     watched: list[int] = []
+    gateways = Gateways()
     started = time.monotonic()
     try:
         if fake:
-            results = asyncio.run(run_fake(count, repeats, root))
-            report(results, count, repeats, time.monotonic() - started)
-            return
-        manifest, env, backend_port = build(root)
-        log = root / "gateway.log"
-        gateway, url = start_gateway(manifest, env, log)
-        watched.append(gateway.pid)
-        watched.append(wait_ready(url, gateway, log))
-        relay, relay_port = start_relay(backend_port, root / "relay.log")
-        watched.append(relay.pid)
-        targets = paths(backend_port, int(url.rsplit(":", 1)[1]), relay_port)
-        procs = between(targets, gateway.pid, relay.pid)
-        started = time.monotonic()
-        results = asyncio.run(measure(targets, procs, count, repeats, Arrivals()))
-        report(results, count, repeats, time.monotonic() - started)
+            measured = asyncio.run(run_fake(count, repeats, root, base))
+        else:
+            measured, gateways = run_real(count, repeats, root, base, watched)
+        report(measured, count, repeats, time.monotonic() - started)
     finally:
-        if relay is not None:
-            stop_process(relay, 10)
-        tear_down(gateway, home, root, watched)
+        for proc in gateways.procs.values():
+            stop_process(proc, 60)
+        for prefix in gateways.procs:
+            watched.extend(stop_recorded_servers(root / prefix / "state" / "mlx-lama-home"))
         shutil.rmtree(root, ignore_errors=True)
+        left = survivors(watched)
+        if left:
+            raise SystemExit(f"processes left behind: {left}")
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    source = None
+    if "--base" in args:
+        at = args.index("--base")
+        source = args[at + 1]
+        del args[at : at + 2]
     numbers = [int(arg) for arg in args if arg != "--fake"]
-    main(*numbers[:2], fake="--fake" in args)
+    main(*numbers[:2], fake="--fake" in args, base=source)
