@@ -74,6 +74,7 @@ def create_app(
             finally:
                 hangup()
                 await supervisor.stop()
+                await gateway.spares.aclose()
                 await gateway.scheduler.shutdown(stop_always=stop_all_on_exit)
                 gateway.client = None
 

@@ -23,6 +23,7 @@ from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
+from mlx_lama.gateway.spares import Spares
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folder
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
@@ -87,6 +88,7 @@ class Gateway:
         self.activity = Activity()  # for /mlx-lama/stats (mlx-lama top)
         scheduler.on_load = self._loaded
         self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
+        self.spares = Spares()  # connections ready for token streams; the lifespan closes them
         self.supervisor: Supervisor | None = None  # runs in the app's lifespan
         # Called with (old, new) manifest after each reload, e.g. to renew the security policy.
         self.on_reload: list[Callable[[Manifest, Manifest], None]] = []

@@ -188,8 +188,10 @@ async def post_stream(
     async def open_on(target: Target) -> RawStream | httpx.Response:
         payload = backend_body(body, target.served_model)
         if target.base_url.startswith("http://"):
+            # Connections made ahead only to the servers mlx-lama runs (see spares.py).
+            spares = gateway.spares if target.lease is not None else None
             return await RawStream.open(
-                target.base_url + path, payload, connect_timeout=CONNECT_TIMEOUT
+                target.base_url + path, payload, connect_timeout=CONNECT_TIMEOUT, spares=spares
             )
         return await open_upstream(client, target.base_url + path, payload)
 
@@ -278,9 +280,13 @@ async def _ollama_answer(
                 yield _line({"error": describe(error)})
 
         async def close() -> None:
-            await upstream.aclose()
-            target.release()
-            record(200)
+            # Counted before the upstream close, which takes a turn of the event loop:
+            # a client that sends its next request on seeing the end finds this one counted.
+            try:
+                target.release()
+                record(200)
+            finally:
+                await upstream.aclose()
 
         return ProxyStream(lines(), media_type=NDJSON, on_close=close)
 
@@ -496,17 +502,19 @@ async def _openai_stream(
         yield b"data: " + json.dumps(failure).encode() + b"\n\n"
 
     async def close() -> None:
-        await upstream.aclose()
-        target.release()
-        first = relay.first_content
-        gateway.finished(
-            route.name,
-            path,
-            200,
-            time.monotonic() - started,
-            tokens=_usage({"usage": relay.usage}),
-            first_token=None if first is None else first - started,
-        )
+        try:  # counted before the upstream close, as in _ollama_answer
+            target.release()
+            first = relay.first_content
+            gateway.finished(
+                route.name,
+                path,
+                200,
+                time.monotonic() - started,
+                tokens=_usage({"usage": relay.usage}),
+                first_token=None if first is None else first - started,
+            )
+        finally:
+            await upstream.aclose()
 
     return ProxyStream(events(), media_type=SSE, on_close=close)
 

@@ -26,6 +26,8 @@ import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from mlx_lama.gateway.spares import Spares
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -309,26 +311,65 @@ class RawStream:
     (``Connection: close``); the body is chunked, sized or read to the end.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        spares: tuple[Spares, str, int] | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._spares = spares  # the pool to put a fresh connection in when this ends
+        self._answered = False  # the whole answer (or its data: [DONE]) came
         self.status = 0
         self.headers: dict[str, str] = {}
 
     @classmethod
-    async def open(cls, url: str, body: Mapping[str, Any], *, connect_timeout: float) -> RawStream:
-        """POST ``body`` to ``url`` (``http://host:port/path``); raises UpstreamError."""
+    async def open(
+        cls,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        connect_timeout: float,
+        spares: Spares | None = None,
+    ) -> RawStream:
+        """POST ``body`` to ``url`` (``http://host:port/path``); raises UpstreamError.
+
+        With ``spares``, on a connection opened ahead when one is ready (and a new
+        one is opened for the pool when this stream ends); see ``spares.py``.
+        """
         host, port, start = _request_start(url)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        request = b"%s%d\r\nConnection: close\r\n\r\n%s" % (start, len(payload), payload)
+        pool = (spares, host, port) if spares is not None else None
+        spare = spares.take(host, port) if spares is not None else None
+        if spare is not None:
+            try:
+                return await cls._send(spare, request, pool)
+            except UpstreamError as error:
+                if not error.connect:
+                    raise
+                # Its server closed the spare just now: try a fresh connection once.
         try:
             # asyncio.timeout, not wait_for: no extra task per request (3.11 makes one).
             async with asyncio.timeout(connect_timeout):
-                reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+                connection = await asyncio.open_connection(host, port, limit=MAX_LINE)
         except (OSError, TimeoutError) as error:
             raise UpstreamError(f"model server not reachable: {error}", connect=True) from None
-        stream = cls(reader, writer)
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return await cls._send(connection, request, pool)
+
+    @classmethod
+    async def _send(
+        cls,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        request: bytes,
+        pool: tuple[Spares, str, int] | None,
+    ) -> RawStream:
+        """Write ``request`` on ``connection`` and read the answer's head."""
+        reader, writer = connection
+        stream = cls(reader, writer, pool)
         try:
-            writer.write(b"%s%d\r\nConnection: close\r\n\r\n%s" % (start, len(payload), payload))
+            writer.write(request)
             await writer.drain()
             await stream._read_head()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -374,9 +415,12 @@ class RawStream:
                     raise UpstreamError("model server sent an oversized event")
                 *complete, pending = pending.split(b"\n")
                 for line in complete:
+                    if line.startswith(b"data:") and line[5:].strip() == b"[DONE]":
+                        self._answered = True  # readers may stop here
                     yield line.rstrip(b"\r").decode("utf-8", "replace")
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             raise UpstreamError("model server stopped answering") from None
+        self._answered = True
         if pending:
             yield pending.rstrip(b"\r").decode("utf-8", "replace")
 
@@ -390,6 +434,12 @@ class RawStream:
         return out.decode("utf-8", "replace")
 
     async def aclose(self) -> None:
+        # A spare replaces this connection only after a whole answer: not for a client
+        # that left mid-stream, nor for a server that failed or died.
+        if self._spares is not None and self._answered:
+            spares, host, port = self._spares
+            spares.refill(host, port, limit=MAX_LINE, timeout=CONNECT_TIMEOUT)
+        self._spares = None
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()
