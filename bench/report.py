@@ -61,10 +61,21 @@ class Measurement:
     def spread(self) -> str:
         """``median (min-max) unit``, as the comparison tables show it."""
         low, high = min(self.seconds), max(self.seconds)
-        return f"{self.median:.3f} ({low:.3f}-{high:.3f}) {self.unit}"
+        return f"{_figure(self.median)} ({_figure(low)}-{_figure(high)}) {self.unit}"
 
     def line(self) -> str:
         return f"{self.label:45s} median {self.median * 1000:6.0f} ms"
+
+
+def _figure(value: float) -> str:
+    """Three significant decimals for small figures, fewer as they grow (``0.123``,
+    ``12.3``, ``1234``)."""
+    size = abs(value)
+    if size >= 100:
+        return f"{value:.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
 
 
 def time_command(
