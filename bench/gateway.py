@@ -691,20 +691,21 @@ def render(by_engine: dict[str, Results]) -> str:
         f"{engine}: {', '.join(map(str, results))}" for engine, results in by_engine.items()
     )
     rows_text, derived_text, cpu_text = "\n".join(rows), "\n".join(derived), "\n".join(cpu)
-    setup = f"""The tiny random-weight test model (2 layers, hidden size 64) served as a
-`serve = "always"` model of `mlx-lama serve` by `mlx_lm.server` and, in a second
-run, by `vllm-mlx --continuous-batching` (MLX {version("mlx")}, CPU). Each request is a streamed chat
-completion of `max_tokens = {MAX_TOKENS}` at temperature 0 (content events per
-stream: {", ".join(map(str, counts))}). The paths: the engine's own port (OpenAI SSE);
-for mlx-lm also a bare relay in front of it (`bench/relay.py`: one uvloop
-process that forwards the request and copies the response bytes as they
-arrive, parsing nothing but the request head), the floor cost of any process
-between the client and the engine; the gateway's `/v1/chat/completions` (SSE
-passed through, `model` rewritten in every event); and for mlx-lm the
-gateway's `/api/chat` (Ollama NDJSON translated from the engine's SSE). One
-asyncio httpx client on the same machine sends batches of parallel streams
-({levels}): warm-up batches per path, then the timed batches, the paths
-interleaved batch by batch (order reversed every round)."""
+    setup = f"""The tiny random-weight test model (2 layers, hidden size 64) served
+as a `serve = "always"` model of `mlx-lama serve` by `mlx_lm.server` and, in a
+second run, by `vllm-mlx --continuous-batching` (MLX {version("mlx")}, CPU).
+Each request is a streamed chat completion of `max_tokens = {MAX_TOKENS}` at
+temperature 0 (content events per stream: {", ".join(map(str, counts))}).
+The paths: the engine's own port (OpenAI SSE); for mlx-lm also a bare relay in
+front of it (`bench/relay.py`: one uvloop process that forwards the request
+and copies the response bytes as they arrive, parsing nothing but the request
+head), the floor cost of any process between the client and the engine; the
+gateway's `/v1/chat/completions` (SSE passed through, `model` rewritten in
+every event); and for mlx-lm the gateway's `/api/chat` (Ollama NDJSON
+translated from the engine's SSE). One asyncio httpx client on the same
+machine sends batches of parallel streams ({levels}): warm-up batches per
+path, then the timed batches, the paths interleaved batch by batch (order
+reversed every round)."""
     cpu_intro = f"""CPU time per 1000 streamed tokens (ms) over the timed batches of the
 engine, of the process in between (the relay or the gateway; none on the
 direct path) and of the client, the cores these kept busy together, and the
