@@ -3,6 +3,7 @@ its manifest name, so the gateway rewrites ``model`` to that name and back."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import ollama
@@ -36,3 +37,39 @@ def test_ollama_and_openai_requests_reach_vllm_mlx_under_the_served_name(
             completion = oai.completions.create(model="batched", prompt="once", max_tokens=3)
             assert completion.model == "batched"
             assert completion.choices[0].text
+
+
+def test_concurrent_requests_wait_their_turn_on_vllm_mlx_without_batching(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Without --continuous-batching, vllm-mlx answers a second request at once with
+    "route is busy" (an error inside a 200 stream); the gateway sends one at a time."""
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models."single"]\npath = "{tiny_model}"\nbackend = "vllm-mlx"\n',
+        encoding="utf-8",
+    )
+
+    async def ask_all(url: str) -> list[str]:
+        client = ollama.AsyncClient(host=url)
+
+        async def ask(i: int) -> str:
+            parts = []
+            stream = await client.chat(
+                "single",
+                messages=[{"role": "user", "content": f"question {i}"}],
+                options={"num_predict": 24, "temperature": 0},
+                stream=True,
+            )
+            async for chunk in stream:  # an error line would raise ResponseError
+                parts.append(chunk.message.content or "")
+            return "".join(parts)
+
+        try:
+            return await asyncio.gather(*(ask(i) for i in range(4)))
+        finally:
+            await client.close()
+
+    with gateway_in_thread(manifest) as running:
+        answers = asyncio.run(ask_all(running.url))
+    assert len(answers) == 4 and all(answer.strip() for answer in answers)

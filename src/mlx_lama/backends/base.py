@@ -54,6 +54,8 @@ class LaunchSpec:
     ``fatal_log_markers`` are log texts that mean the engine can never become
     ready although its process lives on (mlx-lm keeps serving HTTP after its
     model failed to load), so waiting for readiness can give up early.
+    ``concurrency`` is how many requests the engine takes at once (None: as
+    many as arrive); the gateway holds the rest until one finishes.
     """
 
     argv: tuple[str, ...]
@@ -63,6 +65,7 @@ class LaunchSpec:
     served_model: str | None
     ready_timeout: float
     fatal_log_markers: tuple[str, ...] = ()
+    concurrency: int | None = None
 
     @property
     def base_url(self) -> str:

@@ -107,4 +107,7 @@ class VllmMlxBackend(Backend):
             port=port,
             served_model=server.name,
             ready_timeout=READY_TIMEOUT,
+            # Without continuous batching it answers a second request at once with
+            # "route is busy" (an error in a 200 stream): one at a time, then.
+            concurrency=None if "--continuous-batching" in argv else 1,
         )

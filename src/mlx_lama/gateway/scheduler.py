@@ -120,6 +120,7 @@ class Slot:
     retry_at: float = 0.0  # monotonic; no start before this (backoff after a failure)
     missing: bool = False  # its model is not (completely) in the cache yet
     crashes: int = 0  # times its server died or hung while serving, since the gateway started
+    gate: asyncio.Semaphore | None = None  # for engines that take a few requests at once
 
     @property
     def name(self) -> str:
@@ -164,6 +165,7 @@ class Lease:
     slot: Slot
     waited: float  # seconds spent waiting for the server (load_duration)
     _scheduler: Scheduler
+    _gate: asyncio.Semaphore | None = None  # held for the request, when the engine has one
     _released: bool = field(default=False)
 
     @property
@@ -177,6 +179,8 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
+            if self._gate is not None:
+                self._gate.release()
             self._scheduler._release(self.slot)
 
 
@@ -320,12 +324,19 @@ class Scheduler:
                     await asyncio.shield(slot.loading)
             finally:
                 self._pending -= 1
-        slot.refs += 1
+        slot.refs += 1  # before waiting at the gate: a held server is not stopped as idle
         slot.last_used = time.monotonic()
         if keep_alive is not None and not slot.pinned and not slot.always:
             slot.session = keep_alive
             slot.unload_after = keep_alive.seconds == 0
-        return Lease(slot=slot, waited=time.monotonic() - began, _scheduler=self)
+        gate = slot.gate
+        if gate is not None:
+            try:
+                await gate.acquire()
+            except BaseException:  # the client left while waiting its turn
+                self._release(slot)
+                raise
+        return Lease(slot=slot, waited=time.monotonic() - began, _scheduler=self, _gate=gate)
 
     def _release(self, slot: Slot) -> None:
         slot.refs = max(0, slot.refs - 1)
@@ -556,6 +567,8 @@ class Scheduler:
         slot.record = record
         slot.base_url = launch.base_url
         slot.served_model = launch.served_model
+        if slot.gate is None and launch.concurrency is not None:
+            slot.gate = asyncio.Semaphore(launch.concurrency)  # one per slot: waiters keep it
         slot.state = "ready"
         slot.error = None
         slot.idle_since = now
