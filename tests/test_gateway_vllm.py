@@ -68,7 +68,7 @@ def test_concurrent_requests_wait_their_turn_on_vllm_mlx_without_batching(
         try:
             return await asyncio.gather(*(ask(i) for i in range(4)))
         finally:
-            await client.close()
+            await client.close()  # type: ignore[no-untyped-call]
 
     with gateway_in_thread(manifest) as running:
         answers = asyncio.run(ask_all(running.url))
