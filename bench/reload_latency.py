@@ -14,7 +14,10 @@ shows the change:
   run, and its server's PID is waited out before the next one);
 - the floor: the same poll loop against an alias that already exists, that
   is one ``/api/show`` round trip, the part of every figure that is the
-  gateway's request latency.
+  gateway's request latency;
+- the peer, what the same alias change costs without hot reload: stopping the
+  daemon (SIGTERM) and starting it again on the changed manifest, until the
+  new alias answers (the ``always`` server is adopted, not restarted).
 
 How: everything lives in a temporary folder (the tiny random-weight test
 model, an isolated MLX_LAMA_HOME and Hugging Face home, the manifest alone in
@@ -62,12 +65,21 @@ from bench.gateway import (
     isolated_env,
     report_problems,
     start_gateway,
+    stop_process,
     survivors,
     tail,
     tear_down,
     wait_ready,
 )
-from bench.report import machine, write_section
+from bench.report import (
+    Comparison,
+    Measurement,
+    chart,
+    comparison_table,
+    machine,
+    versions,
+    write_section,
+)
 
 MODEL = "a"  # the serve = "always" model every manifest has
 FIXED_ALIAS = "fixed"  # an alias every manifest has: the floor polls it
@@ -87,6 +99,8 @@ FLOOR = "floor: one `/api/show` round trip (alias already live)"
 ALIAS = "alias added: save to `/api/show` 200"
 ON_DEMAND = "on-demand model added: save to `/api/show` 200 (routed)"
 ALWAYS = 'always model added: save to `/health` "ready" (server started)'
+RESTART = "daemon restarted instead: SIGTERM to the new daemon's `/api/show` 200"
+RESTART_RUNS = 3  # each starts a daemon (seconds)
 
 
 class Misbehaved(Exception):
@@ -283,6 +297,7 @@ def main(runs: int = 15) -> None:
     model."""
     root = Path(tempfile.mkdtemp(prefix="mlx-lama-bench-reload-"))
     gateway: subprocess.Popen[bytes] | None = None
+    bench: Bench | None = None
     watched: list[int] = []
     home = root / "state" / "mlx-lama-home"
     log = root / "gateway.log"
@@ -314,6 +329,12 @@ def main(runs: int = 15) -> None:
             now = bench.health()["models"][MODEL]
             if now["state"] != "ready" or int(now["pid"]) != pid:
                 bench.odd.append(f"{MODEL!r} did not keep its server (pid {pid}): now {now}")
+            restart, gateway = restarted(bench, env, root, min(runs, RESTART_RUNS))
+            results.append(restart)
+            print(f"{restart.label:70s} median {restart.median * 1000:8.1f} ms", flush=True)
+            now = bench.health()["models"][MODEL]
+            if int(now["pid"]) != pid:
+                bench.odd.append(f"the restarted daemon did not adopt {MODEL!r}: now {now}")
         for line in bench.odd:
             print(f"unexpected: {line}", file=sys.stderr)
         report_problems(log)
@@ -324,7 +345,38 @@ def main(runs: int = 15) -> None:
             print(f"--- last lines of {path.name} ---\n{tail(path)}", file=sys.stderr)
         raise
     finally:
-        tear_down(gateway, home, root, watched)
+        tear_down(bench.gateway if bench is not None else gateway, home, root, watched)
+
+
+def restarted(
+    bench: Bench, env: dict[str, str], root: Path, runs: int
+) -> tuple[Series, subprocess.Popen[bytes]]:
+    """The peer: make each alias change live by restarting the daemon, ``runs`` times.
+    Returns the times and the daemon left running (the caller stops it)."""
+    series = Series(RESTART)
+    gateway = bench.gateway
+    for index in range(1, runs + 1):
+        name = f"restart-{index}"
+        start = time.perf_counter()
+        stop_process(gateway, 60)
+        bench.manifest.aliases[name] = MODEL
+        bench.manifest.save()
+        gateway, url = start_gateway(bench.manifest.path, env, root / f"gateway-{index}.log")
+        bench.watched.append(gateway.pid)
+        bench.gateway, bench.url = gateway, url
+        while True:
+            try:
+                if bench.show(name) == 200:
+                    break
+            except httpx.TransportError:  # not listening yet
+                pass
+            if gateway.poll() is not None:
+                raise Misbehaved(f"the restarted gateway exited with {gateway.returncode}")
+            if time.perf_counter() - start > START_TIMEOUT:
+                raise Misbehaved(f"{name!r} not live {START_TIMEOUT:.0f} s after the restart")
+            time.sleep(SHOW_POLL)
+        series.seconds.append(time.perf_counter() - start)
+    return series, gateway
 
 
 # -- the report
@@ -356,8 +408,15 @@ def reload_share(series: Series) -> str:
 
 
 def render(results: list[Series], odd: list[str]) -> str:
-    floor, alias, on_demand, always = results
+    floor, alias, on_demand, always, restart = results
     rows = "\n".join(row(s) for s in results)
+    comparisons = [
+        Comparison(
+            "an alias change live",
+            Measurement("hot reload", tuple(alias.seconds)),
+            Measurement("daemon restart", tuple(restart.seconds)),
+        )
+    ]
     rest = min(alias.seconds) - QUIET_MS / 1000
     setup = f"""`mlx-lama serve -f mlxlama.toml` with the tiny random-weight test model
 (2 layers, hidden size 64) as `serve = "always"` model `{MODEL}`, served by
@@ -366,7 +425,11 @@ def render(results: list[Series], odd: list[str]) -> str:
 in the same folder, then `os.replace` over `mlxlama.toml`) with one new entry:
 an alias of `{MODEL}` (`alias-N`), an on-demand model (`m-N`, the same folder;
 added entries stay), or a `serve = "always"` model (`s-N`, removed again after
-its run, and its server waited out). The time runs from just before the
+its run, and its server waited out). The peer makes the same alias change
+live the way a server without hot reload needs: the daemon is stopped
+(SIGTERM), the manifest saved, and `mlx-lama serve` started again, until the
+new alias answers ({RESTART_RUNS} runs; the `always` server is adopted, not
+restarted). The time runs from just before the
 `os.replace` to the first answer showing the change: `POST /api/show` polled
 every {SHOW_POLL * 1000:.0f} ms (404 until live, then 200), or `/health` polled every
 {HEALTH_POLL * 1000:.0f} ms until the model is "ready". The floor is the same poll
@@ -401,13 +464,16 @@ machine's cores."""
 
 {wrap(setup)}
 
+{comparison_table(comparisons)}
+{chart("reload", comparisons, title="alias change live: hot reload vs daemon restart (s)")}
+
 | measurement | runs | median | min | max | target | verdict |
 |---|---|---|---|---|---|---|
 {rows}
 
 {wrap(reading)}
 {problems}
-Machine: {machine()}.
+Machine: {machine()}; {versions("mlx-lama", "mlx-lm", "watchfiles")}.
 Command: `uv run --all-extras python -m bench reload`
 """
 

@@ -29,7 +29,36 @@ CHARTS = DOC.parent / "benchmarks"  # chart(NAME) writes CHARTS / "NAME.png"
 HEADER = """# Benchmarks
 
 Every figure here comes from `bench/`; each section names the command that
-produced it. Regenerate all of them with `uv run --all-extras python -m bench`.
+produced it, the versions and the machine. Regenerate all of them, with the
+charts under `benchmarks/`, with `uv run --all-extras python -m bench` (one
+suite: `python -m bench gateway`).
+
+## How to read these
+
+- **Ours beside a peer, from the same run.** Each table puts an mlx-lama
+  command or path beside what a user would otherwise run (the engine's own
+  port, `hf download`, `hf cache ls`, `mlx_lm manage`, `mlx_lm generate`,
+  `vllm-mlx --models-config`) or beside a floor (`python -c pass`), measured
+  alternately in one run. The ratio is ours over the peer, medians: for times
+  and memory below 1 means ours needs less; for tokens/s above 1 means ours
+  streams more. Min and max show the spread; on a shared 2-core machine a
+  single run can be far off, so read the medians.
+- **Bounded by the engine.** Generation (tokens/s, time to first token, the
+  pause between tokens) and model loading are the engine's work: through the
+  gateway the best possible ratio is 1.0, and the question is how close it
+  stays. A process between the client and the engine costs CPU per token,
+  which on a small machine is CPU the engine cannot use; the bare relay in the
+  streaming section shows that floor. Under concurrency the engine's batching
+  (when it admits new requests) decides the time to first token more than
+  anything in front of it.
+- **Bounded by the interpreter.** Every command is a fresh Python process;
+  `python -c pass` is the floor none can go under, and importing a library
+  costs tens to hundreds of milliseconds (pydantic, httpx, mlx). Commands that
+  answer from the daemon (`run` with a warm model) skip loading the engine.
+- **Physical floors.** Downloads are bounded by the disk and the loopback
+  network of this machine (the hub stand-in serves from local files);
+  generation by memory bandwidth and compute (here a CPU, and a tiny model, so
+  the figures show overheads rather than model speed).
 """
 
 

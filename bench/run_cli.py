@@ -38,13 +38,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from importlib.metadata import version
 from pathlib import Path
 
 from tests.fixtures.tiny_model import make_tiny_model
 
 from bench.gateway import isolated_env, report_problems, start_gateway, tear_down, wait_ready
-from bench.report import Measurement, machine, time_command, write_section
+from bench.report import (
+    Comparison,
+    Measurement,
+    chart,
+    comparison_table,
+    machine,
+    time_command,
+    versions,
+    write_section,
+)
 
 MODEL = "tiny"
 PROMPT = "hello"
@@ -138,12 +146,21 @@ def render(results: list[Measurement], tokens: Mapping[str, int | None]) -> str:
         for r in results
     )
     by_label = {r.label: r for r in results}
+    comparisons = [
+        Comparison("answer one prompt, model warm", by_label[DAEMON], by_label[MLX_LM]),
+        Comparison("answer one prompt, cold start", by_label[IN_PROCESS], by_label[MLX_LM]),
+        Comparison("interpreter start-up (floor)", by_label[FLOOR], by_label[MLX_LM]),
+    ]
     ratio = by_label[MLX_LM].median / by_label[DAEMON].median
-    return f"""## `mlx-lama run` wall time
+    return f"""## `mlx-lama run` wall time, against `mlx_lm generate`
 
 One prompt (`{PROMPT}`), {MAX_TOKENS} tokens at most, greedy, on the tiny
 random-weight test model; each command is a fresh process, timed
 {by_label[DAEMON].runs} times ({by_label[MLX_LM].runs} for the two that load the model).
+The peer is mlx-lm's own one-shot CLI on the same model, prompt and limit.
+
+{comparison_table(comparisons)}
+{chart("run", comparisons, title="mlx-lama run vs mlx_lm generate (s)")}
 
 | command | tokens generated | median | min | max |
 |---|---|---|---|---|
@@ -151,10 +168,10 @@ random-weight test model; each command is a fresh process, timed
 
 With a warm daemon, `mlx-lama run` is {ratio:.1f}x faster than `mlx_lm generate`
 (median): it loads neither mlx nor the model, it only sends the request. Without
-a daemon it pays what `mlx_lm generate` pays (importing mlx_lm and loading the
-model) plus its own manifest handling.
+a daemon (the cold start) it pays what `mlx_lm generate` pays (importing mlx_lm
+and loading the model) plus its own manifest handling.
 
-Machine: {machine()}; mlx-lm {version("mlx-lm")}.
+Machine: {machine()}; {versions("mlx-lama", "mlx-lm", "mlx")}.
 Command: `uv run --all-extras python -m bench run`
 """
 
