@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
+from mlx_lama.orchestrator.watch import IDLE_MS, Fingerprint, fingerprint, watch_manifest
 
 MANIFEST = "version = 1\n"
 QUIET = 0.25  # seconds without a notification that count as "the burst is over"
@@ -27,10 +27,14 @@ class Watching:
         self.manifest = manifest
         self.stop = asyncio.Event()
         self.queue: asyncio.Queue[tuple[set[Path], Fingerprint]] = asyncio.Queue()
+        self.idle_ticks = 0
         self.task = asyncio.create_task(self._consume())
 
     async def _consume(self) -> None:
         async for changed in watch_manifest(self.manifest, stop=self.stop):
+            if not changed:  # an idle tick, not a notification
+                self.idle_ticks += 1
+                continue
             # What a reconciler would read on being told, taken at once.
             await self.queue.put((changed, fingerprint(self.manifest)))
 
@@ -192,5 +196,18 @@ def test_a_lock_file_change_is_reported(tmp_path: Path) -> None:
         seen = await watching.burst()
         assert {changed for bursts, _ in seen for changed in bursts} == {lock}
         assert seen[-1][1] == (digest(MANIFEST), digest(lock_text))
+
+    run_watching(tmp_path, scenario)
+
+
+def test_a_quiet_folder_still_yields_idle_ticks(tmp_path: Path) -> None:
+    """The caller gets to compare fingerprints every IDLE_MS even when no event came:
+    the backstop for a save made before the watch was in place."""
+
+    async def scenario(watching: Watching) -> None:
+        ticks = watching.idle_ticks
+        await asyncio.sleep(IDLE_MS / 1000 * 2.5)  # only bounds the wait
+        assert watching.idle_ticks > ticks
+        assert watching.queue.empty()  # ticks are not notifications
 
     run_watching(tmp_path, scenario)

@@ -115,6 +115,7 @@ class Supervisor:
     # -- reconciling
 
     async def _watch(self) -> None:
+        # Every yield, an idle tick included, is a look: reconcile compares fingerprints.
         async for _ in watch_manifest(self.gateway.manifest_path, stop=self._stop):
             self._wake.set()
 

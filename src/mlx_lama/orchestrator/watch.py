@@ -10,7 +10,10 @@ A burst of events (one save is often three or four) is gathered until the
 folder has been quiet for ``STEP_MS``; each burst is one notification. What
 changed is left to the caller, which compares :func:`fingerprint` values so a
 save that rewrote the same bytes (or an edit the daemon made and already
-applied) reconciles nothing.
+applied) reconciles nothing. After ``IDLE_MS`` without events the watch also
+yields an empty set, so the caller compares fingerprints then too: a save made
+after the caller's last look but before the watch was in place (or an event
+the platform dropped) is caught within that time.
 
 Used by the daemon (:mod:`mlx_lama.gateway.supervisor`) and ``mlx-lama apply
 --watch``. Built on watchfiles (inotify on Linux, FSEvents on macOS).
@@ -29,6 +32,7 @@ from mlx_lama.schema.lockfile import lock_path_for
 
 STEP_MS = 50  # a burst ends after this long without events
 DEBOUNCE_MS = 1600  # the longest a burst is gathered before it is reported anyway
+IDLE_MS = 1000  # with no events for this long, yield an empty set (callers check anyway)
 
 Fingerprint = tuple[str | None, str | None]
 
@@ -67,8 +71,8 @@ def _target(manifest: Path) -> tuple[Path, _Filter]:
 async def watch_manifest(
     manifest: Path, *, stop: asyncio.Event | None = None
 ) -> AsyncIterator[set[Path]]:
-    """Yield the changed paths once per burst of saves to ``manifest`` or its lock,
-    until ``stop`` is set."""
+    """Yield the changed paths once per burst of saves to ``manifest`` or its lock
+    (an empty set after IDLE_MS without any), until ``stop`` is set."""
     folder, keep = _target(manifest)
     async for changes in watchfiles.awatch(
         folder,
@@ -76,6 +80,8 @@ async def watch_manifest(
         debounce=DEBOUNCE_MS,
         step=STEP_MS,
         stop_event=stop,
+        rust_timeout=IDLE_MS,
+        yield_on_timeout=True,
         recursive=False,
     ):
         yield {Path(path) for _, path in changes}
@@ -89,6 +95,8 @@ def watch_manifest_blocking(manifest: Path) -> Iterator[set[Path]]:
         watch_filter=keep,
         debounce=DEBOUNCE_MS,
         step=STEP_MS,
+        rust_timeout=IDLE_MS,
+        yield_on_timeout=True,
         recursive=False,
         raise_interrupt=False,
     ):
