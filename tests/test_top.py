@@ -39,15 +39,15 @@ COLUMNS, LINES = 80, 24
 def _stats(**server: Any) -> dict[str, Any]:
     row = {
         "name": "qwen2.5-coder:7b", "backend": "mlx-lm", "state": "ready", "port": 41234,
-        "memory_bytes": 5 * 2**30, "tokens_per_second": 812.4, "ttft_p50": 0.012,
+        "memory_bytes": 5_300_000_000, "tokens_per_second": 812.4, "ttft_p50": 0.012,
         "ttft_p95": 0.031, "requests": 120, "errors": 2, "prompt_tokens": 5000,
         "completion_tokens": 40000, "keep_alive_left": 252.0, **server,
     }  # fmt: skip
     return {
         "gateway": {"url": "http://127.0.0.1:11434", "uptime_seconds": 3725, "requests": 1234,
                     "requests_per_second": 2.5},
-        "system": {"cpu_percent": 37.0, "cpus": 2, "memory_used": 10 * 2**30,
-                   "memory_total": 24 * 2**30},
+        "system": {"cpu_percent": 37.0, "cpus": 2, "memory_used": 10_000_000_000,
+                   "memory_total": 24_000_000_000},
         "servers": [row, {**row, "name": "tiny", "state": "not downloaded", "port": None,
                           "requests": 0, "keep_alive_left": None}],
         "recent": [{"at": 1764950000.0, "model": "tiny", "endpoint": "/api/chat", "status": 200,
@@ -69,7 +69,7 @@ def test_the_screen_fits_80_by_24_and_shows_every_column() -> None:
     for title in ("BACKEND", "STATE", "PORT", "MEM", "TOK/S", "TTFT ms", "REQS", "ERR", "KEEP"):
         assert title in header
     row = next(line for line in lines if line.startswith("qwen"))
-    assert row.split()[1:] == ["mlx-lm", "ready", "41234", "5G", "812", "12/31", "120", "2",
+    assert row.split()[1:] == ["mlx-lm", "ready", "41234", "5.3G", "812", "12/31", "120", "2",
                                "45k", "4m12s"]  # fmt: skip
     assert "missing" in next(line for line in lines if line.startswith("tiny"))
     assert "log line 99" in lines[-2] and "q quit" in lines[-1]

@@ -259,26 +259,20 @@ def _seconds(value: object) -> str:
 
 
 def _duration(value: object) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    seconds = int(value)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    from mlx_lama.humanize import duration_str
+
+    return duration_str(value) if isinstance(value, int | float) else "-"
 
 
 def _bytes(value: object) -> str:
+    """A size in 5 columns, in decimal units as ``ps`` and ``list`` print them: ``5.3G``."""
     if not isinstance(value, int | float) or value <= 0:
         return "-"
     size = float(value)
     for unit in ("B", "K", "M", "G"):
-        if size < 1024:
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}".replace(".0", "")
-        size /= 1024
+        if size < 1000:
+            return f"{size:.0f}{unit}" if unit == "B" or size >= 10 else f"{size:.1f}{unit}"
+        size /= 1000
     return f"{size:.1f}T"
 
 
