@@ -272,9 +272,15 @@ def test_ctrl_c_mid_pull_leaves_nothing_taken_for_complete(
 def _download_started() -> bool:
     """A partial blob exists: huggingface_hub is writing the weights right now."""
     blobs = paths.hf_hub_cache() / "models--mlx-test--tiny-a" / "blobs"
-    return (
-        any(p.stat().st_size > 0 for p in blobs.glob("*.incomplete")) if blobs.is_dir() else False
-    )
+    return blobs.is_dir() and any(_size(p) > 0 for p in blobs.glob("*.incomplete"))
+
+
+def _size(path: Path) -> int:
+    """The file's size; 0 once it is gone (a partial blob is renamed when complete)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def test_dry_run_shows_the_plan_and_changes_nothing(project: Path, two_repos: HubStandIn) -> None:
