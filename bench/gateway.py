@@ -58,10 +58,10 @@ from typing import Any
 
 import httpx
 import psutil
-from tests.fixtures.hf_env import SCRUBBED_ENV, layout
 from tests.fixtures.servers import free_port
 from tests.fixtures.tiny_model import make_tiny_model
 
+from bench import report
 from bench.report import (
     Comparison,
     Measurement,
@@ -422,13 +422,9 @@ async def measure(
 
 
 def isolated_env(root: Path) -> dict[str, str]:
-    """This environment without the developer's Hugging Face and mlx-lama settings, with
-    all state (HOME, MLX_LAMA_HOME, HF_HOME) under ``root / "state"``."""
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(layout(root / "state"))
-    for name in ("HOME", "HF_HOME", "HF_HUB_CACHE", "MLX_LAMA_HOME"):
-        Path(env[name]).mkdir(parents=True, exist_ok=True)
-    return env
+    """:func:`bench.report.isolated_env` with all state under ``root / "state"`` (the
+    suites keep their model and logs beside it, in ``root``)."""
+    return report.isolated_env(root / "state")
 
 
 def start_gateway(
