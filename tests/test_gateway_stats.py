@@ -4,29 +4,17 @@ requests, and a restart that replaces the server process."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.fixtures.gateway import gateway_in_thread, wait_for
+from tests.fixtures.gateway import gateway_in_thread, tiny_on_demand, wait_for
 
 pytestmark = pytest.mark.server
 
 DEADLINE = 180.0  # s; only how long a hung test waits, never a performance bound
-
-
-def _manifest(tmp_path: Path, tiny_model: Path) -> Path:
-    model = tmp_path / "tiny"
-    shutil.copytree(tiny_model, model)
-    manifest = tmp_path / "mlxlama.toml"
-    manifest.write_text(
-        f'version = 1\n\n[models.tiny]\npath = "{model}"\nkeep_alive = "1h"\n\n'
-        "[models.tiny.parameters]\nnum_predict = 8\n"
-    )
-    return manifest
 
 
 def _chat(client: httpx.Client, **extra: object) -> httpx.Response:
@@ -36,7 +24,7 @@ def _chat(client: httpx.Client, **extra: object) -> httpx.Response:
 
 def test_stats_count_what_each_server_did(tmp_path: Path, tiny_model: Path) -> None:
     with (
-        gateway_in_thread(_manifest(tmp_path, tiny_model)) as gateway,
+        gateway_in_thread(tiny_on_demand(tmp_path, tiny_model)) as gateway,
         httpx.Client(base_url=gateway.url, trust_env=False, timeout=DEADLINE) as client,
     ):
         idle = client.get("/mlx-lama/stats").json()
@@ -74,7 +62,7 @@ def test_stats_count_what_each_server_did(tmp_path: Path, tiny_model: Path) -> N
 
 def test_restart_replaces_the_server_process(tmp_path: Path, tiny_model: Path) -> None:
     with (
-        gateway_in_thread(_manifest(tmp_path, tiny_model)) as gateway,
+        gateway_in_thread(tiny_on_demand(tmp_path, tiny_model)) as gateway,
         httpx.Client(base_url=gateway.url, trust_env=False, timeout=DEADLINE) as client,
     ):
         stopped = client.post("/mlx-lama/restart", json={"model": "tiny"})

@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import struct
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from rich.console import Console
 
 from mlx_lama.cli.top import View, render
 from tests.fixtures.cli import cli
-from tests.fixtures.gateway import gateway_process, wait_for
+from tests.fixtures.gateway import gateway_process, tiny_on_demand, wait_for
 
 DEADLINE = 180.0  # s; only how long a hung test waits, never a performance bound
 COLUMNS, LINES = 80, 24
@@ -147,13 +146,7 @@ def _row(lines: list[str], name: str) -> list[str] | None:
 
 @pytest.mark.server
 def test_top_shows_the_servers_work_and_stops_it_with_s(tmp_path: Path, tiny_model: Path) -> None:
-    model = tmp_path / "tiny"
-    shutil.copytree(tiny_model, model)
-    manifest = tmp_path / "mlxlama.toml"
-    manifest.write_text(
-        f'version = 1\n\n[models.tiny]\npath = "{model}"\nkeep_alive = "1h"\n\n'
-        "[models.tiny.parameters]\nnum_predict = 8\n"
-    )
+    manifest = tiny_on_demand(tmp_path, tiny_model)
     with gateway_process(manifest, log_path=tmp_path / "serve.log") as gateway:
         chats = Chats(gateway.url)
         chats.one()  # the first one starts the on-demand server
