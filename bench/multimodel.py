@@ -78,6 +78,7 @@ from bench.gateway import (
     Target,
     isolated_env,
     one_stream,
+    report_problems,
     sse_content,
     start_gateway,
     stop_process,
@@ -112,7 +113,6 @@ OURS_SHORT = "mlx-lama serve"
 PEER_SHORT = "vllm-mlx --models-config"
 SIDES = (OURS, PEER)
 ORDINALS = ("1st", "2nd", "3rd")
-NO_API_KEY = "Server running without API key authentication"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -137,20 +137,6 @@ class Start:
 
 
 # -- the two sides
-
-
-def report_problems(path: Path) -> None:
-    """Print the lines of a log that speak of errors, but vllm-mlx's warning that it
-    runs without an API key (both sides listen on 127.0.0.1 only)."""
-    words = ("Traceback", "ERROR", "Error", "Exception", "WARNING")
-    found = [
-        line
-        for line in tail(path, 100_000).splitlines()
-        if any(w in line for w in words) and NO_API_KEY not in line
-    ]
-    if found:
-        shown = "\n".join(found[:40])
-        print(f"{len(found)} problem line(s) in {path.name}:\n{shown}", file=sys.stderr)
 
 
 def write_manifest(path: Path, models: Mapping[str, Path]) -> None:
