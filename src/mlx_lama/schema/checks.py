@@ -8,6 +8,7 @@ check, so one read reports every problem. Tolerates values of the wrong type
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -107,6 +108,8 @@ def cross_check(data: dict[str, Any], report: _Report) -> None:
     _check_ports({k: v for k, v in models.items() if k not in external}, server, report)
     _check_aliases(_tables(data, "aliases"), model_keys, report)
     _check_exposure(server, report)
+    _check_distributed(models, backends, defaults, report)
+    _check_remotes(_tables(data, "remotes"), model_keys, server, report)
 
 
 def _check_names(
@@ -202,13 +205,15 @@ def _check_externals(
                 'add the address of the running server, as in url = "http://127.0.0.1:1234"',
             )
         else:
-            _check_gateway_loop(name, entry["url"], server, report)
+            _check_gateway_loop(("models", name, "url"), entry["url"], server, report)
         for key, hint in _NOT_FOR_EXTERNAL.items():
             if key in entry:
                 report(("models", name, key), f"{key} does not apply to an external model", hint)
 
 
-def _check_gateway_loop(name: str, url: object, server: dict[str, Any], report: _Report) -> None:
+def _check_gateway_loop(
+    path: KeyPath, url: object, server: dict[str, Any], report: _Report
+) -> None:
     if not isinstance(url, str):
         return
     try:
@@ -219,7 +224,7 @@ def _check_gateway_loop(name: str, url: object, server: dict[str, Any], report: 
     gateway = server.get("port", 11434)
     if port == gateway and is_loopback_host(host or ""):
         report(
-            ("models", name, "url"),
+            path,
             f"url {url!r} is mlx-lama's own gateway ([server] port {gateway})",
             "point url at the other server's port, or move the gateway with [server] port",
         )
@@ -328,3 +333,113 @@ def _check_exposure(server: dict[str, Any], report: _Report) -> None:
         f"host {host!r} exposes the gateway beyond this machine without an api_key",
         'set api_key under [server], or bind host = "127.0.0.1"',
     )
+
+
+# An ssh destination: [user@]host, where host is a name, an IPv4 or an IPv6 address.
+# A leading "-" would reach ssh as an option, so neither part may start with one.
+_SSH_HOST = re.compile(
+    r"([A-Za-z0-9_][A-Za-z0-9_.-]*@)?([A-Za-z0-9][A-Za-z0-9.-]*|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)"
+)
+_DISTRIBUTED_KEYS = ("distributed", "pipeline", "files", "ring_port")
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def distributed_engines() -> tuple[str, ...]:
+    """The built-in engines that can run a model over several hosts."""
+    from mlx_lama.backends.base import get_backend  # the registry loads engine modules lazily
+
+    return tuple(b for b in BUILTIN_BACKENDS if get_backend(b).capabilities().distributed)
+
+
+def _check_distributed(
+    models: dict[str, Any], backends: dict[str, Any], defaults: dict[str, Any], report: _Report
+) -> None:
+    engines: tuple[str, ...] | None = None
+    for name, entry in _items(models):
+        hosts, hostfile = entry.get("hosts"), entry.get("hostfile")
+        if hosts is None and hostfile is None:
+            for key in _DISTRIBUTED_KEYS:
+                if key in entry:
+                    report(
+                        ("models", name, key),
+                        f"{key} is only for a model served across several hosts",
+                        'add hosts = ["mac-a", "mac-b"] or a hostfile, or remove ' + key,
+                    )
+            continue
+        if hosts is not None and hostfile is not None:
+            report(
+                ("models", name, "hostfile"),
+                "set either hosts or hostfile, not both",
+                "hosts lists the machines; hostfile names an mlx.launch hostfile",
+            )
+        if isinstance(hosts, list):
+            _check_hosts(name, hosts, report)
+        engine = backend_type(entry.get("backend", defaults.get("backend", "mlx-lm")), backends)
+        if engine is None:
+            continue  # the backend checks report it
+        engines = engines if engines is not None else distributed_engines()
+        if engine not in engines:
+            report(
+                ("models", name, "hosts" if hosts is not None else "hostfile"),
+                f"backend {engine!r} cannot serve a model across several hosts",
+                f'use backend = "{engines[0]}", or remove hosts to serve it on this machine'
+                if engines
+                else "remove hosts to serve it on this machine",
+            )
+
+
+def _check_hosts(name: str, hosts: list[Any], report: _Report) -> None:
+    if len(hosts) < 2:
+        report(
+            ("models", name, "hosts"),
+            f"a distributed model needs at least two hosts (got {len(hosts)})",
+            "list every machine that holds a shard, this one first; "
+            "or remove hosts to serve it on this machine",
+        )
+    for index, host in enumerate(hosts):
+        if isinstance(host, str) and not _SSH_HOST.fullmatch(host):
+            report(
+                ("models", name, "hosts", index),
+                f"{host!r} is not a host name or address",
+                'write it as ssh would, as in "mac-b", "mac-b.local", "10.0.0.2" or "me@mac-b"',
+            )
+
+
+def _check_remotes(
+    remotes: dict[str, Any], models: dict[str, str], server: dict[str, Any], report: _Report
+) -> None:
+    owners: dict[str, str] = {}
+    for remote, section in _items(remotes):
+        if not _REMOTE_NAME.fullmatch(remote):
+            report(
+                ("remotes", remote),
+                f"{remote!r} is not a valid remote name",
+                "use letters, digits, '_', '.' and '-', as in [remotes.studio]",
+            )
+        url = section.get("url")
+        if isinstance(url, str):
+            _check_gateway_loop(("remotes", remote, "url"), url, server, report)
+        listed = section.get("models")
+        if not isinstance(listed, list):
+            continue
+        for index, model in enumerate(listed):
+            if not isinstance(model, str):
+                continue
+            problem = check_model_name(model)
+            if problem:
+                report(("remotes", remote, "models", index), problem)
+                continue
+            key = canonical_name(model)
+            if key in models:
+                report(
+                    ("remotes", remote, "models", index),
+                    f"{model!r} is also a model of this manifest ([models.{models[key]}])",
+                    "a name is served by one place: remove it here or from [models]",
+                )
+            elif key in owners and owners[key] != remote:
+                report(
+                    ("remotes", remote, "models", index),
+                    f"{model!r} is already routed to remote {owners[key]!r}",
+                    "list each model under one remote",
+                )
+            owners.setdefault(key, remote)

@@ -17,6 +17,8 @@ from mlx_lama.schema.units import Duration, Size
 SCHEMA_VERSION = 1
 
 ServeMode = Literal["always", "on-demand", "never"]
+DistributedBackend = Literal["ring", "mpi"]
+FilesMode = Literal["check", "shared"]
 BackendType = Literal["mlx-lm", "vllm-mlx", "external"]
 BUILTIN_BACKENDS: tuple[str, ...] = get_args(BackendType)
 
@@ -127,6 +129,17 @@ class ModelEntry:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     parameters: Parameters = Parameters()
+    # Sharded over several machines with MLX distributed (rank 0 = hosts[0] serves HTTP).
+    hosts: list[str] = field(default_factory=list)
+    hostfile: str | None = None  # an mlx.launch JSON hostfile instead of hosts
+    distributed: DistributedBackend | None = None  # None: "ring" when hosts are set
+    pipeline: bool = False  # pipeline parallel instead of tensor parallel
+    files: FilesMode = "check"  # "shared": the model folder is on a volume every host sees
+    ring_port: int | None = None  # first port of the ring (one per rank); None: any free one
+
+    @property
+    def is_distributed(self) -> bool:
+        return bool(self.hosts) or self.hostfile is not None
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> ModelEntry:
@@ -135,6 +148,22 @@ class ModelEntry:
         values["messages"] = [Message(**m) for m in values.get("messages", [])]
         values["license"] = list(values.get("license", []))
         values["parameters"] = Parameters.from_data(values.get("parameters"))
+        values["hosts"] = list(values.get("hosts", []))
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSection:
+    """``[remotes.NAME]``: another mlx-lama (or Ollama) gateway whose models ours routes to."""
+
+    url: str  # the gateway's root, as normalised by the schema
+    api_key: str | None = None  # bearer token the remote gateway asks for
+    models: list[str] = field(default_factory=list)  # only these; empty: all it lists
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> RemoteSection:
+        values = dict(data)
+        values["models"] = list(values.get("models", []))
         return cls(**values)
 
 
@@ -148,6 +177,7 @@ class Manifest:
     aliases: dict[str, str] = field(default_factory=dict)
     backends: dict[str, BackendSection] = field(default_factory=dict)
     models: dict[str, ModelEntry] = field(default_factory=dict)
+    remotes: dict[str, RemoteSection] = field(default_factory=dict)
 
     def backend_type(self, backend: str) -> BackendType:
         """The engine a backend name stands for (a built-in or a ``[backends]`` entry)."""
@@ -179,6 +209,7 @@ class Manifest:
             aliases=dict(data.get("aliases", {})),
             backends={k: BackendSection(**v) for k, v in data.get("backends", {}).items()},
             models={k: ModelEntry.from_data(v) for k, v in data.get("models", {}).items()},
+            remotes={k: RemoteSection.from_data(v) for k, v in data.get("remotes", {}).items()},
         )
 
     def to_data(self) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from mlx_lama.schema.manifest import (
     DEFAULT_KEEP_ALIVE,
     DEFAULT_MEMORY_BUDGET,
     BackendType,
+    DistributedBackend,
+    FilesMode,
     ServeMode,
 )
 from mlx_lama.schema.units import Duration, Size
@@ -112,6 +114,20 @@ class ModelEntry(_Table):
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     parameters: Parameters = Parameters()
+    hosts: list[str] = Field(default_factory=list)
+    hostfile: str | None = None
+    distributed: DistributedBackend | None = None
+    pipeline: bool = False
+    files: FilesMode = "check"
+    ring_port: Port | None = None
+
+
+class RemoteSection(_Table):
+    """``[remotes.NAME]``: another gateway whose models ours routes to."""
+
+    url: ServerUrl
+    api_key: str | None = None
+    models: list[str] = Field(default_factory=list)
 
 
 class Manifest(_Table):
@@ -123,3 +139,4 @@ class Manifest(_Table):
     aliases: dict[str, str] = Field(default_factory=dict)
     backends: dict[str, BackendSection] = Field(default_factory=dict)
     models: dict[str, ModelEntry] = Field(default_factory=dict)
+    remotes: dict[str, RemoteSection] = Field(default_factory=dict)
