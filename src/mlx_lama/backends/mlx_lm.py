@@ -26,6 +26,7 @@ from mlx_lama.backends.base import (
     GenerationChunk,
     GenerationStats,
     InProcessModel,
+    LaunchError,
     LaunchSpec,
     ParameterValue,
     StopScanner,
@@ -73,6 +74,36 @@ class ModelLoadError(MlxLamaError):
     """mlx-lm could not load a model folder into this process."""
 
 
+def distributed_argv(
+    server: ServerSpec, argv: tuple[str, ...], env: tuple[tuple[str, str], ...]
+) -> tuple[str, ...]:
+    """``argv`` run as the ranks of ``server.distribution`` by mlx-lama's launcher.
+
+    Every rank runs the same command (mlx-lm shards the model by rank; only
+    rank 0 serves HTTP), so the model folder must have the same path on every
+    host. Refuses what mlx-lm cannot do distributed, and a first host that is
+    not this machine (rank 0 must answer the gateway here).
+    """
+    from mlx_lama import distributed  # only distributed servers need it
+
+    spec = server.distribution
+    assert spec is not None
+    if server.adapter is not None:
+        raise LaunchError(
+            f"server {server.name!r}: mlx-lm cannot load an adapter when serving across hosts",
+            hint="fuse the adapter into the model (mlx_lm fuse) or serve it on one machine",
+        )
+    if spec.hosts and not distributed.is_this_machine(spec.hosts[0]):
+        raise LaunchError(
+            f"server {server.name!r}: the first host ({spec.hosts[0]}) runs rank 0, which "
+            "answers the gateway, so it must be this machine",
+            hint="list this machine first in hosts",
+        )
+    if spec.pipeline:
+        argv += ("--pipeline",)
+    return distributed.launcher_argv(spec, argv, [name for name, _ in env])
+
+
 @register_backend
 class MlxLmBackend(Backend):
     """``mlx_lm server``: the reference MLX engine, one request at a time."""
@@ -111,9 +142,12 @@ class MlxLmBackend(Backend):
             argv += ("--chat-template", server.template)
         argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
         argv += check_passthrough(server, MANAGED_FLAGS)
+        env = merged_env(server)
+        if server.distribution is not None:
+            argv = distributed_argv(server, argv, env)
         return LaunchSpec(
             argv=argv,
-            env=merged_env(server),
+            env=env,
             host=server.host,
             port=port,
             served_model=None,

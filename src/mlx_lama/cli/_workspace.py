@@ -56,10 +56,19 @@ def load_workspace(file: Path | None) -> Workspace:
     )
 
 
-def observe_and_warn(workspace: Workspace, desired: DesiredState) -> ObservedState:
-    """Observe (probing ``desired``'s external servers), printing each warning on stderr."""
+def observe_and_warn(
+    workspace: Workspace, desired: DesiredState, *, hosts: bool = False
+) -> ObservedState:
+    """Observe (probing ``desired``'s external servers), printing each warning on
+    stderr; with ``hosts``, also check over ssh that the other hosts of each
+    distributed server have its model files."""
     observed = observe(cache_dir=workspace.cache_dir, externals=desired.externals)
-    for warning in observed.warnings:
+    warnings = list(observed.warnings)
+    if hosts and any(s.distribution is not None for s in desired.servers):
+        from mlx_lama.orchestrator.hostfiles import check_hosts
+
+        warnings += [h.warning() for h in check_hosts(desired.servers) if not h.complete]
+    for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     return observed
 

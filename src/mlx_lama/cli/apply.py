@@ -137,7 +137,7 @@ def _apply_once(file: Path | None, settings: _Settings) -> ApplyResult | None:
         if settings.locked:
             check_lock_matches(workspace.manifest, workspace.lock, workspace.lock_path)
         desired = workspace.desired()
-        observed = observe_and_warn(workspace, desired)
+        observed = observe_and_warn(workspace, desired, hosts=True)
         plan = make_plan(desired, observed, PlanOptions(prune=settings.prune))
         typer.echo(plan.render(), nl=False)
         if settings.dry_run or plan.empty:

@@ -60,13 +60,26 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
     last lines of a failed server's log.
     """
     from mlx_lama.humanize import duration_str, size_str
-    from mlx_lama.orchestrator.inventory import external_rows, server_rows, supervised_rows
-    from mlx_lama.orchestrator.observe import observe_externals, observe_servers, resident_memory
+    from mlx_lama.orchestrator.inventory import (
+        external_rows,
+        record_hosts,
+        server_rows,
+        supervised_rows,
+    )
+    from mlx_lama.orchestrator.observe import (
+        observe_externals,
+        observe_servers,
+        rank_rows,
+        resident_memory,
+    )
 
     externals = _manifest_externals(file)
     servers = observe_servers()
     memory = {s.record.pid: m for s in servers if s.alive and (m := resident_memory(s.record.pid))}
-    rows = server_rows(servers, memory) + external_rows(observe_externals(externals))
+    ranks = {
+        s.name: rank_rows(s.record) for s in servers if s.alive and record_hosts(s.record.spec)
+    }
+    rows = server_rows(servers, memory, ranks) + external_rows(observe_externals(externals))
     supervised = _daemon_models()
     listed = {row.name for row in rows if row.up}
     rows += [row for row in supervised_rows(supervised) if row.name not in listed]
@@ -75,18 +88,33 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
     if as_json:
         typer.echo(json.dumps([row.to_json(now) for row in rows], indent=2))
         return
-    table = [
-        (
-            row.name,
-            row.backend,
-            str(row.port),
-            str(row.pid) if row.pid is not None else "-",
-            row.state,
-            duration_str(now - row.started_at) if row.up and row.started_at is not None else "-",
-            size_str(row.memory) if row.memory else "-",
+    table = []
+    for row in rows:
+        table.append(
+            (
+                row.name,
+                row.backend,
+                str(row.port),
+                str(row.pid) if row.pid is not None else "-",
+                row.state,
+                duration_str(now - row.started_at)
+                if row.up and row.started_at is not None
+                else "-",
+                size_str(row.memory) if row.memory else "-",
+            )
         )
-        for row in rows
-    ]
+        table += [
+            (
+                f"  rank {rank.rank}",
+                rank.host,
+                "",
+                str(rank.pid),
+                "over ssh" if rank.via_ssh else "running",
+                "",
+                size_str(rank.memory) if rank.memory else "-",
+            )
+            for rank in row.ranks
+        ]
     typer.echo(format_table(("NAME", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY"), table))
     for row in rows:
         if row.state == "failed":

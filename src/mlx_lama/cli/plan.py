@@ -41,7 +41,9 @@ def plan(
     workspace = load_workspace(file)
     require_engines(workspace.manifest)
     desired = workspace.desired()
-    result = make_plan(desired, observe_and_warn(workspace, desired), PlanOptions(prune=prune))
+    result = make_plan(
+        desired, observe_and_warn(workspace, desired, hosts=True), PlanOptions(prune=prune)
+    )
     typer.echo(result.to_json() if as_json else result.render(), nl=as_json)
     if detailed_exitcode and not result.empty:
         raise typer.Exit(2)

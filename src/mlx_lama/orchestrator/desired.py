@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlx_lama.orchestrator.state import (
     DesiredState,
+    Distribution,
     ExternalSpec,
     ModelSpec,
     ServerSpec,
@@ -101,6 +102,21 @@ def server_spec(
         ),
         adapter=local_path(entry.adapter, manifest_dir) if entry.adapter else None,
         template=entry.template,
+        distribution=distribution(entry, manifest_dir),
+    )
+
+
+def distribution(entry: ModelEntry, manifest_dir: Path) -> Distribution | None:
+    """How ``entry`` is sharded over several hosts, or None when it runs here. Pure."""
+    if not entry.is_distributed:
+        return None
+    return Distribution(
+        backend=entry.distributed or "ring",
+        hosts=tuple(entry.hosts),
+        hostfile=local_path(entry.hostfile, manifest_dir) if entry.hostfile else None,
+        pipeline=entry.pipeline,
+        files=entry.files,
+        ring_port=entry.ring_port,
     )
 
 

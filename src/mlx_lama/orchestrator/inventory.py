@@ -36,6 +36,18 @@ class ModelRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RankRow:
+    """One rank of a server sharded over several hosts. ``pid`` is local: the rank's
+    own process here, or the ssh connection that runs it on another host."""
+
+    rank: int
+    host: str
+    pid: int
+    via_ssh: bool
+    memory: int | None  # resident bytes (None for a remote rank)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerRow:
     """One line of ``ps``: a server mlx-lama started, or an external one it routes to
     (pid, start time and memory unknown: None)."""
@@ -50,6 +62,8 @@ class ServerRow:
     memory: int | None  # resident bytes of the server and its children
     url: str | None = None  # external servers only
     detail: str | None = None  # external: what the probe saw; restarting/failed: why
+    hosts: tuple[str, ...] = ()  # a distributed server's hosts, rank 0 first
+    ranks: tuple[RankRow, ...] = ()  # its ranks running now
 
     @property
     def up(self) -> bool:
@@ -109,8 +123,13 @@ def inventory(desired: DesiredState, observed: ObservedState) -> list[ModelRow]:
     return rows
 
 
-def server_rows(servers: tuple[RunningServer, ...], memory: dict[int, int]) -> list[ServerRow]:
-    """``ps`` rows; ``memory`` maps pid -> resident bytes for live servers. Pure."""
+def server_rows(
+    servers: tuple[RunningServer, ...],
+    memory: dict[int, int],
+    ranks: dict[str, tuple[RankRow, ...]] | None = None,
+) -> list[ServerRow]:
+    """``ps`` rows; ``memory`` maps pid -> resident bytes for live servers, ``ranks``
+    server name -> its ranks for distributed ones. Pure."""
     return [
         ServerRow(
             name=s.record.name,
@@ -120,9 +139,23 @@ def server_rows(servers: tuple[RunningServer, ...], memory: dict[int, int]) -> l
             state=s.state,
             started_at=s.record.started_at,
             memory=memory.get(s.record.pid),
+            hosts=record_hosts(s.record.spec),
+            ranks=(ranks or {}).get(s.record.name, ()),
         )
         for s in servers
     ]
+
+
+def record_hosts(spec: dict[str, object]) -> tuple[str, ...]:
+    """The hosts in a run record's launch fields (none for a one-machine server)."""
+    distribution = spec.get("distribution")
+    if not isinstance(distribution, dict):
+        return ()
+    hosts = distribution.get("hosts")
+    if isinstance(hosts, list) and hosts:
+        return tuple(str(h) for h in hosts)
+    hostfile = distribution.get("hostfile")
+    return (f"hostfile {hostfile}",) if hostfile else ()
 
 
 def supervised_rows(models: dict[str, dict[str, object]]) -> list[ServerRow]:

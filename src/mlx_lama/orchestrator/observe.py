@@ -26,6 +26,9 @@ from mlx_lama.orchestrator.state import (
 if TYPE_CHECKING:
     import httpx
 
+    from mlx_lama.orchestrator.inventory import RankRow
+    from mlx_lama.orchestrator.state import RunRecord
+
 EXTERNAL_PROBE_TIMEOUT = 1.0  # seconds per request; an external server on a LAN answers well within
 
 
@@ -113,6 +116,24 @@ def resident_memory(pid: int) -> int | None:
     except psutil.Error:
         return None
     return int(total)
+
+
+def rank_rows(record: RunRecord) -> tuple[RankRow, ...]:
+    """The ranks a distributed server's launcher runs now, with the resident
+    memory of the ones on this machine."""
+    from mlx_lama.distributed import rank_processes
+    from mlx_lama.orchestrator.inventory import RankRow
+
+    return tuple(
+        RankRow(
+            rank=rank.index,
+            host=rank.host,
+            pid=rank.pid,
+            via_ssh=rank.via_ssh,
+            memory=None if rank.via_ssh else resident_memory(rank.pid),
+        )
+        for rank in rank_processes(record)
+    )
 
 
 def _servers() -> tuple[tuple[RunningServer, ...], list[str]]:

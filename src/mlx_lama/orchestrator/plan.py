@@ -215,8 +215,18 @@ def _reconcile_server(spec: ServerSpec, running: RunningServer) -> Action | None
 
 
 def changed_fields(before: dict[str, object], after: dict[str, object]) -> list[str]:
-    """Names of launch fields that differ, sorted. Pure."""
-    return sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+    """Names of launch fields that differ, sorted; inside a table present on both
+    sides, its keys (``distribution.hosts``). Pure."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{key}.{inner}" for inner in changed_fields(old, new)]
+        else:
+            changed.append(key)
+    return changed
 
 
 def _server_action(kind: ActionKind, name: str, reason: str, model: str | None = None) -> Action:

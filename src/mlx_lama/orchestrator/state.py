@@ -59,6 +59,33 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Distribution:
+    """How a model is sharded over several machines with MLX distributed.
+
+    Rank ``i`` runs on ``hosts[i]`` (an ssh destination); rank 0 is the HTTP
+    server mlx-lama talks to. ``hostfile`` (an mlx.launch JSON hostfile)
+    replaces ``hosts`` when given. ``files`` is "shared" when every host sees
+    the model folder on a shared volume, so nothing is checked.
+    """
+
+    backend: Literal["ring", "mpi"] = "ring"
+    hosts: tuple[str, ...] = ()
+    hostfile: Path | None = None
+    pipeline: bool = False
+    files: Literal["check", "shared"] = "check"
+    ring_port: int | None = None
+
+    def launch_fields(self) -> dict[str, object]:
+        return {
+            "backend": self.backend,
+            "hosts": list(self.hosts),
+            "hostfile": str(self.hostfile) if self.hostfile else None,
+            "pipeline": self.pipeline,
+            "ring_port": self.ring_port,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSpec:
     """A server the manifest wants (``serve`` = always or on-demand).
 
@@ -82,10 +109,15 @@ class ServerSpec:
     parameters: tuple[tuple[str, str | int | float | tuple[str, ...]], ...] = ()
     adapter: Path | None = None
     template: str | None = None
+    distribution: Distribution | None = None  # None: one process on this machine
 
     def launch_fields(self) -> dict[str, object]:
-        """The fields that decide how the process is launched, as plain JSON data."""
-        return {
+        """The fields that decide how the process is launched, as plain JSON data.
+
+        ``distribution`` is there only for a distributed server, so the hash of
+        every other server is what it was before distributed serving existed.
+        """
+        fields: dict[str, object] = {
             "engine": self.engine,
             "model_path": str(self.model_path) if self.model_path else None,
             "commit": self.commit,
@@ -101,6 +133,9 @@ class ServerSpec:
             "adapter": str(self.adapter) if self.adapter else None,
             "template": self.template,
         }
+        if self.distribution is not None:
+            fields["distribution"] = self.distribution.launch_fields()
+        return fields
 
     @property
     def spec_hash(self) -> str:

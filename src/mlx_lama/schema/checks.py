@@ -374,6 +374,12 @@ def _check_distributed(
             )
         if isinstance(hosts, list):
             _check_hosts(name, hosts, report)
+        if "adapter" in entry:
+            report(
+                ("models", name, "adapter"),
+                "mlx-lm cannot load an adapter when serving across hosts",
+                "fuse it into the model (mlx_lm fuse) and serve that, or remove hosts",
+            )
         engine = backend_type(entry.get("backend", defaults.get("backend", "mlx-lm")), backends)
         if engine is None:
             continue  # the backend checks report it

@@ -1,0 +1,478 @@
+"""A model served across several hosts with MLX distributed (``hosts = [...]``).
+
+The acceptance test runs two ranks of the tiny model over the ring backend on
+this one machine (both hosts are 127.0.0.1), behind the real gateway. Other
+hosts are reached over ssh; here a stand-in ``ssh`` on PATH runs the remote
+command on this machine (it stands in for the network, not for the engine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from mlx_lama import distributed
+from mlx_lama.backends.base import LaunchError, launch_spec
+from mlx_lama.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
+from mlx_lama.errors import ManifestError, Problem
+from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.hostfiles import (
+    HostFiles,
+    check_host,
+    check_hosts,
+    folder_files,
+    missing_files,
+)
+from mlx_lama.orchestrator.plan import changed_fields
+from mlx_lama.orchestrator.state import ServerSpec
+from mlx_lama.schema import parse_manifest
+from mlx_lama.schema.lockfile import Lock
+from tests.fixtures.cli import cli
+from tests.fixtures.gateway import gateway_process, wait_for
+
+# A stand-in for ssh: skips options, takes the host, runs the command here.
+# Host names starting with "nowhere" fail the way ssh fails on an unknown host.
+SSH_STAND_IN = """#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+host="$1"; shift
+case "$host" in
+  nowhere*) echo "ssh: Could not resolve hostname $host: Name or service not known" >&2; exit 255 ;;
+esac
+# Like ssh, stay in between and end the "remote" command when this connection ends.
+exec 3<&0
+/bin/sh -c "$*" <&3 &
+remote=$!
+trap 'kill $remote 2>/dev/null' TERM HUP INT
+wait $remote
+"""
+
+
+def problems_of(text: str) -> list[Problem]:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text, "m.toml")
+    return list(caught.value.problems)
+
+
+def only_problem(text: str) -> Problem:
+    problems = problems_of(text)
+    assert len(problems) == 1, [str(p) for p in problems]
+    return problems[0]
+
+
+@pytest.fixture
+def ssh_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    ssh = folder / "ssh"
+    ssh.write_text(SSH_STAND_IN)
+    ssh.chmod(ssh.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return ssh
+
+
+def write_manifest(tmp_path: Path, tiny_model: Path, extra: str) -> Path:
+    model = tmp_path / "tiny"
+    if not model.exists():
+        shutil.copytree(tiny_model, model)
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models.tiny]\npath = "{model}"\nkeep_alive = "1h"\n{extra}\n'
+        "[models.tiny.parameters]\nnum_predict = 4\n"
+    )
+    return manifest
+
+
+# -- the manifest -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message", "hint"),
+    [
+        pytest.param(
+            '[models.m]\npath = "m"\nhosts = ["mac-a"]\n',
+            "models.m.hosts",
+            "needs at least two hosts (got 1)",
+            "this one first",
+            id="one-host",
+        ),
+        pytest.param(
+            '[models.m]\npath = "m"\nhosts = ["mac-a", "-oProxyCommand=x"]\n',
+            "models.m.hosts[1]",
+            "'-oProxyCommand=x' is not a host name or address",
+            '"me@mac-b"',
+            id="option-as-host",
+        ),
+        pytest.param(
+            '[models.m]\npath = "m"\npipeline = true\n',
+            "models.m.pipeline",
+            "pipeline is only for a model served across several hosts",
+            "add hosts",
+            id="pipeline-without-hosts",
+        ),
+        pytest.param(
+            '[models.m]\npath = "m"\nbackend = "vllm-mlx"\nhosts = ["a", "b"]\n',
+            "models.m.hosts",
+            "backend 'vllm-mlx' cannot serve a model across several hosts",
+            'use backend = "mlx-lm"',
+            id="engine-without-distributed",
+        ),
+        pytest.param(
+            '[models.m]\npath = "m"\nhosts = ["a", "b"]\nhostfile = "h.json"\n',
+            "models.m.hostfile",
+            "set either hosts or hostfile, not both",
+            None,
+            id="hosts-and-hostfile",
+        ),
+        pytest.param(
+            '[models.m]\npath = "m"\nhosts = ["a", "b"]\nadapter = "lora"\n',
+            "models.m.adapter",
+            "cannot load an adapter when serving across hosts",
+            "mlx_lm fuse",
+            id="adapter",
+        ),
+        pytest.param(
+            '[models.m]\npath = "m"\nhosts = ["a", "b"]\ndistributed = "nccl"\n',
+            "models.m.distributed",
+            "",
+            None,
+            id="unknown-distributed-backend",
+        ),
+    ],
+)
+def test_distributed_mistakes_are_located_and_explained(
+    text: str, key: str, message: str, hint: str | None
+) -> None:
+    problem = only_problem(text)
+    assert problem.key_path == key
+    assert message in problem.message
+    if hint is not None:
+        assert problem.hint is not None and hint in problem.hint
+
+
+def test_a_distributed_entry_becomes_the_servers_distribution(tmp_path: Path) -> None:
+    manifest = parse_manifest(
+        '[models.big]\npath = "m"\nhosts = ["127.0.0.1", "me@mac-b"]\npipeline = true\n'
+        'distributed = "mpi"\nfiles = "shared"\nring_port = 40000\n'
+        '[models.one]\npath = "m"\n',
+        "m.toml",
+    )
+    state = desired(manifest, Lock(), manifest_dir=tmp_path, cache_dir=tmp_path)
+    big, one = state.servers
+    assert big.distribution is not None and one.distribution is None
+    assert big.distribution.hosts == ("127.0.0.1", "me@mac-b")
+    assert (big.distribution.backend, big.distribution.pipeline) == ("mpi", True)
+    assert (big.distribution.files, big.distribution.ring_port) == ("shared", 40000)
+    assert big.launch_fields()["distribution"] == {
+        "backend": "mpi",
+        "hosts": ["127.0.0.1", "me@mac-b"],
+        "hostfile": None,
+        "pipeline": True,
+        "ring_port": 40000,
+    }
+    # A one-machine server's launch fields (and so its hash) do not mention distribution,
+    # so upgrading mlx-lama restarts nothing.
+    assert "distribution" not in one.launch_fields()
+
+
+def test_a_hostfile_is_relative_to_the_manifest(tmp_path: Path) -> None:
+    manifest = parse_manifest('[models.big]\npath = "m"\nhostfile = "hosts.json"\n', "m.toml")
+    (big,) = desired(manifest, Lock(), manifest_dir=tmp_path, cache_dir=tmp_path).servers
+    assert big.distribution is not None
+    assert (big.distribution.backend, big.distribution.hostfile) == (
+        "ring",
+        tmp_path / "hosts.json",
+    )
+
+
+def test_a_changed_host_list_names_the_key_that_changed() -> None:
+    before = {"port": 1, "distribution": {"hosts": ["a", "b"], "pipeline": False}}
+    after = {"port": 1, "distribution": {"hosts": ["a", "c"], "pipeline": False}}
+    assert changed_fields(before, after) == ["distribution.hosts"]
+    assert changed_fields({"port": 1}, after) == ["distribution"]
+
+
+# -- the launch command -------------------------------------------------------------------
+
+
+def distributed_spec(folder: Path, entry: str) -> ServerSpec:
+    """The server of a manifest with one model, in ``folder``, and ``entry``'s keys."""
+    manifest = parse_manifest(f'[models.big]\npath = "{folder}"\n{entry}', "m.toml")
+    (server,) = desired(manifest, Lock(), manifest_dir=folder, cache_dir=folder).servers
+    return server
+
+
+def test_mlx_lm_runs_under_the_launcher_with_every_rank_on_the_same_command(
+    tmp_path: Path,
+) -> None:
+    server = distributed_spec(
+        tmp_path, 'hosts = ["127.0.0.1", "mac-b"]\npipeline = true\nenv = {SECRET = "s3"}\n'
+    )
+    launch = launch_spec(server, 8123)
+    argv = launch.argv
+    assert argv[:3] == (sys.executable, "-m", "mlx_lama.distributed")
+    split = argv.index("--")
+    launcher, command = argv[:split], argv[split + 1 :]
+    assert launcher.count("--host") == 2 and "mac-b" in launcher
+    assert "SECRET" in launcher and "s3" not in " ".join(argv)  # names only, values in env
+    assert command[1:4] == ("-m", "mlx_lm", "server")
+    assert "--pipeline" in command and command[command.index("--port") + 1] == "8123"
+    assert ("SECRET", "s3") in launch.env
+    assert launch.port == 8123  # readiness is probed on rank 0's HTTP port, here
+
+
+def test_the_first_host_must_be_this_machine(tmp_path: Path) -> None:
+    server = distributed_spec(tmp_path, 'hosts = ["nowhere-a", "127.0.0.1"]\n')
+    with pytest.raises(LaunchError, match="first host"):
+        launch_spec(server, 8123)
+
+
+def test_a_ring_across_machines_refuses_loopback_addresses(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(
+        json.dumps(
+            [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}, {"ssh": "mac-b", "ips": ["10.0.0.2"]}]
+        )
+    )
+    with pytest.raises(LaunchProblem, match="loopback address"):
+        lay_out([], hostfile)
+    hostfile.write_text(
+        json.dumps(
+            {
+                "hosts": [
+                    {"ssh": "127.0.0.1", "ips": ["10.0.0.1"]},
+                    {"ssh": "mac-b", "ips": ["10.0.0.2"]},
+                ]
+            }
+        )
+    )
+    ranks = lay_out([], hostfile)
+    assert ranks == [Rank(0, "127.0.0.1", "10.0.0.1", True), Rank(1, "mac-b", "10.0.0.2", False)]
+    assert json.loads(ring_hostfile(ranks, 5000)) == [["10.0.0.1:5000"], ["10.0.0.2:5001"]]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "is not JSON"),
+        ('[{"ssh": "a"}]', "at least two hosts"),
+        ('[{"ssh": "a"}, {"ips": ["1.2.3.4"]}]', 'host 1 has no "ssh" name'),
+        ('[{"ssh": "a"}, {"ssh": "b", "ips": "1.2.3.4"}]', "must be a list of strings"),
+    ],
+)
+def test_a_bad_hostfile_says_what_is_wrong(tmp_path: Path, content: str, message: str) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(content)
+    with pytest.raises(LaunchProblem, match=message):
+        lay_out([], hostfile)
+
+
+def test_this_machine_is_known_by_loopback_name_and_interface_address() -> None:
+    assert distributed.is_this_machine("127.0.0.1")
+    assert distributed.is_this_machine("me@localhost")
+    assert distributed.is_this_machine(socket.gethostname())
+    assert not distributed.is_this_machine("nowhere-mac-b")
+    addresses = [a for a in distributed._local_addresses() if not a.startswith("127.")]
+    for address in addresses[:1]:
+        assert distributed.is_this_machine(address)
+
+
+def test_a_remote_rank_gets_its_environment_and_ring_file_through_one_shell_line(
+    tmp_path: Path,
+) -> None:
+    rank = Rank(1, "mac-b", "10.0.0.2", False)
+    script = distributed.remote_script(
+        rank,
+        [
+            "python",
+            "-c",
+            "import os; e = os.environ; print(e['X'], open(e['MLX_HOSTFILE']).read(), e['MLX_RANK'])",  # noqa: E501
+        ],
+        {"X": "it's $HOME"},
+        '[["10.0.0.1:5000"], ["10.0.0.2:5001"]]',
+    )
+    script = script.replace("exec python", f"exec {sys.executable}")
+    import subprocess
+
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'it\'s $HOME [["10.0.0.1:5000"], ["10.0.0.2:5001"]] 1'
+
+
+# -- files on the other hosts ---------------------------------------------------------------
+
+
+def test_the_check_script_finds_missing_and_resized_files(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    wanted = folder_files(folder)
+    assert ("config.json", (folder / "config.json").stat().st_size) in wanted
+    assert missing_files(str(folder), wanted) == []
+    (folder / "config.json").unlink()
+    (folder / "tokenizer.json").write_text("{}")
+    assert missing_files(str(folder), wanted) == ["config.json", "tokenizer.json"]
+
+
+def test_a_host_lacking_files_is_a_warning_that_names_the_copy_command() -> None:
+    found = HostFiles("big", "mac-b", "/m/snap", 14, ("model.safetensors", "config.json"))
+    assert not found.complete
+    assert found.warning() == (
+        "server 'big': mac-b lacks 2 of 14 model files in /m/snap (first: model.safetensors); "
+        "copy them with `rsync -a --relative /m/snap/ mac-b:/`, "
+        'or set files = "shared" if every host sees this folder'
+    )
+    unreachable = HostFiles("big", "mac-c", "/m/snap", 14, error="ssh: no route")
+    assert (
+        unreachable.warning()
+        == "server 'big': cannot check the model files on mac-c: ssh: no route"
+    )
+
+
+def test_hosts_are_checked_over_ssh(tmp_path: Path, tiny_model: Path, ssh_on_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    files = folder_files(folder)
+    here = check_host("big", "mac-b", folder, files)
+    assert here.complete and here.total == len(files)
+    gone = check_host("big", "nowhere-b", folder, files)
+    assert gone.error is not None and "Could not resolve hostname nowhere-b" in gone.error
+    assert "passwordless ssh" in gone.error
+    lacking = check_host("big", "mac-b", folder, (*files, ("extra.safetensors", 10)))
+    assert lacking.missing == ("extra.safetensors",)
+
+
+def test_only_other_hosts_are_checked_and_shared_folders_not_at_all(
+    tmp_path: Path, tiny_model: Path, ssh_on_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    entry = 'hosts = ["127.0.0.1", "mac-b", "nowhere-c", "mac-b"]\n'
+    checked = check_hosts([distributed_spec(folder, entry)])
+    assert sorted((h.host, h.complete) for h in checked) == [("mac-b", True), ("nowhere-c", False)]
+    shared = distributed_spec(folder, entry + 'files = "shared"\n')
+    assert check_hosts([shared]) == ()
+
+
+def test_plan_warns_about_a_host_it_cannot_check(
+    tmp_path: Path, tiny_model: Path, ssh_on_path: Path
+) -> None:
+    manifest = write_manifest(tmp_path, tiny_model, 'hosts = ["127.0.0.1", "nowhere-b"]\n')
+    code, out, err = cli("plan", "-f", str(manifest))
+    assert code == 0, err
+    assert "No changes." in out  # on-demand: nothing to start now
+    assert "warning: server 'tiny': cannot check the model files on nowhere-b" in err
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+def rank_pids(manifest: Path) -> list[int]:
+    code, out, err = cli("ps", "--json", "-f", str(manifest))
+    assert code == 0, err
+    rows = [row for row in json.loads(out) if row["name"] == "tiny"]
+    return [rank["pid"] for row in rows for rank in row["ranks"]]
+
+
+def chat(url: str) -> str:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=240)
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=4
+    )
+    return reply.choices[0].message.content or ""
+
+
+def all_gone(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+@pytest.mark.server
+def test_two_ranks_over_loopback_answer_through_the_gateway_and_stop_together(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    manifest = write_manifest(tmp_path, tiny_model, 'hosts = ["127.0.0.1", "127.0.0.1"]\n')
+    with gateway_process(manifest, log_path=tmp_path / "gateway.log") as gateway:
+        assert chat(gateway.url).strip()
+        code, out, err = cli("ps", "--json", "-f", str(manifest))
+        assert code == 0, err
+        (row,) = [row for row in json.loads(out) if row["name"] == "tiny"]
+        assert row["hosts"] == ["127.0.0.1", "127.0.0.1"]
+        assert [(r["rank"], r["host"], r["via_ssh"]) for r in row["ranks"]] == [
+            (0, "127.0.0.1", False),
+            (1, "127.0.0.1", False),
+        ]
+        pids = [r["pid"] for r in row["ranks"]]
+        for rank, pid in enumerate(pids):
+            process = psutil.Process(pid)
+            assert process.environ()["MLX_RANK"] == str(rank)
+            assert "mlx_lm" in process.cmdline() and "server" in process.cmdline()
+        code, table, _ = cli("ps", "-f", str(manifest))
+        assert "  rank 0   127.0.0.1" in table and "  rank 1   127.0.0.1" in table
+        launcher = row["pid"]
+
+        code, out, err = cli("stop", "tiny", "-f", str(manifest))
+        assert code == 0, err
+        wait_for(lambda: all_gone([launcher, *pids]), 30, "the launcher and both ranks to exit")
+        assert rank_pids(manifest) == []
+
+
+@pytest.mark.server
+def test_a_rank_that_dies_takes_its_group_down_and_the_next_request_starts_it_again(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    manifest = write_manifest(tmp_path, tiny_model, 'hosts = ["127.0.0.1", "127.0.0.1"]\n')
+    with gateway_process(manifest, log_path=tmp_path / "gateway.log") as gateway:
+        assert chat(gateway.url).strip()
+        first = rank_pids(manifest)
+        launcher = gateway.pid_of("tiny")
+        os.kill(first[1], signal.SIGKILL)
+        wait_for(lambda: all_gone([launcher, first[0]]), 30, "rank 0 and the launcher to exit")
+        log = (gateway.home / "logs" / "tiny.log").read_text()
+        assert "rank 1 on 127.0.0.1 ended (killed by SIGKILL); stopping the others" in log
+
+        assert chat(gateway.url).strip()
+        second = rank_pids(manifest)
+        assert len(second) == 2 and not set(second) & set(first)
+
+
+def non_loopback_ipv4() -> str | None:
+    return next(
+        (a for a in distributed._local_addresses() if "." in a and not a.startswith("127.")), None
+    )
+
+
+@pytest.mark.server
+def test_a_rank_on_another_host_runs_over_ssh(
+    tmp_path: Path, tiny_model: Path, ssh_on_path: Path
+) -> None:
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address for a ring between hosts")
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(
+        json.dumps([{"ssh": "127.0.0.1", "ips": [address]}, {"ssh": "mac-b", "ips": [address]}])
+    )
+    manifest = write_manifest(tmp_path, tiny_model, f'hostfile = "{hostfile}"\nfiles = "shared"\n')
+    with gateway_process(manifest, log_path=tmp_path / "gateway.log") as gateway:
+        assert chat(gateway.url).strip()
+        code, out, err = cli("ps", "--json", "-f", str(manifest))
+        (row,) = [row for row in json.loads(out) if row["name"] == "tiny"]
+        assert row["hosts"] == [f"hostfile {hostfile}"]
+        assert [r["via_ssh"] for r in row["ranks"]] == [False, True]
+        pids = [row["pid"], *(r["pid"] for r in row["ranks"])]
+        code, _, err = cli("stop", "tiny", "-f", str(manifest))
+        assert code == 0, err
+        wait_for(lambda: all_gone(pids), 30, "the launcher and both ranks to exit")
