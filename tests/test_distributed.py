@@ -242,6 +242,16 @@ def test_the_first_host_must_be_this_machine(tmp_path: Path) -> None:
         launch_spec(server, 8123)
 
 
+def test_mpi_without_mpirun_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mpirun here
+    server = distributed_spec(tmp_path, 'hosts = ["127.0.0.1", "mac-b"]\ndistributed = "mpi"\n')
+    with pytest.raises(LaunchError, match="needs mpirun") as caught:
+        launch_spec(server, 8123)
+    assert caught.value.hint is not None and "open-mpi" in caught.value.hint
+
+
 def test_a_ring_across_machines_refuses_loopback_addresses(tmp_path: Path) -> None:
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(

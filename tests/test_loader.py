@@ -34,6 +34,7 @@ def test_the_example_manifest_is_valid() -> None:
         "qwen3:8b",
         "my-finetune",
         "lmstudio-qwen",
+        "deepseek-v3",
     }
     assert manifest.aliases == {"coder": "qwen2.5-coder:7b", "assistant": "llama3.2:3b"}
     coder = manifest.models["qwen2.5-coder:7b"]
@@ -51,6 +52,8 @@ def test_the_example_manifest_is_valid() -> None:
     assert [m.role for m in manifest.models["llama3.2:3b"].messages] == ["user", "assistant"]
     assert manifest.is_external("lmstudio-qwen")
     assert manifest.models["lmstudio-qwen"].url == "http://127.0.0.1:1234"
+    sharded = manifest.models["deepseek-v3"]
+    assert sharded.is_distributed and sharded.hosts == ["mac-studio.local", "mac-mini.local"]
 
 
 def test_an_empty_manifest_has_safe_defaults() -> None:

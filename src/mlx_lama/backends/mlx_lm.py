@@ -16,6 +16,7 @@ model, so requests leave ``model`` out.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,6 +99,12 @@ def distributed_argv(
             f"server {server.name!r}: the first host ({spec.hosts[0]}) runs rank 0, which "
             "answers the gateway, so it must be this machine",
             hint="list this machine first in hosts",
+        )
+    if spec.backend == "mpi" and shutil.which("mpirun") is None:
+        raise LaunchError(
+            f'server {server.name!r}: distributed = "mpi" needs mpirun, which is not on PATH',
+            hint="install Open MPI on every host (brew install open-mpi), "
+            'or use distributed = "ring"',
         )
     if spec.pipeline:
         argv += ("--pipeline",)
