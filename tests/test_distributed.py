@@ -25,6 +25,7 @@ from mlx_lama import distributed
 from mlx_lama.backends.base import LaunchError, launch_spec
 from mlx_lama.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
 from mlx_lama.errors import ManifestError, Problem
+from mlx_lama.gateway.scheduler import MEMORY_MARGIN, estimate_memory, rank_counts
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.hostfiles import (
     HostFiles,
@@ -240,6 +241,20 @@ def test_the_first_host_must_be_this_machine(tmp_path: Path) -> None:
     server = distributed_spec(tmp_path, 'hosts = ["nowhere-a", "127.0.0.1"]\n')
     with pytest.raises(LaunchError, match="first host"):
         launch_spec(server, 8123)
+
+
+def test_the_memory_budget_counts_only_this_machines_share(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    whole = estimate_memory(folder)
+    half = distributed_spec(folder, 'hosts = ["127.0.0.1", "nowhere-b"]\n')
+    both = distributed_spec(folder, 'hosts = ["127.0.0.1", "localhost"]\n')
+    assert rank_counts(half) == (1, 2) and rank_counts(both) == (2, 2)
+    weights = whole - MEMORY_MARGIN
+    assert estimate_memory(folder, *rank_counts(half)) == weights // 2 + MEMORY_MARGIN
+    assert estimate_memory(folder, *rank_counts(both)) == weights + 2 * MEMORY_MARGIN
 
 
 def test_mpi_without_mpirun_is_refused_before_anything_starts(

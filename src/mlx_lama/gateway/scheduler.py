@@ -78,9 +78,11 @@ class SchedulerError(MlxLamaError):
         self.status = status
 
 
-def estimate_memory(model_path: Path | None) -> int:
-    """Bytes a server for the model in ``model_path`` is expected to hold: its weight
-    files times a small factor, plus a fixed margin. Reads only file sizes."""
+def estimate_memory(model_path: Path | None, ranks_here: int = 1, ranks: int = 1) -> int:
+    """Bytes a server for the model in ``model_path`` is expected to hold here: its
+    weight files times a small factor, plus a fixed margin. A model sharded over
+    ``ranks`` ranks, ``ranks_here`` of them on this machine, holds that share of
+    the weights and a margin per local rank. Reads only file sizes."""
     weights = 0
     if model_path is not None:
         with contextlib.suppress(OSError):
@@ -88,7 +90,24 @@ def estimate_memory(model_path: Path | None) -> int:
                 if item.name.endswith(_WEIGHT_SUFFIXES):
                     with contextlib.suppress(OSError):
                         weights += item.stat().st_size
-    return int(weights * WEIGHT_FACTOR) + MEMORY_MARGIN
+    return int(weights * WEIGHT_FACTOR * ranks_here / max(ranks, 1)) + MEMORY_MARGIN * ranks_here
+
+
+def rank_counts(spec: ServerSpec) -> tuple[int, int]:
+    """How many ranks of ``spec`` run on this machine, and in all (1 and 1 when it
+    is not distributed)."""
+    if spec.distribution is None:
+        return 1, 1
+    from mlx_lama.distributed import LaunchProblem, is_this_machine, read_hostfile
+
+    hosts = list(spec.distribution.hosts)
+    if spec.distribution.hostfile is not None:
+        try:
+            hosts = [host for host, _ips in read_hostfile(spec.distribution.hostfile)]
+        except LaunchProblem:
+            return 1, 1  # starting it reports the hostfile's problem
+    here = sum(1 for host in hosts if is_this_machine(host))
+    return max(here, 1), max(len(hosts), 1)
 
 
 @dataclass(slots=True)
@@ -249,7 +268,7 @@ class Scheduler:
                 spec=spec,
                 keep_alive=duration,
                 pinned=spec.name in pins,
-                memory=estimate_memory(spec.model_path),
+                memory=estimate_memory(spec.model_path, *rank_counts(spec)),
                 missing=spec.name in absent,
             )
             if old is not None:
