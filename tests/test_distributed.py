@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -332,8 +333,6 @@ def test_a_remote_rank_gets_its_environment_and_ring_file_through_one_shell_line
         '[["10.0.0.1:5000"], ["10.0.0.2:5001"]]',
     )
     script = script.replace("exec python", f"exec {sys.executable}")
-    import subprocess
-
     out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == 'it\'s $HOME [["10.0.0.1:5000"], ["10.0.0.2:5001"]] 1'
 
@@ -501,3 +500,75 @@ def test_a_rank_on_another_host_runs_over_ssh(
         code, _, err = cli("stop", "tiny", "-f", str(manifest))
         assert code == 0, err
         wait_for(lambda: all_gone(pids), 30, "the launcher and both ranks to exit")
+
+
+# -- the launcher on its own (a small Python program as the ranks) ---------------------------
+
+RANK_PROGRAM = """
+import json, os, sys, time
+rank = int(os.environ["MLX_RANK"])
+ring = json.load(open(os.environ["MLX_HOSTFILE"]))
+print(f"rank {rank} of {len(ring)}: {ring[rank][0]}", flush=True)
+if rank == int(sys.argv[1]):
+    sys.exit(3)
+time.sleep(120)
+"""
+
+
+def launcher(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlx_lama.distributed", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+
+
+def children_of(pid: int) -> list[int]:
+    return [child.pid for child in psutil.Process(pid).children()]
+
+
+def test_the_launcher_gives_each_rank_its_place_and_ends_with_a_rank_that_fails(
+    tmp_path: Path,
+) -> None:
+    proc = launcher(
+        tmp_path, "--host", "127.0.0.1", "--host", "localhost", "--ring-port", "45000",
+        "--", sys.executable, "-c", RANK_PROGRAM, "1",
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 3, out
+    assert "rank 0 of 2: 127.0.0.1:45000" in out and "rank 1 of 2: 127.0.0.1:45001" in out
+    assert "rank 1 on localhost ended (exit code 3); stopping the others" in out
+
+
+def test_sigterm_stops_every_rank_and_the_launcher_exits_cleanly(tmp_path: Path) -> None:
+    proc = launcher(
+        tmp_path, "--host", "127.0.0.1", "--host", "127.0.0.1",
+        "--", sys.executable, "-c", RANK_PROGRAM, "-1",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(children_of(proc.pid)) == 2, 30, "two ranks")
+        ranks = children_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)  # only the launcher: it must stop its ranks itself
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "SIGTERM: stopping 2 ranks" in out
+    wait_for(lambda: all_gone(ranks), 10, "both ranks to exit")
+
+
+def test_the_launcher_refuses_a_first_host_that_is_elsewhere(tmp_path: Path) -> None:
+    proc = launcher(tmp_path, "--host", "nowhere-a", "--host", "127.0.0.1", "--", "true")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "error: the first host (nowhere-a) runs rank 0" in out

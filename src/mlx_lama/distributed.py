@@ -130,15 +130,15 @@ def lay_out(hosts: Sequence[str], hostfile: Path | None, *, resolve: bool = True
     reach them.
     """
     listed = read_hostfile(hostfile) if hostfile is not None else [(h, []) for h in hosts]
+    if not listed or not is_this_machine(listed[0][0]):
+        raise LaunchProblem(
+            f"the first host ({listed[0][0] if listed else 'none'}) runs rank 0, which "
+            "answers the gateway, so it must be this machine: list this machine first"
+        )
     ranks = []
     for index, (host, ips) in enumerate(listed):
         ip = ips[0] if ips else (_resolve(host) if resolve else None)
         ranks.append(Rank(index, host, ip, is_this_machine(host)))
-    if not ranks[0].local:
-        raise LaunchProblem(
-            f"the first host ({ranks[0].host}) runs rank 0, which answers the gateway, "
-            "so it must be this machine: list this machine first"
-        )
     if resolve and not all(r.local for r in ranks):
         loopback = [r for r in ranks if r.ip and ipaddress.ip_address(r.ip).is_loopback]
         if loopback:
@@ -327,7 +327,11 @@ def _run_ring(args: argparse.Namespace, command: list[str]) -> int:
         procs: dict[int, tuple[Rank, subprocess.Popen[bytes]]] = {}
         try:
             for rank in ranks:
-                proc = _spawn_rank(rank, command, env, hostfile, hostfile_path)
+                try:
+                    proc = _spawn_rank(rank, command, env, hostfile, hostfile_path)
+                except OSError as exc:
+                    problem = f"cannot start rank {rank.index} on {rank.host}: {exc}"
+                    raise LaunchProblem(problem) from None
                 procs[proc.pid] = (rank, proc)
                 where = "here" if rank.local else "over ssh"
                 _say(f"rank {rank.index} on {rank.host} ({where}): pid {proc.pid}")
