@@ -509,7 +509,10 @@ import json, os, sys, time
 rank = int(os.environ["MLX_RANK"])
 ring = json.load(open(os.environ["MLX_HOSTFILE"]))
 print(f"rank {rank} of {len(ring)}: {ring[rank][0]}", flush=True)
+open(f"rank-{rank}-said-so", "w").close()
 if rank == int(sys.argv[1]):
+    while not all(os.path.exists(f"rank-{r}-said-so") for r in range(len(ring))):
+        time.sleep(0.05)
     sys.exit(3)
 time.sleep(120)
 """

@@ -93,7 +93,7 @@ class Rank:
 
     index: int
     host: str
-    ip: str | None  # None until resolved; mpi does not need one
+    ip: str  # the address the ring connects to
     local: bool
 
 
@@ -122,8 +122,8 @@ def read_hostfile(path: Path) -> list[tuple[str, list[str]]]:
     return ranks
 
 
-def lay_out(hosts: Sequence[str], hostfile: Path | None, *, resolve: bool = True) -> list[Rank]:
-    """The ranks, in order, with their ring addresses resolved when ``resolve``.
+def lay_out(hosts: Sequence[str], hostfile: Path | None) -> list[Rank]:
+    """The ranks, in order, with their ring addresses (a hostfile's, or resolved).
 
     Rank 0 serves HTTP to the gateway, so it must be this machine. A ring that
     spans machines cannot use loopback addresses: the other hosts could not
@@ -137,16 +137,23 @@ def lay_out(hosts: Sequence[str], hostfile: Path | None, *, resolve: bool = True
         )
     ranks = []
     for index, (host, ips) in enumerate(listed):
-        ip = ips[0] if ips else (_resolve(host) if resolve else None)
+        ip = ips[0] if ips else _resolve(host)
         ranks.append(Rank(index, host, ip, is_this_machine(host)))
-    if resolve and not all(r.local for r in ranks):
-        loopback = [r for r in ranks if r.ip and ipaddress.ip_address(r.ip).is_loopback]
+    if not all(r.local for r in ranks):
+        loopback = [r for r in ranks if _is_loopback(r.ip)]
         if loopback:
             raise LaunchProblem(
                 f"{loopback[0].host} is a loopback address, which the other hosts cannot "
                 "reach: name this machine by its network address or host name"
             )
     return ranks
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _resolve(destination: str) -> str:
@@ -182,7 +189,7 @@ def launcher_argv(
 
 def ring_hostfile(ranks: Sequence[Rank], port: int) -> str:
     """The ``MLX_HOSTFILE`` contents for the ring: one ``[ip:port]`` list per rank."""
-    return json.dumps([[_endpoint(r.ip or "", port + r.index)] for r in ranks])
+    return json.dumps([[_endpoint(r.ip, port + r.index)] for r in ranks])
 
 
 def _endpoint(ip: str, port: int) -> str:
