@@ -401,6 +401,21 @@ def test_plan_warns_about_a_host_it_cannot_check(
     assert "warning: server 'tiny': cannot check the model files on nowhere-b" in err
 
 
+def test_show_names_the_hosts(tmp_path: Path, tiny_model: Path) -> None:
+    manifest = write_manifest(tmp_path, tiny_model, 'hosts = ["127.0.0.1", "mac-b"]\n')
+    code, out, err = cli("show", "tiny", "-f", str(manifest))
+    assert code == 0, err
+    assert "hosts          127.0.0.1, mac-b" in out
+    assert "distributed    ring, tensor parallel" in out
+    code, out, err = cli("show", "tiny", "--json", "-f", str(manifest))
+    shown = json.loads(out)["manifest"]
+    assert (shown["hosts"], shown["distributed"], shown["pipeline"]) == (
+        ["127.0.0.1", "mac-b"],
+        "ring",
+        False,
+    )
+
+
 # -- serving --------------------------------------------------------------------------------
 
 

@@ -272,6 +272,10 @@ class _Shown:
             if m.serve_mode(self.name) != "never":
                 rows.append(("port", str(entry.port) if entry.port else "assigned when started"))
             rows.append(("keep_alive", self.keep_alive() + (", pinned" if entry.pin else "")))
+        if entry.is_distributed:
+            rows.append(("hosts", ", ".join(entry.hosts) or f"from {entry.hostfile}"))
+            how = "pipeline" if entry.pipeline else "tensor"
+            rows.append(("distributed", f"{entry.distributed or 'ring'}, {how} parallel"))
         if entry.adapter:
             rows.append(("adapter", entry.adapter))
         aliases = self.aliases()
@@ -298,6 +302,10 @@ class _Shown:
             "keep_alive": self.keep_alive(),
             "pin": entry.pin,
             "aliases": self.aliases(),
+            "hosts": entry.hosts,
+            "hostfile": entry.hostfile,
+            "distributed": (entry.distributed or "ring") if entry.is_distributed else None,
+            "pipeline": entry.pipeline,
         }
 
 
