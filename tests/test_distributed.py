@@ -416,6 +416,16 @@ def test_show_names_the_hosts(tmp_path: Path, tiny_model: Path) -> None:
     )
 
 
+def test_run_without_a_daemon_does_not_load_a_distributed_model_here(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    manifest = write_manifest(tmp_path, tiny_model, 'hosts = ["127.0.0.1", "mac-b"]\n')
+    code, _, err = cli("run", "tiny", "hello", "-f", str(manifest))
+    assert code == 1
+    assert "served across several hosts, which run reaches only through the daemon" in err
+    assert "start `mlx-lama serve`" in err
+
+
 # -- serving --------------------------------------------------------------------------------
 
 

@@ -277,6 +277,12 @@ def local_target(workspace: Workspace, key: str) -> LocalTarget:
             "which run reaches only through the daemon",
             hint="start `mlx-lama serve` and run the command again",
         )
+    if entry.is_distributed:
+        raise RunError(
+            f"model '{key}' is served across several hosts, "
+            "which run reaches only through the daemon",
+            hint="start `mlx-lama serve` and run the command again",
+        )
     spec = next(m for m in workspace.desired().models if m.name == key)
     server = server_spec(
         manifest, spec, manifest_dir=workspace.manifest_path.parent, cache_dir=workspace.cache_dir
