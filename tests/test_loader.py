@@ -566,6 +566,70 @@ def test_an_external_default_backend_needs_no_repo_and_other_models_may_override
     assert not manifest.is_external("near")
 
 
+REMOTE_MISTAKES = """\
+[models.tiny]
+repo = "org/tiny"
+
+[remotes.studio]
+url = "http://10.0.0.2:11434"
+models = ["Tiny", "shared", "bad name"]
+
+[remotes."mac mini"]
+url = "http://localhost:11434"
+models = ["shared:latest"]
+
+[remotes.lab]
+models = []
+key = "x"
+"""
+
+
+def test_remote_mistakes_are_golden() -> None:
+    assert [str(p) for p in problems_of(REMOTE_MISTAKES)] == [
+        "m.toml:6:11: remotes.studio.models[0]: 'Tiny' is also a model of this manifest "
+        "([models.tiny]) (a name is served by one place: remove it here or from [models])",
+        "m.toml:6:29: remotes.studio.models[2]: invalid model name 'bad name': "
+        "whitespace is not allowed",
+        "m.toml:8:10: remotes.\"mac mini\": 'mac mini' is not a valid remote name "
+        "(use letters, digits, '_', '.' and '-', as in [remotes.studio])",
+        "m.toml:9:1: remotes.\"mac mini\".url: url 'http://localhost:11434' is mlx-lama's own "
+        "gateway ([server] port 11434) (point url at the other server's port, or move the "
+        "gateway with [server] port)",
+        "m.toml:10:11: remotes.\"mac mini\".models[0]: 'shared:latest' is already routed to "
+        "remote 'studio' (list each model under one remote)",
+        "m.toml:12:10: remotes.lab.url: required key is missing",
+        "m.toml:14:1: remotes.lab.key: unknown key 'key' (did you mean 'api_key'?)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("http://10.0.0.2:11434", "http://10.0.0.2:11434"),
+        ("http://10.0.0.2:11434/", "http://10.0.0.2:11434"),
+        ("http://studio.local:11434/v1", "http://studio.local:11434"),
+        ("https://box.lan/ollama/", "https://box.lan/ollama"),
+    ],
+)
+def test_remotes_store_the_gateway_root(written: str, stored: str) -> None:
+    manifest = parse_manifest(f'[remotes.studio]\nurl = "{written}"\n')
+    assert manifest.remotes["studio"].url == stored
+    assert manifest.remotes["studio"].models == []
+    assert manifest.remotes["studio"].api_key is None
+
+
+def test_remotes_may_share_a_url_and_name_models_a_manifest_aliases() -> None:
+    manifest = parse_manifest(
+        '[server]\nport = 11500\n[models.local]\nrepo = "org/local"\n'
+        '[aliases]\nnick = "local"\n'
+        '[remotes.studio]\nurl = "http://localhost:11434"\napi_key = "k"\nmodels = ["a", "b:7b"]\n'
+        '[remotes.studio-bis]\nurl = "http://localhost:11434"\nmodels = ["c"]\n'
+    )
+    assert manifest.remotes["studio"].models == ["a", "b:7b"]
+    assert manifest.remotes["studio"].api_key == "k"
+    assert list(manifest.remotes) == ["studio", "studio-bis"]
+
+
 def test_syntax_errors_have_a_position_and_hint() -> None:
     problem = only_problem('version = 1\n[models.qwen:7b]\nrepo = "org/q"\n')
     assert (problem.line, problem.key_path) == (2, "")
