@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import openai
@@ -26,7 +27,14 @@ from mlx_lama import distributed
 from mlx_lama.backends.base import LaunchError, launch_spec
 from mlx_lama.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
 from mlx_lama.errors import ManifestError, Problem
-from mlx_lama.gateway.scheduler import MEMORY_MARGIN, estimate_memory, rank_counts
+from mlx_lama.gateway.scheduler import (
+    MEMORY_MARGIN,
+    Scheduler,
+    SchedulerConfig,
+    Slot,
+    estimate_memory,
+    rank_counts,
+)
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.hostfiles import (
     HostFiles,
@@ -36,9 +44,10 @@ from mlx_lama.orchestrator.hostfiles import (
     missing_files,
 )
 from mlx_lama.orchestrator.plan import changed_fields
-from mlx_lama.orchestrator.state import ServerSpec
+from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock
+from mlx_lama.schema.units import Duration
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import gateway_process, wait_for
 
@@ -600,3 +609,25 @@ def test_the_launcher_refuses_a_first_host_that_is_elsewhere(tmp_path: Path) -> 
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "error: the first host (nowhere-a) runs rank 0" in out
+
+
+def test_a_distributed_server_is_never_restarted_beside_its_predecessor(tmp_path: Path) -> None:
+    """Starting the new ring while the old one runs would need the model's memory twice on
+    every host; the scheduler stops the old one first."""
+    spec = distributed_spec(tmp_path, 'hosts = ["127.0.0.1", "mac-b"]\n')
+    local = replace(spec, distribution=None)
+    record = RunRecord(
+        name="big", pid=1, port=9000, host="127.0.0.1", engine="mlx-lm", model="big",
+        spec_hash="x", argv=(), started_at=0.0, process_started=0.0, log_path="",
+    )  # fmt: skip
+    scheduler = Scheduler(SchedulerConfig(memory_budget=None))
+
+    def slot(server: ServerSpec, running: bool) -> Slot:
+        return Slot(
+            spec=server, keep_alive=Duration(60.0), pinned=False, memory=1,
+            record=record if running else None,
+        )  # fmt: skip
+
+    assert scheduler._fits_beside(slot(local, True), slot(local, False))
+    assert not scheduler._fits_beside(slot(spec, True), slot(spec, False))
+    assert not scheduler._fits_beside(slot(local, True), slot(spec, False))

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from mlx_lama import paths
 from mlx_lama.gateway.app import create_app
 from mlx_lama.gateway.core import Gateway
+from mlx_lama.gateway.forward import HopGuard
 from mlx_lama.gateway.hotpath import HotPath
 from mlx_lama.gateway.http import INTERNAL_ERROR
 from mlx_lama.gateway.inference import Call
@@ -82,7 +83,9 @@ def call(app: ASGIApp, method: str, path: str, body: bytes) -> tuple[int, dict[s
 
 def apps(gateway: Gateway) -> tuple[ASGIApp, ASGIApp]:
     """The hot path, and the Starlette app behind it."""
-    hot = create_app(gateway, security_policy(gateway.manifest, Listen("127.0.0.1", 11434))).app
+    guard = create_app(gateway, security_policy(gateway.manifest, Listen("127.0.0.1", 11434))).app
+    assert isinstance(guard, HopGuard)  # between the security checks and the hot path
+    hot = guard.app
     assert isinstance(hot, HotPath)
     return hot, hot.app
 

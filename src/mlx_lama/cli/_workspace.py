@@ -73,6 +73,22 @@ def observe_and_warn(
     return observed
 
 
+def warn_unanswering_remotes(manifest: Manifest) -> None:
+    """Probe the manifest's ``[remotes]`` (as ``observe`` probes external servers),
+    printing a warning on stderr for each that does not answer."""
+    if not manifest.remotes:
+        return
+    from mlx_lama.gateway.remotes import probe_remotes
+
+    for status in probe_remotes(manifest.remotes):
+        if not status.answering:
+            typer.echo(
+                f"warning: remote {status.remote!r} at {status.url} is not answering: "
+                f"{status.detail}",
+                err=True,
+            )
+
+
 def quiet_hub_logging() -> None:
     """huggingface_hub logs its retries straight to stderr, through our progress
     bars; our own messages already name each failure."""

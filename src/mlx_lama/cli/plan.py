@@ -33,8 +33,13 @@ def plan(
     """Show what apply would change, changing nothing.
 
     Each line is + pull/start, - stop/remove or ~ restart, with the reason.
+    External servers and [remotes] that do not answer are warned about.
     """
-    from mlx_lama.cli._workspace import load_workspace, observe_and_warn
+    from mlx_lama.cli._workspace import (
+        load_workspace,
+        observe_and_warn,
+        warn_unanswering_remotes,
+    )
     from mlx_lama.orchestrator.engines import require_engines
     from mlx_lama.orchestrator.plan import PlanOptions, make_plan
 
@@ -44,6 +49,7 @@ def plan(
     result = make_plan(
         desired, observe_and_warn(workspace, desired, hosts=True), PlanOptions(prune=prune)
     )
+    warn_unanswering_remotes(workspace.manifest)
     typer.echo(result.to_json() if as_json else result.render(), nl=as_json)
     if detailed_exitcode and not result.empty:
         raise typer.Exit(2)

@@ -77,7 +77,8 @@ def serve(
     Applies the manifest first (stopping servers it no longer wants, starting
     the serve = "always" ones) and adopts servers already running. Models
     with serve = "on-demand" start on their first request and stop after
-    keep_alive idle. Saving mlxlama.toml (or its lock) applies the change at
+    keep_alive idle; the models of [remotes] gateways are listed and answered
+    through theirs. Saving mlxlama.toml (or its lock) applies the change at
     once: aliases and sampling defaults without a restart, a changed launch
     setting by restarting only that server; an invalid save is reported and
     ignored. A server that crashes is restarted with backoff (1 s doubling to

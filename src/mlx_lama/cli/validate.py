@@ -13,8 +13,9 @@ from mlx_lama.cli._common import ManifestFile, handles_errors, plural
 def validate(file: ManifestFile = None) -> None:
     """Check the manifest and report every problem.
 
-    Prints "OK: N models, M aliases" (exit 0), or each problem as
-    FILE:LINE:COL: key.path: message (hint) on stderr (exit 1).
+    Prints "OK: N models, M aliases" (and ", K remotes" when it has
+    [remotes]) (exit 0), or each problem as FILE:LINE:COL: key.path: message
+    (hint) on stderr (exit 1).
     """
     from mlx_lama.schema import find_manifest, load_manifest
 
@@ -22,4 +23,5 @@ def validate(file: ManifestFile = None) -> None:
     manifest = load_manifest(location.path)
     models = plural(len(manifest.models), "model")
     aliases = plural(len(manifest.aliases), "alias", "aliases")
-    typer.echo(f"OK: {models}, {aliases} ({location.path})")
+    remotes = f", {plural(len(manifest.remotes), 'remote')}" if manifest.remotes else ""
+    typer.echo(f"OK: {models}, {aliases}{remotes} ({location.path})")

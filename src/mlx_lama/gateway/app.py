@@ -4,9 +4,11 @@
 the Ollama API, the OpenAI API, ``/health``, ``/metrics`` and the
 ``/mlx-lama/`` routes of ``mlx-lama top`` (``stats.py``), wrapped in the
 security middleware, with the token-streaming routes answered in front of
-Starlette by ``hotpath.HotPath``. One ``httpx.AsyncClient`` to the model servers is made
-in the lifespan and closed there, where the scheduler's background expiry
-also starts and stops. Errors are always JSON in the caller's API family with
+Starlette by ``hotpath.HotPath`` and requests from another gateway noted by
+``forward.HopGuard`` (the ``[remotes]`` routing lives in ``forward.py``). One
+``httpx.AsyncClient`` to the model servers (and remote gateways) is made in
+the lifespan and closed there, where the scheduler's background expiry also
+starts and stops. Errors are always JSON in the caller's API family with
 a real status code, never a traceback or a path.
 """
 
@@ -18,8 +20,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -30,7 +34,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlx_lama import __version__
-from mlx_lama.gateway import inference, manage, stats
+from mlx_lama.gateway import forward, inference, manage, stats
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.hotpath import HotPath
 from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, read_json
@@ -74,6 +78,7 @@ def create_app(
             finally:
                 hangup()
                 await supervisor.stop()
+                await gateway.remotes.aclose()
                 await gateway.spares.aclose()
                 await gateway.scheduler.shutdown(stop_always=stop_all_on_exit)
                 gateway.client = None
@@ -88,7 +93,7 @@ def create_app(
         },
     )
     app.state.gateway = gateway
-    guarded = SecurityMiddleware(HotPath(app, gateway), policy)
+    guarded = SecurityMiddleware(forward.HopGuard(HotPath(app, gateway)), policy)
     gateway.on_reload.append(lambda old, new: _renew_policy(guarded, old, new))
     return guarded
 
@@ -230,8 +235,16 @@ async def _tags(request: Request) -> Response:
         if gateway.manifest.is_external(model):
             entry["remote_host"] = gateway.manifest.models[model].url
         entries.append(entry)
-    entries.sort(key=lambda e: (e["modified_at"], e["name"]), reverse=True)
+    if gateway.remotes and not forward.forwarded():
+        assert gateway.client is not None
+        entries += _not_local(gateway, await gateway.remotes.tags(gateway.client))
+    entries.sort(key=lambda e: (str(e.get("modified_at", "")), str(e["name"])), reverse=True)
     return JSONResponse({"models": entries})
+
+
+def _not_local(gateway: Gateway, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The remotes' entries whose names this manifest does not serve (local names win)."""
+    return [e for e in entries if not forward.serves_locally(gateway, str(e["name"]))]
 
 
 async def _ps(request: Request) -> Response:
@@ -255,7 +268,10 @@ async def _ps(request: Request) -> Response:
         if context:
             row["context_length"] = context
         rows.append(row)
-    rows.sort(key=lambda r: r["expires_at"], reverse=True)
+    if gateway.remotes and not forward.forwarded():
+        assert gateway.client is not None
+        rows += _not_local(gateway, await gateway.remotes.running(gateway.client))
+    rows.sort(key=lambda r: str(r.get("expires_at", "")), reverse=True)
     return JSONResponse({"models": rows})
 
 
@@ -263,9 +279,14 @@ _FOREVER = 10_000_000_000.0  # 2286-11-20: Ollama shows a far-future date for "f
 
 
 async def _show(request: Request) -> Response:
+    started = time.monotonic()
     gateway = inference.gateway_of(request)
     body = await read_json(request)
     name = body.get("model") or body.get("name")
+    remote = await forward.remote_for(gateway, name, explain_missing=True)
+    if remote is not None:
+        call = ("POST", "/api/show", body)
+        return await forward.forward(gateway, remote, call, request.receive, started)
     route = inference.resolve(gateway, name)
     entry: ModelEntry = route.entry
     system = body.get("system") if isinstance(body.get("system"), str) else None
@@ -275,12 +296,21 @@ async def _show(request: Request) -> Response:
 async def _v1_models(request: Request) -> Response:
     gateway = inference.gateway_of(request)
     data = [_v1_entry(gateway, shown, model) for shown, model in _listed_names(gateway)]
+    if gateway.remotes and not forward.forwarded():
+        assert gateway.client is not None
+        remote = _not_local(gateway, await gateway.remotes.tags(gateway.client))
+        data += [_v1_remote_entry(entry) for entry in remote]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def _v1_model(request: Request) -> Response:
+    started = time.monotonic()
     gateway = inference.gateway_of(request)
     name = request.path_params["model"]
+    remote = await forward.remote_for(gateway, name, explain_missing=True)
+    if remote is not None:
+        call = ("GET", request.url.path, None)
+        return await forward.forward(gateway, remote, call, request.receive, started)
     route = inference.resolve(gateway, name)
     return JSONResponse(_v1_entry(gateway, name, route.name))
 
@@ -291,6 +321,20 @@ def _v1_entry(gateway: Gateway, shown: str, model: str) -> dict[str, Any]:
         "object": "model",
         "created": int(gateway.facts(model).modified),
         "owned_by": "mlx-lama",
+    }
+
+
+def _v1_remote_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A remote's ``/api/tags`` entry (see ``remotes.marked``) as an OpenAI model object."""
+    try:
+        created = int(datetime.fromisoformat(str(entry.get("modified_at"))).timestamp())
+    except ValueError:
+        created = 0
+    return {
+        "id": entry["name"],
+        "object": "model",
+        "created": created,
+        "owned_by": entry["remote_host"],
     }
 
 

@@ -4,8 +4,9 @@
 them, the alias registry and the :class:`Scheduler`. The routes ask it to
 resolve a request's model name (alias, manifest name, ``name:latest``, repo
 id) to a :class:`Route`, and for the facts ``/api/tags`` and ``/api/show``
-report. :meth:`Gateway.reload` takes a changed manifest (after the gateway's
-own edits, and from the watcher later). It never edits the manifest itself and
+report; its :class:`RemoteSet` knows the models of the manifest's ``[remotes]``.
+:meth:`Gateway.reload` takes a changed manifest (after the gateway's own
+edits, and from the watcher later). It never edits the manifest itself and
 never starts processes directly: that is the scheduler's job.
 """
 
@@ -22,6 +23,7 @@ from mlx_lama.gateway.facts import model_folder, read_facts
 from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
+from mlx_lama.gateway.remotes import RemoteSet
 from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.orchestrator.desired import desired
@@ -90,6 +92,7 @@ class Gateway:
         self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
         self.spares = Spares()  # connections ready for token streams; the lifespan closes them
         self.supervisor: Supervisor | None = None  # runs in the app's lifespan
+        self.remotes = RemoteSet()  # [remotes]: the other gateways' models (see forward.py)
         # Called with (old, new) manifest after each reload, e.g. to renew the security policy.
         self.on_reload: list[Callable[[Manifest, Manifest], None]] = []
         # Set by _apply from the manifest, now and on every reload:
@@ -150,6 +153,7 @@ class Gateway:
         )
         self._servers = {s.name: s for s in self.desired.servers}
         self._resolved = {}
+        self.remotes.configure(manifest.remotes)
         self.not_downloaded = self._not_downloaded()
         server = manifest.server
         config = SchedulerConfig(
@@ -188,8 +192,8 @@ class Gateway:
     ) -> Changes:
         """Take the manifest on disk (or ``manifest``, already loaded) and its lock.
 
-        Routing changes (aliases, keep_alive, pin, system prompt and sampling
-        defaults) are live when this returns. Servers gone from the manifest
+        Routing changes (aliases, remotes, keep_alive, pin, system prompt and
+        sampling defaults) are live when this returns. Servers gone from the manifest
         stop once their requests end, and servers whose launch spec changed are
         restarted from the new spec; with ``wait`` this returns after that,
         otherwise it happens in the background. Raises the loader's errors for a

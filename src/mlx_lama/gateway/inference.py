@@ -6,7 +6,8 @@ serves (stripping anything that would make it load something else), and
 streams the answer back: Ollama's NDJSON translated from the backend's SSE,
 or the backend's SSE passed through with ``model`` rewritten to the name the
 client used. A client that goes away cancels the backend request; a backend
-that dies mid-stream ends the stream with an error line or event.
+that dies mid-stream ends the stream with an error line or event. A model
+that only a remote gateway serves is forwarded there as it is (``routed``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from mlx_lama.gateway import ollama
+from mlx_lama.gateway import forward, ollama
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
 from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling, read_json
 from mlx_lama.gateway.proxy import (
@@ -78,6 +79,24 @@ def counted(handler: Handler) -> Handler:
             seconds = time.monotonic() - call.started
             call.gateway.finished(call.model, call.path, error.status, seconds)
             raise
+
+    return run
+
+
+def routed(handler: Handler) -> Handler:
+    """``handler`` for this manifest's models; a model that only one of the manifest's
+    ``[remotes]`` serves goes to that gateway as it is (see ``forward.py``)."""
+
+    async def run(call: Call) -> Response:
+        gateway = call.gateway
+        if not gateway.remotes:
+            return await handler(call)
+        remote = await forward.remote_for(gateway, call.body.get("model"), explain_missing=True)
+        if remote is None:
+            return await handler(call)
+        call.model = remote.name
+        request = ("POST", call.path, call.body)
+        return await forward.forward(gateway, remote, request, call.receive, call.started)
 
     return run
 
@@ -210,11 +229,13 @@ def _now() -> datetime:
 
 
 @counted
+@routed
 async def chat(call: Call) -> Response:
     return await _ollama_run(call, "chat")
 
 
 @counted
+@routed
 async def generate(call: Call) -> Response:
     return await _ollama_run(call, "generate")
 
@@ -369,11 +390,13 @@ async def _load_only(
 
 
 @counted
+@routed
 async def embed(call: Call) -> Response:
     return await _ollama_embed(call, legacy=False)
 
 
 @counted
+@routed
 async def embeddings(call: Call) -> Response:
     return await _ollama_embed(call, legacy=True)
 
@@ -457,6 +480,7 @@ async def _json_of(response: httpx.Response) -> JsonObject:
 
 
 @counted
+@routed
 async def openai(call: Call) -> Response:
     gateway, path, body, started = call.gateway, call.path, call.body, call.started
     route = resolve(gateway, body.get("model"))

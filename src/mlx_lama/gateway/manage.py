@@ -9,6 +9,9 @@
   removes the alias;
 - copy adds an alias, as ``ollama cp`` adds a name for the same weights.
 
+A name only one of the manifest's ``[remotes]`` serves is refused with a
+pointer to that machine: its models are managed there, never from here.
+
 Edits go through ``schema.editor`` (comments kept, validated, atomic, under
 the apply lock); the gateway then reloads. Nothing here runs while a model
 name is unvalidated.
@@ -28,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from mlx_lama.errors import ManifestError, MlxLamaError
+from mlx_lama.gateway import forward
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import ApiError, read_json
 from mlx_lama.gateway.inference import NDJSON, gateway_of
@@ -58,6 +62,17 @@ def _name(body: dict[str, Any], key: str = "model") -> str:
     return name
 
 
+async def _not_remote(gateway: Gateway, name: str, verb: str, command: str) -> None:
+    """400 when ``name`` is a model of a remote gateway rather than of this manifest."""
+    remote = await forward.remote_for(gateway, name)
+    if remote is not None:
+        raise ApiError(
+            400,
+            f"model '{name}' is served by remote '{remote.remote}' at {remote.url}; "
+            f"{verb} it on that machine (`mlx-lama {command}` there)",
+        )
+
+
 # -- pull
 
 
@@ -66,6 +81,7 @@ async def pull(request: Request) -> Response:
     body = await read_json(request)
     name = _name(body)
     stream = body.get("stream", True) is not False
+    await _not_remote(gateway, name, "pull", "pull")
     source = _pull_source(gateway, name)
     events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
@@ -160,6 +176,7 @@ async def delete(request: Request) -> Response:
         await _edit(gateway, lambda: _remove_alias(gateway, alias), f"delete {alias!r}")
         return Response(status_code=200)
     if model is None:
+        await _not_remote(gateway, name, "remove", "rm")
         raise ApiError(404, f"model '{name}' not found")
     slot = gateway.scheduler.slots.get(model)
     if slot is not None and slot.refs:
@@ -206,6 +223,7 @@ async def copy(request: Request) -> Response:
     source = _name(body, "source")
     destination = _name(body, "destination")
     if gateway.model_key(source) is None and gateway.alias_key(source) is None:
+        await _not_remote(gateway, source, "copy", "cp")
         raise ApiError(404, f'model "{source}" not found')
     if gateway.model_key(destination) is not None:
         raise ApiError(

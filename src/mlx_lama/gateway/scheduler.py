@@ -454,8 +454,12 @@ class Scheduler:
 
     def _fits_beside(self, old: Slot, new: Slot) -> bool:
         """Can ``new`` start while ``old`` still runs: another port, and memory for
-        both (within ``memory_budget``, else what the machine has free now)?"""
+        both (within ``memory_budget``, else what the machine has free now)? Never
+        for a model served across hosts: the other hosts' memory is not known here,
+        and such a model is usually there because it fills them."""
         if old.record is None or new.spec.port == old.record.port:
+            return False
+        if new.spec.distribution is not None or old.spec.distribution is not None:
             return False
         budget = self.config.memory_budget
         if budget is not None:
