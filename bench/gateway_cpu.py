@@ -1,7 +1,7 @@
 """CPU per streamed request in the gateway, against the bare relay's.
 
 Usage: ``uv run --all-extras python -m bench.gateway_cpu [--fake] [--base SRC]
-[ROUNDS] [REPEATS]``.
+[--tokens N] [--streams S] [ROUNDS] [REPEATS]``.
 
 Why CPU and not time: at 8 concurrent streams ``mlx_lm.server`` admits the
 batch once the last request has arrived, and the gateway handles the 8
@@ -26,6 +26,12 @@ Nothing is written to docs/benchmarks.md; nothing is left running.
 (``PYTHONPATH``; e.g. ``git archive REV src | tar -x -C /tmp/base``) beside
 this one, with its own home and backend, so a change is compared with its
 baseline under the same conditions.
+
+``--tokens N`` asks for N tokens per stream instead of one, and ``--streams S``
+sends S concurrent streams per batch instead of 8: ``--tokens 256 --streams 1``
+measures the cost per streamed token (what the 1-stream tokens/s ratio of
+``bench.gateway`` comes down to), reported as CPU per 1000 tokens (the tokens
+counted in each answer).
 
 ``--fake`` serves the model from a canned one-token answer instead (an
 ``external`` model pointing at a stub in this process): no scheduler lease, but
@@ -65,7 +71,7 @@ from bench.gateway import (
     wait_ready,
 )
 
-STREAMS = 8
+STREAMS = 8  # concurrent streams per batch, unless --streams says otherwise
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -92,14 +98,14 @@ def request_bytes(port: int, path: str, body: dict[str, Any]) -> bytes:
 
 
 def paths(
-    backend_port: int, gateway_ports: dict[str, int], relay_port: int
+    backend_port: int, gateway_ports: dict[str, int], relay_port: int, tokens: int
 ) -> dict[str, tuple[int, bytes]]:
-    openai = {"messages": PROMPT, "max_tokens": 1, "stream": True, "temperature": 0}
+    openai = {"messages": PROMPT, "max_tokens": tokens, "stream": True, "temperature": 0}
     ollama = {
         "model": MODEL,
         "messages": PROMPT,
         "stream": True,
-        "options": {"num_predict": 1, "temperature": 0},
+        "options": {"num_predict": tokens, "temperature": 0},
     }
     sse = "/v1/chat/completions"
     targets = {
@@ -113,24 +119,25 @@ def paths(
     return targets
 
 
-_CONTENT = re.compile(rb'"content": ?"[^"]')  # the first token, in SSE or NDJSON
+_CONTENT = re.compile(rb'"content": ?"[^"]')  # a token, in SSE or NDJSON
 
 
-async def one(port: int, request: bytes, start: float) -> float:
+async def one(port: int, request: bytes, start: float) -> tuple[float, int]:
     """Send ``request``, read the whole answer; the seconds from ``start`` until its
-    first token arrived."""
+    first token arrived, and its tokens."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
-    answer = b""
+    pieces: list[bytes] = []
     first = 0.0
     while data := await reader.read(65536):
-        answer += data
-        if not first and _CONTENT.search(answer):
+        pieces.append(data)
+        if not first and _CONTENT.search(b"".join(pieces[-2:])):  # a token split by reads
             first = time.perf_counter() - start
     writer.close()
+    answer = b"".join(pieces)
     if b" 200 " not in answer.split(b"\r\n", 1)[0] or b"error" in answer or not first:
         raise RuntimeError(f"bad answer: {answer[:500]!r}")
-    return first
+    return first, len(_CONTENT.findall(answer))
 
 
 class Arrivals:
@@ -141,23 +148,28 @@ class Arrivals:
 
 
 async def rounds(
-    port: int, request: bytes, count: int, arrivals: Arrivals
-) -> tuple[list[float], list[float]]:
-    """``count`` batches: per batch, the seconds from its start until the stub had the
-    last of its requests (none without a stub), and per stream its TTFT."""
-    spans, ttfts = [], []
+    port: int, request: bytes, count: int, arrivals: Arrivals, streams: int
+) -> tuple[list[float], list[float], int]:
+    """``count`` batches of ``streams``: per batch, the seconds from its start until the
+    stub had the last of its requests (none without a stub), per stream its TTFT, and
+    the tokens of all."""
+    spans, ttfts, tokens = [], [], 0
     for _ in range(count):
         arrivals.times.clear()
         start = time.perf_counter()
-        ttfts += await asyncio.gather(*(one(port, request, start) for _ in range(STREAMS)))
-        if len(arrivals.times) == STREAMS:
+        answers = await asyncio.gather(*(one(port, request, start) for _ in range(streams)))
+        ttfts += [ttft for ttft, _ in answers]
+        tokens += sum(n for _, n in answers)
+        if len(arrivals.times) == streams:
             spans.append(max(arrivals.times) - start)
-    return spans, ttfts
+    return spans, ttfts, tokens
 
 
 @dataclass
 class Result:
     cpu_us: list[float] = field(default_factory=list)  # per request, one value per repeat
+    cpu_ms_1k: list[float] = field(default_factory=list)  # per 1000 tokens, one per repeat
+    tokens: list[float] = field(default_factory=list)  # per request, one value per repeat
     forward_ms: list[float] = field(default_factory=list)  # per batch (stub only)
     ttft_ms: list[float] = field(default_factory=list)  # per stream, from its batch's start
 
@@ -182,9 +194,10 @@ async def measure(
     count: int,
     repeats: int,
     arrivals: Arrivals,
+    streams: int,
 ) -> tuple[dict[str, Result], dict[int, float]]:
     for port, request in targets.values():
-        await rounds(port, request, 3, arrivals)  # warm-up
+        await rounds(port, request, 3, arrivals, streams)  # warm-up
     idle = await idle_rates(procs)
     results = {name: Result() for name in targets}
     order = list(targets)
@@ -194,36 +207,46 @@ async def measure(
             proc = procs[name]
             before = cpu_seconds(proc) if proc is not None else 0.0
             start = time.perf_counter()
-            spans, ttfts = await rounds(port, request, count, arrivals)
+            spans, ttfts, tokens = await rounds(port, request, count, arrivals, streams)
+            results[name].tokens.append(tokens / (count * streams))
             if proc is not None:
                 used = cpu_seconds(proc) - before
                 used -= idle[proc.pid] * (time.perf_counter() - start)
-                results[name].cpu_us.append(used / (count * STREAMS) * 1e6)
+                results[name].cpu_us.append(used / (count * streams) * 1e6)
+                results[name].cpu_ms_1k.append(used / max(tokens, 1) * 1e6)
             results[name].forward_ms.extend(span * 1000 for span in spans)
             results[name].ttft_ms.extend(ttft * 1000 for ttft in ttfts)
     return results, idle
 
 
-# What mlx_lm.server 0.31 sends for a one-token stream with usage (captured).
+# What mlx_lm.server 0.31 sends in a stream with usage (captured), event by event.
 _EVENT = (
     '{"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "default_model", '
     '"created": 1796487665, "choices": [{"index": 0, "finish_reason": %s, "delta": %s}]}'
 )
-CANNED = (
-    b"HTTP/1.0 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11.7\r\n"
-    b"Content-type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-    b": keepalive 1/1\n\n"
-    + b"data: %s\n\n" % (_EVENT % ("null", '{"role": "assistant", "content": "during"}')).encode()
-    + b"data: %s\n\n" % (_EVENT % ('"length"', '{"role": "assistant"}')).encode()
-    + b'data: {"id": "chatcmpl-1", "object": "chat.completion", "model": "default_model", '
-    b'"created": 1796487665, "choices": [], "usage": {"prompt_tokens": 5, '
-    b'"completion_tokens": 1, "total_tokens": 6}}\n\n'
-    b"data: [DONE]\n\n"
-)
+
+
+def canned(tokens: int) -> list[bytes]:
+    """The head and the events of a ``tokens``-token answer, in the order sent."""
+    content = (_EVENT % ("null", '{"role": "assistant", "content": "during"}')).encode()
+    usage = (
+        '{"id": "chatcmpl-1", "object": "chat.completion", "model": "default_model", '
+        '"created": 1796487665, "choices": [], "usage": {"prompt_tokens": 5, '
+        f'"completion_tokens": {tokens}, "total_tokens": {tokens + 5}}}}}'
+    ).encode()
+    return [
+        b"HTTP/1.0 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11.7\r\n"
+        b"Content-type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+        b": keepalive 1/1\n\n",
+        *[b"data: %s\n\n" % content] * tokens,
+        b"data: %s\n\n" % (_EVENT % ('"length"', '{"role": "assistant"}')).encode(),
+        b"data: %s\n\n" % usage,
+        b"data: [DONE]\n\n",
+    ]
 
 
 async def stub(
-    arrivals: Arrivals, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    arrivals: Arrivals, tokens: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """One request, one canned answer event by event, then close (as mlx_lm.server)."""
     head = await reader.readuntil(b"\r\n\r\n")
@@ -234,12 +257,11 @@ async def stub(
             length = int(value)
     await reader.readexactly(length)
     arrivals.times.append(time.perf_counter())
-    head_end = CANNED.index(b"\r\n\r\n") + 4
-    pieces = [CANNED[:head_end], *(e + b"\n\n" for e in CANNED[head_end:].split(b"\n\n")[:-1])]
-    for piece in pieces:  # one write per event, a little apart, as a real engine streams
+    pause = 0.002 if tokens == 1 else 0.001
+    for piece in canned(tokens):  # one write per event, a little apart, as a real engine
         writer.write(piece)
         await writer.drain()
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(pause)
     writer.close()
 
 
@@ -288,10 +310,11 @@ async def listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
 
 
 async def run_fake(
-    count: int, repeats: int, root: Path, base: str | None
+    count: int, repeats: int, root: Path, base: str | None, shape: tuple[int, int]
 ) -> tuple[dict[str, Result], dict[int, float]]:
+    tokens, streams = shape
     arrivals = Arrivals()
-    server = await asyncio.start_server(partial(stub, arrivals), "127.0.0.1", 0)
+    server = await asyncio.start_server(partial(stub, arrivals, tokens), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     gateways = Gateways()
     relay = None
@@ -306,9 +329,9 @@ async def run_fake(
             gateways.start(prefix, fake_manifest(home, port), env, log)
             await listening(gateways.ports[prefix], gateways.procs[prefix], log)
         relay, relay_port = start_relay(port, root / "relay.log")
-        targets = paths(port, gateways.ports, relay_port)
+        targets = paths(port, gateways.ports, relay_port, tokens)
         procs = between(targets, gateways, relay.pid)
-        return await measure(targets, procs, count, repeats, arrivals)
+        return await measure(targets, procs, count, repeats, arrivals, streams)
     finally:
         if relay is not None:
             stop_process(relay, 10)
@@ -318,8 +341,14 @@ async def run_fake(
 
 
 def run_real(
-    count: int, repeats: int, root: Path, base: str | None, watched: list[int]
+    count: int,
+    repeats: int,
+    root: Path,
+    base: str | None,
+    watched: list[int],
+    shape: tuple[int, int],
 ) -> tuple[tuple[dict[str, Result], dict[int, float]], Gateways]:
+    tokens, streams = shape
     gateways = Gateways()
     backend_port = 0
     relay = None
@@ -337,9 +366,10 @@ def run_real(
             watched.append(wait_ready(url, gateways.procs[prefix], log))
         relay, relay_port = start_relay(backend_port, root / "relay.log")
         watched.append(relay.pid)
-        targets = paths(backend_port, gateways.ports, relay_port)
+        targets = paths(backend_port, gateways.ports, relay_port, tokens)
         procs = between(targets, gateways, relay.pid)
-        return asyncio.run(measure(targets, procs, count, repeats, Arrivals())), gateways
+        measured = measure(targets, procs, count, repeats, Arrivals(), streams)
+        return asyncio.run(measured), gateways
     finally:
         if relay is not None:
             stop_process(relay, 10)
@@ -363,11 +393,17 @@ def _spread(values: list[float]) -> str:
 
 
 def report(
-    measured: tuple[dict[str, Result], dict[int, float]], count: int, repeats: int, seconds: float
+    measured: tuple[dict[str, Result], dict[int, float]],
+    count: int,
+    repeats: int,
+    seconds: float,
+    shape: tuple[int, int],
 ) -> None:
     results, idle = measured
+    tokens, streams = shape
+    what = "one-token" if tokens == 1 else f"{tokens}-token"
     print(
-        f"{STREAMS} concurrent one-token streams, {count} batches x {repeats} repeats "
+        f"{streams} concurrent {what} streams, {count} batches x {repeats} repeats "
         f"({seconds:.0f}s). CPU per request of the process in between, less its idle "
         f"CPU ({', '.join(f'{rate * 1000:.1f}' for rate in idle.values())} ms/s): median "
         "(min-max) over repeats; times: median (p25-p75)."
@@ -380,23 +416,39 @@ def report(
             if cpu
             else " " * 34
         )
+        if cpu and tokens > 1:
+            per_1k = result.cpu_ms_1k
+            line += (
+                f"  per 1000 tokens {statistics.median(per_1k):5.1f} ms "
+                f"({min(per_1k):.1f}-{max(per_1k):.1f}), "
+                f"{statistics.median(result.tokens):.0f} tokens/request"
+            )
         line += f"  TTFT {_spread(result.ttft_ms)}"
         if result.forward_ms:
             line += f"  last request at the stub {_spread(result.forward_ms)}"
         print(line)
 
 
-def main(count: int = 25, repeats: int = 6, *, fake: bool = False, base: str | None = None) -> None:
+def main(
+    count: int = 25,
+    repeats: int = 6,
+    *,
+    fake: bool = False,
+    base: str | None = None,
+    tokens: int = 1,
+    streams: int = STREAMS,
+) -> None:
     root = Path(tempfile.mkdtemp(prefix="mlx-lama-bench-gwcpu-"))
     watched: list[int] = []
     gateways = Gateways()
     started = time.monotonic()
     try:
         if fake:
-            measured = asyncio.run(run_fake(count, repeats, root, base))
+            measured = asyncio.run(run_fake(count, repeats, root, base, (tokens, streams)))
         else:
-            measured, gateways = run_real(count, repeats, root, base, watched)
-        report(measured, count, repeats, time.monotonic() - started)
+            shape = (tokens, streams)
+            measured, gateways = run_real(count, repeats, root, base, watched, shape)
+        report(measured, count, repeats, time.monotonic() - started, (tokens, streams))
     finally:
         for proc in gateways.procs.values():
             stop_process(proc, 60)
@@ -408,12 +460,20 @@ def main(count: int = 25, repeats: int = 6, *, fake: bool = False, base: str | N
             raise SystemExit(f"processes left behind: {left}")
 
 
+def _option(args: list[str], name: str) -> str | None:
+    """The value after ``name`` in ``args`` (both taken out), or None."""
+    if name not in args:
+        return None
+    at = args.index(name)
+    value = args[at + 1]
+    del args[at : at + 2]
+    return value
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    source = None
-    if "--base" in args:
-        at = args.index("--base")
-        source = args[at + 1]
-        del args[at : at + 2]
+    source = _option(args, "--base")
+    tokens = int(_option(args, "--tokens") or 1)
+    streams = int(_option(args, "--streams") or STREAMS)
     numbers = [int(arg) for arg in args if arg != "--fake"]
-    main(*numbers[:2], fake="--fake" in args, base=source)
+    main(*numbers[:2], fake="--fake" in args, base=source, tokens=tokens, streams=streams)
