@@ -19,6 +19,7 @@ from mlx_lama.gateway.ollama import (
     created_at,
     generate_request,
     merge_stream,
+    ndjson_line,
     options_to_fields,
     parse_keep_alive,
     response_format,
@@ -244,6 +245,40 @@ def test_streamed_tool_call_fragments_arrive_as_one_call_with_object_arguments()
         {"id": "call_1", "function": {"index": 0, "name": "add", "arguments": {"a": 1}}}
     ]
     assert stream.finish(0.3, MOMENT)["done_reason"] == "stop"
+
+
+@pytest.mark.parametrize("kind", ["chat", "generate"])
+@pytest.mark.parametrize(
+    "model", ["coder:latest", 'we"ird\\name', "modèle/ü:7b", "emoji-\U0001f600", "tab\there"]
+)
+def test_ndjson_lines_are_the_json_of_the_chunks_byte_for_byte(kind: str, model: str) -> None:
+    events = [
+        sse(""),  # role only: no line
+        sse("Hello"),
+        sse(' "quoted" \\ back\\slash'),
+        sse("new\nline\ttab\x00nul\x1fus\u2028sep"),
+        sse("héllo wörld ✓ \U0001f600"),
+        sse("</script>&<>"),
+        {"choices": [{"index": 0, "delta": {"content": 42}}]},  # not a str: as json.dumps has it
+        {"choices": [{"index": 0, "text": ["odd"]}]},
+        {"choices": [sse("one")["choices"][0], sse("two")["choices"][0]]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "f"}}]}}]},
+        sse("last", finish="tool_calls"),  # with the collected tool call after it
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}},
+    ]
+    by_dict = StreamTranslator(model=model, kind=kind, started=0.0, loaded=0.0)
+    by_line = StreamTranslator(model=model, kind=kind, started=0.0, loaded=0.0)
+    for at, event in enumerate(events):
+        expected = b"".join(ndjson_line(c) for c in by_dict.feed(event, float(at), MOMENT))
+        assert by_line.feed_ndjson(event, float(at), MOMENT) == expected
+    assert by_line == by_dict  # the same counts, first token and finish reason
+    assert by_line.finish(20.0, MOMENT) == by_dict.finish(20.0, MOMENT)
+
+
+def test_an_ndjson_line_is_compact_unescaped_json() -> None:
+    chunk = {"model": "ü", "message": {"content": "a\nb"}, "done": False}
+    line = '{"model":"ü","message":{"content":"a\\nb"},"done":false}\n'
+    assert ndjson_line(chunk) == line.encode()
 
 
 def test_stream_false_merges_text_and_keeps_the_final_metadata() -> None:

@@ -32,6 +32,7 @@ from mlx_lama.gateway.proxy import (
     EARLY_END,
     ProxyStream,
     RawStream,
+    SseEvents,
     SseRelay,
     UpstreamError,
     backend_body,
@@ -217,10 +218,6 @@ async def post_stream(
     return await _leased(gateway, route, keep_alive, open_on)
 
 
-def _line(obj: JsonObject) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -296,9 +293,9 @@ async def _ollama_answer(
         async def lines() -> AsyncIterator[bytes]:
             try:
                 async for chunk in chunks():
-                    yield _line(chunk)
+                    yield ollama.ndjson_line(chunk)
             except (UpstreamError, httpx.HTTPError) as error:
-                yield _line({"error": describe(error)})
+                yield ollama.ndjson_line({"error": describe(error)})
 
         async def close() -> None:
             # Counted before the upstream close, which takes a turn of the event loop:
@@ -309,7 +306,9 @@ async def _ollama_answer(
             finally:
                 await upstream.aclose()
 
-        return ProxyStream(lines(), media_type=NDJSON, on_close=close)
+        raw = upstream if isinstance(upstream, RawStream) else None
+        content = lines() if raw is None else _ndjson(raw, translator)
+        return ProxyStream(content, media_type=NDJSON, on_close=close)
 
     async def collect() -> JsonObject:
         parts = [chunk async for chunk in chunks()]
@@ -325,6 +324,31 @@ async def _ollama_answer(
         return Response(status_code=499)
     record(200)
     return JSONResponse(merged)
+
+
+async def _ndjson(upstream: RawStream, translator: ollama.StreamTranslator) -> AsyncIterator[bytes]:
+    """The NDJSON lines of a token stream read off the socket, as ``lines`` in
+    :func:`_ollama_answer` makes them from ``sse_events``, but per read: the lines of
+    the events it completes together (the last with the final chunk), and for what
+    ``sse_events`` raises, the error line after the lines of the events before."""
+    events = SseEvents()
+    try:
+        while True:
+            data = await upstream.read()
+            lines = b""
+            for event in events.feed(data) if data else events.end():
+                lines += translator.feed_ndjson(event, time.monotonic(), _now())
+            if events.done:
+                upstream.answered()
+                yield lines + ollama.ndjson_line(translator.finish(time.monotonic(), _now()))
+                return
+            if events.failure is not None:
+                yield lines + ollama.ndjson_line({"error": describe(events.failure)})
+                return
+            if lines:
+                yield lines
+    except UpstreamError as error:  # all that RawStream.read raises
+        yield ollama.ndjson_line({"error": describe(error)})
 
 
 async def _guarded(
@@ -508,14 +532,23 @@ async def _openai_stream(
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for line in upstream.aiter_lines():
-                event = relay.feed(line, time.monotonic())
-                if event is not None:
-                    yield event
+            if isinstance(upstream, RawStream):
+                # Bytes as they arrive, the events each read completes sent at once.
+                while data := await upstream.read():
+                    if some := relay.feed_bytes(data, time.monotonic()):
+                        if relay.done:
+                            upstream.answered()
+                        yield some
+                rest = relay.end(time.monotonic())
+            else:
+                async for line in upstream.aiter_lines():
+                    event = relay.feed(line, time.monotonic())
+                    if event is not None:
+                        yield event
+                rest = relay.flush()
         except (UpstreamError, httpx.HTTPError) as error:
             problem = describe(error)
         else:
-            rest = relay.flush()
             if rest is not None:
                 yield rest
             if relay.done:

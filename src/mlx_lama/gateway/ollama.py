@@ -12,6 +12,7 @@ facts follow ``shared/docs/ollama-api.md``. Pure: no I/O, no clock reads
 from __future__ import annotations
 
 import json
+import json.encoder
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -239,13 +240,52 @@ class StreamTranslator:
     completion_tokens: int = 0
     finish_reason: str | None = None
     _calls: dict[int, JsonObject] = field(default_factory=dict)
+    # A text chunk's NDJSON line around its created_at and its text (see _chunk).
+    _head: str = field(init=False, repr=False)
+    _key: str = field(init=False, repr=False)
+    _tail: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._head = '{"model":' + _string(self.model) + ',"created_at":"'
+        if self.kind == "chat":
+            self._key, self._tail = (
+                '","message":{"role":"assistant","content":',
+                '},"done":false}\n',
+            )
+        else:
+            self._key, self._tail = '","response":', ',"done":false}\n'
 
     def feed(self, event: Mapping[str, Any], now: float, moment: datetime) -> list[JsonObject]:
+        texts = self._texts(event, now)
+        chunks = [self._chunk(text, moment) for text in texts]
+        if self.finish_reason and self._calls:
+            chunks.append(self._tool_chunk(moment))
+        return chunks
+
+    def feed_ndjson(self, event: Mapping[str, Any], now: float, moment: datetime) -> bytes:
+        """What :meth:`feed` returns, as NDJSON lines (b"" for none): the bytes of
+        :func:`ndjson_line` of each chunk, for less CPU per streamed token."""
+        texts = self._texts(event, now)
+        lines = b""
+        if texts:
+            stamp = created_at(moment)
+            for text in texts:
+                if type(text) is str:  # else as json.dumps would have it, whatever it is
+                    lines += f"{self._head}{stamp}{self._key}{_string(text)}{self._tail}".encode()
+                else:
+                    lines += ndjson_line(self._chunk(text, moment))
+        if self.finish_reason and self._calls:
+            lines += ndjson_line(self._tool_chunk(moment))
+        return lines
+
+    def _texts(self, event: Mapping[str, Any], now: float) -> list[Any]:
+        """Takes in the event's usage, tool-call pieces and finish reason; the texts
+        of its choices, one chunk each."""
         usage = event.get("usage")
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        chunks: list[JsonObject] = []
+        texts = []
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or choice.get("message") or {}
             text = delta.get("content") or choice.get("text") or ""
@@ -256,10 +296,8 @@ class StreamTranslator:
             if text:
                 if self.first_token is None:
                     self.first_token = now
-                chunks.append(self._chunk(text, moment))
-        if self.finish_reason and self._calls:
-            chunks.append(self._tool_chunk(moment))
-        return chunks
+                texts.append(text)
+        return texts
 
     def finish(self, now: float, moment: datetime) -> JsonObject:
         """The final chunk: empty text, ``done``, ``done_reason`` and durations in ns."""
@@ -317,6 +355,15 @@ class StreamTranslator:
         else:
             chunk["tool_calls"] = calls
         return chunk
+
+
+def ndjson_line(chunk: Mapping[str, Any]) -> bytes:
+    """One chunk as a line of Ollama's NDJSON stream (compact, UTF-8, not escaped)."""
+    return json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+# A str as json.dumps(ensure_ascii=False) writes it, without making an encoder per call.
+_string = json.encoder.encode_basestring
 
 
 def _arguments(text: str) -> object:

@@ -48,6 +48,7 @@ _WATCHED_SPECS = frozenset(("2.0", "2.1", "2.2", "2.3"))
 CONNECT_TIMEOUT = 10.0  # seconds to reach a model server (reads have no timeout)
 MAX_LINE = 4 * 2**20  # longest SSE line accepted from a backend
 EARLY_END = "model server closed the stream before the answer was complete"
+_CHUNKED = -1  # RawStream._left for a chunked body
 
 
 class UpstreamError(Exception):
@@ -147,6 +148,69 @@ async def sse_events(response: httpx.Response | RawStream) -> AsyncIterator[dict
     raise UpstreamError(EARLY_END)
 
 
+class SseEvents:
+    """The JSON events of an OpenAI SSE stream from its bytes as they arrive: what
+    :func:`sse_events` yields from the lines of ``RawStream.aiter_lines``, a read's
+    worth at a time (no task switch per line, which costs more than the parsing).
+
+    Feed each read to :meth:`feed`, and :meth:`end` at the end of the body. Each
+    gives the events completed, up to ``data: [DONE]`` (then ``done`` is set) or
+    a failure (then ``failure`` is set: an error event, an event that is not JSON,
+    an oversized line, or with :meth:`end`, a stream without ``[DONE]``); nothing
+    after either is to be fed. Pure: no I/O.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""  # the start of a line not yet complete
+        self.done = False
+        self.failure: UpstreamError | None = None
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        buffer = self._pending + data if self._pending else data
+        cut = buffer.rfind(b"\n") + 1
+        if not cut:
+            if len(buffer) > MAX_LINE:
+                self.failure = UpstreamError("model server sent an oversized event")
+            self._pending = buffer
+            return []
+        self._pending = buffer[cut:]
+        events: list[dict[str, Any]] = []
+        for raw in buffer[:cut].split(b"\n")[:-1]:
+            if len(raw) > MAX_LINE and len(_text(raw)) > MAX_LINE:
+                self.failure = UpstreamError("model server sent an oversized event")
+                break
+            if not raw.startswith(b"data:"):
+                continue  # comments, event names and blank separators
+            payload = _text(raw)[5:].strip()
+            if payload == "[DONE]":
+                self.done = True
+                break
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                self.failure = UpstreamError("model server sent an event that is not JSON")
+                break
+            if not isinstance(event, dict):
+                continue
+            if "error" in event and "choices" not in event:
+                self.failure = UpstreamError(_error_text(json.dumps(event)))
+                break
+            events.append(event)
+        return events
+
+    def end(self) -> list[dict[str, Any]]:
+        """At the end of the body: the events of a last line without a line end."""
+        events = self.feed(b"\n") if self._pending else []
+        if not self.done and self.failure is None:
+            self.failure = UpstreamError(EARLY_END)
+        return events
+
+
+def _text(line: bytes) -> str:
+    """A line of a backend's stream as ``RawStream.aiter_lines`` gives it."""
+    return line.rstrip(b"\r").decode("utf-8", "replace")
+
+
 def describe(error: BaseException) -> str:
     """What went wrong mid-stream, in words for the client (no paths, no traceback)."""
     if isinstance(error, UpstreamError):
@@ -180,6 +244,15 @@ class ProxyStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._on_close()
+
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's, less its check of each chunk's type: the content is bytes."""
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _stream_watched(self, receive: Receive, send: Send) -> None:
         """The body, cut short when the client disconnects: what StreamingResponse does
@@ -245,11 +318,20 @@ _EMPTY_CONTENT = re.compile(r'"content"\s*:\s*(?:""|null)')
 class SseRelay:
     """Passes a backend's SSE stream to the client event by event, with ``model`` set
     to the name the client used, without decoding each event (that would cost a
-    JSON parse and dump per token). Notes the first content event and the usage."""
+    JSON parse and dump per token). Notes the first content event and the usage.
+
+    Lines go to :meth:`feed`; or the bytes as they arrive go to :meth:`feed_bytes`,
+    which answers the usual event (one ``data:`` line carrying the same ``model``
+    member as the event before) with a few byte scans and no decoding: per token,
+    every bit of code run costs CPU the engine could use.
+    """
 
     def __init__(self, name: str) -> None:
         self._member = '"model":' + json.dumps(name, ensure_ascii=False)
+        self._member_bytes = self._member.encode()
+        self._seen = b""  # the model member of the last event rewritten, as it came
         self._lines: list[str] = []
+        self._pending = b""  # the start of a line not yet complete (feed_bytes)
         self.done = False  # saw data: [DONE]
         self.first_content: float | None = None  # monotonic time, set by the caller's clock
         self.usage: dict[str, Any] | None = None
@@ -271,6 +353,56 @@ class SseRelay:
         self._lines.clear()
         return event.encode()
 
+    def feed_bytes(self, data: bytes, now: float) -> bytes:
+        """Take the next bytes of the body as they came; return the events they complete
+        (b"" for none): exactly what :meth:`feed` returns for each of their lines
+        (split at "\\n", a trailing "\\r" dropped, decoded as UTF-8), together.
+        Raises UpstreamError for an oversized line."""
+        seen = self._seen
+        # The usual read: one whole event, one ASCII data: line with no "\r" before its
+        # end, nothing to note, and at its first "model" the member the last event had
+        # (so that is where the regular expression of _data would match).
+        if (
+            seen
+            and not self._pending
+            and not self._lines
+            and data.endswith(b"\n\n")
+            and data.find(b"\n") == len(data) - 2
+            and data.startswith(b"data:")
+            and data[-3] != 13
+            and data.isascii()
+            and (self.first_content is not None or b'"content"' not in data)
+            and b'"usage"' not in data
+        ):
+            at = data.find(b'"model"')
+            if at >= 0 and data.startswith(seen, at):
+                return data[:at] + self._member_bytes + data[at + len(seen) :]
+        return self._feed_lines(data, now)
+
+    def _feed_lines(self, data: bytes, now: float) -> bytes:
+        buffer = self._pending + data if self._pending else data
+        cut = buffer.rfind(b"\n") + 1
+        if not cut:
+            if len(buffer) > MAX_LINE:
+                raise UpstreamError("model server sent an oversized event")
+            self._pending = buffer
+            return b""
+        self._pending = buffer[cut:]
+        events = []
+        for raw in buffer[:cut].split(b"\n")[:-1]:
+            event = self.feed(raw.rstrip(b"\r").decode("utf-8", "replace"), now)
+            if event is not None:
+                events.append(event)
+        return b"".join(events)
+
+    def end(self, now: float) -> bytes | None:
+        """At the end of the body: the last event, if any (with a last line that had no
+        line end), as :meth:`flush` gives it."""
+        if self._pending:
+            self.feed(self._pending.rstrip(b"\r").decode("utf-8", "replace"), now)
+            self._pending = b""
+        return self.flush()
+
     def _data(self, line: str, now: float) -> str:
         payload = line[5:].strip()
         if payload == "[DONE]":
@@ -284,7 +416,11 @@ class SseRelay:
                 usage = json.loads(payload).get("usage")
                 if isinstance(usage, dict):
                     self.usage = usage
-        return _MODEL_MEMBER.sub(lambda _match: self._member, line, count=1)
+        member = _MODEL_MEMBER.search(line)
+        if member is None:
+            return line
+        self._seen = member.group().encode()
+        return line[: member.start()] + self._member + line[member.end() :]
 
 
 @functools.lru_cache(maxsize=64)
@@ -321,6 +457,7 @@ class RawStream:
         self._writer = writer
         self._spares = spares  # the pool to put a fresh connection in when this ends
         self._answered = False  # the whole answer (or its data: [DONE]) came
+        self._left: int | None = None  # sized body: bytes left; _CHUNKED; None: to the close
         self.status = 0
         self.headers: dict[str, str] = {}
 
@@ -389,21 +526,47 @@ class RawStream:
             name, sep, value = line.partition(":")
             if sep:
                 self.headers[name.strip().lower()] = value.strip()
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            self._left = _CHUNKED
+        elif "content-length" in self.headers:
+            self._left = int(self.headers["content-length"])
+
+    async def _next(self) -> bytes:
+        """The next piece of the body as it arrives (b"" at its end): a read for a body
+        that ends with the connection, a chunk, or a sized body whole."""
+        if self._left is None:
+            return await self._reader.read(65536)
+        if self._left == _CHUNKED:
+            size_line = await self._reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                self._left = 0
+                return b""
+            return (await self._reader.readexactly(size + 2))[:-2]
+        size, self._left = self._left, 0
+        return await self._reader.readexactly(size) if size else b""
+
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives, b"" at its end; UpstreamError if the
+        connection breaks. For readers that take the bytes (``aiter_lines`` takes lines)."""
+        try:
+            if self._left is None:  # as mlx_lm.server answers: to the close
+                data = await self._reader.read(65536)
+            else:
+                data = await self._next()
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise UpstreamError("model server stopped answering") from None
+        if not data:
+            self._answered = True
+        return data
+
+    def answered(self) -> None:
+        """The reader saw the answer's ``data: [DONE]`` (and may stop reading there)."""
+        self._answered = True
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                size_line = await self._reader.readuntil(b"\r\n")
-                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    return
-                data = await self._reader.readexactly(size + 2)
-                yield data[:-2]
-        elif "content-length" in self.headers:
-            yield await self._reader.readexactly(int(self.headers["content-length"]))
-        else:
-            while data := await self._reader.read(65536):
-                yield data
+        while data := await self._next():
+            yield data
 
     async def aiter_lines(self) -> AsyncIterator[str]:
         """The body's lines (without line ends); UpstreamError if the connection breaks."""
