@@ -18,6 +18,7 @@ from mlx_lama.gateway.proxy import (
     SseEvents,
     SseRelay,
     UpstreamError,
+    _json,
     backend_body,
     sse_events,
 )
@@ -345,3 +346,33 @@ def test_raw_stream_read_gives_the_body_as_it_comes_then_empty(
     assert b"".join(pieces) == b"".join(body)
     if chunked:
         assert pieces == body
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": [1, 2.5, -3e2, true, false, null], "b": {"c": "\\u00fc\\"\\\\"}}',
+        '"a string"',
+        "42",
+        "NaN",
+        "[]",
+        "",
+        "{",
+        '{"a": 1} {"b": 2}',
+        '{"a": 1}x',
+        "\ufeff{}",
+        "{'a': 1}",
+        '{"a": 1,}',
+        "nul",
+    ],
+)
+def test_json_of_a_stripped_payload_is_json_loads(text: str) -> None:
+    try:
+        expected: Any = ("ok", json.loads(text))
+    except ValueError:
+        expected = ("ValueError",)
+    try:
+        got: Any = ("ok", _json(text))
+    except ValueError:
+        got = ("ValueError",)
+    assert repr(got) == repr(expected)  # repr: NaN is not equal to itself

@@ -337,7 +337,7 @@ async def _ndjson(upstream: RawStream, translator: ollama.StreamTranslator) -> A
             data = await upstream.read()
             lines = b""
             for event in events.feed(data) if data else events.end():
-                lines += translator.feed_ndjson(event, time.monotonic(), _now())
+                lines += translator.feed_ndjson(event, time.monotonic(), datetime.now(UTC))
             if events.done:
                 upstream.answered()
                 yield lines + ollama.ndjson_line(translator.finish(time.monotonic(), _now()))
