@@ -32,16 +32,14 @@ from mlx_lama.gateway.proxy import (
     EARLY_END,
     ProxyStream,
     RawStream,
-    SseEvents,
-    SseRelay,
     UpstreamError,
     backend_body,
     describe,
     open_upstream,
-    sse_events,
     until_disconnect,
 )
 from mlx_lama.gateway.scheduler import Lease, SchedulerError
+from mlx_lama.gateway.sse import SseEvents, SseRelay, sse_events
 from mlx_lama.schema.units import Duration
 
 NDJSON = "application/x-ndjson"
