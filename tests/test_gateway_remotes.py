@@ -42,6 +42,7 @@ from tests.fixtures import hf_env
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import RunningGateway, gateway_in_thread, gateway_process, wait_for
 from tests.fixtures.servers import free_port
+from tests.fixtures.tiny_model import EOS_TOKEN, SPECIAL_TOKENS
 
 pytestmark = pytest.mark.server
 
@@ -219,18 +220,26 @@ def _connections(pid: int, port: int) -> int:
 
 
 def test_a_client_that_leaves_cancels_the_request_on_the_remote(
-    desk: RunningGateway, studio: RunningGateway
+    desk: RunningGateway, studio: RunningGateway, client: ollama.Client
 ) -> None:
+    client.generate("tiny")  # an empty prompt loads it, on studio
     pid = studio.pid_of("tiny")
     port = int(studio.health()["models"]["tiny"]["port"])  # type: ignore[index]
-    body = {"model": "tiny", "messages": USER, "options": {"num_predict": 200000}}
+    body = {
+        "model": "tiny",
+        "messages": USER,
+        "stream": True,
+        "max_tokens": 200000,  # minutes of tokens if nothing cancels them:
+        "logit_bias": {str(SPECIAL_TOKENS.index(EOS_TOKEN)): -100},  # the end never comes
+    }
     with (
         httpx.Client(trust_env=False, timeout=60) as http,
-        http.stream("POST", desk.url + "/api/chat", json=body) as response,
+        http.stream("POST", desk.url + "/v1/chat/completions", json=body) as response,
     ):
         lines = response.iter_lines()
-        assert '"done":false' in next(lines)
-        assert _connections(pid, port) == 1, (studio.health(), studio.pid_of("tiny"))
+        first = next(line for line in lines if line)
+        assert first.startswith(("data: {", ":")), first
+        assert _connections(pid, port) == 1, studio.health()
     # Desk closed its request to studio, studio its request to the engine.
     wait_for(lambda: _connections(pid, port) == 0, 30, "the engine request to end")
     wait_for(lambda: studio.health()["models"]["tiny"]["in_flight"] == 0, 10, "studio's lease")  # type: ignore[index]
