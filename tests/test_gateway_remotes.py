@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -175,6 +177,29 @@ def test_chat_through_desk_is_answered_by_studio(
     running = _models(_get(desk.url, "/api/ps"))["tiny:latest"]
     assert running["remote_host"] == studio.url
     assert [m.model for m in client.ps().models] == ["tiny:latest"]
+
+
+def test_run_on_the_desk_answers_with_the_remote_model(
+    desk: RunningGateway, studio: RunningGateway
+) -> None:
+    """`mlx-lama run tiny` on the desk, whose manifest only lists tiny under [remotes]:
+    the daemon routes it to the studio; nothing is pulled or added to the desk's manifest."""
+    root = desk.home.parent
+    manifest = root / "mlxlama.toml"
+    before = manifest.read_text()
+    env = {**_isolated_env(root), "MLX_LAMA_MANIFEST": str(manifest)}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlx_lama", "run", "tiny", "hello"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()  # the desk has no model of its own: the studio answered
+    assert manifest.read_text() == before
+    assert not list((desk.home / "run").glob("*.json"))
 
 
 def test_show_and_the_remotes_own_errors_pass_through(client: ollama.Client) -> None:

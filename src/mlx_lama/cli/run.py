@@ -187,10 +187,21 @@ class Opener:
     def open(self, name: str) -> Target:
         from mlx_lama.cli._workspace import load_workspace
         from mlx_lama.daemonclient import daemon_for
+        from mlx_lama.registry import UnknownModelError
 
         workspace = load_workspace(self.path)
         daemon = daemon_for(self.path, workspace.manifest.server.api_key)
-        key = manifest_key(workspace.manifest, name)
+        unknown: UnknownModelError | None = None
+        try:
+            key = manifest_key(workspace.manifest, name)
+        except UnknownModelError as error:
+            key, unknown = None, error
+        if key is None and daemon is not None and workspace.manifest.remotes:
+            remote = remote_target(daemon, name)
+            if remote is not None:
+                return remote
+        if unknown is not None:
+            raise unknown
         if key is None or needs_pull(workspace, key):
             key = self._pull(key or name, known=key is not None, daemon=daemon is not None)
             workspace = load_workspace(self.path)
@@ -208,7 +219,7 @@ class Opener:
             )
             daemon.wait_applied()
             workspace = load_workspace(self.path)
-        return DaemonTarget(daemon, workspace, key)
+        return DaemonTarget.of_manifest(daemon, workspace, key)
 
     def _pull(self, name: str, *, known: bool, daemon: bool) -> str:
         if self.ask and not confirm(f"pull {name}?"):
@@ -407,13 +418,30 @@ class DaemonTarget:
 
     in_process = False
 
-    def __init__(self, daemon: Daemon, workspace: Workspace, key: str) -> None:
-        manifest = workspace.manifest
-        self.name, self.entry = key, manifest.models[key]
-        self.parameters: Mapping[str, object] = merged_parameters(manifest, key)
-        self.folder = _model_folder(workspace, key)
-        self.where = f"the daemon at {daemon.url} (pid {daemon.pid})"
+    def __init__(
+        self,
+        daemon: Daemon,
+        name: str,
+        entry: ModelEntry,
+        parameters: Mapping[str, object],
+        folder: Path | None,
+        where: str = "",
+    ) -> None:
+        self.name, self.entry, self.parameters, self.folder = name, entry, parameters, folder
+        self.where = where or f"the daemon at {daemon.url} (pid {daemon.pid})"
         self._daemon = daemon
+
+    @classmethod
+    def of_manifest(cls, daemon: Daemon, workspace: Workspace, key: str) -> DaemonTarget:
+        """Manifest model ``key``, which this daemon serves."""
+        manifest = workspace.manifest
+        return cls(
+            daemon,
+            key,
+            manifest.models[key],
+            merged_parameters(manifest, key),
+            _model_folder(workspace, key),
+        )
 
     def load(self, keep_alive: str | None = None) -> None:
         """An empty chat: the daemon loads the model and answers once it is ready."""
@@ -466,6 +494,18 @@ class DaemonTarget:
 
     def close(self) -> None:
         """Nothing to let go of: each request has its own connection."""
+
+
+def remote_target(daemon: Daemon, name: str) -> DaemonTarget | None:
+    """Model ``name`` on a ``[remotes]`` gateway, reached through the daemon, when the
+    daemon finds it there (its ``/api/show`` answers for a name the manifest lacks)."""
+    from mlx_lama.schema.manifest import ModelEntry
+
+    reply = daemon.request("POST", "/api/show", {"model": name}, timeout=30.0)
+    if reply.status != 200:
+        return None
+    where = f"a remote gateway, through the daemon at {daemon.url} (pid {daemon.pid})"
+    return DaemonTarget(daemon, name, ModelEntry(), {}, None, where)
 
 
 def _model_folder(workspace: Workspace, key: str) -> Path | None:
