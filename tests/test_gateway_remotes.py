@@ -452,6 +452,39 @@ def test_plan_warns_about_each_remote_that_does_not_answer(
     ]
 
 
+def test_list_shows_what_each_remote_serves_and_local_names_win(
+    tmp_path: Path, tiny_model: Path, studio: RunningGateway
+) -> None:
+    gone = free_port()
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models.tiny]\npath = "{tiny_model}"\n\n'
+        f'[remotes.studio]\nurl = "{studio.url}"\napi_key = "{KEY}"\n\n'
+        f'[remotes.gone]\nurl = "http://127.0.0.1:{gone}"\nmodels = ["big:70b"]\n',
+        encoding="utf-8",
+    )
+    code, out, err = cli("list", "--json", "-f", str(manifest))
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(out)}
+    # Studio serves tiny and hidden: tiny is also local here, so the local one is listed.
+    assert rows["tiny"]["status"] == "in manifest" and rows["tiny"]["remote"] is None
+    hidden = rows["hidden:latest"]
+    assert (hidden["status"], hidden["remote"], hidden["url"]) == (
+        "remote studio",
+        "studio",
+        studio.url,
+    )
+    assert hidden["size"] > 0 and hidden["modified"] > 0
+    assert "tiny:latest" not in rows
+    # A remote that does not answer: its named models are listed, and a warning says why.
+    assert rows["big:70b"]["status"] == "remote gone, not answering"
+    assert err == (
+        f"warning: remote 'gone' at http://127.0.0.1:{gone} is not answering: connection refused\n"
+    )
+    code, table, _ = cli("list", "-f", str(manifest))
+    assert "hidden:latest" in table and "remote studio" in table
+
+
 # -- the pure parts, on literals
 
 

@@ -14,7 +14,9 @@ from mlx_lama.cli._common import JsonFlag, ManifestFile, format_table, handles_e
 from mlx_lama.errors import ManifestNotFoundError, MlxLamaError
 
 if TYPE_CHECKING:
+    from mlx_lama.orchestrator.inventory import ModelRow
     from mlx_lama.orchestrator.state import ExternalSpec
+    from mlx_lama.schema.manifest import Manifest
 
 
 @app.command("list")
@@ -22,8 +24,9 @@ if TYPE_CHECKING:
 def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
     """List models on disk and in the manifest.
 
-    Shows the manifest's models (external ones with status "external") and any
-    other model in the Hugging Face cache.
+    Shows the manifest's models (external ones with status "external"), any
+    other model in the Hugging Face cache, and the models of the manifest's
+    [remotes] gateways (status "remote NAME"; asked with a 1 s timeout).
     """
     from mlx_lama.cli._workspace import load_workspace, observe_and_warn
     from mlx_lama.humanize import ago_str, size_str
@@ -32,6 +35,7 @@ def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
     workspace = load_workspace(file)
     desired = workspace.desired()
     rows = inventory(desired, observe_and_warn(workspace, desired))
+    rows += _remote_rows(workspace.manifest, {_bare(row.name) for row in rows})
     if as_json:
         typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
@@ -123,6 +127,51 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
             if isinstance(tail, str) and tail.strip():
                 typer.echo("  last lines of its log:")
                 typer.echo("\n".join("    " + line for line in tail.splitlines()))
+
+
+def _remote_rows(manifest: Manifest, local: set[str]) -> list[ModelRow]:
+    """Rows for the models the manifest's remotes serve (local names win), asking
+    each remote for its list; a remote that does not answer is a warning, and the
+    models named under it are still listed."""
+    if not manifest.remotes:
+        return []
+    from datetime import datetime
+
+    from mlx_lama.gateway.remotes import probe_remotes
+    from mlx_lama.orchestrator.inventory import ModelRow
+
+    rows = []
+    for status in probe_remotes(manifest.remotes):
+        label = f"remote {status.remote}"
+        if status.answering:
+            found = []
+            for entry in status.models:
+                name = str(entry.get("model") or entry.get("name"))
+                size = entry.get("size")
+                try:
+                    modified = datetime.fromisoformat(str(entry.get("modified_at"))).timestamp()
+                except ValueError:
+                    modified = 0.0
+                found.append((name, size if isinstance(size, int) else 0, modified, label))
+        else:
+            typer.echo(
+                f"warning: remote {status.remote!r} at {status.url} is not answering: "
+                f"{status.detail}",
+                err=True,
+            )
+            named = manifest.remotes[status.remote].models
+            found = [(name, 0, 0.0, f"{label}, not answering") for name in named]
+        rows += [
+            ModelRow(name, None, None, size, modified, state, url=status.url, remote=status.remote)
+            for name, size, modified, state in found
+            if _bare(name) not in local
+        ]
+    return sorted(rows, key=lambda row: row.name)
+
+
+def _bare(name: str) -> str:
+    """A name as ``list`` compares it: case-insensitive, without ``:latest``."""
+    return name.lower().removesuffix(":latest")
 
 
 def _daemon_models() -> dict[str, dict[str, object]]:

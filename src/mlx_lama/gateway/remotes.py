@@ -335,12 +335,14 @@ class RemoteStatus:
     url: str
     answering: bool
     detail: str  # "HTTP 200, 3 models", "connection refused", ...
+    models: tuple[JsonObject, ...] = ()  # its /api/tags entries we route (its `models` only)
 
 
 def probe_remotes(
     sections: Mapping[str, RemoteSection], *, timeout: float = 1.0
 ) -> list[RemoteStatus]:
-    """``GET /api/tags`` on each remote, in parallel, with its key; by name. For ``plan``."""
+    """``GET /api/tags`` on each remote, in parallel, with its key; by name. For ``plan``
+    and ``list``."""
     from concurrent.futures import ThreadPoolExecutor
 
     def probe(item: tuple[str, RemoteSection]) -> RemoteStatus:
@@ -350,14 +352,17 @@ def probe_remotes(
                 section.url + "/api/tags", headers=remote_headers(section.url, section.api_key)
             )
             response.raise_for_status()
-            count = len(listed_models(response.json()))
+            listed = listed_models(response.json())
+            count = len(listed)
         except (httpx.HTTPError, ValueError) as error:
             detail = failure_detail(error)
             if isinstance(error, httpx.TimeoutException):
                 detail = f"no answer within {timeout:g} s"
             return RemoteStatus(remote, section.url, False, detail)
         plural = "" if count == 1 else "s"
-        return RemoteStatus(remote, section.url, True, f"HTTP 200, {count} model{plural}")
+        wanted = {canonical_name(m) for m in section.models}
+        routed = tuple(e for key, e in listed.items() if not wanted or key in wanted)
+        return RemoteStatus(remote, section.url, True, f"HTTP 200, {count} model{plural}", routed)
 
     if not sections:
         return []

@@ -28,8 +28,9 @@ class ModelRow:
     commit: str | None
     size: int  # bytes on disk for this revision (0: not pulled)
     modified: float  # epoch seconds (0: unknown)
-    status: str  # served | in manifest | not pulled | not in manifest | external
-    url: str | None = None  # an external model's server
+    status: str  # served | in manifest | not pulled | not in manifest | external | remote
+    url: str | None = None  # an external model's server, or the remote gateway's root
+    remote: str | None = None  # the [remotes.NAME] that serves it
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
