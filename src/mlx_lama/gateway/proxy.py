@@ -27,6 +27,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from mlx_lama.gateway.spares import Spares
+from mlx_lama.gateway.wire import Wire, connect
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def _request_start(url: str) -> tuple[str, int, bytes]:
 
 
 class RawStream:
-    """A streamed HTTP/1.1 response read straight off an asyncio stream.
+    """A streamed HTTP/1.1 response read straight off the connection (a ``Wire``).
 
     Used for the token streams only: httpx costs about as much CPU per streamed
     token as the rest of the gateway together (see docs/benchmarks.md), which on
@@ -242,14 +243,8 @@ class RawStream:
     (``Connection: close``); the body is chunked, sized or read to the end.
     """
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        spares: tuple[Spares, str, int] | None = None,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, wire: Wire, spares: tuple[Spares, str, int] | None = None) -> None:
+        self._wire = wire
         self._spares = spares  # the pool to put a fresh connection in when this ends
         self._answered = False  # the whole answer (or its data: [DONE]) came
         self._left: int | None = None  # sized body: bytes left; _CHUNKED; None: to the close
@@ -285,7 +280,7 @@ class RawStream:
         try:
             # asyncio.timeout, not wait_for: no extra task per request (3.11 makes one).
             async with asyncio.timeout(connect_timeout):
-                connection = await asyncio.open_connection(host, port, limit=MAX_LINE)
+                connection = await connect(host, port, limit=MAX_LINE)
         except (OSError, TimeoutError) as error:
             raise UpstreamError(f"model server not reachable: {error}", connect=True) from None
         return await cls._send(connection, request, pool)
@@ -293,16 +288,14 @@ class RawStream:
     @classmethod
     async def _send(
         cls,
-        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        connection: Wire,
         request: bytes,
         pool: tuple[Spares, str, int] | None,
     ) -> RawStream:
         """Write ``request`` on ``connection`` and read the answer's head."""
-        reader, writer = connection
-        stream = cls(reader, writer, pool)
+        stream = cls(connection, pool)
         try:
-            writer.write(request)
-            await writer.drain()
+            connection.write(request)
             await stream._read_head()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             await stream.aclose()
@@ -314,7 +307,7 @@ class RawStream:
         return stream
 
     async def _read_head(self) -> None:
-        head = await self._reader.readuntil(b"\r\n\r\n")
+        head = await self._wire.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         self.status = int(lines[0].split(" ", 2)[1])
         for line in lines[1:]:
@@ -330,23 +323,23 @@ class RawStream:
         """The next piece of the body as it arrives (b"" at its end): a read for a body
         that ends with the connection, a chunk, or a sized body whole."""
         if self._left is None:
-            return await self._reader.read(65536)
+            return await self._wire.read()
         if self._left == _CHUNKED:
-            size_line = await self._reader.readuntil(b"\r\n")
+            size_line = await self._wire.readuntil(b"\r\n")
             size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
             if size == 0:
                 self._left = 0
                 return b""
-            return (await self._reader.readexactly(size + 2))[:-2]
+            return (await self._wire.readexactly(size + 2))[:-2]
         size, self._left = self._left, 0
-        return await self._reader.readexactly(size) if size else b""
+        return await self._wire.readexactly(size) if size else b""
 
     async def read(self) -> bytes:
         """The next piece of the body as it arrives, b"" at its end; UpstreamError if the
         connection breaks. For readers that take the bytes (``aiter_lines`` takes lines)."""
         try:
             if self._left is None:  # as mlx_lm.server answers: to the close
-                data = await self._reader.read(65536)
+                data = await self._wire.read()
             else:
                 data = await self._next()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -398,6 +391,4 @@ class RawStream:
             spares, host, port = self._spares
             spares.refill(host, port, limit=MAX_LINE, timeout=CONNECT_TIMEOUT)
         self._spares = None
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        await self._wire.aclose()

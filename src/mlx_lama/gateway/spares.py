@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from mlx_lama.gateway.wire import Wire, connect
+
 Key = tuple[str, int]  # host, port
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # Per server. Streams beyond this many at once connect for themselves; each idle
 # spare holds one of mlx_lm.server's threads, blocked reading a request.
 MOST_SPARES = 8
@@ -36,24 +37,24 @@ class Spares:
 
     def __init__(self, most: int = MOST_SPARES) -> None:
         self.most = most
-        self._idle: dict[Key, list[Connection]] = {}
+        self._idle: dict[Key, list[Wire]] = {}
         self._opening: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def take(self, host: str, port: int) -> Connection | None:
+    def take(self, host: str, port: int) -> Wire | None:
         """A connected, idle connection to ``host:port``, or None."""
         idle = self._idle.get((host, port))
         while idle:
             connection = idle.pop()
-            if _alive(connection):
+            if connection.alive:
                 return connection
-            connection[1].close()
+            _close(connection)
         return None
 
     def refill(self, host: str, port: int, *, limit: int, timeout: float) -> None:
         """Open one more spare to ``host:port`` in the background, unless there are
-        ``most`` already (or being opened): ``limit`` is the StreamReader's line
+        ``most`` already (or being opened): ``limit`` is the Wire's line
         limit, ``timeout`` the seconds the connect may take."""
         key = (host, port)
         self._sweep()
@@ -67,13 +68,13 @@ class Spares:
     async def _open(self, key: Key, limit: int, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                connection = await asyncio.open_connection(*key, limit=limit)
+                connection = await connect(*key, limit=limit)
         except (OSError, TimeoutError):
             return  # the server is gone or busy: the next request connects itself
         finally:
             self._opening[key] -= 1
         if self._closed:
-            connection[1].close()
+            _close(connection)
         else:
             self._idle.setdefault(key, []).append(connection)
 
@@ -82,10 +83,10 @@ class Spares:
         for key, idle in list(self._idle.items()):
             alive = []
             for connection in idle:
-                if _alive(connection):
+                if connection.alive:
                     alive.append(connection)
                 else:
-                    connection[1].close()
+                    _close(connection)
             if alive:
                 self._idle[key] = alive
             else:
@@ -99,12 +100,11 @@ class Spares:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for idle in self._idle.values():
-            for _reader, writer in idle:
-                writer.close()
+            for connection in idle:
+                _close(connection)
         self._idle.clear()
 
 
-def _alive(connection: Connection) -> bool:
-    """Not closed by either side (the event loop has seen any EOF or reset by now)."""
-    reader, writer = connection
-    return not (writer.is_closing() or reader.at_eof() or reader.exception() is not None)
+def _close(connection: Wire) -> None:
+    if connection.transport is not None:
+        connection.transport.close()
