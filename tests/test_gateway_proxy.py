@@ -106,3 +106,24 @@ def test_raw_stream_read_gives_the_body_as_it_comes_then_empty(
     assert b"".join(pieces) == b"".join(body)
     if chunked:
         assert pieces == body
+
+
+def test_a_failure_of_the_work_is_raised_as_itself_not_in_a_group() -> None:
+    """`until_disconnect` runs the work in a task group; what the work raises must
+    reach the caller by its own type, so `except UpstreamError` turns it into a 502."""
+    from mlx_lama.gateway.http import ApiError
+    from mlx_lama.gateway.inference import _guarded
+    from mlx_lama.gateway.proxy import until_disconnect
+
+    async def never_disconnects() -> dict[str, object]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def fails() -> dict[str, object]:
+        raise UpstreamError("the engine closed the connection mid-answer")
+
+    with pytest.raises(UpstreamError, match="mid-answer"):
+        asyncio.run(until_disconnect(never_disconnects, fails))
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(_guarded(never_disconnects, fails))
+    assert caught.value.status == 502 and "mid-answer" in str(caught.value)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -97,18 +97,6 @@ async def remote_for(
     return remote
 
 
-async def _unless_gone(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
-    """``until_disconnect``, with an HTTP failure of ``work`` raised as itself (the
-    task group it runs in raises it inside an exception group)."""
-    try:
-        return await until_disconnect(receive, work)
-    except* httpx.HTTPError as failures:
-        error: BaseException = failures.exceptions[0]
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
-        raise error  # noqa: B904 (its cause says why it failed: connect_failure reads it)
-
-
 def _unreachable(remote: RemoteModel, error: httpx.HTTPError) -> str:
     if isinstance(error, httpx.ConnectError):
         why = connect_failure(error)
@@ -158,7 +146,7 @@ async def forward(
         headers["Content-Type"] = "application/json"
     outgoing = client.build_request(method, remote.url + path, content=content, headers=headers)
     try:
-        response = await _unless_gone(receive, lambda: client.send(outgoing, stream=True))
+        response = await until_disconnect(receive, lambda: client.send(outgoing, stream=True))
     except httpx.HTTPError as error:
         raise ApiError(502, _unreachable(remote, error)) from None
     if response is None:  # the client left while the remote worked
@@ -168,7 +156,7 @@ async def forward(
     if response.status_code < 400 and kind.startswith(_STREAMED):
         return _streamed(gateway, remote, response, path, started)
     try:
-        data = await _unless_gone(receive, response.aread)
+        data = await until_disconnect(receive, response.aread)
     except httpx.HTTPError as error:
         problem = f"{_stopped(remote, error)} before its answer was complete"
         raise ApiError(502, problem) from None

@@ -198,25 +198,38 @@ async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -
     """Run ``work`` unless the client goes away first (then cancel it: None).
 
     Call only after the request body was read: the next ASGI message is then
-    the disconnect.
+    the disconnect. What ``work`` raises is raised as itself, not in an
+    exception group.
     """
     result: list[T] = []
-    async with anyio.create_task_group() as group:
+    try:
+        async with anyio.create_task_group() as group:
 
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    group.cancel_scope.cancel()
-                    return
+            async def watch() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        group.cancel_scope.cancel()
+                        return
 
-        async def run() -> None:
-            result.append(await work())
-            group.cancel_scope.cancel()
+            async def run() -> None:
+                result.append(await work())
+                group.cancel_scope.cancel()
 
-        group.start_soon(watch)
-        group.start_soon(run)
+            group.start_soon(watch)
+            group.start_soon(run)
+    except BaseExceptionGroup as failed:
+        # The task group wraps what ``work`` raised; callers catch it by its own type.
+        error = _first_error(failed)
+        raise error from error.__cause__
     return result[0] if result else None
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 @functools.lru_cache(maxsize=64)
