@@ -261,6 +261,12 @@ class SecurityMiddleware:
             if int(declared[0]) > limit:
                 await _respond(send, 413, error_body(path, 413, _too_large(limit)), cors)
                 return
+            if b"transfer-encoding" not in headers:
+                # The HTTP parser delivers no more than the declared length, so the body
+                # needs no counting; and the app's sends (a token stream's, one per
+                # token) go out without a wrapper.
+                await self.app(scope, receive, _with_cors(send, cors))
+                return
         await self._call_limited(scope, receive, _with_cors(send, cors), limit)
 
     async def _preflight(
