@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from starlette.responses import Response
@@ -36,7 +36,6 @@ from mlx_lama.schema.names import check_model_name
 _MARK = FORWARDED_HEADER.lower().encode("latin-1")
 _forwarded: ContextVar[bool] = ContextVar("mlx_lama_forwarded", default=False)
 _STREAMED = ("application/x-ndjson", "text/event-stream")
-T = TypeVar("T")
 
 
 class HopGuard:
