@@ -37,11 +37,11 @@ from mlx_lama.gateway.scheduler import (
 )
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.hostfiles import (
+    CHECK_SCRIPT,
     HostFiles,
     check_host,
     check_hosts,
     folder_files,
-    missing_files,
 )
 from mlx_lama.orchestrator.plan import changed_fields
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
@@ -349,6 +349,15 @@ def test_a_remote_rank_gets_its_environment_and_ring_file_through_one_shell_line
 # -- files on the other hosts ---------------------------------------------------------------
 
 
+def missing_files(folder: str, files: tuple[tuple[str, int], ...]) -> list[str]:
+    """What the check script reports when run on this machine."""
+    job = json.dumps({"folder": folder, "files": files})
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_SCRIPT], input=job, capture_output=True, text=True, check=True
+    )
+    return list(json.loads(result.stdout))
+
+
 def test_the_check_script_finds_missing_and_resized_files(tmp_path: Path, tiny_model: Path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
@@ -365,7 +374,7 @@ def test_a_host_lacking_files_is_a_warning_that_names_the_copy_command() -> None
     assert not found.complete
     assert found.warning() == (
         "server 'big': mac-b lacks 2 of 14 model files in /m/snap (first: model.safetensors); "
-        "copy them with `rsync -a --relative /m/snap/ mac-b:/`, "
+        "copy them with `rsync -aL --relative /m/snap/ mac-b:/`, "
         'or set files = "shared" if every host sees this folder'
     )
     unreachable = HostFiles("big", "mac-c", "/m/snap", 14, error="ssh: no route")

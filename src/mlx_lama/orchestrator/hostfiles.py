@@ -71,7 +71,7 @@ class HostFiles:
         return (
             f"server {self.server!r}: {self.host} lacks {some} model files in {self.folder} "
             f"(first: {self.missing[0]}); copy them with "
-            f"`rsync -a --relative {shlex.quote(self.folder)}/ {self.host}:/`, "
+            f"`rsync -aL --relative {shlex.quote(self.folder)}/ {self.host}:/`, "
             'or set files = "shared" if every host sees this folder'
         )
 
@@ -87,15 +87,6 @@ def folder_files(folder: Path) -> Files:
             except OSError:
                 continue
     return tuple(sorted(found))
-
-
-def missing_files(folder: str, files: Files) -> list[str]:
-    """What :data:`CHECK_SCRIPT` reports, computed here (for this machine and tests)."""
-    job = json.dumps({"folder": folder, "files": files})
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK_SCRIPT], input=job, capture_output=True, text=True, check=True
-    )
-    return list(json.loads(result.stdout))
 
 
 def check_hosts(servers: Sequence[ServerSpec]) -> tuple[HostFiles, ...]:
