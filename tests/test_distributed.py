@@ -18,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import openai
 import psutil
@@ -26,7 +27,6 @@ import pytest
 from mlx_lama import distributed
 from mlx_lama.backends.base import LaunchError, launch_spec
 from mlx_lama.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
-from mlx_lama.errors import ManifestError, Problem
 from mlx_lama.gateway.scheduler import (
     MEMORY_MARGIN,
     Scheduler,
@@ -50,6 +50,7 @@ from mlx_lama.schema.lockfile import Lock
 from mlx_lama.schema.units import Duration
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import gateway_process, wait_for
+from tests.fixtures.manifests import only_problem
 
 # A stand-in for ssh: skips options, takes the host, runs the command here.
 # Host names starting with "nowhere" fail the way ssh fails on an unknown host.
@@ -72,18 +73,6 @@ remote=$!
 trap 'kill $remote 2>/dev/null' TERM HUP INT
 wait $remote
 """
-
-
-def problems_of(text: str) -> list[Problem]:
-    with pytest.raises(ManifestError) as caught:
-        parse_manifest(text, "m.toml")
-    return list(caught.value.problems)
-
-
-def only_problem(text: str) -> Problem:
-    problems = problems_of(text)
-    assert len(problems) == 1, [str(p) for p in problems]
-    return problems[0]
 
 
 @pytest.fixture
@@ -448,10 +437,17 @@ def test_run_without_a_daemon_does_not_load_a_distributed_model_here(
 
 
 def rank_pids(manifest: Path) -> list[int]:
+    row = tiny_in_ps(manifest)
+    return [rank["pid"] for rank in row["ranks"]] if row else []
+
+
+def tiny_in_ps(manifest: Path) -> dict[str, Any] | None:
+    """The ``ps --json`` row of the tiny server, if ps lists it."""
     code, out, err = cli("ps", "--json", "-f", str(manifest))
     assert code == 0, err
     rows = [row for row in json.loads(out) if row["name"] == "tiny"]
-    return [rank["pid"] for row in rows for rank in row["ranks"]]
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else None
 
 
 def chat(url: str) -> str:
@@ -473,10 +469,8 @@ def test_two_ranks_over_loopback_answer_through_the_gateway_and_stop_together(
     manifest = write_manifest(tmp_path, tiny_model, 'hosts = ["127.0.0.1", "127.0.0.1"]\n')
     with gateway_process(manifest, log_path=tmp_path / "gateway.log") as gateway:
         assert chat(gateway.url).strip()
-        code, out, err = cli("ps", "--json", "-f", str(manifest))
-        assert code == 0, err
-        (row,) = [row for row in json.loads(out) if row["name"] == "tiny"]
-        assert row["hosts"] == ["127.0.0.1", "127.0.0.1"]
+        row = tiny_in_ps(manifest)
+        assert row is not None and row["hosts"] == ["127.0.0.1", "127.0.0.1"]
         assert [(r["rank"], r["host"], r["via_ssh"]) for r in row["ranks"]] == [
             (0, "127.0.0.1", False),
             (1, "127.0.0.1", False),
@@ -490,7 +484,7 @@ def test_two_ranks_over_loopback_answer_through_the_gateway_and_stop_together(
         assert "  rank 0   127.0.0.1" in table and "  rank 1   127.0.0.1" in table
         launcher = row["pid"]
 
-        code, out, err = cli("stop", "tiny", "-f", str(manifest))
+        code, _, err = cli("stop", "tiny", "-f", str(manifest))
         assert code == 0, err
         wait_for(lambda: all_gone([launcher, *pids]), 30, "the launcher and both ranks to exit")
         assert rank_pids(manifest) == []
@@ -535,9 +529,8 @@ def test_a_rank_on_another_host_runs_over_ssh(
     manifest = write_manifest(tmp_path, tiny_model, f'hostfile = "{hostfile}"\nfiles = "shared"\n')
     with gateway_process(manifest, log_path=tmp_path / "gateway.log") as gateway:
         assert chat(gateway.url).strip()
-        code, out, err = cli("ps", "--json", "-f", str(manifest))
-        (row,) = [row for row in json.loads(out) if row["name"] == "tiny"]
-        assert row["hosts"] == [f"hostfile {hostfile}"]
+        row = tiny_in_ps(manifest)
+        assert row is not None and row["hosts"] == [f"hostfile {hostfile}"]
         assert [r["via_ssh"] for r in row["ranks"]] == [False, True]
         pids = [row["pid"], *(r["pid"] for r in row["ranks"])]
         code, _, err = cli("stop", "tiny", "-f", str(manifest))

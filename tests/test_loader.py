@@ -7,23 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mlx_lama.errors import ManifestError, ManifestNotFoundError, Problem
+from mlx_lama.errors import ManifestError, ManifestNotFoundError
 from mlx_lama.schema import Duration, Size, load_manifest, parse_manifest
 from mlx_lama.schema.locate import render_key_path
+from tests.fixtures.manifests import only_problem, problems_of
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def problems_of(text: str) -> list[Problem]:
-    with pytest.raises(ManifestError) as caught:
-        parse_manifest(text, "m.toml")
-    return list(caught.value.problems)
-
-
-def only_problem(text: str) -> Problem:
-    problems = problems_of(text)
-    assert len(problems) == 1, [str(p) for p in problems]
-    return problems[0]
 
 
 def test_the_example_manifest_is_valid() -> None:
