@@ -82,11 +82,7 @@ def warn_unanswering_remotes(manifest: Manifest) -> None:
 
     for status in probe_remotes(manifest.remotes):
         if not status.answering:
-            typer.echo(
-                f"warning: remote {status.remote!r} at {status.url} is not answering: "
-                f"{status.detail}",
-                err=True,
-            )
+            typer.echo(f"warning: {status.warning()}", err=True)
 
 
 def quiet_hub_logging() -> None:

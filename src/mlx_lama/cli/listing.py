@@ -154,11 +154,7 @@ def _remote_rows(manifest: Manifest, local: set[str]) -> list[ModelRow]:
                     modified = 0.0
                 found.append((name, size if isinstance(size, int) else 0, modified, label))
         else:
-            typer.echo(
-                f"warning: remote {status.remote!r} at {status.url} is not answering: "
-                f"{status.detail}",
-                err=True,
-            )
+            typer.echo(f"warning: {status.warning()}", err=True)
             named = manifest.remotes[status.remote].models
             found = [(name, 0, 0.0, f"{label}, not answering") for name in named]
         rows += [

@@ -79,6 +79,15 @@ def listed_models(body: object) -> dict[str, JsonObject]:
     return found
 
 
+def routed(
+    section: RemoteSection, models: Mapping[str, JsonObject]
+) -> list[tuple[str, JsonObject]]:
+    """The entries of a remote's listing (by comparison key) ours routes to it: all of
+    them, or only those its ``models`` list names. Pure."""
+    wanted = {canonical_name(m) for m in section.models}
+    return [(key, entry) for key, entry in models.items() if not wanted or key in wanted]
+
+
 def marked(entry: Mapping[str, Any], url: str) -> JsonObject:
     """``entry`` of a remote's listing as ours shows it: same name, with Ollama's
     ``remote_model`` (its name there) and ``remote_host`` (the remote's root). Pure."""
@@ -249,15 +258,8 @@ class RemoteSet:
         as :meth:`tags` does. Asks only the remotes that answered last time."""
 
         async def ps(remote: str) -> tuple[str, dict[str, JsonObject]]:
-            section = self.sections[remote]
             try:
-                response = await client.get(
-                    section.url + "/api/ps",
-                    headers=remote_headers(section.url, section.api_key),
-                    timeout=LIST_TIMEOUT,
-                )
-                response.raise_for_status()
-                return remote, listed_models(response.json())
+                return remote, listed_models(await _ask(client, self.sections[remote], "/api/ps"))
             except (httpx.HTTPError, ValueError) as error:
                 log.info("remote %r did not list its running models: %s", remote, error)
                 return remote, {}
@@ -270,9 +272,8 @@ class RemoteSet:
         entries = []
         for remote, models in listings:
             section = self.sections[remote]
-            wanted = {canonical_name(m) for m in section.models}
-            for key, entry in models.items():
-                if (wanted and key not in wanted) or key in seen:
+            for key, entry in routed(section, models):
+                if key in seen:
                     continue
                 seen.add(key)
                 entries.append(marked(entry, section.url))
@@ -301,13 +302,7 @@ class RemoteSet:
         client: httpx.AsyncClient, section: RemoteSection, listing: _Listing, remote: str
     ) -> None:
         try:
-            response = await client.get(
-                section.url + "/api/tags",
-                headers=remote_headers(section.url, section.api_key),
-                timeout=LIST_TIMEOUT,
-            )
-            response.raise_for_status()
-            body = response.json()
+            body = await _ask(client, section, "/api/tags")
             if not isinstance(body, dict) or not isinstance(body.get("models"), list):
                 raise ValueError("not a model list")
         except (httpx.HTTPError, ValueError) as error:
@@ -327,6 +322,19 @@ class RemoteSet:
             listing.fetched = time.monotonic()
 
 
+async def _ask(client: httpx.AsyncClient, section: RemoteSection, path: str) -> object:
+    """``GET path`` on a remote, with its key, within ``LIST_TIMEOUT``: the JSON it
+    answers. Raises httpx's errors for no answer or an error status, ValueError
+    for a body that is not JSON."""
+    response = await client.get(
+        section.url + path,
+        headers=remote_headers(section.url, section.api_key),
+        timeout=LIST_TIMEOUT,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteStatus:
     """Whether a remote answered ``plan``'s probe."""
@@ -336,6 +344,10 @@ class RemoteStatus:
     answering: bool
     detail: str  # "HTTP 200, 3 models", "connection refused", ...
     models: tuple[JsonObject, ...] = ()  # its /api/tags entries we route (its `models` only)
+
+    def warning(self) -> str:
+        """The line ``plan`` and ``list`` print for a remote that does not answer."""
+        return f"remote {self.remote!r} at {self.url} is not answering: {self.detail}"
 
 
 def probe_remotes(
@@ -360,9 +372,8 @@ def probe_remotes(
                 detail = f"no answer within {timeout:g} s"
             return RemoteStatus(remote, section.url, False, detail)
         plural = "" if count == 1 else "s"
-        wanted = {canonical_name(m) for m in section.models}
-        routed = tuple(e for key, e in listed.items() if not wanted or key in wanted)
-        return RemoteStatus(remote, section.url, True, f"HTTP 200, {count} model{plural}", routed)
+        entries = tuple(entry for _key, entry in routed(section, listed))
+        return RemoteStatus(remote, section.url, True, f"HTTP 200, {count} model{plural}", entries)
 
     if not sections:
         return []
