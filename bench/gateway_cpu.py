@@ -319,11 +319,7 @@ async def run_fake(
     gateways = Gateways()
     relay = None
     try:
-        for prefix, source in (("gateway", None), ("base", base)):
-            if prefix == "base" and base is None:
-                continue
-            home = root / prefix
-            home.mkdir()
+        for prefix, source, home in gateway_homes(root, base):
             log = home / "gateway.log"
             env = with_source(isolated_env(home), source)
             gateways.start(prefix, fake_manifest(home, port), env, log)
@@ -340,6 +336,19 @@ async def run_fake(
         server.close()
 
 
+def gateway_homes(root: Path, base: str | None) -> list[tuple[str, str | None, Path]]:
+    """(prefix, source, new home folder) of each gateway to start: this checkout's,
+    and ``base``'s when given."""
+    found = []
+    for prefix, source in (("gateway", None), ("base", base)):
+        if prefix == "base" and base is None:
+            continue
+        home = root / prefix
+        home.mkdir()
+        found.append((prefix, source, home))
+    return found
+
+
 def run_real(
     count: int,
     repeats: int,
@@ -353,11 +362,7 @@ def run_real(
     backend_port = 0
     relay = None
     try:
-        for prefix, source in (("gateway", None), ("base", base)):
-            if prefix == "base" and base is None:
-                continue
-            home = root / prefix
-            home.mkdir()
+        for prefix, source, home in gateway_homes(root, base):
             manifest, env, port = build(home)
             backend_port = backend_port or port
             log = home / "gateway.log"
