@@ -38,8 +38,9 @@ from mlx_lama.gateway.proxy import (
     open_upstream,
     until_disconnect,
 )
+from mlx_lama.gateway.push import PushedStream
 from mlx_lama.gateway.scheduler import Lease, SchedulerError
-from mlx_lama.gateway.sse import SseEvents, SseRelay, sse_events
+from mlx_lama.gateway.sse import SseBody, SseEvents, SseRelay, error_event, sse_events
 from mlx_lama.schema.units import Duration
 
 NDJSON = "application/x-ndjson"
@@ -304,9 +305,10 @@ async def _ollama_answer(
             finally:
                 await upstream.aclose()
 
-        raw = upstream if isinstance(upstream, RawStream) else None
-        content = lines() if raw is None else _ndjson(raw, translator)
-        return ProxyStream(content, media_type=NDJSON, on_close=close)
+        if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
+            body = _NdjsonBody(upstream, translator)
+            return PushedStream(upstream, body, media_type=NDJSON, on_close=close)
+        return ProxyStream(lines(), media_type=NDJSON, on_close=close)
 
     async def collect() -> JsonObject:
         parts = [chunk async for chunk in chunks()]
@@ -324,29 +326,40 @@ async def _ollama_answer(
     return JSONResponse(merged)
 
 
-async def _ndjson(upstream: RawStream, translator: ollama.StreamTranslator) -> AsyncIterator[bytes]:
-    """The NDJSON lines of a token stream read off the socket, as ``lines`` in
-    :func:`_ollama_answer` makes them from ``sse_events``, but per read: the lines of
-    the events it completes together (the last with the final chunk), and for what
-    ``sse_events`` raises, the error line after the lines of the events before."""
-    events = SseEvents()
-    try:
-        while True:
-            data = await upstream.read()
-            lines = b""
-            for event in events.feed(data) if data else events.end():
-                lines += translator.feed_ndjson(event, time.monotonic(), datetime.now(UTC))
-            if events.done:
-                upstream.answered()
-                yield lines + ollama.ndjson_line(translator.finish(time.monotonic(), _now()))
-                return
-            if events.failure is not None:
-                yield lines + ollama.ndjson_line({"error": describe(events.failure)})
-                return
-            if lines:
-                yield lines
-    except UpstreamError as error:  # all that RawStream.read raises
-        yield ollama.ndjson_line({"error": describe(error)})
+class _NdjsonBody:
+    """The NDJSON lines of a ``RawStream``'s token stream (a ``push.Body``), as ``lines``
+    in :func:`_ollama_answer` makes them from ``sse_events``, but per read: the lines
+    of the events it completes together (the last with the final chunk, and then the
+    body is complete), and for what ``sse_events`` raises, the error line after the
+    lines of the events before."""
+
+    def __init__(self, upstream: RawStream, translator: ollama.StreamTranslator) -> None:
+        self._upstream = upstream
+        self._translator = translator
+        self._events = SseEvents()
+        self.complete = False
+
+    def feed(self, data: bytes) -> bytes:
+        return self._lines(self._events.feed(data))
+
+    def end(self) -> bytes:
+        return self._lines(self._events.end())
+
+    def fail(self, problem: str) -> bytes:
+        self.complete = True
+        return ollama.ndjson_line({"error": problem})
+
+    def _lines(self, events: list[JsonObject]) -> bytes:
+        translator, lines = self._translator, b""
+        for event in events:
+            lines += translator.feed_ndjson(event, time.monotonic(), datetime.now(UTC))
+        if self._events.done:
+            self.complete = True
+            self._upstream.answered()
+            return lines + ollama.ndjson_line(translator.finish(time.monotonic(), _now()))
+        if self._events.failure is not None:
+            return lines + self.fail(describe(self._events.failure))
+        return lines
 
 
 async def _guarded(
@@ -530,31 +543,18 @@ async def _openai_stream(
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            if isinstance(upstream, RawStream):
-                # Bytes as they arrive, the events each read completes sent at once.
-                while data := await upstream.read():
-                    if some := relay.feed_bytes(data, time.monotonic()):
-                        if relay.done:
-                            upstream.answered()
-                        yield some
-                rest = relay.end(time.monotonic())
-            else:
-                async for line in upstream.aiter_lines():
-                    event = relay.feed(line, time.monotonic())
-                    if event is not None:
-                        yield event
-                rest = relay.flush()
+            async for line in upstream.aiter_lines():
+                event = relay.feed(line, time.monotonic())
+                if event is not None:
+                    yield event
+            rest = relay.flush()
         except (UpstreamError, httpx.HTTPError) as error:
-            problem = describe(error)
-        else:
-            if rest is not None:
-                yield rest
-            if relay.done:
-                return
-            problem = EARLY_END
-        # No [DONE] after an error event: OpenAI clients raise on it.
-        failure = {"error": {"message": problem, "type": "server_error"}}
-        yield b"data: " + json.dumps(failure).encode() + b"\n\n"
+            yield error_event(describe(error))
+            return
+        if rest is not None:
+            yield rest
+        if not relay.done:
+            yield error_event(EARLY_END)
 
     async def close() -> None:
         try:  # counted before the upstream close, as in _ollama_answer
@@ -571,6 +571,8 @@ async def _openai_stream(
         finally:
             await upstream.aclose()
 
+    if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
+        return PushedStream(upstream, SseBody(relay, upstream), media_type=SSE, on_close=close)
     return ProxyStream(events(), media_type=SSE, on_close=close)
 
 

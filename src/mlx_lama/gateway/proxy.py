@@ -158,9 +158,15 @@ class ProxyStream(StreamingResponse):
 
     async def stream_response(self, send: Send) -> None:
         """Starlette's, less its check of each chunk's type: the content is bytes."""
+        await self.send_start(send)
+        await self.send_body(send)
+
+    async def send_start(self, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+
+    async def send_body(self, send: Send) -> None:
         async for chunk in self.body_iterator:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -364,6 +370,24 @@ class RawStream:
     def answered(self) -> None:
         """The reader saw the answer's ``data: [DONE]`` (and may stop reading there)."""
         self._answered = True
+
+    def divert(
+        self, arrived: Callable[[bytes], None], ended: Callable[[BaseException | None], None]
+    ) -> Wire | None:
+        """Hand the body to ``arrived`` as it comes, from the connection's callbacks
+        (``Wire.divert``), and call ``ended`` at its end: for a body that ends with
+        the connection (as mlx_lm.server answers), else None (read it instead). The
+        connection, to pause and resume, is returned."""
+        if self._left is not None:
+            return None
+
+        def end(error: BaseException | None) -> None:
+            if error is None:
+                self._answered = True
+            ended(error)
+
+        self._wire.divert(arrived, end)
+        return self._wire
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while data := await self._next():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -243,3 +244,35 @@ class SseRelay:
             return line
         self._seen = member.group().encode()
         return line[: member.start()] + self._member + line[member.end() :]
+
+
+def error_event(problem: str) -> bytes:
+    """The event that ends a stream whose model server failed (no ``[DONE]`` after
+    it: OpenAI clients raise on it)."""
+    failure = {"error": {"message": problem, "type": "server_error"}}
+    return b"data: " + json.dumps(failure).encode() + b"\n\n"
+
+
+class SseBody:
+    """What an OpenAI client gets for a ``RawStream``'s body (a ``push.Body``): the
+    events with ``model`` rewritten by ``relay``, and an error event for a body that
+    fails or ends early. Tells ``upstream`` when its answer was whole."""
+
+    complete = False  # the body is read to its end, as it always was
+
+    def __init__(self, relay: SseRelay, upstream: RawStream) -> None:
+        self.relay = relay
+        self._upstream = upstream
+
+    def feed(self, data: bytes) -> bytes:
+        some = self.relay.feed_bytes(data, time.monotonic())
+        if some and self.relay.done:
+            self._upstream.answered()
+        return some
+
+    def end(self) -> bytes:
+        rest = self.relay.end(time.monotonic()) or b""
+        return rest if self.relay.done else rest + error_event(EARLY_END)
+
+    def fail(self, problem: str) -> bytes:
+        return error_event(problem)

@@ -9,11 +9,16 @@ a few per cent of its CPU. :class:`Wire` keeps the part ``RawStream`` uses
 
 Opened with :func:`connect` by ``RawStream.open`` and by ``spares.py``; never
 shared between two streams. No HTTP here: ``RawStream`` parses the answer.
+
+:meth:`Wire.divert` hands what arrives to a callback instead, straight from
+``data_received`` (``push.py`` relays a token stream that way, with no task
+woken per token).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class Wire(asyncio.Protocol):
@@ -31,6 +36,8 @@ class Wire(asyncio.Protocol):
         self._paused = False
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
+        self._arrived: Callable[[bytes], None] | None = None  # set by divert
+        self._ended: Callable[[BaseException | None], None] | None = None
 
     # -- asyncio.Protocol
 
@@ -38,6 +45,9 @@ class Wire(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a TCP connection's
 
     def data_received(self, data: bytes) -> None:
+        if self._arrived is not None:
+            self._arrived(data)
+            return
         self._pieces.append(data)
         self._size += len(data)
         waiter = self._waiter
@@ -63,6 +73,10 @@ class Wire(asyncio.Protocol):
             self._closed.set_result(None)
 
     def _wake(self) -> None:
+        if self._ended is not None:
+            ended, self._ended, self._arrived = self._ended, None, None
+            ended(self._error)
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -155,6 +169,37 @@ class Wire(asyncio.Protocol):
         self._paused = False
         if self.transport is not None:
             self.transport.resume_reading()
+
+    # -- handing on
+
+    def divert(
+        self, arrived: Callable[[bytes], None], ended: Callable[[BaseException | None], None]
+    ) -> None:
+        """From now on call ``arrived`` with the bytes as they come (those already here
+        first, at once) instead of keeping them for the reads, and ``ended`` once at the
+        end (with what broke the connection, None for a clean close). Both run in the
+        event loop's callbacks: they must not block, nor raise."""
+        data = b"".join(self._pieces)
+        self._pieces.clear()
+        self._size = 0
+        if self._paused:
+            self._resume()
+        self._arrived, self._ended = arrived, ended
+        if data:
+            arrived(data)
+        if self._eof and self._ended is not None:
+            self._wake()
+
+    def pause(self) -> None:
+        """Stop reading from the socket (until :meth:`resume`): the diverted bytes'
+        receiver cannot take more yet."""
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused:
+            self._resume()
 
     # -- writing and closing
 

@@ -1,0 +1,192 @@
+"""Token streams written to the client from the model server's callbacks.
+
+Why: relaying a token through tasks (the upstream read wakes a task, which
+resumes an async generator, which awaits uvicorn's ``send``) costs a future,
+a task step and half a dozen coroutine frames per token, about as much CPU as
+the kernel's work of receiving and sending it. On a small machine that is CPU
+the engine needs. A bare relay that copies bytes between two sockets in
+``data_received`` costs neither.
+
+:class:`PushedStream` does that when it can: on a connection of uvicorn's
+httptools protocol (the ``send`` it is given is that connection's own, so no
+middleware wraps the response), with a chunked response (uvicorn chose the
+framing when the head was sent) and a model server's body that ends with its
+connection. It sends the head and the end through ``send`` as usual, so
+uvicorn's bookkeeping of the response stays true, and writes each chunk
+between them to uvicorn's transport the way uvicorn's ``send`` would. When
+the client cannot take more (uvicorn's flow control says its transport is
+paused), it stops reading from the model server until it can. Anywhere else
+(another server, a wrapped ``send``, a sized or chunked upstream body) it
+reads the body in a task, as :class:`~mlx_lama.gateway.proxy.ProxyStream`
+does, with the same :class:`Body` turning the model server's bytes into the
+client's: both paths send the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from starlette.types import Send
+
+from mlx_lama.gateway.proxy import ProxyStream, RawStream, UpstreamError, describe
+from mlx_lama.gateway.wire import Wire
+
+log = logging.getLogger(__name__)
+
+STOPPED = "model server stopped answering"  # as RawStream.read says it
+
+
+class Body(Protocol):
+    """The client's bytes for a model server's body. Pure but for the clock."""
+
+    def feed(self, data: bytes) -> bytes:
+        """What to send for the next bytes that came (b"" for nothing yet); raises
+        UpstreamError for a body that cannot be relayed (nothing is fed after)."""
+        ...
+
+    def end(self) -> bytes:
+        """What to send at the body's end (the last event, an error for a body that
+        ended early)."""
+        ...
+
+    def fail(self, problem: str) -> bytes:
+        """What to send when the model server failed (``problem``, for the client)."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """Nothing more is to be sent (the answer's end was seen): the rest of the
+        model server's body is not read."""
+        ...
+
+
+async def relayed(upstream: RawStream, body: Body) -> AsyncIterator[bytes]:
+    """The client's bytes read in a task: what :class:`PushedStream` writes."""
+    try:
+        while data := await upstream.read():
+            if some := body.feed(data):
+                yield some
+            if body.complete:
+                return
+        tail = body.end()
+    except UpstreamError as error:
+        tail = body.fail(describe(error))
+    if tail:
+        yield tail
+
+
+class PushedStream(ProxyStream):
+    """A ProxyStream of ``body`` over ``upstream``, pushed when it can be (see above)."""
+
+    def __init__(
+        self,
+        upstream: RawStream,
+        body: Body,
+        *,
+        media_type: str,
+        on_close: Callable[[], Awaitable[None]],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            relayed(upstream, body), media_type=media_type, on_close=on_close, headers=headers
+        )
+        self._upstream = upstream
+        self._body = body
+        self.pushed = False  # whether the body went the pushed way (for tests)
+
+    async def stream_response(self, send: Send) -> None:
+        client = _uvicorn_cycle(send)
+        await self.send_start(send)
+        if client is None or client.chunked_encoding is not True or client.disconnected:
+            await self.send_body(send)
+            return
+        pump = _Pump(client, self._body)
+        wire = self._upstream.divert(pump.arrived, pump.ended)
+        if wire is None:
+            await self.send_body(send)
+            return
+        self.pushed = True
+        await pump.run(wire)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Pump:
+    """Writes the client's chunks from the model server's ``data_received``."""
+
+    def __init__(self, client: Any, body: Body) -> None:
+        self._client = client  # uvicorn's RequestResponseCycle
+        self._transport: asyncio.Transport = client.transport
+        self._flow = client.flow
+        self._body = body
+        self._wire: Wire | None = None
+        self._over = False
+        self._wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def run(self, wire: Wire) -> None:
+        """Until the body has ended (or failed): wait, and while the client's transport
+        is full, for it to drain."""
+        self._wire = wire
+        while True:
+            await self._wake
+            if self._over:
+                return
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._flow.drain()
+            if self._over:
+                return
+            wire.resume()
+
+    def arrived(self, data: bytes) -> None:
+        if self._over:
+            return
+        try:
+            out = self._body.feed(data)
+        except UpstreamError as error:
+            self._finish(self._body.fail(describe(error)))
+            return
+        except Exception as error:  # a bug here must not read as the model server's
+            log.error("unexpected error relaying a stream", exc_info=error)
+            self._finish(self._body.fail("internal error"))
+            return
+        self._write(out)
+        if self._body.complete:
+            self._finish(b"")
+        elif out and self._flow.write_paused:
+            if self._wire is not None:  # else this is what divert found: one chunk
+                self._wire.pause()
+            self._signal()
+
+    def ended(self, error: BaseException | None) -> None:
+        if not self._over:
+            self._finish(self._body.end() if error is None else self._body.fail(STOPPED))
+
+    def _finish(self, tail: bytes) -> None:
+        self._over = True
+        self._write(tail)
+        if self._wire is not None:
+            self._wire.pause()  # nothing more is relayed; the stream's close closes it
+        self._signal()
+
+    def _write(self, data: bytes) -> None:
+        if data and not self._client.disconnected:
+            # uvicorn's own framing of a body chunk on a chunked response
+            self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def _signal(self) -> None:
+        if not self._wake.done():
+            self._wake.set_result(None)
+
+
+def _uvicorn_cycle(send: Send) -> Any | None:
+    """The uvicorn httptools request whose bound ``send`` this is, else None."""
+    client = getattr(send, "__self__", None)
+    if client is None:
+        return None
+    try:
+        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    except ImportError:  # no httptools: uvicorn serves with h11
+        return None
+    return client if type(client) is RequestResponseCycle else None

@@ -1,0 +1,360 @@
+"""``gateway/push.py``: a token stream written from the model server's callbacks.
+
+A real uvicorn serves a small ASGI app that relays a stand-in model server's
+SSE stream (HTTP/1.0, to the close, as mlx_lm.server answers) with
+``PushedStream``. With uvicorn's httptools protocol (the gateway's) the body
+goes the pushed way; with h11 it is read in a task. Both must give the client
+the same bytes, however the model server's writes fall, and the same error
+events when it fails; a client that leaves closes the model server's
+connection; a client that stops reading stops the reading from the model server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+import uvloop
+
+from mlx_lama.gateway.inference import _NdjsonBody
+from mlx_lama.gateway.ollama import StreamTranslator
+from mlx_lama.gateway.proxy import EARLY_END, MAX_LINE, RawStream
+from mlx_lama.gateway.push import STOPPED, Body, PushedStream
+from mlx_lama.gateway.sse import SseBody, SseRelay
+from mlx_lama.gateway.wire import Wire
+
+NAME = "my:model"
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def event(i: int, pad: str = "") -> bytes:
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "default_model",
+        "choices": [{"index": 0, "delta": {"content": f"tok{i}{pad}"}}],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+HEAD = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+
+
+def expected(raw: bytes) -> bytes:
+    """What the gateway's line-by-line relay makes of a whole upstream body."""
+    relay = SseRelay(NAME)
+    out = [e for line in raw.split(b"\n") if (e := relay.feed(line.decode(), 0.0))]
+    return b"".join(out)
+
+
+@dataclass
+class Upstream:
+    """A stand-in model server on loopback: reads one request, then runs ``script``."""
+
+    script: Script
+    port: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # the gateway hung up
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # the script has run
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(HEAD)
+            await self.script(reader, writer)
+            self.finished.set()
+        except (OSError, asyncio.IncompleteReadError):
+            self.closed.set()
+        finally:
+            writer.close()
+
+
+@dataclass
+class Gateway:
+    """uvicorn serving one route that relays ``upstream`` with ``PushedStream``."""
+
+    upstream: Upstream
+    http: str
+    ndjson: bool = False  # Ollama's lines (as /api/chat answers), else OpenAI's events
+    responses: list[PushedStream] = field(default_factory=list)
+    closes: int = 0
+    port: int = 0
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        while (await receive()).get("more_body"):
+            pass
+        url = f"http://127.0.0.1:{self.upstream.port}/v1/chat/completions"
+        upstream = await RawStream.open(url, {"stream": True}, connect_timeout=5)
+
+        async def on_close() -> None:
+            self.closes += 1
+            await upstream.aclose()
+
+        body: Body = SseBody(SseRelay(NAME), upstream)
+        if self.ndjson:
+            now = time.monotonic()
+            body = _NdjsonBody(upstream, StreamTranslator(NAME, "chat", now, now))
+        response = PushedStream(upstream, body, media_type="text/plain", on_close=on_close)
+        self.responses.append(response)
+        await response(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def serving(script: Script, http: str, ndjson: bool = False) -> AsyncIterator[Gateway]:
+    upstream = Upstream(script)
+    model_server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    upstream.port = model_server.sockets[0].getsockname()[1]
+    gateway = Gateway(upstream, http, ndjson)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    gateway.port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        gateway.app, http=http, interface="asgi3", lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        yield gateway
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+        model_server.close()
+        await model_server.wait_closed()
+
+
+async def ask(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower()
+    return reader, writer
+
+
+async def dechunk(reader: asyncio.StreamReader) -> bytes:
+    """A chunked body to its end (the terminating chunk must come)."""
+    body = b""
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        body += (await reader.readexactly(size + 2))[:-2]
+    assert await reader.readexactly(2) == b"\r\n"
+    return body
+
+
+async def answer(script: Script, http: str, ndjson: bool = False) -> tuple[bytes, Gateway]:
+    async with serving(script, http, ndjson) as gateway:
+        reader, writer = await ask(gateway.port)
+        try:
+            body = await asyncio.wait_for(dechunk(reader), 30)
+        finally:
+            writer.close()
+        return body, gateway
+
+
+End = Callable[[asyncio.StreamWriter], None]
+
+
+def writes(pieces: list[bytes], end: End | None = None) -> Script:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        if end is not None:
+            end(writer)
+
+    return script
+
+
+BODY = b"".join(event(i) for i in range(20)) + DONE
+WAYS = {
+    "event by event": [event(i) for i in range(20)] + [DONE],
+    "split inside events": [BODY[i : i + 37] for i in range(0, len(BODY), 37)],
+    "several events a write": [BODY[: len(BODY) // 3], BODY[len(BODY) // 3 :]],
+    "byte by byte, then the rest": [BODY[i : i + 1] for i in range(300)] + [BODY[300:]],
+}
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_the_pushed_body_is_the_tasks_however_the_model_servers_writes_fall(way: str) -> None:
+    async def scenario() -> dict[str, tuple[bytes, bool]]:
+        got = {}
+        for http in ("httptools", "h11"):
+            body, gateway = await answer(writes(WAYS[way]), http)
+            got[http] = body, gateway.responses[0].pushed
+            assert gateway.closes == 1
+        return got
+
+    got = uvloop.run(scenario())
+    assert got["httptools"] == (expected(BODY), True)  # pushed, from the callbacks
+    assert got["h11"] == (expected(BODY), False)  # read in a task
+    assert expected(BODY).count(b'"model":"my:model"') == 20
+
+
+def _error(body: bytes) -> str:
+    last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert last.startswith(b"data: ") and DONE not in body
+    message: str = json.loads(last[6:])["error"]["message"]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("end", "message"),
+    [
+        (lambda writer: writer.close(), EARLY_END),  # closed before [DONE]
+        (lambda writer: writer.transport.abort(), None),  # reset: closed or broken
+    ],
+    ids=["closed early", "reset"],
+)
+def test_a_model_server_that_dies_mid_stream_ends_the_stream_with_an_error_event(
+    end: End, message: str | None
+) -> None:
+    pieces = [event(i) for i in range(5)]
+
+    async def scenario() -> dict[str, tuple[bytes, bool]]:
+        got = {}
+        for http in ("httptools", "h11"):
+            body, gateway = await answer(writes(pieces, end), http)
+            got[http] = body, gateway.responses[0].pushed
+        return got
+
+    got = uvloop.run(scenario())
+    pushed, read = got["httptools"][0], got["h11"][0]
+    assert got["httptools"][1] and not got["h11"][1]
+    assert pushed == read
+    assert pushed.startswith(expected(b"".join(pieces)))
+    assert _error(pushed) in ((message,) if message else (EARLY_END, STOPPED))
+
+
+def test_an_endless_line_from_the_model_server_ends_the_stream_with_an_error_event() -> None:
+    pieces = [event(0), b"data: " + b"x" * (MAX_LINE + 10)]
+
+    async def scenario() -> tuple[bytes, bool]:
+        body, gateway = await answer(writes(pieces), "httptools")
+        return body, gateway.responses[0].pushed
+
+    body, pushed = uvloop.run(scenario())
+    assert pushed
+    assert body.startswith(expected(event(0)))
+    assert _error(body) == "model server sent an oversized event"
+
+
+def test_a_client_that_leaves_mid_stream_closes_the_model_servers_connection() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        i = 0
+        while True:  # until the gateway hangs up (a write then fails)
+            writer.write(event(i))
+            await writer.drain()
+            i += 1
+            await asyncio.sleep(0.005)
+
+    async def scenario() -> tuple[bool, int]:
+        async with serving(endless, "httptools") as gateway:
+            reader, writer = await ask(gateway.port)
+            await reader.readuntil(b'"model":"my:model"')
+            writer.close()
+            await asyncio.wait_for(gateway.upstream.closed.wait(), 10)
+            while not gateway.closes:
+                await asyncio.sleep(0.01)
+            return gateway.responses[0].pushed, gateway.closes
+
+    assert uvloop.run(scenario()) == (True, 1)
+
+
+def test_a_client_that_stops_reading_stops_the_reading_from_the_model_server() -> None:
+    pad = "x" * 1000
+    count = 40_000  # about 40 MB: more than the sockets' buffers on both hops hold
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for i in range(count):
+            writer.write(event(i, pad))
+            if writer.transport.get_write_buffer_size() > 2**20:
+                await writer.drain()
+        writer.write(DONE)
+        await writer.drain()
+
+    async def scenario() -> tuple[bool, bool, bytes]:
+        async with serving(flood, "httptools") as gateway:
+            reader, writer = await ask(gateway.port)
+            try:
+                while not gateway.responses:
+                    await asyncio.sleep(0.01)
+                wire: Wire = gateway.responses[0]._upstream._wire
+                # The client reads nothing meanwhile: the gateway stops reading while
+                # the model server still has most of its answer to write.
+                finished = gateway.upstream.finished
+                while not (wire._paused or finished.is_set()):
+                    await asyncio.sleep(0.001)
+                paused = wire._paused and not finished.is_set()
+                body = await asyncio.wait_for(dechunk(reader), 120)
+            finally:
+                writer.close()
+            return gateway.responses[0].pushed, paused, body
+
+    pushed, paused, body = uvloop.run(scenario())
+    assert pushed and paused
+    assert body.count(b'"model":"my:model"') == count
+    assert body.endswith(DONE) and b"tok%d%s" % (count - 1, pad.encode()) in body
+
+
+def _lines(body: bytes) -> list[dict[str, Any]]:
+    """NDJSON lines without what differs from run to run (times)."""
+    lines = [json.loads(line) for line in body.splitlines()]
+    for line in lines:
+        for key in [k for k in line if k == "created_at" or k.endswith("_duration")]:
+            del line[key]
+    return lines
+
+
+@pytest.mark.parametrize("way", ["event by event", "split inside events"])
+def test_ollama_lines_pushed_are_the_tasks_and_end_at_done(way: str) -> None:
+    async def held_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await writes(WAYS[way])(reader, writer)
+        await reader.read()  # the answer is whole, but the connection stays open
+
+    async def scenario() -> dict[str, tuple[bytes, bool]]:
+        got = {}
+        for http in ("httptools", "h11"):
+            body, gateway = await answer(held_open, http, ndjson=True)
+            got[http] = body, gateway.responses[0].pushed
+        return got
+
+    got = uvloop.run(scenario())
+    pushed, read = _lines(got["httptools"][0]), _lines(got["h11"][0])
+    assert got["httptools"][1] and not got["h11"][1]
+    assert pushed == read
+    assert [line["message"]["content"] for line in pushed[:-1]] == [f"tok{i}" for i in range(20)]
+    assert pushed[-1]["done"] is True and pushed[-1]["model"] == NAME
+
+
+def test_ollama_lines_end_with_an_error_line_when_the_model_server_dies() -> None:
+    async def scenario() -> tuple[bytes, bool]:
+        script = writes([event(i) for i in range(3)], lambda writer: writer.close())
+        body, gateway = await answer(script, "httptools", ndjson=True)
+        return body, gateway.responses[0].pushed
+
+    body, pushed = uvloop.run(scenario())
+    lines = _lines(body)
+    assert pushed
+    assert [line.get("message", {}).get("content") for line in lines[:3]] == [
+        "tok0",
+        "tok1",
+        "tok2",
+    ]
+    assert lines[3:] == [{"error": EARLY_END}]
