@@ -4,10 +4,12 @@ server."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 
 import pytest
 
-from mlx_lama.gateway.proxy import RawStream, UpstreamError, backend_body
+from mlx_lama.gateway.proxy import Dechunk, RawStream, UpstreamError, backend_body
 
 
 def test_backend_body_drops_loading_fields_and_sets_the_served_model() -> None:
@@ -127,3 +129,31 @@ def test_a_failure_of_the_work_is_raised_as_itself_not_in_a_group() -> None:
     with pytest.raises(ApiError) as caught:
         asyncio.run(_guarded(never_disconnects, fails))
     assert caught.value.status == 502 and "mid-answer" in str(caught.value)
+
+
+def _dechunked(data: bytes, cuts: list[int]) -> tuple[bytes, bool]:
+    chunks = Dechunk()
+    bounds = [0, *cuts, len(data)]
+    body = b"".join(chunks.feed(data[a:b]) for a, b in itertools.pairwise(bounds))
+    return body, chunks.done
+
+
+def test_dechunk_gives_the_body_however_the_bytes_are_split() -> None:
+    pieces = [b"data: one\n\n", b"x" * 300, b"\r\n", b"data: [DONE]\n\n"]
+    framed = b"".join(
+        b"%x%s\r\n%s\r\n" % (len(p), b"; ext=1" if i == 2 else b"", p) for i, p in enumerate(pieces)
+    )
+    data = framed + b"0\r\nTrailer: x\r\n\r\nafter the end"
+    whole = b"".join(pieces)
+    rng = random.Random(5)
+    splits = [[], list(range(1, len(data))), [len(framed) - 1, len(framed) + 2]]
+    splits += [sorted(rng.sample(range(1, len(data)), 12)) for _ in range(50)]
+    for cuts in splits:
+        assert _dechunked(data, cuts) == (whole, True), cuts
+    assert _dechunked(framed[:-3], []) == (whole[:-1], False)  # cut inside the last chunk
+
+
+@pytest.mark.parametrize("bad", [b"zz\r\n", b"-5\r\nhello\r\n", b"1" * 2000])
+def test_dechunk_refuses_what_is_not_a_chunk_size(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        Dechunk().feed(b"3\r\nabc\r\n" + bad)

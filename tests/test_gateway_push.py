@@ -47,6 +47,9 @@ def event(i: int, pad: str = "") -> bytes:
 
 DONE = b"data: [DONE]\n\n"
 HEAD = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+CHUNKED_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
 
 
 def expected(raw: bytes) -> bytes:
@@ -61,6 +64,7 @@ class Upstream:
     """A stand-in model server on loopback: reads one request, then runs ``script``."""
 
     script: Script
+    head: bytes = HEAD
     port: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)  # the gateway hung up
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # the script has run
@@ -70,7 +74,7 @@ class Upstream:
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
-            writer.write(HEAD)
+            writer.write(self.head)
             await self.script(reader, writer)
             self.finished.set()
         except (OSError, asyncio.IncompleteReadError):
@@ -111,8 +115,10 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def serving(script: Script, http: str, ndjson: bool = False) -> AsyncIterator[Gateway]:
-    upstream = Upstream(script)
+async def serving(
+    script: Script, http: str, ndjson: bool = False, head: bytes = HEAD
+) -> AsyncIterator[Gateway]:
+    upstream = Upstream(script, head)
     model_server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
     upstream.port = model_server.sockets[0].getsockname()[1]
     gateway = Gateway(upstream, http, ndjson)
@@ -157,8 +163,10 @@ async def dechunk(reader: asyncio.StreamReader) -> bytes:
     return body
 
 
-async def answer(script: Script, http: str, ndjson: bool = False) -> tuple[bytes, Gateway]:
-    async with serving(script, http, ndjson) as gateway:
+async def answer(
+    script: Script, http: str, ndjson: bool = False, head: bytes = HEAD
+) -> tuple[bytes, Gateway]:
+    async with serving(script, http, ndjson, head) as gateway:
         reader, writer = await ask(gateway.port)
         try:
             body = await asyncio.wait_for(dechunk(reader), 30)
@@ -358,3 +366,55 @@ def test_ollama_lines_end_with_an_error_line_when_the_model_server_dies() -> Non
         "tok2",
     ]
     assert lines[3:] == [{"error": EARLY_END}]
+
+
+def framed(pieces: list[bytes]) -> bytes:
+    """``pieces`` as chunks of a chunked body (one with an extension), and its end."""
+    chunks = [
+        b"%x%s\r\n%s\r\n" % (len(p), b";x=1" if i == 1 else b"", p) for i, p in enumerate(pieces)
+    ]
+    return b"".join(chunks) + b"0\r\n\r\n"
+
+
+CHUNKED = framed([event(i) for i in range(20)] + [DONE])
+CHUNKED_WAYS = {
+    "a chunk a write": [framed([event(i)])[:-5] for i in range(20)] + [framed([DONE])],
+    "split anywhere": [CHUNKED[i : i + 29] for i in range(0, len(CHUNKED), 29)],
+    "all at once": [CHUNKED],
+}
+
+
+@pytest.mark.parametrize("way", sorted(CHUNKED_WAYS))
+def test_a_chunked_body_is_pushed_as_the_task_reads_it(way: str) -> None:
+    async def scenario() -> dict[str, tuple[bytes, bool]]:
+        got = {}
+        for http in ("httptools", "h11"):
+            script = writes(CHUNKED_WAYS[way])
+            body, gateway = await answer(script, http, head=CHUNKED_HEAD)
+            got[http] = body, gateway.responses[0].pushed
+        return got
+
+    got = uvloop.run(scenario())
+    assert got["httptools"] == (expected(BODY), True)
+    assert got["h11"] == (expected(BODY), False)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [[CHUNKED[:700]], [framed([event(0)])[:-5], b"zz\r\n"]],
+    ids=["cut inside a chunk", "not a chunk size"],
+)
+def test_a_broken_chunked_body_ends_the_stream_with_an_error_event(pieces: list[bytes]) -> None:
+    async def scenario() -> dict[str, tuple[bytes, bool]]:
+        got = {}
+        for http in ("httptools", "h11"):
+            script = writes(pieces, lambda writer: writer.close())
+            body, gateway = await answer(script, http, head=CHUNKED_HEAD)
+            got[http] = body, gateway.responses[0].pushed
+        return got
+
+    got = uvloop.run(scenario())
+    assert got["httptools"][1] and not got["h11"][1]
+    assert got["httptools"][0] == got["h11"][0]
+    assert got["httptools"][0].startswith(expected(event(0)))
+    assert _error(got["httptools"][0]) == STOPPED
