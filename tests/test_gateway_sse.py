@@ -118,6 +118,15 @@ STREAMS = {
         'data: {"model": "a", "usage" :\t{"prompt_tokens": 1}, "choices": []}\n\n',
     ),
     "done spaced": _sse(f"{_A}\n\n", "data:   [DONE]  \n\n"),
+    "vllm-mlx, usage null until the last": _sse(
+        *(
+            f'data: {{"id":"c","model":"a","choices":[{{"delta":{{"content":"{t}"}}}}],'
+            f'"usage":null,"generation_metadata":null}}\n\n'
+            for t in ("x", "y", "z")
+        ),
+        'data: {"id":"c","model":"a","choices":[],"usage":{"prompt_tokens":5,'
+        '"completion_tokens":3,"total_tokens":8}}\n\ndata: [DONE]\n\n',
+    ),
 }
 
 
@@ -169,6 +178,9 @@ def test_relay_feed_bytes_rewrites_the_usual_event_without_decoding_it() -> None
     later = b'data: {"id": 2, "model": "default_model", "choices": []}\n\n'
     relay.feed = None  # type: ignore[assignment,method-assign]  # the line path would fail
     assert relay.feed_bytes(later, 2.0) == b'data: {"id": 2, "model":"my:model", "choices": []}\n\n'
+    null = b'data: {"model": "default_model", "choices": [], "usage": null}\n\n'  # vllm-mlx
+    rewritten = b'data: {"model":"my:model", "choices": [], "usage": null}\n\n'
+    assert relay.feed_bytes(null, 3.0) == rewritten
 
 
 def test_relay_feed_bytes_refuses_an_endless_line() -> None:

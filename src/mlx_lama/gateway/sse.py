@@ -136,6 +136,7 @@ def _text(line: bytes) -> str:
 _MODEL_MEMBER = re.compile(r'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _USAGE_MEMBER = re.compile(r'"usage"\s*:\s*\{')
 _EMPTY_CONTENT = re.compile(r'"content"\s*:\s*(?:""|null)')
+_USAGE_OBJECT = re.compile(_USAGE_MEMBER.pattern.encode())  # the same, in ASCII bytes
 
 
 class SseRelay:
@@ -195,7 +196,8 @@ class SseRelay:
             and data[-3] != 13
             and data.isascii()
             and (self.first_content is not None or b'"content"' not in data)
-            and b'"usage"' not in data
+            # vllm-mlx sends "usage":null in every event: only an object is noted
+            and (b'"usage"' not in data or _USAGE_OBJECT.search(data) is None)
         ):
             at = data.find(b'"model"')
             if at >= 0 and data.startswith(seen, at):
