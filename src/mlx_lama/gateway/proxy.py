@@ -5,9 +5,10 @@ token stream to a plain-HTTP server with :meth:`RawStream.open`), read its
 events with ``sse.py``, and answer through a :class:`ProxyStream` (for a
 ``RawStream``, ``push.PushedStream``), whose ``on_close`` runs however the
 response ends (finished, client gone, backend died), so the upstream response
-is closed and the scheduler lease released exactly once. :func:`until_disconnect` gives non-streaming responses the same
-"client gone cancels the backend" rule. No translation between API shapes
-happens here (``ollama.py`` does that).
+is closed and the scheduler lease released exactly once.
+:func:`until_disconnect` gives non-streaming responses the same "client gone
+cancels the backend" rule. No translation between API shapes happens here
+(``ollama.py`` does that).
 """
 
 from __future__ import annotations
