@@ -418,3 +418,17 @@ def test_a_broken_chunked_body_ends_the_stream_with_an_error_event(pieces: list[
     assert got["httptools"][0] == got["h11"][0]
     assert got["httptools"][0].startswith(expected(event(0)))
     assert _error(got["httptools"][0]) == STOPPED
+
+
+@pytest.mark.parametrize("method", ["feed", "end"])
+def test_a_bug_in_the_relaying_ends_the_stream_with_the_gateways_error(
+    method: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: SseBody, *args: Any) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SseBody, method, broken)
+    body, gateway = uvloop.run(answer(writes([event(0)], lambda w: w.close()), "httptools"))
+    assert gateway.responses[0].pushed and gateway.closes == 1
+    assert _error(body) == "internal error"  # not the model server's, and no hang
+    assert "unexpected error relaying a stream" in caplog.text

@@ -149,9 +149,8 @@ class _Pump:
         except UpstreamError as error:
             self._finish(self._body.fail(describe(error)))
             return
-        except Exception as error:  # a bug here must not read as the model server's
-            log.error("unexpected error relaying a stream", exc_info=error)
-            self._finish(self._body.fail("internal error"))
+        except Exception as error:
+            self._failed(error)
             return
         self._write(out)
         if self._body.complete:
@@ -162,8 +161,20 @@ class _Pump:
             self._signal()
 
     def ended(self, error: BaseException | None) -> None:
-        if not self._over:
-            self._finish(self._body.end() if error is None else self._body.fail(STOPPED))
+        if self._over:
+            return
+        try:
+            tail = self._body.end() if error is None else self._body.fail(STOPPED)
+        except Exception as failure:
+            self._failed(failure)
+            return
+        self._finish(tail)
+
+    def _failed(self, error: Exception) -> None:
+        """A bug in the Body: in the log, and to the client as the gateway's error (not
+        the model server's). In a callback, a raise would leave the stream hanging."""
+        log.error("unexpected error relaying a stream", exc_info=error)
+        self._finish(self._body.fail("internal error"))
 
     def _finish(self, tail: bytes) -> None:
         self._over = True
