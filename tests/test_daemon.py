@@ -348,3 +348,34 @@ def test_api_key_and_origins_changes_apply_without_a_restart(tmp_path: Path) -> 
         assert foreign.status_code == 403
         _save(manifest, 'version = 1\n\n[server]\norigins = ["https://app.example"]\n')
         wait_for(lambda: http.get(tags, headers=origin).status_code == 200, 10, "the origin")
+
+
+def test_a_removed_model_stays_in_health_until_its_server_has_stopped(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """What `mlx-lama rm` waits on: the entry goes only once the process has."""
+    manifest = tmp_path / "mlxlama.toml"
+    with_b = f'\n[models.b]\npath = "{tiny_model}"\nserve = "always"\n'
+    manifest.write_text(_manifest(tiny_model, extra=with_b), encoding="utf-8")
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+        _ready_pid(daemon, "a")
+        b_pid = _ready_pid(daemon, "b")
+        # minutes of tokens if nothing cancels them
+        body = {"model": "b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        body["max_tokens"] = 200000
+        with (
+            httpx.Client(trust_env=False, timeout=READY) as client,
+            client.stream("POST", daemon.url + "/v1/chat/completions", json=body) as answer,
+        ):
+            lines = answer.iter_lines()
+            assert '"content"' in next(line for line in lines if line.startswith("data:"))
+            # b is busy: its removal waits for this request
+            _save(manifest, _manifest(tiny_model))
+            wait_for(lambda: _model(daemon, "b").get("removed") is True, 10, "the reload")
+            assert psutil.pid_exists(b_pid)
+            assert _model(daemon, "b").get("pid") == b_pid, _model(daemon, "b")
+        # The stream is closed: b stops; while health lists it, its process may live,
+        # and once health drops it, the process is gone.
+        wait_for(lambda: _model(daemon, "b") == {}, 60, "b to go from health")
+        assert not psutil.pid_exists(b_pid) or psutil.Process(b_pid).status() == "zombie"
+        assert _model(daemon, "a").get("state") == "ready"

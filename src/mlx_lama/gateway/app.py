@@ -347,9 +347,14 @@ async def _health(request: Request) -> Response:
     gateway = inference.gateway_of(request)
     local = request.client is not None and is_loopback_host(request.client.host)
     models = {}
-    for name, slot in sorted(gateway.scheduler.slots.items()):
+    scheduler = gateway.scheduler
+    # A model removed from the manifest stays listed ("removed") until its server stops.
+    retiring = {n: s for n, s in scheduler.retiring.items() if n not in scheduler.slots}
+    for name, slot in sorted({**retiring, **scheduler.slots}.items()):
         state = "not downloaded" if slot.missing else slot.state
         entry: dict[str, Any] = {"state": state, "serve": slot.spec.serve, "in_flight": slot.refs}
+        if name in retiring:
+            entry["removed"] = True
         entry["backend"] = slot.spec.backend
         if slot.record is not None:
             entry.update(pid=slot.record.pid, port=slot.record.port)

@@ -218,6 +218,9 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.slots: dict[str, Slot] = {}
+        # Removed from the manifest, their servers not stopped yet (``/health`` lists
+        # them until they are, so a verb that removed one can wait for its stop).
+        self.retiring: dict[str, Slot] = {}
         self._pending = 0
         self._load_lock = asyncio.Lock()
         self._idle = asyncio.Event()  # set whenever a request releases a server
@@ -287,9 +290,8 @@ class Scheduler:
         that must wait."""
         tasks = []
         for slot in changes.removed:
-            for old in (slot, slot.replaces):
-                if old is not None:
-                    tasks.append(self._spawn(self._retire(old, "removed from the manifest")))
+            self.retiring[slot.name] = slot
+            tasks.append(self._spawn(self._retire_removed(slot)))
         for slot in changes.replaced:
             old = slot.replaces
             slot.overlap = old is not None and old.ready and self._fits_beside(old, slot)
@@ -512,6 +514,15 @@ class Scheduler:
     def _report_load(self, name: str, seconds: float, ok: bool) -> None:
         if self.on_load is not None:
             self.on_load(name, seconds, ok)
+
+    async def _retire_removed(self, slot: Slot) -> None:
+        """Stop a removed model's server (and the one it was replacing, if any)."""
+        try:
+            olds = [old for old in (slot, slot.replaces) if old is not None]
+            await asyncio.gather(*(self._retire(old, "removed from the manifest") for old in olds))
+        finally:
+            if self.retiring.get(slot.name) is slot:
+                del self.retiring[slot.name]
 
     async def _retire(self, slot: Slot, reason: str) -> None:
         """Stop an old server once its requests have ended (at most DRAIN_TIMEOUT)."""
