@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.types import Send
@@ -90,11 +90,8 @@ class PushedStream(ProxyStream):
         *,
         media_type: str,
         on_close: Callable[[], Awaitable[None]],
-        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(
-            relayed(upstream, body), media_type=media_type, on_close=on_close, headers=headers
-        )
+        super().__init__(relayed(upstream, body), media_type=media_type, on_close=on_close)
         self._upstream = upstream
         self._body = body
         self.pushed = False  # whether the body went the pushed way (for tests)
