@@ -432,3 +432,27 @@ def test_a_bug_in_the_relaying_ends_the_stream_with_the_gateways_error(
     assert gateway.responses[0].pushed and gateway.closes == 1
     assert _error(body) == "internal error"  # not the model server's, and no hang
     assert "unexpected error relaying a stream" in caplog.text
+
+
+def test_a_kept_alive_connection_carries_one_pushed_answer_after_another() -> None:
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+
+    async def scenario() -> tuple[list[bytes], list[bool]]:
+        async with serving(writes(WAYS["event by event"]), "httptools") as gateway:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+            bodies = []
+            try:
+                for _ in range(2):  # the same connection: the first answer ended cleanly
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head
+                    bodies.append(await asyncio.wait_for(dechunk(reader), 30))
+            finally:
+                writer.close()
+            return bodies, [response.pushed for response in gateway.responses]
+
+    bodies, pushed = uvloop.run(scenario())
+    assert bodies == [expected(BODY)] * 2 and pushed == [True, True]
