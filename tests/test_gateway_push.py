@@ -26,8 +26,8 @@ import uvloop
 
 from mlx_lama.gateway.inference import _NdjsonBody
 from mlx_lama.gateway.ollama import StreamTranslator
-from mlx_lama.gateway.proxy import EARLY_END, MAX_LINE, RawStream
-from mlx_lama.gateway.push import STOPPED, Body, PushedStream
+from mlx_lama.gateway.proxy import EARLY_END, MAX_LINE, STOPPED, RawStream
+from mlx_lama.gateway.push import Body, PushedStream
 from mlx_lama.gateway.sse import SseBody, SseRelay
 from mlx_lama.gateway.wire import Wire
 

@@ -50,6 +50,7 @@ _WATCHED_SPECS = frozenset(("2.0", "2.1", "2.2", "2.3"))
 CONNECT_TIMEOUT = 10.0  # seconds to reach a model server (reads have no timeout)
 MAX_LINE = 4 * 2**20  # longest SSE line accepted from a backend
 EARLY_END = "model server closed the stream before the answer was complete"
+STOPPED = "model server stopped answering"  # its connection broke mid-answer
 _CHUNKED = -1  # RawStream._left for a chunked body
 _MAX_SIZE_LINE = 1024  # longest chunk-size line (with extensions) accepted
 
@@ -129,7 +130,7 @@ def describe(error: BaseException) -> str:
     if isinstance(error, UpstreamError):
         return str(error)
     if isinstance(error, httpx.HTTPError):
-        return f"model server stopped answering ({type(error).__name__})"
+        return f"{STOPPED} ({type(error).__name__})"
     return "internal error"
 
 
@@ -409,7 +410,7 @@ class RawStream:
             else:
                 data = await self._next()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            raise UpstreamError("model server stopped answering") from None
+            raise UpstreamError(STOPPED) from None
         if not data:
             self._answered = True
         return data
@@ -482,7 +483,7 @@ class RawStream:
                         self._answered = True  # readers may stop here
                     yield line.rstrip(b"\r").decode("utf-8", "replace")
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            raise UpstreamError("model server stopped answering") from None
+            raise UpstreamError(STOPPED) from None
         self._answered = True
         if pending:
             yield pending.rstrip(b"\r").decode("utf-8", "replace")

@@ -33,12 +33,10 @@ from typing import Any, Protocol
 
 from starlette.types import Send
 
-from mlx_lama.gateway.proxy import ProxyStream, RawStream, UpstreamError, describe
+from mlx_lama.gateway.proxy import STOPPED, ProxyStream, RawStream, UpstreamError, describe
 from mlx_lama.gateway.wire import Wire
 
 log = logging.getLogger(__name__)
-
-STOPPED = "model server stopped answering"  # as RawStream.read says it
 
 
 class Body(Protocol):
