@@ -50,10 +50,7 @@ serve = "never"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[RunningGateway]:
     root = tmp_path_factory.mktemp("gateway-clients")
-    env = dict(os.environ)
-    hf_env.isolated_environ(env, root)
-    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-    Path(env["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
+    env = hf_env.isolated_copy(root)
     manifest = root / "mlxlama.toml"
     manifest.write_text(MANIFEST.format(model=tiny_model), encoding="utf-8")
     with gateway_process(manifest, log_path=root / "gateway.log", env=env) as gateway:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -77,20 +76,12 @@ models = ["tiny"]
 USER = [{"role": "user", "content": "hello"}]
 
 
-def _isolated_env(root: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    hf_env.isolated_environ(env, root)
-    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-    Path(env["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
-    return env
-
-
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[RunningGateway]:
     root = tmp_path_factory.mktemp("studio")
     manifest = root / "mlxlama.toml"
     manifest.write_text(STUDIO.format(key=KEY, model=tiny_model), encoding="utf-8")
-    env = _isolated_env(root)
+    env = hf_env.isolated_copy(root)
     with gateway_process(manifest, log_path=root / "gateway.log", env=env) as gateway:
         yield gateway
 
@@ -102,7 +93,7 @@ def desk(
     root = tmp_path_factory.mktemp("desk")
     manifest = root / "mlxlama.toml"
     manifest.write_text(DESK.format(url=studio.url, key=KEY), encoding="utf-8")
-    env = _isolated_env(root)
+    env = hf_env.isolated_copy(root)
     with gateway_process(manifest, log_path=root / "gateway.log", env=env) as gateway:
         yield gateway
 
@@ -187,7 +178,7 @@ def test_run_on_the_desk_answers_with_the_remote_model(
     root = desk.home.parent
     manifest = root / "mlxlama.toml"
     before = manifest.read_text()
-    env = {**_isolated_env(root), "MLX_LAMA_MANIFEST": str(manifest)}
+    env = {**hf_env.isolated_copy(root), "MLX_LAMA_MANIFEST": str(manifest)}
     done = subprocess.run(
         [sys.executable, "-m", "mlx_lama", "run", "tiny", "hello"],
         env=env,
