@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import argparse
 
-from bench import cache_list, gateway, multimodel, pull, reconcile, reload_latency, run_cli
+from bench import (
+    cache_list,
+    gateway,
+    gateway_flush,
+    multimodel,
+    pull,
+    reconcile,
+    reload_latency,
+    run_cli,
+)
 
 SUITES = {
     "reconcile": reconcile.main,
     "list": cache_list.main,
     "pull": pull.main,
     "gateway": gateway.main,
+    "flush": gateway_flush.main,
     "reload": reload_latency.main,
     "run": run_cli.main,
     "multimodel": multimodel.main,
@@ -29,9 +39,9 @@ def main() -> None:
         "--runs",
         type=int,
         default=15,
-        help="timed runs per command (gateway: batches per path and level; reload: saves per "
-        "measurement, at most 3 for the always model; pull: at most 7; list: at most 5 of "
-        "mlx_lm manage; multimodel: 3 starts of each side)",
+        help="timed runs per command (gateway, flush: batches per path and level; reload: "
+        "saves per measurement, at most 3 for the always model; pull: at most 7; list: at "
+        "most 5 of mlx_lm manage; multimodel: 3 starts of each side)",
     )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(SUITES))

@@ -727,9 +727,14 @@ between and the client share the machine's cores, so every CPU millisecond
 spent in between (and by the client reading its output) per token is one the
 engine cannot use: on a small machine the ratio measures the CPU cost per
 token more than latency. The bare relay does nothing but move the bytes
-through one more process, so its ratio is the floor to judge the gateway's
-against. Generation itself is bounded by the engine: the physical floor is the
-engine's own rate on the direct path, which no path in front of it can beat.
+through one more process, write for write, so its ratio is the floor of a
+relay that copies as it reads. Generation itself is bounded by the engine's
+own rate with nothing else on the machine; the direct path is not quite that,
+since the client wakes for every write the engine makes. The gateway writes to
+a client at most once per `[server] flush_interval` (default 3 ms; tokens that
+come sooner go out together), so at the tiny model's rate its client wakes
+less often than the direct path's, and its ratio can exceed 1 (see the
+`flush_interval` section for the same engine with an interval of 0).
 {findings(by_engine["mlx-lm"]) if "mlx-lm" in by_engine else ""}"""
     batching = f"""With several streams the engine decides the figures: `mlx_lm.server`
 admits new requests into its running batch only between 0.5 s decode slices,

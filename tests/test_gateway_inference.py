@@ -22,6 +22,7 @@ from mlx_lama import paths
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.inference import STREAMING, Call
 from mlx_lama.gateway.proxy import EARLY_END
+from mlx_lama.gateway.push import PushedStream
 from mlx_lama.gateway.security import Message, Scope
 from mlx_lama.gateway.server import prepare
 
@@ -72,8 +73,12 @@ async def _stub(pieces: list[bytes], answered: asyncio.Event) -> tuple[asyncio.S
     return server, server.sockets[0].getsockname()[1]
 
 
-def _stream(tmp_path: Path, path: str, body: dict[str, Any], pieces: list[bytes]) -> Any:
-    """The body the client gets for ``body`` on ``path``, and the gateway."""
+def _stream(
+    tmp_path: Path, path: str, body: dict[str, Any], pieces: list[bytes], settings: str = ""
+) -> Any:
+    """The body the client gets for ``body`` on ``path``, and the gateway (whose
+    manifest has ``settings`` in its ``[server]`` table); the response is kept in
+    ``RESPONSES``."""
 
     async def scenario() -> tuple[bytes, Gateway]:
         answered = asyncio.Event()
@@ -81,7 +86,7 @@ def _stream(tmp_path: Path, path: str, body: dict[str, Any], pieces: list[bytes]
         manifest = tmp_path / "mlxlama.toml"
         manifest.write_text(
             f'version = 1\n\n[models."my:model"]\nbackend = "external"\n'
-            f'url = "http://127.0.0.1:{port}/v1"\n',
+            f'url = "http://127.0.0.1:{port}/v1"\n\n[server]\n{settings}\n',
             encoding="utf-8",
         )
         gateway = prepare(manifest, cache_dir=paths.hf_hub_cache())
@@ -100,6 +105,7 @@ def _stream(tmp_path: Path, path: str, body: dict[str, Any], pieces: list[bytes]
             async with server:
                 call = Call(gateway, path, body, receive, time.monotonic())
                 response = await STREAMING[path](call)
+                RESPONSES.append(response)
                 await response(scope, receive, send)
                 await answered.wait()
         finally:
@@ -109,6 +115,7 @@ def _stream(tmp_path: Path, path: str, body: dict[str, Any], pieces: list[bytes]
     return asyncio.run(scenario())
 
 
+RESPONSES: list[Any] = []
 CHAT = {"model": "my:model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
@@ -169,3 +176,17 @@ def test_an_ndjson_stream_that_fails_ends_with_an_error_line(
     chunks = _chunks(out)
     assert [c["response"] for c in chunks[:-1]] == ["Hel", 'lo "model": \u00fc']
     assert chunks[-1]["error"].startswith(error)
+
+
+@pytest.mark.parametrize(
+    ("settings", "seconds"),
+    [("", 0.003), ('flush_interval = "20ms"', 0.02), ("flush_interval = 0", 0.0)],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_token_streams_take_the_manifests_flush_interval(
+    tmp_path: Path, path: str, settings: str, seconds: float
+) -> None:
+    RESPONSES.clear()
+    out, _ = _stream(tmp_path, path, CHAT, EVENTS, settings)
+    assert b"Hel" in out and len(RESPONSES) == 1
+    assert isinstance(RESPONSES[0], PushedStream) and RESPONSES[0].flush_interval == seconds

@@ -7,6 +7,7 @@ goes the pushed way; with h11 it is read in a task. Both must give the client
 the same bytes, however the model server's writes fall, and the same error
 events when it fails; a client that leaves closes the model server's
 connection; a client that stops reading stops the reading from the model server.
+Tokens that come within the flush interval of the last write go out together.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import uvloop
 from mlx_lama.gateway.inference import _NdjsonBody
 from mlx_lama.gateway.ollama import StreamTranslator
 from mlx_lama.gateway.proxy import EARLY_END, MAX_LINE, STOPPED, RawStream
-from mlx_lama.gateway.push import Body, PushedStream
+from mlx_lama.gateway.push import HOLD_LIMIT, Body, PushedStream
 from mlx_lama.gateway.sse import SseBody, SseRelay
 from mlx_lama.gateway.wire import Wire
 
@@ -90,6 +91,7 @@ class Gateway:
     upstream: Upstream
     http: str
     ndjson: bool = False  # Ollama's lines (as /api/chat answers), else OpenAI's events
+    flush_interval: float = 0.0
     responses: list[PushedStream] = field(default_factory=list)
     closes: int = 0
     port: int = 0
@@ -109,19 +111,29 @@ class Gateway:
         if self.ndjson:
             now = time.monotonic()
             body = _NdjsonBody(upstream, StreamTranslator(NAME, "chat", now, now))
-        response = PushedStream(upstream, body, media_type="text/plain", on_close=on_close)
+        response = PushedStream(
+            upstream,
+            body,
+            media_type="text/plain",
+            on_close=on_close,
+            flush_interval=self.flush_interval,
+        )
         self.responses.append(response)
         await response(scope, receive, send)
 
 
 @contextlib.asynccontextmanager
 async def serving(
-    script: Script, http: str, ndjson: bool = False, head: bytes = HEAD
+    script: Script,
+    http: str,
+    ndjson: bool = False,
+    head: bytes = HEAD,
+    flush_interval: float = 0.0,
 ) -> AsyncIterator[Gateway]:
     upstream = Upstream(script, head)
     model_server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
     upstream.port = model_server.sockets[0].getsockname()[1]
-    gateway = Gateway(upstream, http, ndjson)
+    gateway = Gateway(upstream, http, ndjson, flush_interval)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     gateway.port = sock.getsockname()[1]
@@ -156,11 +168,14 @@ async def ask(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
 
 async def dechunk(reader: asyncio.StreamReader) -> bytes:
     """A chunked body to its end (the terminating chunk must come)."""
-    body = b""
+    return b"".join([chunk async for chunk in chunks(reader)])
+
+
+async def chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """A chunked body's chunks as they come: the gateway's writes, one by one."""
     while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-        body += (await reader.readexactly(size + 2))[:-2]
+        yield (await reader.readexactly(size + 2))[:-2]
     assert await reader.readexactly(2) == b"\r\n"
-    return body
 
 
 async def answer(
@@ -285,7 +300,10 @@ def test_a_client_that_leaves_mid_stream_closes_the_model_servers_connection() -
     assert uvloop.run(scenario()) == (True, 1)
 
 
-def test_a_client_that_stops_reading_stops_the_reading_from_the_model_server() -> None:
+@pytest.mark.parametrize("flush_interval", [0.0, 0.05])
+def test_a_client_that_stops_reading_stops_the_reading_from_the_model_server(
+    flush_interval: float,
+) -> None:
     pad = "x" * 1000
     count = 40_000  # about 40 MB: more than the sockets' buffers on both hops hold
 
@@ -298,7 +316,7 @@ def test_a_client_that_stops_reading_stops_the_reading_from_the_model_server() -
         await writer.drain()
 
     async def scenario() -> tuple[bool, bool, bytes]:
-        async with serving(flood, "httptools") as gateway:
+        async with serving(flood, "httptools", flush_interval=flush_interval) as gateway:
             reader, writer = await ask(gateway.port)
             try:
                 while not gateway.responses:
@@ -456,3 +474,119 @@ def test_a_kept_alive_connection_carries_one_pushed_answer_after_another() -> No
 
     bodies, pushed = uvloop.run(scenario())
     assert bodies == [expected(BODY)] * 2 and pushed == [True, True]
+
+
+# -- the flush interval
+
+
+async def gathered(
+    script: Script, flush_interval: float, ndjson: bool = False
+) -> tuple[list[bytes], bool]:
+    """The chunks (the gateway's writes) of one pushed answer, and whether it was pushed."""
+    async with serving(script, "httptools", ndjson, flush_interval=flush_interval) as gateway:
+        reader, writer = await ask(gateway.port)
+        try:
+            got = await asyncio.wait_for(_all(chunks(reader)), 30)
+        finally:
+            writer.close()
+        return got, gateway.responses[0].pushed
+
+
+async def _all(pieces: AsyncIterator[bytes]) -> list[bytes]:
+    return [piece async for piece in pieces]
+
+
+def test_tokens_within_the_flush_interval_go_out_together_and_the_end_at_once() -> None:
+    # An hour's interval: all but the first event wait for the end, which is not held
+    # (else the 30 s wait for the body would fail).
+    got, pushed = uvloop.run(gathered(writes(WAYS["event by event"]), 3600.0))
+    assert pushed
+    assert got == [expected(event(0)), expected(BODY)[len(expected(event(0))) :]]
+
+
+def test_ollama_lines_within_the_flush_interval_go_out_together() -> None:
+    got, pushed = uvloop.run(gathered(writes(WAYS["event by event"]), 3600.0, ndjson=True))
+    assert pushed and len(got) == 2
+    assert json.loads(got[0])["message"]["content"] == "tok0"
+    lines = _lines(b"".join(got))
+    assert [line["message"]["content"] for line in lines[:-1]] == [f"tok{i}" for i in range(20)]
+    assert lines[-1]["done"] is True
+
+
+def test_what_is_held_goes_out_when_the_flush_interval_is_up() -> None:
+    seen = asyncio.Event()  # the client has the second event
+
+    async def waits_for_the_client(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(event(0) + event(1))  # one read: the first write, nothing held
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(event(2))  # within the interval: held until the timer writes it
+        await writer.drain()
+        await asyncio.wait_for(seen.wait(), 10)
+        writer.write(DONE)
+
+    async def scenario() -> list[bytes]:
+        async with serving(waits_for_the_client, "httptools", flush_interval=0.2) as gateway:
+            reader, writer = await ask(gateway.port)
+            got = []
+            try:
+                async for chunk in chunks(reader):
+                    got.append(chunk)
+                    if b"tok2" in chunk:
+                        seen.set()
+            finally:
+                writer.close()
+            assert gateway.upstream.finished.is_set()
+            return got
+
+    got = uvloop.run(scenario())
+    assert got == [expected(event(0) + event(1)), expected(event(2)), expected(DONE)]
+
+
+def test_tokens_slower_than_the_flush_interval_are_written_as_they_come() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for i in range(5):
+            writer.write(event(i))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(DONE)
+
+    got, pushed = uvloop.run(gathered(slow, 0.005))
+    assert pushed
+    assert got == [expected(event(i)) for i in range(5)] + [expected(DONE)]
+
+
+def test_more_than_the_hold_limit_is_written_without_waiting() -> None:
+    pad = "x" * 1000
+    count = 3 * HOLD_LIMIT // 1000
+    sent = b"".join(event(i, pad) for i in range(count))
+    enough = asyncio.Event()  # the client has two limits' worth
+
+    async def waits_for_the_client(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        for i in range(count):
+            writer.write(event(i, pad))
+            await writer.drain()
+        # An hour's interval: without the limit all but the first read would wait for
+        # the end, which waits for the client.
+        await asyncio.wait_for(enough.wait(), 10)
+        writer.write(DONE)
+
+    async def scenario() -> bytes:
+        async with serving(waits_for_the_client, "httptools", flush_interval=3600.0) as gateway:
+            reader, writer = await ask(gateway.port)
+            got = b""
+            try:
+                async for chunk in chunks(reader):
+                    got += chunk
+                    if len(got) > 2 * HOLD_LIMIT:
+                        enough.set()
+            finally:
+                writer.close()
+            assert gateway.upstream.finished.is_set() and gateway.responses[0].pushed
+            return got
+
+    assert uvloop.run(scenario()) == expected(sent + DONE)

@@ -51,6 +51,7 @@ def test_an_empty_manifest_has_safe_defaults() -> None:
     assert (manifest.server.host, manifest.server.port) == ("127.0.0.1", 11434)
     assert manifest.server.keep_alive.seconds == 300
     assert manifest.server.api_key is None
+    assert manifest.server.flush_interval.seconds == 0.003
     assert manifest.models == {} and manifest.aliases == {}
 
 
@@ -60,6 +61,7 @@ def test_durations_sizes_and_stop_strings_are_normalised() -> None:
         [server]
         keep_alive = -1
         memory_budget = "24GB"
+        flush_interval = "5ms"
         [models.m]
         repo = "org/m"
         keep_alive = 90
@@ -68,6 +70,7 @@ def test_durations_sizes_and_stop_strings_are_normalised() -> None:
     )
     assert math.isinf(manifest.server.keep_alive.seconds)
     assert manifest.server.memory_budget.resolve(0) == 24 * 2**30
+    assert manifest.server.flush_interval == Duration(0.005)
     assert manifest.models["m"].keep_alive == Duration(90.0)
     assert manifest.models["m"].parameters.stop == ["END"]
 
@@ -144,6 +147,22 @@ def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
             "invalid duration '300': missing unit",
             "write 300 without quotes for seconds, or add a unit",
             id="duration-without-unit",
+        ),
+        pytest.param(
+            '[server]\nflush_interval = "2s"\n',
+            2,
+            "server.flush_interval",
+            "must be from 0 to 1s",
+            'for example "3ms"; 0 writes each token as it comes',
+            id="flush-interval-too-long",
+        ),
+        pytest.param(
+            "[server]\nflush_interval = -1\n",
+            2,
+            "server.flush_interval",
+            "must be from 0 to 1s",
+            None,
+            id="flush-interval-forever",
         ),
         pytest.param(
             '[server]\nmemory_budget = "lots"\n',

@@ -51,7 +51,15 @@ def test_duration_refuses_other_forms(value: object, fragment: str) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(300.0, "5m"), (5400.0, "1h30m"), (0.0, "0s"), (math.inf, "forever"), (61.5, "1m1.5s")],
+    [
+        (300.0, "5m"),
+        (5400.0, "1h30m"),
+        (0.0, "0s"),
+        (math.inf, "forever"),
+        (61.5, "1m1.5s"),
+        (0.003, "3ms"),
+        (0.25, "250ms"),
+    ],
 )
 def test_duration_renders_compactly(seconds: float, text: str) -> None:
     assert str(Duration(seconds)) == text

@@ -307,7 +307,9 @@ async def _ollama_answer(
 
         if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
             body = _NdjsonBody(upstream, translator)
-            return PushedStream(upstream, body, media_type=NDJSON, on_close=close)
+            return PushedStream(
+                upstream, body, media_type=NDJSON, on_close=close, flush_interval=_flush(gateway)
+            )
         return ProxyStream(lines(), media_type=NDJSON, on_close=close)
 
     async def collect() -> JsonObject:
@@ -572,8 +574,19 @@ async def _openai_stream(
             await upstream.aclose()
 
     if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
-        return PushedStream(upstream, SseBody(relay, upstream), media_type=SSE, on_close=close)
+        return PushedStream(
+            upstream,
+            SseBody(relay, upstream),
+            media_type=SSE,
+            on_close=close,
+            flush_interval=_flush(gateway),
+        )
     return ProxyStream(events(), media_type=SSE, on_close=close)
+
+
+def _flush(gateway: Gateway) -> float:
+    """The shortest time between two writes of a token stream, in seconds."""
+    return gateway.manifest.server.flush_interval.seconds
 
 
 def _usage(event: JsonObject) -> tuple[int, int] | None:

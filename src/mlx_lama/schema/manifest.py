@@ -23,6 +23,8 @@ BackendType = Literal["mlx-lm", "vllm-mlx", "external"]
 BUILTIN_BACKENDS: tuple[str, ...] = get_args(BackendType)
 
 DEFAULT_KEEP_ALIVE = Duration(300.0)
+DEFAULT_FLUSH_INTERVAL = Duration(0.003)
+MAX_FLUSH_INTERVAL = Duration(1.0)
 DEFAULT_MEMORY_BUDGET = Size(percent=75.0)
 
 
@@ -73,11 +75,13 @@ class ServerSection:
     memory_budget: Size = DEFAULT_MEMORY_BUDGET
     api_key: str | None = None
     origins: list[str] = field(default_factory=list)
+    flush_interval: Duration = DEFAULT_FLUSH_INTERVAL
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> ServerSection:
         values = dict(data)
         values["keep_alive"] = Duration.parse(values["keep_alive"])
+        values["flush_interval"] = Duration.parse(values["flush_interval"])
         values["memory_budget"] = Size.parse(values["memory_budget"])
         return cls(**values)
 

@@ -102,6 +102,8 @@ class Duration:
         remaining = self.seconds
         if remaining == 0:
             return "0s"
+        if remaining < 1:
+            return f"{round(remaining * 1000, 3):g}ms"
         parts = []
         for unit, size in (("h", 3600), ("m", 60)):
             whole = int(remaining // size)

@@ -15,8 +15,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from mlx_lama.schema.checks import server_url
 from mlx_lama.schema.manifest import (
+    DEFAULT_FLUSH_INTERVAL,
     DEFAULT_KEEP_ALIVE,
     DEFAULT_MEMORY_BUDGET,
+    MAX_FLUSH_INTERVAL,
     BackendType,
     DistributedBackend,
     FilesMode,
@@ -26,6 +28,18 @@ from mlx_lama.schema.units import Duration, Size
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 ServerUrl = Annotated[str, AfterValidator(server_url)]
+
+
+def _flush_interval(value: Duration) -> Duration:
+    if not 0 <= value.seconds <= MAX_FLUSH_INTERVAL.seconds:
+        raise ValueError(
+            f'must be from 0 to {MAX_FLUSH_INTERVAL} (for example "3ms"; 0 writes each '
+            "token as it comes)"
+        )
+    return value
+
+
+FlushInterval = Annotated[Duration, AfterValidator(_flush_interval)]
 
 
 def _one_or_many(value: object) -> object:
@@ -71,6 +85,7 @@ class ServerSection(_Table):
     memory_budget: Size = DEFAULT_MEMORY_BUDGET
     api_key: str | None = None
     origins: list[str] = Field(default_factory=list)
+    flush_interval: FlushInterval = DEFAULT_FLUSH_INTERVAL
 
 
 class Defaults(_Table):
