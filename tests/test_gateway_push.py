@@ -480,32 +480,49 @@ def test_a_kept_alive_connection_carries_one_pushed_answer_after_another() -> No
 
 
 async def gathered(
-    script: Script, flush_interval: float, ndjson: bool = False
+    script: Script, flush_interval: float, ndjson: bool = False, seen: asyncio.Event | None = None
 ) -> tuple[list[bytes], bool]:
-    """The chunks (the gateway's writes) of one pushed answer, and whether it was pushed."""
+    """The chunks (the gateway's writes) of one pushed answer, and whether it was pushed;
+    ``seen`` is set once the client has the first."""
     async with serving(script, "httptools", ndjson, flush_interval=flush_interval) as gateway:
         reader, writer = await ask(gateway.port)
+        got = []
         try:
-            got = await asyncio.wait_for(_all(chunks(reader)), 30)
+            async with asyncio.timeout(30):
+                async for chunk in chunks(reader):
+                    got.append(chunk)
+                    if seen is not None:
+                        seen.set()
         finally:
             writer.close()
         return got, gateway.responses[0].pushed
 
 
-async def _all(pieces: AsyncIterator[bytes]) -> list[bytes]:
-    return [piece async for piece in pieces]
+def after_the_first(pieces: list[bytes]) -> tuple[Script, asyncio.Event]:
+    """The first piece, then (once the event says the client has it) the rest as
+    ``writes`` sends them."""
+    seen = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(pieces[0])
+        await asyncio.wait_for(seen.wait(), 10)
+        await writes(pieces[1:])(reader, writer)
+
+    return script, seen
 
 
 def test_tokens_within_the_flush_interval_go_out_together_and_the_end_at_once() -> None:
     # An hour's interval: all but the first event wait for the end, which is not held
     # (else the 30 s wait for the body would fail).
-    got, pushed = uvloop.run(gathered(writes(WAYS["event by event"]), 3600.0))
+    script, seen = after_the_first(WAYS["event by event"])
+    got, pushed = uvloop.run(gathered(script, 3600.0, seen=seen))
     assert pushed
     assert got == [expected(event(0)), expected(BODY)[len(expected(event(0))) :]]
 
 
 def test_ollama_lines_within_the_flush_interval_go_out_together() -> None:
-    got, pushed = uvloop.run(gathered(writes(WAYS["event by event"]), 3600.0, ndjson=True))
+    script, seen = after_the_first(WAYS["event by event"])
+    got, pushed = uvloop.run(gathered(script, 3600.0, ndjson=True, seen=seen))
     assert pushed and len(got) == 2
     assert json.loads(got[0])["message"]["content"] == "tok0"
     lines = _lines(b"".join(got))
