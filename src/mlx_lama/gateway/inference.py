@@ -308,7 +308,11 @@ async def _ollama_answer(
         if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
             body = _NdjsonBody(upstream, translator)
             return PushedStream(
-                upstream, body, media_type=NDJSON, on_close=close, flush_interval=_flush(gateway)
+                upstream,
+                body,
+                media_type=NDJSON,
+                on_close=close,
+                flush_interval=_flush_interval(gateway),
             )
         return ProxyStream(lines(), media_type=NDJSON, on_close=close)
 
@@ -579,12 +583,12 @@ async def _openai_stream(
             SseBody(relay, upstream),
             media_type=SSE,
             on_close=close,
-            flush_interval=_flush(gateway),
+            flush_interval=_flush_interval(gateway),
         )
     return ProxyStream(events(), media_type=SSE, on_close=close)
 
 
-def _flush(gateway: Gateway) -> float:
+def _flush_interval(gateway: Gateway) -> float:
     """The shortest time between two writes of a token stream, in seconds."""
     return gateway.manifest.server.flush_interval.seconds
 
