@@ -83,6 +83,12 @@ def _manifest(tiny_model: Path, *, extra: str = "", a_env: str = "") -> str:
     )
 
 
+def _model_b(tiny_model: Path, serve: str | None = None) -> str:
+    """A second model's table, to add to :func:`_manifest` (on-demand unless ``serve``)."""
+    mode = f'serve = "{serve}"\n' if serve is not None else ""
+    return f'\n[models.b]\npath = "{tiny_model}"\n{mode}'
+
+
 def test_reload_is_diff_aware_and_survives_a_bad_save(tiny_model: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "mlxlama.toml"
     manifest.write_text(_manifest(tiny_model), encoding="utf-8")
@@ -90,7 +96,7 @@ def test_reload_is_diff_aware_and_survives_a_bad_save(tiny_model: Path, tmp_path
         a_pid = _ready_pid(daemon, "a")
 
         # Adding a model and an alias: B answers, A is untouched.
-        with_b = f'\n[models.b]\npath = "{tiny_model}"\n\n[aliases]\nhelper = "b"\n'
+        with_b = _model_b(tiny_model) + '\n[aliases]\nhelper = "b"\n'
         _save(manifest, _manifest(tiny_model, extra=with_b))
         wait_for(lambda: "b" in daemon.health()["models"], 10, "model b to be routed")  # type: ignore[operator]
         answer = _chat(daemon, "helper")
@@ -194,7 +200,7 @@ def test_sigterm_stops_on_demand_servers_and_keeps_always_ones(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "mlxlama.toml"
-    extra = f'\n[models.b]\npath = "{tiny_model}"\nserve = "on-demand"\n'
+    extra = _model_b(tiny_model, serve="on-demand")
     manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
     with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
         always = _ready_pid(daemon, "a")
@@ -272,7 +278,7 @@ def test_records_of_dead_servers_are_dropped_on_start(
     tiny_model: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     manifest = tmp_path / "mlxlama.toml"
-    extra = f'\n[models.b]\npath = "{tiny_model}"\n'  # on-demand: nothing starts it
+    extra = _model_b(tiny_model)  # on-demand: nothing starts it
     manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
     dead = spawn(procs, SLEEP)
     stale = record_for(dead, name="b", model="b")
@@ -303,7 +309,7 @@ def test_a_server_started_meanwhile_by_apply_is_taken_over_or_replaced(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "mlxlama.toml"
-    extra = f'\n[models.b]\npath = "{tiny_model}"\n'  # on-demand
+    extra = _model_b(tiny_model)  # on-demand
     manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
     wanted = desired(
         load_manifest(manifest),
@@ -355,7 +361,7 @@ def test_a_removed_model_stays_in_health_until_its_server_has_stopped(
 ) -> None:
     """What `mlx-lama rm` waits on: the entry goes only once the process has."""
     manifest = tmp_path / "mlxlama.toml"
-    with_b = f'\n[models.b]\npath = "{tiny_model}"\nserve = "always"\n'
+    with_b = _model_b(tiny_model, serve="always")
     manifest.write_text(_manifest(tiny_model, extra=with_b), encoding="utf-8")
     with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
         _ready_pid(daemon, "a")
