@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from mlx_lama.gateway.ollama import (
     ModelDefaults,
     RequestError,
     StreamTranslator,
+    answer_limit,
     chat_request,
     created_at,
     generate_request,
@@ -54,12 +56,82 @@ def test_options_map_to_openai_fields_and_unknown_ones_are_ignored() -> None:
         }
     )  # fmt: skip
     assert fields == {
-        "temperature": 0.2, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "max_tokens": 64,
-        "stop": ["END"], "seed": 7, "repetition_penalty": 1.1, "presence_penalty": 0.5,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "top_k": 40,
+        "min_p": 0.05,
+        "stop": ["END"],
+        "seed": 7,
+        "repetition_penalty": 1.1,
+        "presence_penalty": 0.5,
         "frequency_penalty": 0.25,
-    }  # fmt: skip
-    assert options_to_fields({"num_predict": -1}) == {}
+    }  # fmt: skip  (num_predict and num_ctx are answer_limit's)
     assert options_to_fields(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "parameters", "context", "limit"),
+    [
+        ({}, {}, 2048, None),  # the engine's default
+        ({"num_predict": 64}, {}, 2048, 64),
+        ({"num_predict": 64}, {}, None, 64),
+        ({"num_predict": 5000}, {}, 2048, 2048),  # stops where the context is full
+        ({"num_predict": -1}, {}, 2048, 2048),
+        ({"num_predict": -2}, {}, 2048, 2048),
+        ({"num_predict": -1}, {}, None, 1_000_000),
+        ({"num_predict": -1, "num_ctx": 512}, {}, 2048, 512),
+        ({"num_predict": 900, "num_ctx": 512}, {}, 2048, 512),
+        ({"num_ctx": 512}, {}, 2048, None),
+        ({}, {"num_predict": 100}, 2048, 100),
+        ({}, {"num_predict": -1, "num_ctx": 4096}, 2048, 2048),  # the manifest's is capped
+        ({"num_predict": 7}, {"num_predict": 100}, 2048, 7),
+    ],
+)
+def test_num_predict_and_num_ctx_become_max_tokens(
+    options: dict[str, object],
+    parameters: dict[str, object],
+    context: int | None,
+    limit: int | None,
+) -> None:
+    assert answer_limit(options, parameters, context) == limit
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"num_predict": -5}, "invalid num_predict -5"),
+        ({"num_predict": 0}, "invalid num_predict 0"),
+        ({"num_predict": "10"}, 'invalid num_predict "10"'),
+        ({"num_predict": 1.5}, "invalid num_predict 1.5"),
+        ({"num_predict": True}, "invalid num_predict true"),
+        ({"num_ctx": 0}, "invalid num_ctx 0"),
+        ({"num_ctx": -1}, "invalid num_ctx -1"),
+        ({"num_ctx": 2**40}, "more than the model's context length of 2048"),
+        ({"num_ctx": "4k"}, 'invalid num_ctx "4k"'),
+    ],
+)
+def test_num_predict_and_num_ctx_ollama_does_not_define_are_refused(
+    options: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(RequestError, match=re.escape(problem)):
+        answer_limit(options, {}, 2048)
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        ({"role": "user", "content": {"a": 1}}, "content must be a string"),
+        ({"role": "user", "content": "hi", "images": "abc"}, "images must be a list"),
+        ({"role": "user", "content": "hi", "images": [1]}, "images must be a list"),
+        ({"role": "assistant", "content": "", "tool_calls": [{"x": 1}]}, "tool_calls must be"),
+        ({"role": "assistant", "content": "", "tool_calls": "f"}, "tool_calls must be"),
+    ],
+)
+def test_chat_messages_of_a_wrong_shape_are_refused(
+    message: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(RequestError, match=problem):
+        chat_request({"messages": [message]}, ModelDefaults(), None)
 
 
 def test_format_becomes_response_format() -> None:

@@ -110,11 +110,9 @@ def test_raw_stream_read_gives_the_body_as_it_comes_then_empty(
         assert pieces == body
 
 
-def test_a_failure_of_the_work_is_raised_as_itself_not_in_a_group() -> None:
-    """`until_disconnect` runs the work in a task group; what the work raises must
-    reach the caller by its own type, so `except UpstreamError` turns it into a 502."""
-    from mlx_lama.gateway.http import ApiError
-    from mlx_lama.gateway.inference import _guarded
+def test_a_failure_of_the_work_is_raised_as_itself() -> None:
+    """What the work raises reaches the caller by its own type, so `except
+    UpstreamError` turns it into a 502."""
     from mlx_lama.gateway.proxy import until_disconnect
 
     async def never_disconnects() -> dict[str, object]:
@@ -126,9 +124,32 @@ def test_a_failure_of_the_work_is_raised_as_itself_not_in_a_group() -> None:
 
     with pytest.raises(UpstreamError, match="mid-answer"):
         asyncio.run(until_disconnect(never_disconnects, fails))
-    with pytest.raises(ApiError) as caught:
-        asyncio.run(_guarded(never_disconnects, fails))
-    assert caught.value.status == 502 and "mid-answer" in str(caught.value)
+
+
+def test_a_disconnect_cancels_the_work_and_gives_none() -> None:
+    from mlx_lama.gateway.proxy import until_disconnect
+
+    cancelled = []
+
+    async def disconnects_soon() -> dict[str, object]:
+        await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+    async def waits() -> str:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return "answered"
+
+    async def scenario() -> tuple[object, bool]:
+        result = await until_disconnect(disconnects_soon, waits)
+        await asyncio.sleep(0)  # the caller's task goes on: not left cancelled
+        return result, asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    assert asyncio.run(scenario()) == (None, True)
+    assert cancelled == [True]
 
 
 def _dechunked(data: bytes, cuts: list[int]) -> tuple[bytes, bool]:

@@ -351,7 +351,7 @@ async def _health(request: Request) -> Response:
     # A model removed from the manifest stays listed ("removed") until its server stops.
     retiring = {n: s for n, s in scheduler.retiring.items() if n not in scheduler.slots}
     for name, slot in sorted({**retiring, **scheduler.slots}.items()):
-        state = "not downloaded" if slot.missing else slot.state
+        state = "not downloaded" if slot.missing else slot.shown_state
         entry: dict[str, Any] = {"state": state, "serve": slot.spec.serve, "in_flight": slot.refs}
         if name in retiring:
             entry["removed"] = True

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from mlx_lama.gateway.activity import Activity
-from mlx_lama.gateway.facts import model_folder, read_facts
+from mlx_lama.gateway.facts import model_folder, read_config, read_facts
 from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.remotes import RemoteSet
 from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
 from mlx_lama.gateway.spares import Spares
+from mlx_lama.gateway.validate import Limits
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folder
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
@@ -102,6 +103,7 @@ class Gateway:
         self.registry: Registry
         self._servers: dict[str, ServerSpec]
         self._resolved: dict[str, Route]  # resolve's answers for this manifest
+        self._limits: dict[str, Limits] = {}  # limits' answers for this manifest
         self.not_downloaded: frozenset[str]  # models whose files are not all in the cache
         self._apply(manifest, lock)
 
@@ -153,6 +155,7 @@ class Gateway:
         )
         self._servers = {s.name: s for s in self.desired.servers}
         self._resolved = {}
+        self._limits = {}
         self.remotes.configure(manifest.remotes)
         self.not_downloaded = self._not_downloaded()
         server = manifest.server
@@ -162,6 +165,7 @@ class Gateway:
             max_queue=self.scheduler.config.max_queue,
             ready_timeout=self.ready_timeout,
             manifest=str(self.manifest_path),
+            wedge_timeout=server.wedge_timeout.seconds,
         )
         return self.scheduler.configure(
             self.desired.servers,
@@ -311,6 +315,37 @@ class Gateway:
         from mlx_lama.backends.base import get_backend
 
         return get_backend(spec.engine).capabilities().embeddings
+
+    def limits(self, route: Route) -> Limits:
+        """What requests to ``route``'s model may ask of it (see ``validate.py``):
+        images only where the model has a vision tower and its engine takes
+        images; at most its context length of tokens. An external server's
+        model is not known here: it decides for itself."""
+        if route.kind == "external":
+            return Limits(vision=True)
+        known = self._limits.get(route.name)
+        if known is not None:
+            return known
+        spec = self._servers.get(route.name)
+        config = read_config(self.model_folder(route.name))
+        context = config.get("max_position_embeddings")
+        engine_vision = False
+        if spec is not None:
+            from mlx_lama.backends.base import get_backend
+
+            engine_vision = get_backend(spec.engine).capabilities().vision
+        model_vision = "vision_config" in config
+        if not model_vision:
+            hint = "use a vision model (its config.json has a vision_config)"
+        else:
+            hint = f'serve {route.name!r} with backend = "vllm-mlx", which takes images'
+        known = Limits(
+            vision=engine_vision and model_vision,
+            context=context if isinstance(context, int) and context > 0 else None,
+            vision_hint=hint,
+        )
+        self._limits[route.name] = known
+        return known
 
     def server_spec(self, name: str) -> ServerSpec | None:
         return self._servers.get(name)

@@ -41,11 +41,19 @@ def read_facts(folder: Path | None, locked: LockedModel | None) -> ModelFacts:
         size=size,
         modified=_mtime(folder),
         commit=commit,
-        config=_read_json(folder / "config.json", _mtime(folder / "config.json")),
+        config=read_config(folder),
         tokenizer_config=_read_json(
             folder / "tokenizer_config.json", _mtime(folder / "tokenizer_config.json")
         ),
     )
+
+
+def read_config(folder: Path | None) -> dict[str, Any]:
+    """The model's ``config.json`` in ``folder`` ({} without one)."""
+    if folder is None:
+        return {}
+    path = folder / "config.json"
+    return _read_json(path, _mtime(path))
 
 
 def _mtime(path: Path) -> float:

@@ -17,33 +17,33 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from mlx_lama.gateway import forward, ollama
+from mlx_lama.gateway import forward, ollama, validate
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
-from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling, read_json
+from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, post_stream
+from mlx_lama.gateway.http import ApiError, JsonObject, read_json
 from mlx_lama.gateway.proxy import (
-    CONNECT_TIMEOUT,
     EARLY_END,
     ProxyStream,
     RawStream,
     UpstreamError,
-    backend_body,
     describe,
-    open_upstream,
     until_disconnect,
 )
 from mlx_lama.gateway.push import PushedStream
-from mlx_lama.gateway.scheduler import Lease, SchedulerError
 from mlx_lama.gateway.sse import SseBody, SseEvents, SseRelay, error_event, sse_events
 from mlx_lama.schema.units import Duration
 
 NDJSON = "application/x-ndjson"
+# Pauses before trying again a connection refused by a live server (its listen
+# queue was full): the first retry is at once, all of them within half a second.
+REFUSED_RETRY_PAUSES = (0.0, 0.02, 0.05, 0.1, 0.3)
 SSE = "text/event-stream"
 
 
@@ -79,6 +79,23 @@ def counted(handler: Handler) -> Handler:
             seconds = time.monotonic() - call.started
             call.gateway.finished(call.model, call.path, error.status, seconds)
             raise
+
+    return run
+
+
+def attended(handler: Handler) -> Handler:
+    """``handler``, cancelled the moment its client disconnects (answered 499): a
+    client that leaves while its request waits for a start, a turn or a whole
+    answer frees its place at once, its engine request is closed, and it is
+    never sent again to a restarted server."""
+
+    async def run(call: Call) -> Response:
+        response = await until_disconnect(call.receive, lambda: handler(call))
+        if response is not None:
+            return response
+        if call.model:
+            call.gateway.finished(call.model, call.path, 499, time.monotonic() - call.started)
+        return Response(status_code=499)
 
     return run
 
@@ -122,101 +139,6 @@ def resolve(gateway: Gateway, name: object) -> Route:
         raise ApiError(404, str(error)) from None
 
 
-@dataclass(slots=True)
-class Target:
-    """Where one request goes: a leased server, or an external one."""
-
-    base_url: str
-    served_model: str | None
-    lease: Lease | None
-    waited: float
-
-    def release(self) -> None:
-        if self.lease is not None:
-            self.lease.release()
-
-
-async def acquire(gateway: Gateway, route: Route, keep_alive: Duration | None) -> Target:
-    if route.kind == "external":
-        return Target(str(route.url), route.name, None, 0.0)
-    if route.kind == "never":
-        raise ApiError(
-            400,
-            f"model '{route.name}' is not served (serve = \"never\" in mlxlama.toml); "
-            'set serve = "on-demand" to use it',
-        )
-    try:
-        lease = await gateway.scheduler.acquire(route.name, keep_alive)
-    except SchedulerError as error:
-        raise ApiError(error.status, str(error)) from None
-    return Target(lease.base_url, lease.served_model, lease, lease.waited)
-
-
-Upstream = TypeVar("Upstream")
-
-
-async def _leased(
-    gateway: Gateway,
-    route: Route,
-    keep_alive: Duration | None,
-    open_on: Callable[[Target], Awaitable[Upstream]],
-) -> tuple[Target, Upstream]:
-    """Lease the model's server and open a request on it. When the server answered
-    nothing and its process turns out to be gone, it is restarted (see
-    :meth:`Scheduler.lost`) and the request sent once more."""
-    for attempt in (1, 2):
-        target = await acquire(gateway, route, keep_alive)
-        try:
-            response = await open_on(target)
-        except UpstreamError as error:
-            target.release()
-            lease = target.lease
-            retry = attempt == 1 and error.connect and lease is not None
-            if retry and lease is not None and await gateway.scheduler.lost(lease.slot):
-                continue
-            raise ApiError(error.status, str(error)) from None
-        except BaseException:
-            target.release()
-            raise
-        return target, response
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def post(
-    gateway: Gateway, route: Route, path: str, body: JsonObject, keep_alive: Duration | None
-) -> tuple[Target, httpx.Response]:
-    """POST ``body`` to ``path`` on the model's server (whole answers)."""
-    client = gateway.client
-    assert client is not None
-
-    async def open_on(target: Target) -> httpx.Response:
-        payload = backend_body(body, target.served_model)
-        return await open_upstream(client, target.base_url + path, payload)
-
-    return await _leased(gateway, route, keep_alive, open_on)
-
-
-async def post_stream(
-    gateway: Gateway, route: Route, path: str, body: JsonObject, keep_alive: Duration | None
-) -> tuple[Target, RawStream | httpx.Response]:
-    """POST ``body`` to ``path`` for a token stream: read off the socket directly for
-    plain-HTTP servers (all the engines mlx-lama starts), through httpx otherwise."""
-    client = gateway.client
-    assert client is not None
-
-    async def open_on(target: Target) -> RawStream | httpx.Response:
-        payload = backend_body(body, target.served_model)
-        if target.base_url.startswith("http://"):
-            # Connections made ahead only to the servers mlx-lama runs (see spares.py).
-            spares = gateway.spares if target.lease is not None else None
-            return await RawStream.open(
-                target.base_url + path, payload, connect_timeout=CONNECT_TIMEOUT, spares=spares
-            )
-        return await open_upstream(client, target.base_url + path, payload)
-
-    return await _leased(gateway, route, keep_alive, open_on)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -226,12 +148,14 @@ def _now() -> datetime:
 
 @counted
 @routed
+@attended
 async def chat(call: Call) -> Response:
     return await _ollama_run(call, "chat")
 
 
 @counted
 @routed
+@attended
 async def generate(call: Call) -> Response:
     return await _ollama_run(call, "generate")
 
@@ -241,21 +165,23 @@ async def _ollama_run(call: Call, kind: str) -> Response:
     route = resolve(gateway, body.get("model"))
     call.model = route.name
     name = str(body["model"])
+    limits = gateway.limits(route)
     try:
         keep_alive = ollama.parse_keep_alive(body.get("keep_alive"))
         if kind == "chat":
             empty = not body.get("messages")
             path = "/v1/chat/completions"
             if not empty:
-                openai = ollama.chat_request(body, route.defaults, None)
+                openai = ollama.chat_request(body, route.defaults, None, limits.context)
         else:
             empty = not body.get("prompt") and not body.get("images")
             if not empty:
-                path, openai = ollama.generate_request(body, route.defaults, None)
+                path, openai = ollama.generate_request(body, route.defaults, None, limits.context)
     except ollama.RequestError as error:
         raise ApiError(400, str(error)) from None
     if empty:
         return await _load_only(gateway, route, name, kind, keep_alive, started)
+    openai = validate.openai_body(path, openai, limits)
     return await _ollama_answer(call, (route, name, kind), path, openai, keep_alive)
 
 
@@ -268,15 +194,33 @@ async def _ollama_answer(
 ) -> Response:
     gateway, started = call.gateway, call.started
     route, name, kind = what
-    check_sampling(openai)
     stream = openai["stream"]
     openai["stream"] = True  # always stream from the backend: usage and cancellation
     openai["stream_options"] = {"include_usage": True}
-    target, upstream = await post_stream(gateway, route, path, openai, keep_alive)
-    translator = ollama.StreamTranslator(
-        model=name, kind=kind, started=started, loaded=started + target.waited
-    )
     endpoint = f"/api/{kind}"
+
+    def translator_for(target: Target) -> ollama.StreamTranslator:
+        return ollama.StreamTranslator(
+            model=name, kind=kind, started=started, loaded=started + target.waited
+        )
+
+    if not stream:
+        translators: list[ollama.StreamTranslator] = []  # one per attempt
+
+        async def collect(target: Target, upstream: RawStream | httpx.Response) -> JsonObject:
+            translators.append(translator := translator_for(target))
+            parts = []
+            async for event in sse_events(upstream):
+                parts += translator.feed(event, time.monotonic(), _now())
+            parts.append(translator.finish(time.monotonic(), _now()))
+            return ollama.merge_stream(parts, kind)
+
+        _target, merged = await post_stream(gateway, route, (path, openai), keep_alive, collect)
+        _record(gateway, route.name, endpoint, 200, started, translators[-1])
+        return JSONResponse(merged)
+
+    target, upstream = await open_stream(gateway, route, (path, openai), keep_alive)
+    translator = translator_for(target)
 
     async def chunks() -> AsyncIterator[JsonObject]:
         async for event in sse_events(upstream):
@@ -287,49 +231,32 @@ async def _ollama_answer(
     def record(status: int) -> None:
         _record(gateway, route.name, endpoint, status, started, translator)
 
-    if stream:
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks():
+                yield ollama.ndjson_line(chunk)
+        except (UpstreamError, httpx.HTTPError) as error:
+            yield ollama.ndjson_line({"error": describe(error)})
 
-        async def lines() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in chunks():
-                    yield ollama.ndjson_line(chunk)
-            except (UpstreamError, httpx.HTTPError) as error:
-                yield ollama.ndjson_line({"error": describe(error)})
+    async def close() -> None:
+        # Counted before the upstream close, which takes a turn of the event loop:
+        # a client that sends its next request on seeing the end finds this one counted.
+        try:
+            target.release()
+            record(200)
+        finally:
+            await upstream.aclose()
 
-        async def close() -> None:
-            # Counted before the upstream close, which takes a turn of the event loop:
-            # a client that sends its next request on seeing the end finds this one counted.
-            try:
-                target.release()
-                record(200)
-            finally:
-                await upstream.aclose()
-
-        if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
-            body = _NdjsonBody(upstream, translator)
-            return PushedStream(
-                upstream,
-                body,
-                media_type=NDJSON,
-                on_close=close,
-                flush_interval=_flush_interval(gateway),
-            )
-        return ProxyStream(lines(), media_type=NDJSON, on_close=close)
-
-    async def collect() -> JsonObject:
-        parts = [chunk async for chunk in chunks()]
-        return ollama.merge_stream(parts, kind)
-
-    try:
-        merged = await _guarded(call.receive, collect)
-    finally:
-        await upstream.aclose()
-        target.release()
-    if merged is None:
-        record(499)
-        return Response(status_code=499)
-    record(200)
-    return JSONResponse(merged)
+    if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
+        body = _NdjsonBody(upstream, translator)
+        return PushedStream(
+            upstream,
+            body,
+            media_type=NDJSON,
+            on_close=close,
+            flush_interval=_flush_interval(gateway),
+        )
+    return ProxyStream(lines(), media_type=NDJSON, on_close=close)
 
 
 class _NdjsonBody:
@@ -366,16 +293,6 @@ class _NdjsonBody:
         if self._events.failure is not None:
             return lines + self.fail(describe(self._events.failure))
         return lines
-
-
-async def _guarded(
-    receive: Receive, work: Callable[[], Awaitable[JsonObject]]
-) -> JsonObject | None:
-    """``work`` cancelled if the client leaves; upstream failures become 502."""
-    try:
-        return await until_disconnect(receive, work)
-    except (UpstreamError, httpx.HTTPError) as error:
-        raise ApiError(502, describe(error)) from None
 
 
 def _record(
@@ -432,12 +349,14 @@ async def _load_only(
 
 @counted
 @routed
+@attended
 async def embed(call: Call) -> Response:
     return await _ollama_embed(call, legacy=False)
 
 
 @counted
 @routed
+@attended
 async def embeddings(call: Call) -> Response:
     return await _ollama_embed(call, legacy=True)
 
@@ -464,11 +383,9 @@ async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
     upstream_body: JsonObject = {"input": inputs}
     if body.get("dimensions") is not None:
         upstream_body["dimensions"] = body["dimensions"]
-    target, data = await _whole_answer(
-        call.receive, gateway, route, ("/v1/embeddings", upstream_body), keep_alive
+    target, data = await post(
+        gateway, route, ("/v1/embeddings", upstream_body), keep_alive, _json_of
     )
-    if data is None:
-        return Response(status_code=499)
     vectors = [item.get("embedding") for item in sorted(data.get("data") or [], key=_index)]
     gateway.finished(route.name, call.path, 200, time.monotonic() - started)
     if legacy:
@@ -485,29 +402,11 @@ async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
     )
 
 
-async def _whole_answer(
-    receive: Receive,
-    gateway: Gateway,
-    route: Route,
-    call: tuple[str, JsonObject],  # path and body
-    keep_alive: Duration | None,
-) -> tuple[Target, JsonObject | None]:
-    """A non-streamed backend answer as JSON (None: the client left, and the backend
-    request was cancelled). The lease is released before this returns."""
-    path, body = call
-    target, upstream = await post(gateway, route, path, body, keep_alive)
-    try:
-        return target, await _guarded(receive, lambda: _json_of(upstream))
-    finally:
-        await upstream.aclose()
-        target.release()
-
-
 def _index(item: Any) -> int:
     return int(item.get("index", 0)) if isinstance(item, dict) else 0
 
 
-async def _json_of(response: httpx.Response) -> JsonObject:
+async def _json_of(_target: Target, response: httpx.Response) -> JsonObject:
     try:
         data = json.loads(await response.aread())
     except ValueError:
@@ -522,6 +421,7 @@ async def _json_of(response: httpx.Response) -> JsonObject:
 
 @counted
 @routed
+@attended
 async def openai(call: Call) -> Response:
     gateway, path, body, started = call.gateway, call.path, call.body, call.started
     route = resolve(gateway, body.get("model"))
@@ -529,12 +429,10 @@ async def openai(call: Call) -> Response:
     name = str(body["model"])
     if path == "/v1/embeddings" and not gateway.embeddings_capable(route):
         raise ApiError(400, f"model '{name}' does not support embeddings")
-    check_sampling(body)
+    body = validate.openai_body(path, body, gateway.limits(route))
     if body.get("stream") is True:
         return await _openai_stream(gateway, route, name, path, body, started)
-    _target, data = await _whole_answer(call.receive, gateway, route, (path, body), None)
-    if data is None:
-        return Response(status_code=499)
+    _target, data = await post(gateway, route, (path, body), None, _json_of)
     if "model" in data:
         data["model"] = name
     gateway.finished(route.name, path, 200, time.monotonic() - started, tokens=_usage(data))
@@ -544,7 +442,7 @@ async def openai(call: Call) -> Response:
 async def _openai_stream(
     gateway: Gateway, route: Route, name: str, path: str, body: JsonObject, started: float
 ) -> Response:
-    target, upstream = await post_stream(gateway, route, path, body, None)
+    target, upstream = await open_stream(gateway, route, (path, body), None)
     relay = SseRelay(name)
 
     async def events() -> AsyncIterator[bytes]:

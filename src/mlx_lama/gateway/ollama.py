@@ -16,7 +16,7 @@ import json.encoder
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from mlx_lama.schema.units import Duration
 
@@ -35,6 +35,7 @@ OPTION_FIELDS: Mapping[str, str] = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
+UNBOUNDED_ANSWER = 1_000_000  # max_tokens for "no limit" when the context length is not known
 _FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop"}
 
 
@@ -67,18 +68,64 @@ def parse_keep_alive(value: object) -> Duration | None:
 def options_to_fields(options: Mapping[str, object] | None) -> JsonObject:
     """Known Ollama options as OpenAI request fields; unknown ones are ignored, as Ollama does.
 
-    ``num_predict`` counts only when positive (-1 and -2 mean "no limit").
-    A single ``stop`` string becomes a list.
+    ``num_predict`` and ``num_ctx`` are :func:`answer_limit`'s. A single ``stop``
+    string becomes a list.
     """
     fields: JsonObject = {}
     for option, value in (options or {}).items():
         name = OPTION_FIELDS.get(option)
-        if name is None or value is None:
-            continue
-        if option == "num_predict" and (not isinstance(value, int) or value <= 0):
+        if name is None or value is None or option == "num_predict":
             continue
         fields[name] = [value] if option == "stop" and isinstance(value, str) else value
     return fields
+
+
+def answer_limit(
+    options: Mapping[str, object] | None,
+    parameters: Mapping[str, object],
+    context: int | None,
+) -> int | None:
+    """``max_tokens`` for Ollama's ``num_predict`` and ``num_ctx`` (the request's
+    ``options`` over the manifest's ``parameters``), None to leave the engine's
+    default. ``num_predict`` -1 (until the context is full) and -2 (fill the
+    context) become the context: ``num_ctx`` when given, else the model's
+    ``context`` length. A positive ``num_predict`` is capped to it too (the
+    answer stops where the context is full). ``num_ctx`` cannot resize the
+    engine's cache per request: it bounds the answer, and one above the model's
+    context length is refused. RequestError for values Ollama does not define."""
+    options = options or {}
+    window = context
+    asked = options.get("num_ctx")
+    if asked is not None:
+        if not _is_int(asked) or asked < 1:
+            raise RequestError(
+                f"invalid num_ctx {json.dumps(asked)}: use a positive number of tokens"
+            )
+        if context is not None and asked > context:
+            raise RequestError(
+                f"num_ctx {asked} is more than the model's context length of {context} tokens; "
+                f"use at most {context}"
+            )
+        window = asked
+    elif _is_int(manifest_ctx := parameters.get("num_ctx")):
+        window = min(manifest_ctx, context) if context is not None else manifest_ctx
+    predict = options.get("num_predict")
+    if predict is None:
+        predict = parameters.get("num_predict")
+    elif not _is_int(predict) or predict == 0 or predict < -2:
+        raise RequestError(
+            f"invalid num_predict {json.dumps(predict)}: use a positive number of tokens, "
+            "-1 (until the context is full) or -2 (fill the context)"
+        )
+    if not _is_int(predict):
+        return None
+    if predict < 0:
+        return window if window is not None else UNBOUNDED_ANSWER
+    return min(predict, window) if window is not None else predict
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def response_format(fmt: object) -> JsonObject | None:
@@ -93,7 +140,10 @@ def response_format(fmt: object) -> JsonObject | None:
 
 
 def chat_request(
-    body: Mapping[str, Any], defaults: ModelDefaults, served_model: str | None
+    body: Mapping[str, Any],
+    defaults: ModelDefaults,
+    served_model: str | None,
+    context: int | None = None,
 ) -> JsonObject:
     """An Ollama ``/api/chat`` body as an OpenAI chat-completions body.
 
@@ -106,11 +156,14 @@ def chat_request(
     seeded = [dict(m) for m in defaults.messages]
     at = 1 if messages and messages[0]["role"] == "system" else 0
     messages[at:at] = seeded
-    return _openai_body(body, defaults, served_model, {"messages": messages})
+    return _openai_body(body, defaults, (served_model, context), {"messages": messages})
 
 
 def generate_request(
-    body: Mapping[str, Any], defaults: ModelDefaults, served_model: str | None
+    body: Mapping[str, Any],
+    defaults: ModelDefaults,
+    served_model: str | None,
+    context: int | None = None,
 ) -> tuple[str, JsonObject]:
     """An Ollama ``/api/generate`` body as (OpenAI endpoint path, body).
 
@@ -126,7 +179,7 @@ def generate_request(
         extra: JsonObject = {"prompt": prompt}
         if body.get("suffix"):
             extra["suffix"] = body["suffix"]
-        return "/v1/completions", _openai_body(body, defaults, served_model, extra)
+        return "/v1/completions", _openai_body(body, defaults, (served_model, context), extra)
     system = body.get("system") or defaults.system
     messages: list[JsonObject] = []
     if system:
@@ -137,13 +190,17 @@ def generate_request(
         user = _message({"role": "user", "content": prompt, "images": body["images"]})
     messages.append(user)
     return "/v1/chat/completions", _openai_body(
-        body, defaults, served_model, {"messages": messages}
+        body, defaults, (served_model, context), {"messages": messages}
     )
 
 
 def _openai_body(
-    body: Mapping[str, Any], defaults: ModelDefaults, served_model: str | None, payload: JsonObject
+    body: Mapping[str, Any],
+    defaults: ModelDefaults,
+    model: tuple[str | None, int | None],  # the served model's name and context length
+    payload: JsonObject,
 ) -> JsonObject:
+    served_model, context = model
     request: JsonObject = {}
     if served_model is not None:
         request["model"] = served_model
@@ -153,6 +210,9 @@ def _openai_body(
         raise RequestError("options must be an object")
     request.update(options_to_fields(dict(defaults.parameters)))
     request.update(options_to_fields(options))
+    limit = answer_limit(options, defaults.parameters, context)
+    if limit is not None:
+        request["max_tokens"] = limit
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
         raise RequestError("stream must be true or false")
@@ -184,8 +244,14 @@ def _message(message: object) -> JsonObject:
     if role not in ("system", "user", "assistant", "tool"):
         raise RequestError(f"invalid message role {message.get('role')!r}")
     content = message.get("content") or ""
+    if not isinstance(content, str):
+        raise RequestError("message content must be a string (images go in images)")
     out: JsonObject = {"role": role, "content": content}
     images = message.get("images")
+    if images is not None and (
+        not isinstance(images, list) or not all(isinstance(i, str) for i in images)
+    ):
+        raise RequestError("images must be a list of base64-encoded images")
     if images:
         parts: list[JsonObject] = [{"type": "text", "text": content}] if content else []
         parts += [
@@ -194,6 +260,10 @@ def _message(message: object) -> JsonObject:
         ]
         out["content"] = parts
     calls = message.get("tool_calls")
+    if calls is not None and not _tool_calls(calls):
+        raise RequestError(
+            'tool_calls must be a list of {"function": {"name": ..., "arguments": {...}}}'
+        )
     if calls:
         out["tool_calls"] = [
             {
@@ -201,7 +271,7 @@ def _message(message: object) -> JsonObject:
                 "type": "function",
                 "function": {
                     "name": call["function"]["name"],
-                    "arguments": json.dumps(call["function"].get("arguments", {})),
+                    "arguments": _arguments_text(call["function"].get("arguments", {})),
                 },
             }
             for index, call in enumerate(calls)
@@ -212,6 +282,23 @@ def _message(message: object) -> JsonObject:
         if message.get("tool_name"):
             out["name"] = message["tool_name"]
     return out
+
+
+def _arguments_text(arguments: object) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def _tool_calls(calls: object) -> bool:
+    """Is ``calls`` a list of Ollama tool calls (each a function with a name)?"""
+    if not isinstance(calls, list):
+        return False
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return False
+        if not isinstance(function.get("arguments", {}), dict | str):
+            return False
+    return True
 
 
 def created_at(moment: datetime) -> str:

@@ -207,38 +207,29 @@ async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -
     """Run ``work`` unless the client goes away first (then cancel it: None).
 
     Call only after the request body was read: the next ASGI message is then
-    the disconnect. What ``work`` raises is raised as itself, not in an
-    exception group.
+    the disconnect. One plain task watches for it (as ``ProxyStream`` does), and
+    what ``work`` raises is raised as itself.
     """
-    result: list[T] = []
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        async with anyio.create_task_group() as group:
-
-            async def watch() -> None:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        group.cancel_scope.cancel()
-                        return
-
-            async def run() -> None:
-                result.append(await work())
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch)
-            group.start_soon(run)
-    except BaseExceptionGroup as failed:
-        # The task group wraps what ``work`` raised; callers catch it by its own type.
-        error = _first_error(failed)
-        raise error from error.__cause__
-    return result[0] if result else None
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+        return await work()
+    except asyncio.CancelledError:
+        if not gone or task.uncancel() > 0:  # cancelled from elsewhere too
+            raise
+        return None
+    finally:
+        watcher.cancel()
 
 
 @functools.lru_cache(maxsize=64)

@@ -43,9 +43,10 @@ import psutil
 
 from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError
+from mlx_lama.gateway.watchdog import Watchdog
 from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
-from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE
+from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE, DEFAULT_WEDGE_TIMEOUT
 from mlx_lama.schema.units import Duration
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ MEMORY_MARGIN = 256 * 2**20  # runtime, KV cache and activations beyond the weig
 WEIGHT_FACTOR = 1.1
 _WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf", ".bin")
 _TICK = 0.25  # s between looks at every server (expiry, crashes, due starts)
-_DYING_GRACE = 2.0  # s a server that refused a connection gets to show it has exited
 _FOREVER_SECONDS = 292 * 365 * 86400  # what Ollama shows for "never expires" (MaxInt64 ns)
 FIRST_BACKOFF = 1.0  # s; doubles with every failure in the window
 MAX_BACKOFF = 60.0
@@ -140,6 +140,7 @@ class Slot:
     missing: bool = False  # its model is not (completely) in the cache yet
     crashes: int = 0  # times its server died or hung while serving, since the gateway started
     gate: asyncio.Semaphore | None = None  # for engines that take a few requests at once
+    leases: set[Lease] = field(default_factory=set)  # the requests its server is working on
 
     @property
     def name(self) -> str:
@@ -156,6 +157,11 @@ class Slot:
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+    @property
+    def shown_state(self) -> str:
+        """The state to show: "restarting" from the moment a crash or wedge is seen."""
+        return "restarting" if self.state == "stopping" and self.restart_pending else self.state
 
     def duration(self) -> Duration:
         return self.session if self.session is not None else self.keep_alive
@@ -177,7 +183,19 @@ class Changes:
     replaced: tuple[Slot, ...] = ()  # new slots taking over from a running server (``replaces``)
 
 
-@dataclass(slots=True)
+LossKind = Literal["crashed", "wedged", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """How a request's server went away under it: it ``crashed`` (died, or failed a
+    probe), the watchdog found it ``wedged``, or it was ``stopped`` on purpose."""
+
+    kind: LossKind
+    why: str
+
+
+@dataclass(slots=True, eq=False)
 class Lease:
     """A request's hold on a ready server; :meth:`release` exactly once when done."""
 
@@ -186,6 +204,8 @@ class Lease:
     _scheduler: Scheduler
     _gate: asyncio.Semaphore | None = None  # held for the request, when the engine has one
     _released: bool = field(default=False)
+    suspect: bool = False  # the request was in flight at an earlier death of this model's server
+    loss: Loss | None = None  # set when its server died or was restarted under it
 
     @property
     def base_url(self) -> str:
@@ -198,6 +218,7 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self.slot.leases.discard(self)
             if self._gate is not None:
                 self._gate.release()
             self._scheduler._release(self.slot)
@@ -210,6 +231,7 @@ class SchedulerConfig:
     max_queue: int = DEFAULT_MAX_QUEUE
     ready_timeout: float | None = None  # None: the engine's default
     manifest: str = ""
+    wedge_timeout: float = DEFAULT_WEDGE_TIMEOUT.seconds  # s with no progress; 0: no watchdog
 
 
 class Scheduler:
@@ -225,6 +247,8 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._idle = asyncio.Event()  # set whenever a request releases a server
         self._reaper: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.watchdog = Watchdog()
         self._tasks: set[asyncio.Task[object]] = set()
         self.on_load: Callable[[str, float, bool], None] | None = None
 
@@ -314,8 +338,12 @@ class Scheduler:
 
     # -- the request path
 
-    async def acquire(self, name: str, keep_alive: Duration | None = None) -> Lease:
-        """Wait until ``name``'s server is ready and hold it. Raises SchedulerError."""
+    async def acquire(
+        self, name: str, keep_alive: Duration | None = None, *, suspect: bool = False
+    ) -> Lease:
+        """Wait until ``name``'s server is ready and hold it. Raises SchedulerError.
+        ``suspect``: the request was in flight when this model's server died before
+        (a crash with it in flight again is blamed on it, see :meth:`crashed`)."""
         began = time.monotonic()
         slot = self.slots.get(name)
         if slot is None:
@@ -357,7 +385,11 @@ class Scheduler:
             except BaseException:  # the client left while waiting its turn
                 self._release(slot)
                 raise
-        return Lease(slot=slot, waited=time.monotonic() - began, _scheduler=self, _gate=gate)
+        lease = Lease(
+            slot=slot, waited=time.monotonic() - began, _scheduler=self, _gate=gate, suspect=suspect
+        )
+        slot.leases.add(lease)
+        return lease
 
     def _release(self, slot: Slot) -> None:
         slot.refs = max(0, slot.refs - 1)
@@ -371,12 +403,16 @@ class Scheduler:
         self._idle.set()
 
     async def unload(self, name: str, *, reason: str = "unloaded") -> bool:
-        """Stop ``name``'s server now if it is loaded and idle (``keep_alive: 0``).
-
-        ``always`` servers are the reconciler's and stay. Returns whether it stopped.
-        """
+        """Stop ``name``'s server (``keep_alive: 0``): now when it is idle; when it has
+        requests in flight, once they end or after ``DRAIN_TIMEOUT`` (in the
+        background: a wedged request never keeps it running). ``always`` servers
+        are the reconciler's and stay. Returns whether it stopped now."""
         slot = self.slots.get(name)
-        if slot is None or slot.always or slot.state != "ready" or slot.refs:
+        if slot is None or slot.always or slot.state != "ready":
+            return False
+        if slot.refs:
+            slot.unload_after = True
+            self._spawn(self._retire(slot, reason))
             return False
         await self._stop(slot, reason)
         return True
@@ -585,6 +621,7 @@ class Scheduler:
     async def _stop(self, slot: Slot, reason: str) -> None:
         record = slot.record
         slot.state = "stopping"
+        _lose_leases(slot, Loss("stopped", reason))
         try:
             if record is not None:
                 log.info("stopping %r (pid %d): %s", slot.name, record.pid, reason)
@@ -621,17 +658,24 @@ class Scheduler:
 
     # -- failures: crashes, lost connections
 
-    async def crashed(self, slot: Slot, why: str) -> None:
-        """``slot``'s server exited or stopped answering: stop what is left of it and
-        start it again after the backoff (or give up, see :meth:`Slot.note_failure`).
-        Requests arriving meanwhile wait for the restart."""
+    async def crashed(self, slot: Slot, why: str, *, wedged: bool = False) -> None:
+        """``slot``'s server exited, stopped answering or is ``wedged``: stop what is
+        left of it and start it again after the backoff (or give up, see
+        :meth:`Slot.note_failure`). The requests in flight learn why (``Lease.loss``);
+        requests arriving meanwhile wait for the restart. A crash with a request
+        in flight that was in flight at an earlier one too is blamed on that
+        request (which is refused, see ``engine_calls.py``), not counted
+        toward giving up."""
         record = slot.record
         if record is None or slot.state != "ready":
             return
         log.warning("server %r (pid %d) %s", slot.name, record.pid, why)
+        in_flight = _lose_leases(slot, Loss("wedged" if wedged else "crashed", why))
+        blamed = any(lease.suspect for lease in in_flight)
         slot.crashes += 1
         slot.state = "stopping"
-        backoff = None
+        slot.restart_pending = True
+        backoff: float | None = 0.0
         try:
             await asyncio.to_thread(process.stop_server, record)  # a hung one is killed
         except MlxLamaError as error:
@@ -639,20 +683,29 @@ class Scheduler:
         finally:
             slot.record = None
             slot.session = None
-            slot.restart_pending = True
-            backoff = self._failed_start(slot, why)
+            if blamed:  # restart at once, uncounted: the request is refused, not retried
+                slot.error, slot.state, slot.retry_at = why, "restarting", 0.0
+            else:
+                backoff = self._failed_start(slot, why)
             self._idle.set()
+        if blamed:
+            log.warning(
+                "not counting this crash of %r: a request in flight at its last crash was "
+                "in flight again (it is refused)",
+                slot.name,
+            )
         if backoff is not None:
             log.info("restarting %r in %gs", slot.name, backoff)
 
-    async def lost(self, slot: Slot) -> bool:
-        """The proxy could not connect to ``slot``'s server. If its process is gone,
-        treat it as a crash (the caller's retry waits for the restart) and return True."""
+    async def lost(self, slot: Slot, grace: float = 0.0) -> bool:
+        """The proxy lost its connection to ``slot``'s server. If its process is gone
+        (within ``grace`` s: one killed a moment ago may still be tearing down),
+        treat it as a crash (the caller's retry waits for the restart) and return
+        True; False while it runs."""
         record = slot.record
         if record is None:
             return True
-        # A process killed a moment ago may still be tearing down: give it a little while.
-        deadline = time.monotonic() + _DYING_GRACE
+        deadline = time.monotonic() + grace
         while (gone := await asyncio.to_thread(process.exited, record)) is None:
             if time.monotonic() >= deadline:
                 return False
@@ -663,7 +716,23 @@ class Scheduler:
     # -- background: expiry, crash detection, pending starts, shutdown
 
     def start(self) -> None:
-        self._reaper = asyncio.get_running_loop().create_task(self._tick())
+        loop = asyncio.get_running_loop()
+        self._reaper = loop.create_task(self._tick())
+        self._watcher = loop.create_task(self._watch_wedges())
+
+    async def _watch_wedges(self) -> None:
+        """Restart servers that stop making progress with requests in flight
+        (see ``watchdog.py``); apart from ``_tick``, whose looks a probe would hold up."""
+        while True:
+            await asyncio.sleep(_TICK)
+            for slot in list(self.slots.values()):
+                if slot.state != "ready":
+                    self.watchdog.forget(slot.name)
+                    continue
+                timeout = self.config.wedge_timeout
+                why = await self.watchdog.wedged(slot, timeout, time.monotonic())
+                if why is not None and slot.state == "ready":
+                    await self.crashed(slot, why, wedged=True)
 
     async def _tick(self) -> None:
         while True:
@@ -708,9 +777,10 @@ class Scheduler:
         for the next ``serve`` or ``apply`` to adopt). Backoff waits and drains are
         cut short; a start in progress is finished first, so that its server is
         stopped rather than left behind."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await _quietly(self._reaper)
+        for background in (self._reaper, self._watcher):
+            if background is not None:
+                background.cancel()
+                await _quietly(background)
         waiting: list[asyncio.Task[Any]] = list(self._tasks)
         for slot in self.slots.values():
             if slot.loading is not None:
@@ -766,6 +836,16 @@ def _refuse_unavailable(slot: Slot) -> None:
             status=503,
             hint="see `mlx-lama ps` and the server's log; saving the manifest retries it",
         )
+
+
+def _lose_leases(slot: Slot, loss: Loss) -> list[Lease]:
+    """Tell the requests in flight on ``slot``'s server that it is going (``loss``);
+    they are no longer its work. Returns them."""
+    in_flight = list(slot.leases)
+    slot.leases.clear()
+    for lease in in_flight:
+        lease.loss = loss
+    return in_flight
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -25,6 +25,8 @@ BUILTIN_BACKENDS: tuple[str, ...] = get_args(BackendType)
 DEFAULT_KEEP_ALIVE = Duration(300.0)
 DEFAULT_FLUSH_INTERVAL = Duration(0.003)
 MAX_FLUSH_INTERVAL = Duration(1.0)
+DEFAULT_WEDGE_TIMEOUT = Duration(60.0)
+MIN_WEDGE_TIMEOUT = Duration(1.0)
 DEFAULT_MEMORY_BUDGET = Size(percent=75.0)
 
 
@@ -76,12 +78,14 @@ class ServerSection:
     api_key: str | None = None
     origins: list[str] = field(default_factory=list)
     flush_interval: Duration = DEFAULT_FLUSH_INTERVAL
+    wedge_timeout: Duration = DEFAULT_WEDGE_TIMEOUT
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> ServerSection:
         values = dict(data)
         values["keep_alive"] = Duration.parse(values["keep_alive"])
         values["flush_interval"] = Duration.parse(values["flush_interval"])
+        values["wedge_timeout"] = Duration.parse(values["wedge_timeout"])
         values["memory_budget"] = Size.parse(values["memory_budget"])
         return cls(**values)
 

@@ -9,6 +9,7 @@ dataclasses in ``manifest.py``. Checks that span entries live in
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -18,7 +19,9 @@ from mlx_lama.schema.manifest import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_KEEP_ALIVE,
     DEFAULT_MEMORY_BUDGET,
+    DEFAULT_WEDGE_TIMEOUT,
     MAX_FLUSH_INTERVAL,
+    MIN_WEDGE_TIMEOUT,
     BackendType,
     DistributedBackend,
     FilesMode,
@@ -40,6 +43,19 @@ def _flush_interval(value: Duration) -> Duration:
 
 
 FlushInterval = Annotated[Duration, AfterValidator(_flush_interval)]
+
+
+def _wedge_timeout(value: Duration) -> Duration:
+    if value.seconds != 0 and not MIN_WEDGE_TIMEOUT.seconds <= value.seconds < math.inf:
+        raise ValueError(
+            f'must be 0 (no watchdog) or at least {MIN_WEDGE_TIMEOUT} (for example "60s"): '
+            "the time a model server with requests in flight may make no progress before "
+            "it is restarted"
+        )
+    return value
+
+
+WedgeTimeout = Annotated[Duration, AfterValidator(_wedge_timeout)]
 
 
 def _one_or_many(value: object) -> object:
@@ -86,6 +102,7 @@ class ServerSection(_Table):
     api_key: str | None = None
     origins: list[str] = Field(default_factory=list)
     flush_interval: FlushInterval = DEFAULT_FLUSH_INTERVAL
+    wedge_timeout: WedgeTimeout = DEFAULT_WEDGE_TIMEOUT
 
 
 class Defaults(_Table):
