@@ -14,6 +14,7 @@ from bench import (
     multimodel,
     pull,
     reconcile,
+    recovery,
     reload_latency,
     run_cli,
 )
@@ -27,6 +28,7 @@ SUITES = {
     "reload": reload_latency.main,
     "run": run_cli.main,
     "multimodel": multimodel.main,
+    "recovery": recovery.main,
 }
 
 
@@ -41,7 +43,8 @@ def main() -> None:
         default=15,
         help="timed runs per command (gateway, flush: batches per path and level; reload: "
         "saves per measurement, at most 3 for the always model; pull: at most 7; list: at "
-        "most 5 of mlx_lm manage; multimodel: 3 starts of each side)",
+        "most 5 of mlx_lm manage; multimodel: 3 starts of each side; recovery: "
+        "crashes, at most 3 wedges and 3 engine starts)",
     )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(SUITES))

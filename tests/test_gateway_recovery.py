@@ -10,9 +10,11 @@ gone. ``[server] wedge_timeout`` is a few seconds here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -297,3 +299,26 @@ def test_keep_alive_0_stops_a_model_whose_request_hangs(
         assert result and result[0].status_code == 503, result and result[0].text
         assert "was stopped while answering (keep_alive 0)" in result[0].json()["error"]
         assert _entry(running)["in_flight"] == 0
+
+
+def test_the_engine_queues_a_burst_of_connections_even_while_it_is_busy(
+    gateway: RunningGateway,
+) -> None:
+    """mlx_lm.server's own listen queue holds 5 connections: the rest of a burst is
+    dropped (Linux; the client tries again after 1 s) or refused (macOS). The engine
+    runs with a deeper one: with the engine stopped, so that it accepts nothing,
+    every connection of a burst of 32 still completes."""
+    pid = _ready_pid(gateway)
+    port = int(str(_entry(gateway)["port"]))
+    sockets: list[socket.socket] = []
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(32):
+            with contextlib.suppress(OSError):
+                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        for sock in sockets:
+            sock.close()
+    assert len(sockets) == 32
+    assert _chat(gateway).status_code == 200

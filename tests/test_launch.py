@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlx_lama.backends.base import LaunchError, LaunchSpec, client_host, launch_spec
+from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, ServerSpec
 from tests.fixtures.servers import server_spec
@@ -28,7 +29,7 @@ def spec(engine: Engine = "mlx-lm", **changes: object) -> ServerSpec:
 
 
 MLX_BASE = (
-    PY, "-m", "mlx_lm", "server", "--model", "/models/tiny",
+    PY, "-c", ENGINE_MAIN, "server", "--model", "/models/tiny",
     "--host", "127.0.0.1", "--port", "8081", "--allowed-origins", "none",
 )  # fmt: skip
 VLLM_BASE = (

@@ -27,6 +27,7 @@ import pytest
 
 from mlx_lama import paths
 from mlx_lama.backends.base import LaunchSpec
+from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.process import (
@@ -102,7 +103,7 @@ def test_mlx_lm_start_serve_stop(tiny_model: Path, cleanup: list[RunRecord]) -> 
 
     # The record is on disk, complete, and describes a running server of ours.
     assert read_records() == ([record], [])
-    assert record.argv[1:5] == ("-m", "mlx_lm", "server", "--model")
+    assert record.argv[1:5] == ("-c", ENGINE_MAIN, "server", "--model")
     assert (record.host, record.manifest, record.spec_hash) == (
         "127.0.0.1", "/project/mlxlama.toml", server.spec_hash,
     )  # fmt: skip

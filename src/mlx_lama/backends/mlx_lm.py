@@ -70,6 +70,18 @@ DEFAULT_MAX_TOKENS = 512  # in-process generation without num_predict
 
 READY_TIMEOUT = 300.0  # a multi-GB model loads in well under this on Apple silicon
 
+# mlx_lm.server listens with the stdlib's default queue of 5 connections: of a burst
+# of more (agents sending at once), Linux drops the rest (their clients try again
+# after 1 s) and macOS refuses them. The engine is run as ``python -c ENGINE_MAIN``,
+# which deepens that queue (``request_queue_size``, a documented attribute of
+# ``socketserver.TCPServer``) and then runs ``mlx_lm`` as ``python -m`` would.
+LISTEN_QUEUE = 1024  # the kernel caps it (Linux somaxconn 4096, macOS 128)
+ENGINE_MAIN = (
+    "import runpy, socketserver; "
+    f"socketserver.TCPServer.request_queue_size = {LISTEN_QUEUE}; "
+    "runpy.run_module('mlx_lm', run_name='__main__', alter_sys=True)"
+)
+
 
 class ModelLoadError(MlxLamaError):
     """mlx-lm could not load a model folder into this process."""
@@ -126,7 +138,8 @@ class MlxLmBackend(Backend):
         return Capabilities(chat=True, completion=True, adapters=True, distributed=True)
 
     def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
-        """``python -m mlx_lm server --model PATH --host H --port P ...`` for ``server``.
+        """``python -m mlx_lm server --model PATH --host H --port P ...`` for ``server``
+        (with a deeper listen queue, see ``ENGINE_MAIN``).
 
         ``template`` goes to ``--chat-template`` as the template text itself (mlx-lm
         puts it into the tokenizer config as ``chat_template``: a Jinja string, not
@@ -151,7 +164,9 @@ class MlxLmBackend(Backend):
         argv += check_passthrough(server, MANAGED_FLAGS)
         env = merged_env(server)
         if server.distribution is not None:
-            argv = distributed_argv(server, argv, env)
+            argv = distributed_argv(server, argv, env)  # only rank 0 listens: as it is
+        elif argv[1:3] == ("-m", "mlx_lm"):
+            argv = (argv[0], "-c", ENGINE_MAIN, *argv[3:])
         return LaunchSpec(
             argv=argv,
             env=env,

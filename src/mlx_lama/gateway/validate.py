@@ -41,7 +41,7 @@ def openai_body(path: str, body: JsonObject, limits: Limits) -> JsonObject:
         raise ValueError(f"no request rules for {path}")
     result = {key: value for key, value in body.items() if value is not None}
     check_sampling(result)
-    _check_common(result, limits)
+    _check_common(result)
     check(result, limits)
     return result
 
@@ -66,20 +66,13 @@ def _is_token_ids(value: object) -> bool:
     return all(_is_int(v) for v in value) or all(isinstance(v, list) for v in value)
 
 
-def _check_common(body: JsonObject, limits: Limits) -> None:
+def _check_common(body: JsonObject) -> None:
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _bad("stream must be true or false")
     if "stream_options" in body and not isinstance(body["stream_options"], dict):
         raise _bad('stream_options must be an object, e.g. {"include_usage": true}')
     if "logit_bias" in body:
         _check_logit_bias(body["logit_bias"])
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if value is not None and limits.context is not None and value > limits.context:
-            raise _bad(
-                f"{key} {value} exceeds the model's context length of {limits.context} tokens;"
-                " ask for fewer"
-            )
 
 
 def _check_logit_bias(bias: object) -> None:
