@@ -176,7 +176,9 @@ def render(
     return f"""## Recovery: wedged and crashed engines
 
 Command: `uv run --all-extras python -m bench recovery --runs {len(crashes)}`
-({machine()}; {versions("mlx-lama", "mlx-lm")}). The tiny test model, served
+({machine()}; {versions("mlx-lama", "mlx-lm")}).
+
+The tiny test model, served
 `always` by mlx_lm.server behind `mlx-lama serve` with the default
 `wedge_timeout` (60 s); a fresh daemon per run, so each crash is the first in
 the window and waits the first backoff (1 s). Medians (min-max).

@@ -1,13 +1,16 @@
 """The routes that run a model: Ollama chat/generate/embed and the OpenAI endpoints.
 
-Each resolves the request's model through the manifest, waits for its server
-(the scheduler starts it on demand), rewrites ``model`` to what that server
-serves (stripping anything that would make it load something else), and
-streams the answer back: Ollama's NDJSON translated from the backend's SSE,
-or the backend's SSE passed through with ``model`` rewritten to the name the
-client used. A client that goes away cancels the backend request; a backend
-that dies mid-stream ends the stream with an error line or event. A model
-that only a remote gateway serves is forwarded there as it is (``routed``).
+Each resolves the request's model through the manifest, checks the request
+(``validate.py``: nothing an engine would choke on reaches it), waits for its
+server (the scheduler starts it on demand; ``engine_calls.py`` sends it and
+decides about retries), rewrites ``model`` to what that server serves
+(stripping anything that would make it load something else), and streams the
+answer back: Ollama's NDJSON translated from the backend's SSE, or the
+backend's SSE passed through with ``model`` rewritten to the name the client
+used. A client that goes away cancels the whole request, wherever it is
+(``attended``); a backend that dies mid-stream ends the stream with an error
+line or event. A model that only a remote gateway serves is forwarded there as
+it is (``routed``).
 """
 
 from __future__ import annotations
@@ -41,9 +44,6 @@ from mlx_lama.gateway.sse import SseBody, SseEvents, SseRelay, error_event, sse_
 from mlx_lama.schema.units import Duration
 
 NDJSON = "application/x-ndjson"
-# Pauses before trying again a connection refused by a live server (its listen
-# queue was full): the first retry is at once, all of them within half a second.
-REFUSED_RETRY_PAUSES = (0.0, 0.02, 0.05, 0.1, 0.3)
 SSE = "text/event-stream"
 
 
