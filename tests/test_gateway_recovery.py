@@ -325,3 +325,50 @@ def test_the_engine_queues_a_burst_of_connections_even_while_it_is_busy(
             sock.close()
     assert len(sockets) == 32
     assert _chat(gateway).status_code == 200
+
+
+def test_an_engine_crashed_by_a_request_sent_straight_to_it_comes_back(
+    gateway: RunningGateway,
+) -> None:
+    """A huge logit_bias kills mlx_lm.server outright (the gateway refuses it, see
+    REFUSED): the scheduler sees the exit and restarts the engine, once."""
+    crashed = _ready_pid(gateway)
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "logit_bias": {str(i): 1 for i in range(100_000)},
+    }
+    with contextlib.suppress(httpx.HTTPError), httpx.Client(trust_env=False) as client:
+        client.post(_engine_url(gateway) + "/v1/chat/completions", json=body, timeout=30)
+    wait_for(lambda: not psutil.pid_exists(crashed), 30, "the engine to die")
+    assert _chat(gateway).status_code == 200
+    assert _ready_pid(gateway) != crashed
+    assert _entry(gateway).get("failures") == 1 and _entry(gateway)["in_flight"] == 0
+
+
+def test_a_burst_of_parallel_streams_is_answered_in_full(gateway: RunningGateway) -> None:
+    """Twelve streams at once on a fresh engine (issue 19 saw mlx-lm's batch generator
+    fail on such a first burst; whatever the engine does, each ends, and the model
+    answers afterwards)."""
+    body = {
+        "model": "a",
+        "messages": [{"role": "user", "content": "hello"}],
+        "options": {"num_predict": 16},
+    }
+    outcomes: list[object] = []
+
+    def stream() -> None:
+        with httpx.Client(trust_env=False, timeout=READY) as client:
+            lines = []
+            with client.stream("POST", gateway.url + "/api/chat", json=body) as answer:
+                lines = [json.loads(line) for line in answer.iter_lines() if line]
+            outcomes.append(lines[-1].get("done") is True or lines[-1])
+
+    threads = [threading.Thread(target=stream) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(READY)
+    assert outcomes == [True] * 12, outcomes
+    assert _chat(gateway).status_code == 200
+    assert _entry(gateway)["in_flight"] == 0
