@@ -189,7 +189,7 @@ async def _attempts(
                 return target, upstream
             return target, await read(target, upstream)
         except (UpstreamError, httpx.HTTPError) as error:
-            loss = await _loss(gateway, target)
+            loss = await _loss(gateway, target, error)
             if loss is None:
                 status = error.status if isinstance(error, UpstreamError) else 502
                 raise ApiError(status, describe(error)) from None
@@ -221,13 +221,16 @@ async def _opened(
     return await open_on(target)
 
 
-async def _loss(gateway: Gateway, target: Target) -> Loss | None:
-    """How the request's server went away under it (None: it did not). A death
-    the scheduler has not noticed yet (it looks four times a second) is settled
-    here first, waiting up to ``DYING_GRACE`` for it."""
+async def _loss(gateway: Gateway, target: Target, error: Exception) -> Loss | None:
+    """How the request's server went away under it (None: it did not). A broken
+    connection whose cause the scheduler has not seen yet (it looks four times a
+    second) is settled here first, waiting up to ``DYING_GRACE`` for the exit; an
+    error answer of the server's own says it is there."""
     lease = target.lease
     if lease is None:
         return None
+    if isinstance(error, UpstreamError) and error.answered:
+        return lease.loss
     if lease.loss is None and lease in lease.slot.leases:
         await gateway.scheduler.lost(lease.slot, grace=DYING_GRACE)
     if lease.loss is None and lease.slot.record is None:  # gone before we looked

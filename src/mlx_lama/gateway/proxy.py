@@ -60,13 +60,17 @@ class UpstreamError(Exception):
 
     ``connect`` is True when the server answered nothing at all: no connection,
     or one closed before a response began (the server may be gone, and the
-    request may be sent again).
+    request may be sent again). ``answered`` is True for the server's own error
+    answer (it is alive and said no).
     """
 
-    def __init__(self, message: str, status: int = 502, *, connect: bool = False) -> None:
+    def __init__(
+        self, message: str, status: int = 502, *, connect: bool = False, answered: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.connect = connect
+        self.answered = answered
 
 
 def backend_body(body: Mapping[str, Any], served_model: str | None) -> dict[str, Any]:
@@ -110,7 +114,9 @@ def _status_error(status: int, text: str) -> UpstreamError:
     """A backend's error answer for our client: its own message, its 4xx status,
     and 502 for its 5xx (the fault is upstream of the gateway)."""
     return UpstreamError(
-        error_text(text) or f"model server answered {status}", status if status < 500 else 502
+        error_text(text) or f"model server answered {status}",
+        status if status < 500 else 502,
+        answered=True,
     )
 
 
