@@ -27,6 +27,7 @@ import pytest
 from mlx_lama.gateway import scheduler as scheduler_module
 from mlx_lama.orchestrator import process
 from tests.fixtures.gateway import RunningGateway, gateway_in_thread, wait_for
+from tests.fixtures.tiny_model import EOS_TOKEN, SPECIAL_TOKENS
 
 WEDGE = 3.0  # s: [server] wedge_timeout in these tests
 READY = 120.0  # s a (re)started tiny server may take here, generously
@@ -208,9 +209,22 @@ def test_sigstop_mid_stream_ends_the_stream_with_an_error_and_the_model_comes_ba
         "messages": [{"role": "user", "content": "hello"}],
         "options": {"num_predict": 100_000},
     }
+    openai = {  # an OpenAI stream in flight too, whose end never comes
+        "model": "a",
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": True,
+        "max_tokens": 100_000,
+        "logit_bias": {str(SPECIAL_TOKENS.index(EOS_TOKEN)): -100},
+    }
     lines: list[dict[str, object]] = []
     try:
-        with HealthLog(gateway) as health, httpx.Client(trust_env=False, timeout=READY) as client:
+        with (
+            HealthLog(gateway) as health,
+            httpx.Client(trust_env=False, timeout=READY) as client,
+            client.stream("POST", gateway.url + "/v1/chat/completions", json=openai) as events,
+        ):
+            sse = events.iter_lines()
+            assert next(line for line in sse if line.startswith("data: {"))
             with client.stream("POST", gateway.url + "/api/chat", json=body) as stream:
                 for line in stream.iter_lines():
                     lines.append(json.loads(line))
@@ -218,12 +232,15 @@ def test_sigstop_mid_stream_ends_the_stream_with_an_error_and_the_model_comes_ba
                         os.kill(stopped, signal.SIGSTOP)  # alive, port open, answers nothing
                         frozen = time.monotonic()
             ended = time.monotonic()
+            last_event = [line for line in sse if line.startswith("data:")][-1]
             assert _chat(gateway).status_code == 200
             answered = time.monotonic()
     finally:
         if psutil.pid_exists(stopped):
             os.kill(stopped, signal.SIGCONT)
     assert "error" in lines[-1] and lines[-1].get("done") is not True, lines[-1]
+    assert "made no progress" in str(lines[-1]["error"])  # says why, as the 503 would
+    assert "error" in last_event and "made no progress" in last_event, last_event
     assert ended - frozen < WEDGE + 30
     assert _ready_pid(gateway) != stopped and not psutil.pid_exists(stopped)
     after = [(state, pid) for at, state, pid in health.samples if ended <= at <= answered]

@@ -238,6 +238,17 @@ async def _loss(gateway: Gateway, target: Target, error: Exception) -> Loss | No
     return lease.loss
 
 
+def lost_reason(name: str, target: Target) -> Callable[[], str | None]:
+    """For a stream's error line: what :func:`lost_answer` says once ``target``'s
+    server went away under it (None until then)."""
+
+    def reason() -> str | None:
+        loss = target.lease.loss if target.lease is not None else None
+        return None if loss is None else lost_answer(name, loss, 1).message
+
+    return reason
+
+
 def lost_answer(name: str, loss: Loss, attempt: int) -> ApiError:
     """The error for a request whose model server went away under it."""
     if loss.kind == "stopped":

@@ -29,7 +29,14 @@ from starlette.types import Receive
 
 from mlx_lama.gateway import forward, ollama, validate
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
-from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, post_stream
+from mlx_lama.gateway.engine_calls import (
+    Target,
+    acquire,
+    lost_reason,
+    open_stream,
+    post,
+    post_stream,
+)
 from mlx_lama.gateway.http import ApiError, JsonObject, read_json
 from mlx_lama.gateway.proxy import (
     EARLY_END,
@@ -248,7 +255,7 @@ async def _ollama_answer(
             await upstream.aclose()
 
     if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
-        body = _NdjsonBody(upstream, translator)
+        body = _NdjsonBody(upstream, translator, lost_reason(route.name, target))
         return PushedStream(
             upstream,
             body,
@@ -266,10 +273,16 @@ class _NdjsonBody:
     body is complete), and for what ``sse_events`` raises, the error line after the
     lines of the events before."""
 
-    def __init__(self, upstream: RawStream, translator: ollama.StreamTranslator) -> None:
+    def __init__(
+        self,
+        upstream: RawStream,
+        translator: ollama.StreamTranslator,
+        lost: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._upstream = upstream
         self._translator = translator
         self._events = SseEvents()
+        self._lost = lost  # why the server went away under the stream, if it did
         self.complete = False
 
     def feed(self, data: bytes) -> bytes:
@@ -280,7 +293,7 @@ class _NdjsonBody:
 
     def fail(self, problem: str) -> bytes:
         self.complete = True
-        return ollama.ndjson_line({"error": problem})
+        return ollama.ndjson_line({"error": self._lost() or problem})
 
     def _lines(self, events: list[JsonObject]) -> bytes:
         translator, lines = self._translator, b""
@@ -478,7 +491,7 @@ async def _openai_stream(
     if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
         return PushedStream(
             upstream,
-            SseBody(relay, upstream),
+            SseBody(relay, upstream, lost_reason(route.name, target)),
             media_type=SSE,
             on_close=close,
             flush_interval=_flush_interval(gateway),

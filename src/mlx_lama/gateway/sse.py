@@ -262,9 +262,15 @@ class SseBody:
 
     complete = False  # the body is read to its end, as it always was
 
-    def __init__(self, relay: SseRelay, upstream: RawStream) -> None:
+    def __init__(
+        self,
+        relay: SseRelay,
+        upstream: RawStream,
+        lost: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.relay = relay
         self._upstream = upstream
+        self._lost = lost  # why the server went away under the stream, if it did
 
     def feed(self, data: bytes) -> bytes:
         some = self.relay.feed_bytes(data, time.monotonic())
@@ -274,7 +280,7 @@ class SseBody:
 
     def end(self) -> bytes:
         rest = self.relay.end(time.monotonic()) or b""
-        return rest if self.relay.done else rest + error_event(EARLY_END)
+        return rest if self.relay.done else rest + error_event(self._lost() or EARLY_END)
 
     def fail(self, problem: str) -> bytes:
-        return error_event(problem)
+        return error_event(self._lost() or problem)
