@@ -297,6 +297,31 @@ def test_remove_deletes_exactly_one_repo(
     assert (neighbour.snapshot_path / "config.json").read_bytes() == b"{}"
 
 
+def test_remove_keeps_another_repo_that_has_the_same_commit(
+    isolated_env: hf_env.IsolatedEnv,
+) -> None:
+    """Two repos with the same files can have the same commit hash (a fork, a mirror):
+    removing one must not remove the other (huggingface_hub's delete_revisions matches
+    a hash in every repo)."""
+    cache = isolated_env.hf_hub_cache
+    files = {"config.json": b"{}", "model.safetensors": b"w" * 64}
+    mirrors = [f"org/mirror-{i}" for i in range(12)]
+    kept = [hf_cache.place_in_cache(files, cache, name, commit=SHA_A) for name in mirrors]
+    # The hub's scan lists repos in no set order: a wrong pick had 12 in 13 to show,
+    # and three rounds make a lucky pass (about 1 in 2,000) unlikely.
+    for _ in range(3):
+        gone = hf_cache.place_in_cache(files, cache, "org/original", commit=SHA_A)
+
+        remove_repo("org/original")
+
+        assert not gone.repo_path.exists()
+        repos, warnings = scan_cache()
+        assert sorted(r.repo_id for r in repos) == sorted(mirrors) and warnings == ()
+        for mirror in kept:
+            assert (mirror.snapshot_path / "model.safetensors").read_bytes() == b"w" * 64
+            assert (mirror.repo_path / "refs" / "main").read_text() == SHA_A
+
+
 def test_remove_a_damaged_repo(isolated_env: hf_env.IsolatedEnv) -> None:
     folder = isolated_env.hf_hub_cache / "models--org--damaged"
     (folder / "blobs").mkdir(parents=True)

@@ -100,10 +100,11 @@ def remove_repo(repo_id: str, cache_dir: Path | None = None) -> int:
     """Delete ``repo_id`` (every revision, blob, ref and partial download) from the cache.
 
     Returns the bytes freed. Deletes nothing outside the repo's own folder
-    ``models--org--name`` (and its download locks), using huggingface_hub's
-    delete strategy so a blob shared through its shared store is released
-    properly. Raises :class:`CacheError` if the repo is not cached or cannot be
-    deleted.
+    ``models--org--name`` (and its download locks): the cache keeps blobs per
+    repo, so nothing else refers to them. (huggingface_hub's
+    ``delete_revisions`` is not used: it takes a commit hash from whichever repo
+    it meets first, and two repos with the same files have the same hashes.)
+    Raises :class:`CacheError` if the repo is not cached or cannot be deleted.
     """
     cache = _cache_root(cache_dir)
     folder = _repo_path(cache, repo_id)
@@ -113,9 +114,7 @@ def remove_repo(repo_id: str, cache_dir: Path | None = None) -> int:
             hint="`mlx-lama list` shows the cached models",
         )
     freed = bytes_in(folder)
-    _delete_with_hub_strategy(cache, repo_id)
-    if folder.exists():  # not scanned by huggingface_hub (damaged), or it left something behind
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     if folder.exists():
         raise CacheError(
             f"could not delete {folder} completely",
@@ -299,22 +298,3 @@ def bytes_in(folder: Path, *, follow_links: bool = False) -> int:
             if stat.S_ISREG(info.st_mode):
                 total += info.st_size
     return total
-
-
-def _delete_with_hub_strategy(cache: Path, repo_id: str) -> None:
-    """Let huggingface_hub delete every revision of ``repo_id`` it can see (no raise)."""
-    from huggingface_hub import scan_cache_dir
-
-    try:
-        info = scan_cache_dir(cache)
-    except (OSError, ValueError) as exc:
-        logger.warning("scan_cache_dir failed (%s); deleting %s directly", exc, repo_id)
-        return
-    commits = [
-        revision.commit_hash
-        for repo in info.repos
-        if repo.repo_type == "model" and repo.repo_id == repo_id
-        for revision in repo.revisions
-    ]
-    if commits:
-        info.delete_revisions(*commits).execute()
