@@ -45,14 +45,24 @@ def test_the_example_manifest_is_valid() -> None:
     assert sharded.is_distributed and sharded.hosts == ["mac-studio.local", "mac-mini.local"]
 
 
-def test_an_empty_manifest_has_safe_defaults() -> None:
-    manifest = parse_manifest("")
+def test_a_manifest_of_only_its_version_has_safe_defaults() -> None:
+    manifest = parse_manifest("version = 1\n")
     assert manifest.version == 1
     assert (manifest.server.host, manifest.server.port) == ("127.0.0.1", 11434)
     assert manifest.server.keep_alive.seconds == 300
     assert manifest.server.api_key is None
     assert manifest.server.flush_interval.seconds == 0.003
     assert manifest.models == {} and manifest.aliases == {}
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# cut off by a save\n", "\ufeff"])
+def test_an_empty_manifest_is_refused(text: str) -> None:
+    """An empty file (an editor's in-place save, caught halfway) is no manifest that
+    wants nothing: the daemon keeps the last good one in force."""
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text.removeprefix("\ufeff"))
+    assert "mlxlama.toml:1:1: the file is empty" in str(caught.value)
+    assert "version = 1" in str(caught.value)
 
 
 def test_durations_sizes_and_stop_strings_are_normalised() -> None:

@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlx_lama.backends.base import launch_spec
@@ -135,6 +136,9 @@ class Supervisor:
         path = self.gateway.manifest_path
         seen = fingerprint(path)
         if seen == self._applied and not force:
+            # The file is the one in force again (a bad save undone, the same content
+            # restored): /health says what the file is now.
+            self._valid_again(path)
             return False
         if seen[0] is None:
             self._refuse(
@@ -153,9 +157,7 @@ class Supervisor:
         changes = await self.gateway.reload(manifest, lock, wait=False)
         self._applied = seen
         self.reloads += 1
-        if self.problem is not None:
-            log.info("%s is valid again", path.name)
-            self.problem = None
+        self._valid_again(path)
         log.info(
             "reloaded %s in %.0f ms%s",
             path.name,
@@ -168,6 +170,11 @@ class Supervisor:
         )
         self._start_pulls()
         return True
+
+    def _valid_again(self, path: Path) -> None:
+        if self.problem is not None:
+            log.info("%s is valid again", path.name)
+            self.problem = None
 
     def _refuse(self, message: str) -> None:
         if self.problem is None or self.problem.message != message:

@@ -88,6 +88,17 @@ def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(source, [_syntax_problem(exc, text, source)]) from None
+    if not data:  # an editor's in-place save caught halfway is no manifest that wants nothing
+        empty = Problem(
+            source,
+            1,
+            1,
+            "",
+            "the file is empty (nothing but blanks and comments), so it is refused: a save "
+            "caught halfway never stops servers",
+            f"a manifest holds at least version = {SCHEMA_VERSION}",
+        )
+        raise ManifestError(source, [empty])
 
     found = locate_keys(text)
     problems: list[Problem] = []
