@@ -95,3 +95,33 @@ def test_a_named_manifest_must_exist(
     assert str(missing) in str(caught.value)
     assert expected in str(caught.value)
     assert not paths.global_manifest().exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link", "looping link"])
+def test_something_else_named_mlxlama_toml_is_an_error_not_a_fall_back(
+    tmp_path: Path, kind: str
+) -> None:
+    """A folder or a broken link where the project's manifest should be stops the
+    search: falling back to the global manifest would let apply act on it."""
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    there = project / paths.MANIFEST_NAME
+    if kind == "folder":
+        there.mkdir()
+    elif kind == "dangling link":
+        there.symlink_to(project / "gone.toml")
+    else:
+        there.symlink_to(there)
+    with pytest.raises(ManifestNotFoundError) as caught:
+        find_manifest(cwd=project / "sub")
+    said = {"folder": "is a folder", "dangling link": "leads to no file"}.get(kind, "loops")
+    assert f"{there} is " in str(caught.value) and said in str(caught.value)
+    assert caught.value.hint is not None and "global" in caught.value.hint
+    assert not paths.global_manifest().exists()  # not created: not fallen back to
+
+
+def test_a_manifest_link_that_loops_is_a_clear_error(tmp_path: Path) -> None:
+    manifest = tmp_path / paths.MANIFEST_NAME
+    manifest.symlink_to(manifest)
+    with pytest.raises(ManifestNotFoundError, match="cannot read"):
+        load_manifest(manifest)

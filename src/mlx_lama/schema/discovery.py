@@ -61,6 +61,12 @@ def find_manifest(
         candidate = folder / paths.MANIFEST_NAME
         if candidate.is_file():
             return ManifestLocation(candidate, "project")
+        if os.path.lexists(candidate):  # there, but no file: never fall back past it
+            raise ManifestNotFoundError(
+                f"{candidate} is {_what(candidate)}, not a manifest file",
+                hint="make it the project's manifest file, or move it away to use the "
+                "global one (~/.mlx-lama/mlxlama.toml)",
+            )
     path = paths.global_manifest()
     if create and not path.exists():
         write_empty_manifest(path)
@@ -75,6 +81,15 @@ def write_empty_manifest(path: Path) -> None:
             handle.write(EMPTY_MANIFEST)
     except FileExistsError:
         pass
+
+
+def _what(path: Path) -> str:
+    """What stands at ``path`` instead of a file, in words."""
+    if path.is_dir():
+        return "a folder"
+    if path.is_symlink():
+        return "a link that leads to no file (it dangles, or loops)"
+    return "not a regular file"
 
 
 def _existing(path: Path, via: str) -> Path:

@@ -58,6 +58,16 @@ def load_manifest(path: Path | str) -> Manifest:
         raise ManifestNotFoundError(
             f"{source} is a folder, not a manifest", hint="name the mlxlama.toml file inside it"
         ) from None
+    except PermissionError:
+        raise ManifestNotFoundError(
+            f"cannot read {source}: permission denied",
+            hint=f"let your user read it (chmod u+r {source})",
+        ) from None
+    except OSError as exc:  # a link loop, an I/O error
+        raise ManifestNotFoundError(
+            f"cannot read {source}: {exc.strerror or exc}",
+            hint="check the file (a link that loops, a disk error)",
+        ) from None
     remembered = memo.recall(source, raw)
     if remembered is not None:
         return remembered
