@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -76,7 +76,7 @@ def check_sampling(body: Mapping[str, Any]) -> None:
     backend sees them: mlx_lm.server drops the connection on some of them."""
     for key in ("max_tokens", "max_completion_tokens"):
         value = body.get(key)
-        if value is not None and (_not_int(value) or not 1 <= value <= MAX_TOKENS_CAP):
+        if value is not None and (not is_int(value) or not 1 <= value <= MAX_TOKENS_CAP):
             raise ApiError(400, f"{key} must be an integer from 1 to {MAX_TOKENS_CAP}")
     _number(body, "temperature", 0.0, 100.0)
     _number(body, "top_p", 0.0, 1.0)
@@ -85,10 +85,10 @@ def check_sampling(body: Mapping[str, Any]) -> None:
     _number(body, "presence_penalty", -2.0, 2.0)
     _number(body, "frequency_penalty", -2.0, 2.0)
     top_k = body.get("top_k")
-    if top_k is not None and (_not_int(top_k) or not -1 <= top_k <= 1_000_000):
+    if top_k is not None and (not is_int(top_k) or not -1 <= top_k <= 1_000_000):
         raise ApiError(400, "top_k must be an integer >= 0")
     seed = body.get("seed")
-    if seed is not None and (_not_int(seed) or not -_INT64 <= seed < _INT64):
+    if seed is not None and (not is_int(seed) or not -_INT64 <= seed < _INT64):
         raise ApiError(400, "seed must be a 64-bit integer")
     stop = body.get("stop")
     if stop is not None:
@@ -101,8 +101,9 @@ def check_sampling(body: Mapping[str, Any]) -> None:
             )
 
 
-def _not_int(value: object) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
+def is_int(value: object) -> TypeGuard[int]:
+    """An integer, and not a bool (JSON's true is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _number(body: Mapping[str, Any], key: str, low: float, high: float) -> None:

@@ -16,8 +16,9 @@ import json.encoder
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeGuard
+from typing import Any
 
+from mlx_lama.gateway.http import is_int
 from mlx_lama.schema.units import Duration
 
 JsonObject = dict[str, Any]
@@ -97,7 +98,7 @@ def answer_limit(
     window = context
     asked = options.get("num_ctx")
     if asked is not None:
-        if not _is_int(asked) or asked < 1:
+        if not is_int(asked) or asked < 1:
             raise RequestError(
                 f"invalid num_ctx {json.dumps(asked)}: use a positive number of tokens"
             )
@@ -107,25 +108,21 @@ def answer_limit(
                 f"use at most {context}"
             )
         window = asked
-    elif _is_int(manifest_ctx := parameters.get("num_ctx")):
+    elif is_int(manifest_ctx := parameters.get("num_ctx")):
         window = min(manifest_ctx, context) if context is not None else manifest_ctx
     predict = options.get("num_predict")
     if predict is None:
         predict = parameters.get("num_predict")
-    elif not _is_int(predict) or predict == 0 or predict < -2:
+    elif not is_int(predict) or predict == 0 or predict < -2:
         raise RequestError(
             f"invalid num_predict {json.dumps(predict)}: use a positive number of tokens, "
             "-1 (until the context is full) or -2 (fill the context)"
         )
-    if not _is_int(predict):
+    if not is_int(predict):
         return None
     if predict < 0:
         return window if window is not None else UNBOUNDED_ANSWER
     return min(predict, window) if window is not None else predict
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def response_format(fmt: object) -> JsonObject | None:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling
+from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling, is_int
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 TOOL_CHOICES = ("none", "auto", "required")
@@ -50,20 +50,16 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, message)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: object) -> bool:
     # math.isfinite overflows on a huge int, so only floats go through it
-    return math.isfinite(value) if isinstance(value, float) else _is_int(value)
+    return math.isfinite(value) if isinstance(value, float) else is_int(value)
 
 
 def _is_token_ids(value: object) -> bool:
     """A non-empty list of ints, or of lists: the token-id forms of prompt and input."""
     if not isinstance(value, list) or not value:
         return False
-    return all(_is_int(v) for v in value) or all(isinstance(v, list) for v in value)
+    return all(is_int(v) for v in value) or all(isinstance(v, list) for v in value)
 
 
 def _check_common(body: JsonObject) -> None:
@@ -89,7 +85,7 @@ def _check_logit_bias(bias: object) -> None:
 
 def _check_n(body: JsonObject) -> None:
     n = body.get("n")
-    if n is not None and not (_is_int(n) and n == 1):
+    if n is not None and not (is_int(n) and n == 1):
         raise _bad("n must be 1: this model gives one choice per request; send n requests")
 
 
@@ -211,7 +207,7 @@ def _check_completion(body: JsonObject, limits: Limits) -> None:
     if body.get("echo", False) is not False:
         raise _bad("echo is not supported: leave it out or set it to false")
     best_of = body.get("best_of")
-    if best_of is not None and not (_is_int(best_of) and best_of == 1):
+    if best_of is not None and not (is_int(best_of) and best_of == 1):
         raise _bad("best_of is not supported: leave it out or set it to 1")
     if body.get("suffix", "") != "":
         raise _bad("suffix is not supported: put all the text in prompt")
@@ -247,7 +243,7 @@ def _check_embedding(body: JsonObject, limits: Limits) -> None:
     if not texts or "" in texts:
         raise _bad("input must not be empty: send some text")
     dimensions = body.get("dimensions")
-    if dimensions is not None and not (_is_int(dimensions) and dimensions > 0):
+    if dimensions is not None and not (is_int(dimensions) and dimensions > 0):
         raise _bad("dimensions must be a positive integer")
 
 
