@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError, UsageError
-from mlx_lama.orchestrator import process
+from mlx_lama.gateway.watchdog import probe
 from mlx_lama.orchestrator.apply import Outcome
 from mlx_lama.orchestrator.plan import ActionKind, Plan
 from mlx_lama.orchestrator.reconcile import reconcile
@@ -251,9 +250,8 @@ class Supervisor:
         record = slot.record
         if record is None:
             return
-        launch = launch_spec(slot.spec, record.port)
         timeout = min(PROBE_TIMEOUT, max(MIN_PROBE_TIMEOUT, self.probe_interval))
-        problem = await asyncio.to_thread(process.one_token, launch, timeout)
+        problem = await probe(slot, timeout)
         if problem is not None and slot.record is record:
             await self.gateway.scheduler.crashed(
                 slot, f"failed its liveness probe ({problem}); stopping it"

@@ -85,13 +85,20 @@ def log_size(path: Path) -> int:
         return 0
 
 
-async def answers_probe(slot: Slot, timeout: float) -> bool:
-    """Does ``slot``'s server answer a one-token generation within ``timeout`` s?"""
+async def probe(slot: Slot, timeout: float) -> str | None:
+    """Ask ``slot``'s server for a one-token generation on a connection of its own:
+    None when it answers within ``timeout`` s, else what went wrong. (The
+    supervisor's liveness probe of idle servers asks the same.)"""
     record = slot.record
     if record is None:
-        return False
+        return "it is not running"
     launch = launch_spec(slot.spec, record.port)
-    return await asyncio.to_thread(process.one_token, launch, timeout) is None
+    return await asyncio.to_thread(process.one_token, launch, timeout)
+
+
+async def answers_probe(slot: Slot, timeout: float) -> bool:
+    """Does ``slot``'s server answer :func:`probe` within ``timeout`` s?"""
+    return await probe(slot, timeout) is None
 
 
 class Watchdog:
