@@ -229,12 +229,9 @@ async def _loss(gateway: Gateway, target: Target, error: Exception) -> Loss | No
     lease = target.lease
     if lease is None:
         return None
-    if isinstance(error, UpstreamError) and error.answered:
-        return lease.loss
-    if lease.loss is None and lease in lease.slot.leases:
+    if lease.loss is None and not (isinstance(error, UpstreamError) and error.answered):
+        # Still its server's work (a crash or stop would have said so): did it die?
         await gateway.scheduler.lost(lease.slot, grace=DYING_GRACE)
-    if lease.loss is None and lease.slot.record is None:  # gone before we looked
-        lease.loss = Loss("crashed", "exited")
     return lease.loss
 
 
