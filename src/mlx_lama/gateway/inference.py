@@ -216,10 +216,7 @@ async def _ollama_answer(
 
         async def collect(target: Target, upstream: RawStream | httpx.Response) -> JsonObject:
             translators.append(translator := translator_for(target))
-            parts = []
-            async for event in sse_events(upstream):
-                parts += translator.feed(event, time.monotonic(), _now())
-            parts.append(translator.finish(time.monotonic(), _now()))
+            parts = [chunk async for chunk in _ollama_chunks(upstream, translator)]
             return ollama.merge_stream(parts, kind)
 
         _target, merged = await post_stream(gateway, route, (path, openai), keep_alive, collect)
@@ -229,18 +226,12 @@ async def _ollama_answer(
     target, upstream = await open_stream(gateway, route, (path, openai), keep_alive)
     translator = translator_for(target)
 
-    async def chunks() -> AsyncIterator[JsonObject]:
-        async for event in sse_events(upstream):
-            for chunk in translator.feed(event, time.monotonic(), _now()):
-                yield chunk
-        yield translator.finish(time.monotonic(), _now())
-
     def record(status: int) -> None:
         _record(gateway, route.name, endpoint, status, started, translator)
 
     async def lines() -> AsyncIterator[bytes]:
         try:
-            async for chunk in chunks():
+            async for chunk in _ollama_chunks(upstream, translator):
                 yield ollama.ndjson_line(chunk)
         except (UpstreamError, httpx.HTTPError) as error:
             yield ollama.ndjson_line({"error": describe(error)})
@@ -264,6 +255,16 @@ async def _ollama_answer(
             flush_interval=_flush_interval(gateway),
         )
     return ProxyStream(lines(), media_type=NDJSON, on_close=close)
+
+
+async def _ollama_chunks(
+    upstream: RawStream | httpx.Response, translator: ollama.StreamTranslator
+) -> AsyncIterator[JsonObject]:
+    """Ollama's chunks of a backend's token stream, the final one last."""
+    async for event in sse_events(upstream):
+        for chunk in translator.feed(event, time.monotonic(), _now()):
+            yield chunk
+    yield translator.finish(time.monotonic(), _now())
 
 
 class _NdjsonBody:
