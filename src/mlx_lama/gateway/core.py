@@ -39,6 +39,7 @@ from mlx_lama.schema.units import Duration
 if TYPE_CHECKING:
     import httpx
 
+    from mlx_lama.backends.base import Capabilities
     from mlx_lama.gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -309,12 +310,17 @@ class Gateway:
     def embeddings_capable(self, route: Route) -> bool:
         if route.kind == "external":
             return True
-        spec = self._servers.get(route.name)
+        capabilities = self._capabilities(route.name)
+        return capabilities is not None and capabilities.embeddings
+
+    def _capabilities(self, name: str) -> Capabilities | None:
+        """What the engine serving ``name`` can do (None: mlx-lama runs no server for it)."""
+        spec = self._servers.get(name)
         if spec is None:
-            return False
+            return None
         from mlx_lama.backends.base import get_backend
 
-        return get_backend(spec.engine).capabilities().embeddings
+        return get_backend(spec.engine).capabilities()
 
     def limits(self, route: Route) -> Limits:
         """What requests to ``route``'s model may ask of it (see ``validate.py``):
@@ -326,14 +332,10 @@ class Gateway:
         known = self._limits.get(route.name)
         if known is not None:
             return known
-        spec = self._servers.get(route.name)
         config = read_config(self.model_folder(route.name))
         context = config.get("max_position_embeddings")
-        engine_vision = False
-        if spec is not None:
-            from mlx_lama.backends.base import get_backend
-
-            engine_vision = get_backend(spec.engine).capabilities().vision
+        capabilities = self._capabilities(route.name)
+        engine_vision = capabilities is not None and capabilities.vision
         model_vision = "vision_config" in config
         if not model_vision:
             hint = "use a vision model (its config.json has a vision_config)"
