@@ -315,7 +315,7 @@ def test_both_engines_serve_and_a_model_switches_backend(
 
     def entries(a_backend: str) -> str:
         return (
-            f'[models.a]\nrepo = "mlx-test/tiny-llama"\nserve = "always"\n'
+            f'version = 1\n[models.a]\nrepo = "mlx-test/tiny-llama"\nserve = "always"\n'
             f'backend = "{a_backend}"\nport = {ports["a"]}\n'
             f'[models.b]\nrepo = "mlx-test/tiny-llama"\nserve = "always"\n'
             f'backend = "vllm-mlx"\nport = {ports["b"]}\n'

@@ -89,7 +89,9 @@ def test_plan_refuses_a_manifest_that_serves_a_missing_backend(
     no_vllm: None, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "mlxlama.toml"
-    manifest.write_text('[models.m]\nrepo = "org/m"\nbackend = "vllm-mlx"\nserve = "always"\n')
+    manifest.write_text(
+        'version = 1\n[models.m]\nrepo = "org/m"\nbackend = "vllm-mlx"\nserve = "always"\n'
+    )
     result = runner.invoke(app, ["plan", "-f", str(manifest)])
     assert result.exit_code == 1
     assert result.stderr == (
@@ -97,7 +99,9 @@ def test_plan_refuses_a_manifest_that_serves_a_missing_backend(
         "(run `mlx-lama install vllm-mlx`)\n"
     )
     # Kept on disk but never served: no engine needed.
-    manifest.write_text('[models.m]\nrepo = "org/m"\nbackend = "vllm-mlx"\nserve = "never"\n')
+    manifest.write_text(
+        'version = 1\n[models.m]\nrepo = "org/m"\nbackend = "vllm-mlx"\nserve = "never"\n'
+    )
     assert runner.invoke(app, ["plan", "-f", str(manifest)]).exit_code == 0
 
 

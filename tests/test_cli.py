@@ -50,7 +50,7 @@ def test_validate_ok_on_the_example() -> None:
 def test_validate_reports_every_problem_on_stderr(tmp_path: Path) -> None:
     manifest = tmp_path / "mlxlama.toml"
     manifest.write_text(
-        '[server]\nprot = 1\n[models.a]\nrepo = "o/a"\nport = 9000\n'
+        'version = 1\n[server]\nprot = 1\n[models.a]\nrepo = "o/a"\nport = 9000\n'
         '[models.b]\nrepo = "o/b"\nport = 9000\n[aliases]\nx = "c"\n'
     )
     result = runner.invoke(app, ["validate", "-f", str(manifest)])
@@ -58,10 +58,22 @@ def test_validate_reports_every_problem_on_stderr(tmp_path: Path) -> None:
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert lines[0] == f"error: {manifest}: 3 problems:"
-    assert lines[1].startswith(f"  {manifest}:2:1: server.prot: unknown key 'prot'")
-    assert lines[2].startswith(f"  {manifest}:8:1: models.b.port: port 9000 is already used")
-    assert lines[3].startswith(f"  {manifest}:10:1: aliases.x: alias target 'c'")
+    assert lines[1].startswith(f"  {manifest}:3:1: server.prot: unknown key 'prot'")
+    assert lines[2].startswith(f"  {manifest}:9:1: models.b.port: port 9000 is already used")
+    assert lines[3].startswith(f"  {manifest}:11:1: aliases.x: alias target 'c'")
     assert "Traceback" not in result.output
+
+
+def test_validate_refuses_a_manifest_that_does_not_say_its_version(tmp_path: Path) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text('[models.a]\nrepo = "o/a"\n')
+    result = runner.invoke(app, ["validate", "-f", str(manifest)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [
+        f"error: {manifest}: 1 problem:",
+        f"  {manifest}:1:1: the manifest does not say which version it is "
+        "(add `version = 1` as its first line)",
+    ]
 
 
 def test_validate_uses_discovery_and_creates_the_global_manifest(

@@ -1,9 +1,9 @@
 """Saves the way editors and shells make them never stop a server.
 
 ``mlx-lama serve`` runs as a subprocess on the tiny model; the manifest is
-rewritten in place (truncated, then written half a second later), deleted and
-recreated, and saved broken then restored. No server stops or restarts, and
-``/health`` says what the file is now.
+rewritten in place (truncated, then written half a second later), saved without
+its ``version = 1``, deleted and recreated, and saved broken then restored. No
+server stops or restarts, and ``/health`` says what the file is now.
 """
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ def test_in_place_saves_deletes_and_restores_keep_every_server(
             wait_for(lambda: _refused(daemon, "the file is empty"), 10, "the empty save")
             time.sleep(0.5)
             out.write(good)
+        wait_for(lambda: _health_ok(daemon), 10, "health to be ok again")
+
+        # A save without its `version = 1` line: refused like any invalid save.
+        manifest.write_text(good.removeprefix("version = 1\n"), encoding="utf-8")
+        wait_for(
+            lambda: _refused(daemon, "does not say which version it is"), 10, "the unversioned save"
+        )
+        manifest.write_text(good, encoding="utf-8")
         wait_for(lambda: _health_ok(daemon), 10, "health to be ok again")
 
         # Deleted, then recreated with the same content.

@@ -17,6 +17,7 @@ COMMIT = "a" * 40
 
 MANIFEST = parse_manifest(
     """
+    version = 1
     [defaults.parameters]
     temperature = 0.5
     [backends.fast]
@@ -119,6 +120,7 @@ def test_spec_hash_is_stable_and_ignores_sampling_parameters() -> None:
 
 EXTERNAL = parse_manifest(
     """
+    version = 1
     [backends.lms]
     type = "external"
     [models.far]

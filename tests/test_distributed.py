@@ -105,49 +105,49 @@ def write_manifest(tmp_path: Path, tiny_model: Path, extra: str) -> Path:
     ("text", "key", "message", "hint"),
     [
         pytest.param(
-            '[models.m]\npath = "m"\nhosts = ["mac-a"]\n',
+            'version = 1\n[models.m]\npath = "m"\nhosts = ["mac-a"]\n',
             "models.m.hosts",
             "needs at least two hosts (got 1)",
             "this one first",
             id="one-host",
         ),
         pytest.param(
-            '[models.m]\npath = "m"\nhosts = ["mac-a", "-oProxyCommand=x"]\n',
+            'version = 1\n[models.m]\npath = "m"\nhosts = ["mac-a", "-oProxyCommand=x"]\n',
             "models.m.hosts[1]",
             "'-oProxyCommand=x' is not a host name or address",
             '"me@mac-b"',
             id="option-as-host",
         ),
         pytest.param(
-            '[models.m]\npath = "m"\npipeline = true\n',
+            'version = 1\n[models.m]\npath = "m"\npipeline = true\n',
             "models.m.pipeline",
             "pipeline is only for a model served across several hosts",
             "add hosts",
             id="pipeline-without-hosts",
         ),
         pytest.param(
-            '[models.m]\npath = "m"\nbackend = "vllm-mlx"\nhosts = ["a", "b"]\n',
+            'version = 1\n[models.m]\npath = "m"\nbackend = "vllm-mlx"\nhosts = ["a", "b"]\n',
             "models.m.hosts",
             "backend 'vllm-mlx' cannot serve a model across several hosts",
             'use backend = "mlx-lm"',
             id="engine-without-distributed",
         ),
         pytest.param(
-            '[models.m]\npath = "m"\nhosts = ["a", "b"]\nhostfile = "h.json"\n',
+            'version = 1\n[models.m]\npath = "m"\nhosts = ["a", "b"]\nhostfile = "h.json"\n',
             "models.m.hostfile",
             "set either hosts or hostfile, not both",
             None,
             id="hosts-and-hostfile",
         ),
         pytest.param(
-            '[models.m]\npath = "m"\nhosts = ["a", "b"]\nadapter = "lora"\n',
+            'version = 1\n[models.m]\npath = "m"\nhosts = ["a", "b"]\nadapter = "lora"\n',
             "models.m.adapter",
             "cannot load an adapter when serving across hosts",
             "mlx_lm fuse",
             id="adapter",
         ),
         pytest.param(
-            '[models.m]\npath = "m"\nhosts = ["a", "b"]\ndistributed = "nccl"\n',
+            'version = 1\n[models.m]\npath = "m"\nhosts = ["a", "b"]\ndistributed = "nccl"\n',
             "models.m.distributed",
             "",
             None,
@@ -167,7 +167,8 @@ def test_distributed_mistakes_are_located_and_explained(
 
 def test_a_distributed_entry_becomes_the_servers_distribution(tmp_path: Path) -> None:
     manifest = parse_manifest(
-        '[models.big]\npath = "m"\nhosts = ["127.0.0.1", "me@mac-b"]\npipeline = true\n'
+        'version = 1\n[models.big]\npath = "m"\nhosts = ["127.0.0.1", "me@mac-b"]\n'
+        "pipeline = true\n"
         'distributed = "mpi"\nfiles = "shared"\nring_port = 40000\n'
         '[models.one]\npath = "m"\n',
         "m.toml",
@@ -191,7 +192,9 @@ def test_a_distributed_entry_becomes_the_servers_distribution(tmp_path: Path) ->
 
 
 def test_a_hostfile_is_relative_to_the_manifest(tmp_path: Path) -> None:
-    manifest = parse_manifest('[models.big]\npath = "m"\nhostfile = "hosts.json"\n', "m.toml")
+    manifest = parse_manifest(
+        'version = 1\n[models.big]\npath = "m"\nhostfile = "hosts.json"\n', "m.toml"
+    )
     (big,) = desired(manifest, Lock(), manifest_dir=tmp_path, cache_dir=tmp_path).servers
     assert big.distribution is not None
     assert (big.distribution.backend, big.distribution.hostfile) == (
@@ -212,7 +215,7 @@ def test_a_changed_host_list_names_the_key_that_changed() -> None:
 
 def distributed_spec(folder: Path, entry: str) -> ServerSpec:
     """The server of a manifest with one model, in ``folder``, and ``entry``'s keys."""
-    manifest = parse_manifest(f'[models.big]\npath = "{folder}"\n{entry}', "m.toml")
+    manifest = parse_manifest(f'version = 1\n[models.big]\npath = "{folder}"\n{entry}', "m.toml")
     (server,) = desired(manifest, Lock(), manifest_dir=folder, cache_dir=folder).servers
     return server
 

@@ -67,7 +67,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_find_model_key_matches_as_ollama_does() -> None:
     manifest = parse_manifest(
-        '[models.tiny]\nrepo = "o/tiny"\n\n[models."Qwen:7B"]\nrepo = "o/qwen"\n'
+        'version = 1\n[models.tiny]\nrepo = "o/tiny"\n\n[models."Qwen:7B"]\nrepo = "o/qwen"\n'
         '\n[models."big:latest"]\nrepo = "o/big"\n'
     )
     assert find_model_key(manifest, "tiny") == "tiny"
@@ -81,7 +81,7 @@ def test_find_model_key_matches_as_ollama_does() -> None:
 
 def test_find_alias_key_matches_as_ollama_does() -> None:
     manifest = parse_manifest(
-        '[aliases]\n"Coder:latest" = "tiny"\n\n[models.tiny]\nrepo = "o/tiny"\n'
+        'version = 1\n[aliases]\n"Coder:latest" = "tiny"\n\n[models.tiny]\nrepo = "o/tiny"\n'
     )
     assert find_alias_key(manifest, "coder") == "Coder:latest"
     assert find_alias_key(manifest, "CODER:LATEST") == "Coder:latest"
@@ -226,8 +226,25 @@ def test_add_model_that_makes_the_manifest_invalid_leaves_the_file(manifest_file
     assert manifest_file.read_text(encoding="utf-8") == BASE
 
 
+@pytest.mark.parametrize("text", ['[models.a]\nrepo = "o/a"\n', "", "# cut short\n"])
+def test_add_model_to_a_file_without_its_version_leaves_the_file(tmp_path: Path, text: str) -> None:
+    """The editor never adds `version = 1` on its own: a file that does not say it (or
+    an editor's save caught halfway) is not a manifest to build on."""
+    path = _write(tmp_path, text)
+
+    with pytest.raises(ManifestError) as caught:
+        add_model(path, "b", {"repo": "o/b"})
+
+    (problem,) = caught.value.problems
+    assert str(problem) == (
+        f"{path}:1:1: the manifest does not say which version it is "
+        "(add `version = 1` as its first line)"
+    )
+    assert path.read_text(encoding="utf-8") == text
+
+
 def test_add_model_refuses_models_written_inline(tmp_path: Path) -> None:
-    text = 'models = { a = { repo = "o/a" } }\n'
+    text = 'version = 1\nmodels = { a = { repo = "o/a" } }\n'
     path = _write(tmp_path, text)
 
     with pytest.raises(ManifestEditError, match="inline table"):
@@ -290,13 +307,14 @@ def test_set_model_fields_keeps_comments_of_changed_keys(manifest_file: Path) ->
 def test_set_model_fields_inserts_before_the_next_tables_comments(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
-        '[models.a]\nrepo = "o/a"\n\n# About b.\n[models.b]\nrepo = "o/b"\n',
+        'version = 1\n[models.a]\nrepo = "o/a"\n\n# About b.\n[models.b]\nrepo = "o/b"\n',
     )
 
     set_model_fields(path, "a", {"serve": "always"})
 
     assert path.read_text(encoding="utf-8") == (
-        '[models.a]\nrepo = "o/a"\nserve = "always"\n\n# About b.\n[models.b]\nrepo = "o/b"\n'
+        'version = 1\n[models.a]\nrepo = "o/a"\nserve = "always"\n\n# About b.\n[models.b]\n'
+        'repo = "o/b"\n'
     )
 
 
@@ -383,6 +401,8 @@ def test_remove_model_at_the_end_keeps_the_file_ending(manifest_file: Path) -> N
 def test_remove_model_removes_alias_chains_and_an_empty_aliases_table(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
+        "version = 1\n"
+        "\n"
         "[aliases]\n"
         'first = "tiny"\n'
         'second = "first"\n'
@@ -398,13 +418,15 @@ def test_remove_model_removes_alias_chains_and_an_empty_aliases_table(tmp_path: 
     manifest, aliases = remove_model(path, "tiny")
 
     assert aliases == ("first", "second", "third")
-    assert path.read_text(encoding="utf-8") == '[models.other]\nrepo = "o/other"\n'
+    assert path.read_text(encoding="utf-8") == 'version = 1\n\n[models.other]\nrepo = "o/other"\n'
     assert manifest.aliases == {}
 
 
 def test_remove_model_keeps_aliases_of_other_models(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
+        "version = 1\n"
+        "\n"
         "[aliases]\n"
         'a = "tiny"\n'
         'b = "other"  # stays\n'
@@ -421,7 +443,7 @@ def test_remove_model_keeps_aliases_of_other_models(tmp_path: Path) -> None:
 
     assert aliases == ("a", "c")
     assert path.read_text(encoding="utf-8") == (
-        '[aliases]\nb = "other"  # stays\n\n[models.other]\nrepo = "o/other"\n'
+        'version = 1\n\n[aliases]\nb = "other"  # stays\n\n[models.other]\nrepo = "o/other"\n'
     )
     assert manifest.aliases == {"b": "other"}
 
@@ -620,7 +642,10 @@ def test_edit_keeps_crlf_bom_missing_final_newline_and_mode(tmp_path: Path) -> N
 
 
 def test_headers_inside_multiline_strings_are_not_tables(tmp_path: Path) -> None:
-    text = '[models.a]\nrepo = "o/a"\nsystem = """\n\n# not a comment\n[models.fake]\n"""\n'
+    text = (
+        'version = 1\n[models.a]\nrepo = "o/a"\nsystem = """\n\n# not a comment\n[models.fake]\n'
+        '"""\n'
+    )
     path = _write(tmp_path, text)
 
     add_model(path, "b", {"repo": "o/b"})

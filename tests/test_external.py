@@ -194,7 +194,7 @@ def test_ps_without_a_manifest_lists_no_externals(
 def test_ps_with_a_broken_discovered_manifest_still_lists_servers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "mlxlama.toml").write_text('[models.far]\nbackend = "external"\n')
+    (tmp_path / "mlxlama.toml").write_text('version = 1\n[models.far]\nbackend = "external"\n')
     monkeypatch.chdir(tmp_path)
     code, out, err = cli("ps", "--json")
     assert (code, json.loads(out)) == (0, [])

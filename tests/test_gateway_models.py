@@ -66,6 +66,7 @@ def test_details_follow_ollamas_fields() -> None:
 
 MANIFEST = parse_manifest(
     """
+    version = 1
     [models."coder"]
     repo = "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit"
     system = "Answer with code."

@@ -415,7 +415,9 @@ def test_a_forwarded_request_is_answered_from_local_models_only(
 
 def test_validate_counts_the_remotes(tmp_path: Path) -> None:
     manifest = tmp_path / "mlxlama.toml"
-    manifest.write_text('[remotes.studio]\nurl = "http://10.0.0.2:11434"\n', encoding="utf-8")
+    manifest.write_text(
+        'version = 1\n[remotes.studio]\nurl = "http://10.0.0.2:11434"\n', encoding="utf-8"
+    )
     assert cli("validate", "-f", str(manifest)) == (
         0,
         f"OK: 0 models, 0 aliases, 1 remote ({manifest})\n",
@@ -538,7 +540,7 @@ def test_failure_details_are_short_and_name_the_cause() -> None:
 
 def test_a_remote_set_knows_named_models_without_asking() -> None:
     manifest = parse_manifest(
-        '[remotes.a]\nurl = "http://10.0.0.1:11434"\nmodels = ["M1"]\n'
+        'version = 1\n[remotes.a]\nurl = "http://10.0.0.1:11434"\nmodels = ["M1"]\n'
         '[remotes.b]\nurl = "http://10.0.0.2:11434"\napi_key = "k"\nmodels = ["m2"]\n'
     )
     remotes = RemoteSet()

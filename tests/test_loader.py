@@ -65,9 +65,67 @@ def test_an_empty_manifest_is_refused(text: str) -> None:
     assert "version = 1" in str(caught.value)
 
 
+UNVERSIONED = """\
+# a save cut short before its first line, or a file that never said it
+[models.m]
+repo = "org/m"
+"""
+
+
+def test_a_manifest_without_its_version_is_refused() -> None:
+    """Files must say ``version = 1``: one without it (say, an in-place save cut short)
+    is refused, so the daemon keeps the last good manifest in force."""
+    problem = only_problem(UNVERSIONED)
+    assert str(problem) == (
+        "m.toml:1:1: the manifest does not say which version it is "
+        "(add `version = 1` as its first line)"
+    )
+
+
+def test_a_missing_version_is_reported_with_the_other_mistakes() -> None:
+    rendered = [str(p) for p in problems_of(UNVERSIONED + "prot = 1\n")]
+    assert rendered == [
+        "m.toml:1:1: the manifest does not say which version it is "
+        "(add `version = 1` as its first line)",
+        "m.toml:4:1: models.m.prot: unknown key 'prot' (did you mean 'port'?)",
+    ]
+
+
+def test_a_version_inside_a_table_is_not_the_manifests_version() -> None:
+    rendered = [str(p) for p in problems_of("[server]\nversion = 1\nport = 9000\n")]
+    assert rendered == [
+        "m.toml:1:1: the manifest does not say which version it is "
+        "(add `version = 1` as its first line)",
+        "m.toml:2:1: server.version: unknown key 'version' (allowed keys: host, port, "
+        "keep_alive, max_loaded, memory_budget, api_key, origins, flush_interval, "
+        "wedge_timeout)",
+    ]
+
+
+def test_a_manifest_file_without_its_version_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mlxlama.toml"
+    path.write_text(UNVERSIONED, encoding="utf-8")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}: 1 problem:",
+        f"  {path}:1:1: the manifest does not say which version it is "
+        "(add `version = 1` as its first line)",
+    ]
+    path.write_text("version = 1\n" + UNVERSIONED, encoding="utf-8")
+    assert set(load_manifest(path).models) == {"m"}
+
+
+@pytest.mark.parametrize("text", ["version = 1", "version = 1\n", "# mine\nversion = 1\n"])
+def test_its_version_alone_is_a_valid_manifest(text: str) -> None:
+    manifest = parse_manifest(text)
+    assert manifest.version == 1 and manifest.models == {}
+
+
 def test_durations_sizes_and_stop_strings_are_normalised() -> None:
     manifest = parse_manifest(
         """
+        version = 1
         [server]
         keep_alive = -1
         memory_budget = "24GB"
@@ -119,64 +177,64 @@ def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
     ("text", "line", "key", "message", "hint"),
     [
         pytest.param(
-            '[models.m]\nrepo = "org/m"\nport = "8080"\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\nport = "8080"\n',
+            4,
             "models.m.port",
             'must be a whole number, not "8080"',
             "remove the quotes",
             id="quoted-number",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\nport = 70000\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\nport = 70000\n',
+            4,
             "models.m.port",
             "must be at most 65535, not 70000",
             None,
             id="port-range",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\nserve = "on_demand"\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\nserve = "on_demand"\n',
+            4,
             "models.m.serve",
             "must be one of 'always', 'on-demand' or 'never'",
             "did you mean 'on-demand'?",
             id="serve-mode",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\npin = "yes"\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\npin = "yes"\n',
+            4,
             "models.m.pin",
             'must be true or false, not "yes"',
             "remove the quotes",
             id="bool",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\nkeep_alive = "300"\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\nkeep_alive = "300"\n',
+            4,
             "models.m.keep_alive",
             "invalid duration '300': missing unit",
             "write 300 without quotes for seconds, or add a unit",
             id="duration-without-unit",
         ),
         pytest.param(
-            '[server]\nflush_interval = "2s"\n',
-            2,
+            'version = 1\n[server]\nflush_interval = "2s"\n',
+            3,
             "server.flush_interval",
             "must be from 0 to 1s",
             'for example "3ms"; 0 writes each token as it comes',
             id="flush-interval-too-long",
         ),
         pytest.param(
-            "[server]\nflush_interval = -1\n",
-            2,
+            "version = 1\n[server]\nflush_interval = -1\n",
+            3,
             "server.flush_interval",
             "must be from 0 to 1s",
             None,
             id="flush-interval-forever",
         ),
         pytest.param(
-            '[server]\nmemory_budget = "lots"\n',
-            2,
+            'version = 1\n[server]\nmemory_budget = "lots"\n',
+            3,
             "server.memory_budget",
             "invalid size 'lots'",
             None,
@@ -191,298 +249,305 @@ def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
             id="version",
         ),
         pytest.param(
-            '[model.m]\nrepo = "org/m"\n',
-            1,
+            'version = 1\n[model.m]\nrepo = "org/m"\n',
+            2,
             "model",
             "unknown key 'model'",
             "did you mean 'models'?",
             id="top-level-typo",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\ntemperature = 0.1\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\ntemperature = 0.1\n',
+            4,
             "models.m.temperature",
             "unknown key 'temperature'",
             "sampling settings go under [models.m.parameters]",
             id="parameter-in-model-table",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\n[models.m.parameters]\nnum_gpu = 1\n',
-            4,
+            'version = 1\n[models.m]\nrepo = "org/m"\n[models.m.parameters]\nnum_gpu = 1\n',
+            5,
             "models.m.parameters.num_gpu",
             "unknown key 'num_gpu'",
             "an Ollama option that MLX engines do not use; remove it",
             id="ollama-only-option",
         ),
         pytest.param(
+            "version = 1\n"
             '[models.m]\nrepo = "org/m"\nmessages = [{ role = "robot", content = "x" }]\n',
-            3,
+            4,
             "models.m.messages[0].role",
             "must be one of 'system', 'user' or 'assistant'",
             None,
             id="message-role",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\npath = "./m"\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\npath = "./m"\n',
+            4,
             "models.m.path",
             "set either repo or path, not both",
             "repo downloads",
             id="repo-and-path",
         ),
         pytest.param(
-            "[models.m]\npin = true\n",
-            1,
+            "version = 1\n[models.m]\npin = true\n",
+            2,
             "models.m",
             "no repo or path",
             'add repo = "org/name"',
             id="neither-repo-nor-path",
         ),
         pytest.param(
-            '[models.m]\nrepo = "just-a-name"\n',
-            2,
+            'version = 1\n[models.m]\nrepo = "just-a-name"\n',
+            3,
             "models.m.repo",
             "'just-a-name' is not a Hugging Face repo id",
             '"org/name"',
             id="repo-id",
         ),
         pytest.param(
-            '[models."../escape"]\nrepo = "org/m"\n',
-            1,
+            'version = 1\n[models."../escape"]\nrepo = "org/m"\n',
+            2,
             'models."../escape"',
             "'..' is not allowed",
             "name:tag",
             id="dotdot-name",
         ),
         pytest.param(
-            '[models."a\\\\b"]\nrepo = "org/m"\n',
-            1,
+            'version = 1\n[models."a\\\\b"]\nrepo = "org/m"\n',
+            2,
             'models."a\\\\b"',
             "backslashes are not allowed",
             None,
             id="backslash-name",
         ),
         pytest.param(
-            '[models."/abs"]\nrepo = "org/m"\n',
-            1,
+            'version = 1\n[models."/abs"]\nrepo = "org/m"\n',
+            2,
             'models."/abs"',
             "a name is not a path",
             None,
             id="absolute-name",
         ),
         pytest.param(
-            '[models."a//b"]\nrepo = "org/m"\n',
-            1,
+            'version = 1\n[models."a//b"]\nrepo = "org/m"\n',
+            2,
             'models."a//b"',
             "empty part",
             None,
             id="empty-part",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\nport = 11434\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\nport = 11434\n',
+            4,
             "models.m.port",
             "port 11434 is the gateway's port",
             "pick another port",
             id="gateway-port",
         ),
         pytest.param(
-            '[server]\nport = 9000\n[models.m]\nrepo = "org/m"\nport = 9000\n',
-            5,
+            'version = 1\n[server]\nport = 9000\n[models.m]\nrepo = "org/m"\nport = 9000\n',
+            6,
             "models.m.port",
             "port 9000 is the gateway's port",
             None,
             id="custom-gateway-port",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\nbackend = "mlx_lm"\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\nbackend = "mlx_lm"\n',
+            4,
             "models.m.backend",
             "unknown backend 'mlx_lm'",
             "did you mean 'mlx-lm'?",
             id="backend-typo",
         ),
         pytest.param(
-            '[backends.fast]\nargs = ["--x"]\n',
-            1,
+            'version = 1\n[backends.fast]\nargs = ["--x"]\n',
+            2,
             "backends.fast",
             "backend 'fast' needs a type",
             'add type = "mlx-lm"',
             id="backend-without-type",
         ),
         pytest.param(
+            "version = 1\n"
             '[models.Llama]\nrepo = "org/a"\n[models."llama:latest"]\nrepo = "org/b"\n',
-            3,
+            4,
             'models."llama:latest"',
             "names the same model as 'Llama'",
             "case-insensitive",
             id="same-model-twice",
         ),
         pytest.param(
+            "version = 1\n"
             '[aliases]\nm = "other"\n[models.m]\nrepo = "org/m"\n[models.other]\nrepo = "org/o"\n',
-            2,
+            3,
             "aliases.m",
             "alias 'm' has the same name as model 'm'",
             "rename the alias",
             id="alias-shadows-model",
         ),
         pytest.param(
-            '[aliases]\nCoder = "m"\ncoder = "m"\n[models.m]\nrepo = "org/m"\n',
-            3,
+            'version = 1\n[aliases]\nCoder = "m"\ncoder = "m"\n[models.m]\nrepo = "org/m"\n',
+            4,
             "aliases.coder",
             "'coder' names the same alias as 'Coder'",
             "case-insensitive",
             id="same-alias-twice",
         ),
         pytest.param(
-            '[aliases]\na = "b"\nb = "c"\nc = "a"\n',
-            2,
+            'version = 1\n[aliases]\na = "b"\nb = "c"\nc = "a"\n',
+            3,
             "aliases.a",
             "alias loop: a -> b -> c -> a",
             "point one of these aliases",
             id="alias-loop",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\n',
-            1,
+            'version = 1\n[models.m]\nbackend = "external"\n',
+            2,
             "models.m",
             "an external model needs a url",
             'url = "http://127.0.0.1:1234"',
             id="external-without-url",
         ),
         pytest.param(
+            "version = 1\n"
             '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\nrepo = "org/m"\n',
-            4,
+            5,
             "models.m.repo",
             "repo does not apply to an external model",
             "remove repo",
             id="external-with-repo",
         ),
         pytest.param(
+            "version = 1\n"
             '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\npath = "./m"\n',
-            4,
+            5,
             "models.m.path",
             "path does not apply to an external model",
             "remove path",
             id="external-with-path",
         ),
         pytest.param(
-            '[backends.lms]\ntype = "external"\n'
+            'version = 1\n[backends.lms]\ntype = "external"\n'
             '[models.m]\nbackend = "lms"\nurl = "http://127.0.0.1:1234"\nport = 8081\n',
-            6,
+            7,
             "models.m.port",
             "port does not apply to an external model",
             "the port is part of url",
             id="external-backend-with-port",
         ),
         pytest.param(
-            '[defaults]\nbackend = "external"\n'
+            'version = 1\n[defaults]\nbackend = "external"\n'
             '[models.m]\nurl = "http://127.0.0.1:1234"\nargs = ["--x"]\n',
-            5,
+            6,
             "models.m.args",
             "args does not apply to an external model",
             "does not start external servers",
             id="external-default-with-args",
         ),
         pytest.param(
+            "version = 1\n"
             '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\nenv = { A = "1" }\n',
-            4,
+            5,
             "models.m.env",
             "env does not apply to an external model",
             "set its environment yourself",
             id="external-with-env",
         ),
         pytest.param(
+            "version = 1\n"
             '[models.m]\nbackend = "external"\nurl = "http://127.0.0.1:1234"\nadapter = "./a"\n',
-            4,
+            5,
             "models.m.adapter",
             "adapter does not apply to an external model",
             "load the adapter in the external server",
             id="external-with-adapter",
         ),
         pytest.param(
-            '[backends.lms]\ntype = "external"\nargs = ["--x"]\n',
-            3,
+            'version = 1\n[backends.lms]\ntype = "external"\nargs = ["--x"]\n',
+            4,
             "backends.lms.args",
             "args does not apply to an external backend",
             "does not start external servers",
             id="external-backend-section-with-args",
         ),
         pytest.param(
-            '[models.m]\nrepo = "org/m"\nurl = "http://127.0.0.1:1234"\n',
-            3,
+            'version = 1\n[models.m]\nrepo = "org/m"\nurl = "http://127.0.0.1:1234"\n',
+            4,
             "models.m.url",
             "url is only for external models",
             'set backend = "external"',
             id="url-on-managed-model",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = "ftp://127.0.0.1:1234"\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = "ftp://127.0.0.1:1234"\n',
+            4,
             "models.m.url",
             "url 'ftp://127.0.0.1:1234' must start with http:// or https://",
             'url = "http://127.0.0.1:1234"',
             id="url-scheme",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = "127.0.0.1:1234"\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = "127.0.0.1:1234"\n',
+            4,
             "models.m.url",
             "must start with http:// or https://",
             None,
             id="url-without-scheme",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = "http:///v1"\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = "http:///v1"\n',
+            4,
             "models.m.url",
             "url 'http:///v1' has no host",
             None,
             id="url-without-host",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = "http://h:1234/v1?key=x"\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = "http://h:1234/v1?key=x"\n',
+            4,
             "models.m.url",
             "has a query or fragment",
             "give the server's root",
             id="url-query",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = "http://me:pw@h:1234"\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = "http://me:pw@h:1234"\n',
+            4,
             "models.m.url",
             "contains a user name or password",
             "not supported",
             id="url-credentials",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = "http://h:99999"\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = "http://h:99999"\n',
+            4,
             "models.m.url",
             "is not a valid URL",
             None,
             id="url-port-range",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = 1234\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = 1234\n',
+            4,
             "models.m.url",
             "must be a string, not 1234",
             None,
             id="url-type",
         ),
         pytest.param(
-            '[models.m]\nbackend = "external"\nurl = "http://localhost:11434"\n',
-            3,
+            'version = 1\n[models.m]\nbackend = "external"\nurl = "http://localhost:11434"\n',
+            4,
             "models.m.url",
             "is mlx-lama's own gateway ([server] port 11434)",
             "move the gateway with [server] port",
             id="url-is-the-gateway",
         ),
         pytest.param(
-            '[server]\nhost = "0.0.0.0"\n',
-            2,
+            'version = 1\n[server]\nhost = "0.0.0.0"\n',
+            3,
             "server.host",
             "exposes the gateway beyond this machine",
             "set api_key",
@@ -504,6 +569,7 @@ def test_each_mistake_is_located_and_explained(
 def test_valid_cross_references_pass() -> None:
     manifest = parse_manifest(
         """
+        version = 1
         [server]
         host = "0.0.0.0"
         api_key = "secret"
@@ -529,6 +595,7 @@ def test_valid_cross_references_pass() -> None:
 
 
 EXTERNAL_MISTAKES = """\
+version = 1
 [backends.lms]
 type = "external"
 
@@ -544,11 +611,11 @@ url = "http://127.0.0.1:1234"
 
 def test_external_mistakes_are_golden() -> None:
     assert [str(p) for p in problems_of(EXTERNAL_MISTAKES)] == [
-        "m.toml:4:9: models.a: an external model needs a url (add the address of the "
+        "m.toml:5:9: models.a: an external model needs a url (add the address of the "
         'running server, as in url = "http://127.0.0.1:1234")',
-        "m.toml:6:1: models.a.repo: repo does not apply to an external model "
+        "m.toml:7:1: models.a.repo: repo does not apply to an external model "
         "(the server at url provides the model; remove repo)",
-        "m.toml:10:1: models.b.url: url is only for external models "
+        "m.toml:11:1: models.b.url: url is only for external models "
         '(set backend = "external" to route to the server at url, or remove url)',
     ]
 
@@ -565,7 +632,7 @@ def test_external_mistakes_are_golden() -> None:
 )
 def test_external_models_store_the_server_root(written: str, stored: str) -> None:
     manifest = parse_manifest(
-        f'[backends.lms]\ntype = "external"\n'
+        f'version = 1\n[backends.lms]\ntype = "external"\n'
         f'[models.m]\nbackend = "lms"\nurl = "{written}"\nserve = "always"\n'
         f'system = "Be brief."\n[models.m.parameters]\ntemperature = 0.1\n'
     )
@@ -576,7 +643,7 @@ def test_external_models_store_the_server_root(written: str, stored: str) -> Non
 
 def test_an_external_default_backend_needs_no_repo_and_other_models_may_override_it() -> None:
     manifest = parse_manifest(
-        '[defaults]\nbackend = "external"\n'
+        'version = 1\n[defaults]\nbackend = "external"\n'
         '[models.far]\nurl = "http://127.0.0.1:1234"\n'
         '[models.near]\nbackend = "mlx-lm"\nrepo = "org/near"\n'
     )
@@ -585,6 +652,7 @@ def test_an_external_default_backend_needs_no_repo_and_other_models_may_override
 
 
 REMOTE_MISTAKES = """\
+version = 1
 [models.tiny]
 repo = "org/tiny"
 
@@ -604,19 +672,19 @@ key = "x"
 
 def test_remote_mistakes_are_golden() -> None:
     assert [str(p) for p in problems_of(REMOTE_MISTAKES)] == [
-        "m.toml:6:11: remotes.studio.models[0]: 'Tiny' is also a model of this manifest "
+        "m.toml:7:11: remotes.studio.models[0]: 'Tiny' is also a model of this manifest "
         "([models.tiny]) (a name is served by one place: remove it here or from [models])",
-        "m.toml:6:29: remotes.studio.models[2]: invalid model name 'bad name': "
+        "m.toml:7:29: remotes.studio.models[2]: invalid model name 'bad name': "
         "whitespace is not allowed",
-        "m.toml:8:10: remotes.\"mac mini\": 'mac mini' is not a valid remote name "
+        "m.toml:9:10: remotes.\"mac mini\": 'mac mini' is not a valid remote name "
         "(use letters, digits, '_', '.' and '-', as in [remotes.studio])",
-        "m.toml:9:1: remotes.\"mac mini\".url: url 'http://localhost:11434' is mlx-lama's own "
+        "m.toml:10:1: remotes.\"mac mini\".url: url 'http://localhost:11434' is mlx-lama's own "
         "gateway ([server] port 11434) (point url at the other server's port, or move the "
         "gateway with [server] port)",
-        "m.toml:10:11: remotes.\"mac mini\".models[0]: 'shared:latest' is already routed to "
+        "m.toml:11:11: remotes.\"mac mini\".models[0]: 'shared:latest' is already routed to "
         "remote 'studio' (list each model under one remote)",
-        "m.toml:12:10: remotes.lab.url: required key is missing",
-        "m.toml:14:1: remotes.lab.key: unknown key 'key' (did you mean 'api_key'?)",
+        "m.toml:13:10: remotes.lab.url: required key is missing",
+        "m.toml:15:1: remotes.lab.key: unknown key 'key' (did you mean 'api_key'?)",
     ]
 
 
@@ -630,7 +698,7 @@ def test_remote_mistakes_are_golden() -> None:
     ],
 )
 def test_remotes_store_the_gateway_root(written: str, stored: str) -> None:
-    manifest = parse_manifest(f'[remotes.studio]\nurl = "{written}"\n')
+    manifest = parse_manifest(f'version = 1\n[remotes.studio]\nurl = "{written}"\n')
     assert manifest.remotes["studio"].url == stored
     assert manifest.remotes["studio"].models == []
     assert manifest.remotes["studio"].api_key is None
@@ -638,7 +706,7 @@ def test_remotes_store_the_gateway_root(written: str, stored: str) -> None:
 
 def test_remotes_may_share_a_url_and_name_models_a_manifest_aliases() -> None:
     manifest = parse_manifest(
-        '[server]\nport = 11500\n[models.local]\nrepo = "org/local"\n'
+        'version = 1\n[server]\nport = 11500\n[models.local]\nrepo = "org/local"\n'
         '[aliases]\nnick = "local"\n'
         '[remotes.studio]\nurl = "http://localhost:11434"\napi_key = "k"\nmodels = ["a", "b:7b"]\n'
         '[remotes.studio-bis]\nurl = "http://localhost:11434"\nmodels = ["c"]\n'
@@ -656,14 +724,14 @@ def test_syntax_errors_have_a_position_and_hint() -> None:
 
 
 def test_bare_word_values_suggest_quotes() -> None:
-    problem = only_problem("[defaults]\nbackend = mlx-lm\n")
-    assert problem.line == 2
+    problem = only_problem("version = 1\n[defaults]\nbackend = mlx-lm\n")
+    assert problem.line == 3
     assert problem.hint is not None and "double quotes" in problem.hint
 
 
 def test_duplicate_tables_are_a_syntax_error_with_a_hint() -> None:
-    problem = only_problem('[models.a]\nrepo = "o/a"\n[models.a]\nrepo = "o/b"\n')
-    assert problem.line == 3
+    problem = only_problem('version = 1\n[models.a]\nrepo = "o/a"\n[models.a]\nrepo = "o/b"\n')
+    assert problem.line == 4
     assert problem.hint == "each table and key may appear only once"
 
 
@@ -733,7 +801,7 @@ def test_schema_package_exports_resolve() -> None:
     ],
 )
 def test_only_loopback_hosts_may_go_without_an_api_key(host: str, needs_key: bool) -> None:
-    text = f'[server]\nhost = "{host}"\n'
+    text = f'version = 1\n[server]\nhost = "{host}"\n'
     if not needs_key:
         assert parse_manifest(text).server.host == host
         return

@@ -57,20 +57,20 @@ def test_second_load_comes_from_the_memo_without_pydantic(tmp_path: Path) -> Non
 
 def test_an_edit_is_validated_again(tmp_path: Path) -> None:
     path = tmp_path / "mlxlama.toml"
-    path.write_text('[models.a]\nrepo = "org/a"\n')
+    path.write_text('version = 1\n[models.a]\nrepo = "org/a"\n')
     assert list(load_manifest(path).models) == ["a"]
     assert _entry_path(path).exists()
-    path.write_text('[models.a]\nrepo = "org/a"\nprot = 1\n')
+    path.write_text('version = 1\n[models.a]\nrepo = "org/a"\nprot = 1\n')
     with pytest.raises(ManifestError, match="unknown key 'prot'"):
         load_manifest(path)
-    path.write_text('[models.b]\nrepo = "org/b"\n')
+    path.write_text('version = 1\n[models.b]\nrepo = "org/b"\n')
     assert list(load_manifest(path).models) == ["b"]
 
 
 @pytest.mark.parametrize("damage", ["not json", '{"key": "x"}', '{"key": 1, "data": []}'])
 def test_a_damaged_memo_is_ignored(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "mlxlama.toml"
-    path.write_text('[models.a]\nrepo = "org/a"\n')
+    path.write_text('version = 1\n[models.a]\nrepo = "org/a"\n')
     load_manifest(path)
     _entry_path(path).write_text(damage)
     assert list(load_manifest(path).models) == ["a"]

@@ -216,6 +216,7 @@ def test_the_error_message_lists_the_problems_under_the_file() -> None:
 
 MANIFEST = parse_manifest(
     """
+    version = 1
     [aliases]
     "base-alias" = "base"
 

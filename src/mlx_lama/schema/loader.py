@@ -2,9 +2,10 @@
 
 ``load_manifest`` is what every command calls. It never stops at the first
 mistake: a TOML syntax error ends the read (nothing after it can be trusted),
-but otherwise schema errors and the cross-entry checks (ports, names,
-aliases, backends, repo xor path) are all collected and raised together as
-one :class:`ManifestError`, each as ``FILE:LINE:COL: key.path: message (hint)``.
+but otherwise a missing ``version = 1``, schema errors and the cross-entry
+checks (ports, names, aliases, backends, repo xor path) are all collected and
+raised together as one :class:`ManifestError`, each as
+``FILE:LINE:COL: key.path: message (hint)``.
 Reads the file and nothing else.
 """
 
@@ -98,20 +99,10 @@ def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(source, [_syntax_problem(exc, text, source)]) from None
-    if not data:  # an editor's in-place save caught halfway is no manifest that wants nothing
-        empty = Problem(
-            source,
-            1,
-            1,
-            "",
-            "the file is empty (nothing but blanks and comments), so it is refused: a save "
-            "caught halfway never stops servers",
-            f"a manifest holds at least version = {SCHEMA_VERSION}",
-        )
-        raise ManifestError(source, [empty])
-
     found = locate_keys(text)
     problems: list[Problem] = []
+    if (unversioned := _unversioned(data, source)) is not None:
+        problems.append(unversioned)
 
     def report(path: KeyPath, message: str, hint: str | None = None) -> None:
         position = nearest_position(found, path)
@@ -132,6 +123,35 @@ def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
     if problems or model is None:
         raise ManifestError(source, problems)
     return Manifest.from_data(_fields_of(model))
+
+
+def _unversioned(data: Mapping[str, Any], source: str) -> Problem | None:
+    """The problem with a manifest that does not say ``version = 1`` at its top level.
+
+    Files must say which version they are, so that an empty file, or one an editor's
+    in-place save has cut short, is refused (the daemon keeps the last good manifest
+    in force) instead of read as a manifest that wants nothing.
+    """
+    if "version" in data:
+        return None
+    if not data:
+        return Problem(
+            source,
+            1,
+            1,
+            "",
+            "the file is empty (nothing but blanks and comments), so it is refused: a save "
+            "caught halfway never stops servers",
+            f"a manifest holds at least version = {SCHEMA_VERSION}",
+        )
+    return Problem(
+        source,
+        1,
+        1,
+        "",
+        "the manifest does not say which version it is",
+        f"add `version = {SCHEMA_VERSION}` as its first line",
+    )
 
 
 # -- TOML syntax ---------------------------------------------------------------

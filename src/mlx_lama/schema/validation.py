@@ -165,7 +165,7 @@ class RemoteSection(_Table):
 class Manifest(_Table):
     """A whole ``mlxlama.toml``."""
 
-    version: Literal[1] = 1
+    version: Literal[1] = 1  # a file must say it: the loader refuses one that does not
     server: ServerSection = ServerSection()
     defaults: Defaults = Defaults()
     aliases: dict[str, str] = Field(default_factory=dict)
