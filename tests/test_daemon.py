@@ -281,7 +281,7 @@ def test_records_of_dead_servers_are_dropped_on_start(
     extra = _model_b(tiny_model)  # on-demand: nothing starts it
     manifest.write_text(_manifest(tiny_model, extra=extra), encoding="utf-8")
     dead = spawn(procs, SLEEP)
-    stale = record_for(dead, name="b", model="b")
+    stale = record_for(dead, name="b", model="b", manifest=str(manifest))  # this project's
     dead.kill()
     dead.wait()
     path = runrecords.write_record(stale)
@@ -332,7 +332,9 @@ def test_a_server_started_meanwhile_by_apply_is_taken_over_or_replaced(
         wait_for(lambda: _model(daemon, "b").get("state") == "stopped", 30, "b to unload")
         # (a child of this test: exited() reaps it, so it is not left a zombie)
         wait_for(lambda: process.exited(same) is not None, 30, "the first b to stop")
-        stale = process.start_server(replace(spec, env=(("MLX_LAMA_TEST", "1"),)))
+        stale = process.start_server(
+            replace(spec, env=(("MLX_LAMA_TEST", "1"),)), manifest=str(manifest)
+        )
         assert _chat(daemon, "b").status_code == 200
         assert _pid(daemon, "b") not in (stale.pid, None)
         assert process.exited(stale) is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -484,7 +485,10 @@ def test_two_ranks_over_loopback_answer_through_the_gateway_and_stop_together(
             assert process.environ()["MLX_RANK"] == str(rank)
             assert "mlx_lm" in process.cmdline() and "server" in process.cmdline()
         code, table, _ = cli("ps", "-f", str(manifest))
-        assert "  rank 0   127.0.0.1" in table and "  rank 1   127.0.0.1" in table
+        for rank in (0, 1):  # under its server, with the host in the BACKEND column
+            assert re.search(
+                rf"^  rank {rank}\s+127\.0\.0\.1\s+{pids[rank]}\s+running", table, re.M
+            )
         launcher = row["pid"]
 
         code, _, err = cli("stop", "tiny", "-f", str(manifest))

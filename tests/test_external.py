@@ -134,16 +134,17 @@ def test_ps_rows_for_externals_take_the_port_from_the_url() -> None:
         (
             ExternalStatus("a", "http://127.0.0.1:1234", True, "HTTP 200, 1 model"),
             ExternalStatus("b", "https://box.lan/proxy", False, "connection refused"),
-        )
+        ),
+        "/p/mlxlama.toml",
     )
     assert rows == [
         ServerRow(
             "a", "external", 1234, None, "answering", None, None,
-            "http://127.0.0.1:1234", "HTTP 200, 1 model",
+            "http://127.0.0.1:1234", "HTTP 200, 1 model", project="/p/mlxlama.toml",
         ),
         ServerRow(
             "b", "external", 443, None, "not answering", None, None,
-            "https://box.lan/proxy", "connection refused",
+            "https://box.lan/proxy", "connection refused", project="/p/mlxlama.toml",
         ),
     ]  # fmt: skip
     assert rows[0].to_json(now=100.0)["uptime"] is None
@@ -178,9 +179,12 @@ def test_plan_ps_and_list_with_an_external_server(tmp_path: Path) -> None:
     code, out, _ = cli("ps", "-f", str(manifest))
     assert code == 0
     header, line = out.splitlines()
-    assert header.split() == ["NAME", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY"]
+    assert header.split() == [
+        "NAME", "PROJECT", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY"
+    ]  # fmt: skip
     port = url.rsplit(":", 1)[1]
-    assert line.split() == ["far", "external", port, "-", "not", "answering", "-", "-"]
+    project = manifest.parent.name
+    assert line.split() == ["far", project, "external", port, "-", "not", "answering", "-", "-"]
 
 
 def test_ps_without_a_manifest_lists_no_externals(

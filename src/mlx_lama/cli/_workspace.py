@@ -15,6 +15,7 @@ import typer
 from mlx_lama import paths
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.observe import observe
+from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.state import DesiredState, ObservedState
 from mlx_lama.schema import ManifestLocation, find_manifest, load_manifest
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
@@ -33,6 +34,11 @@ class Workspace:
         return self.location.path
 
     @property
+    def project(self) -> str:
+        """The project this manifest is (its real path)."""
+        return project_key(self.manifest_path)
+
+    @property
     def lock_path(self) -> Path:
         return lock_path_for(self.location.path)
 
@@ -42,6 +48,7 @@ class Workspace:
             self.lock if lock is None else lock,
             manifest_dir=self.manifest_path.parent,
             cache_dir=self.cache_dir,
+            project=self.project,
         )
 
 
@@ -62,7 +69,9 @@ def observe_and_warn(
     """Observe (probing ``desired``'s external servers), printing each warning on
     stderr; with ``hosts``, also check over ssh that the other hosts of each
     distributed server have its model files."""
-    observed = observe(cache_dir=workspace.cache_dir, externals=desired.externals)
+    observed = observe(
+        cache_dir=workspace.cache_dir, externals=desired.externals, project=desired.project
+    )
     warnings = list(observed.warnings)
     if hosts and any(s.distribution is not None for s in desired.servers):
         from mlx_lama.orchestrator.hostfiles import check_hosts

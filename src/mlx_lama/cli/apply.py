@@ -30,7 +30,7 @@ from mlx_lama.cli._common import (
     exit_interrupted,
     handles_errors,
 )
-from mlx_lama.cli.plan import Prune
+from mlx_lama.cli.plan import Prune, RemoveOrphans
 from mlx_lama.errors import MlxLamaError, UsageError
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 def apply(
     file: ManifestFile = None,
     prune: Prune = False,
+    remove_orphans: RemoveOrphans = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan and stop.")] = False,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Stop servers and remove models without asking.")
@@ -66,7 +67,8 @@ def apply(
 
     Shows the plan, then stops, removes, pulls and starts in that order, and
     writes mlxlama.lock. Stopping servers and removing models needs --yes
-    when there is no terminal to ask on.
+    when there is no terminal to ask on. It acts only on this project's
+    servers; --remove-orphans also stops those whose manifest is gone.
 
     With --watch it then applies again after each save of the manifest or
     mlxlama.lock, like `serve` without the gateway. Starting the watch and
@@ -88,10 +90,16 @@ def apply(
             hint="run `mlx-lama apply --locked` once; --watch writes mlxlama.lock as it goes",
         )
     if watch:
-        _watch(file, _Settings(prune=prune, timeout=timeout, confirm=_go_ahead))
+        _watch(
+            file,
+            _Settings(
+                prune=prune, remove_orphans=remove_orphans, timeout=timeout, confirm=_go_ahead
+            ),
+        )
         return
     settings = _Settings(
         prune=prune,
+        remove_orphans=remove_orphans,
         timeout=timeout,
         confirm=_go_ahead if yes else _confirm,
         dry_run=dry_run,
@@ -109,6 +117,7 @@ class _Settings:
     prune: bool
     timeout: float
     confirm: Callable[[int], bool]
+    remove_orphans: bool = False
     dry_run: bool = False
     locked: bool = False
 
@@ -138,7 +147,8 @@ def _apply_once(file: Path | None, settings: _Settings) -> ApplyResult | None:
             check_lock_matches(workspace.manifest, workspace.lock, workspace.lock_path)
         desired = workspace.desired()
         observed = observe_and_warn(workspace, desired, hosts=True)
-        plan = make_plan(desired, observed, PlanOptions(prune=settings.prune))
+        options = PlanOptions(prune=settings.prune, remove_orphans=settings.remove_orphans)
+        plan = make_plan(desired, observed, options)
         typer.echo(plan.render(), nl=False)
         if settings.dry_run or plan.empty:
             if plan.empty and not settings.locked:

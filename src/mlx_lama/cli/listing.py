@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -55,13 +55,22 @@ def list_models(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
 
 @app.command("ps")
 @handles_errors
-def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
-    """List model servers: the ones mlx-lama started and the manifest's external ones.
+def ps(
+    file: ManifestFile = None,
+    project_only: Annotated[
+        bool,
+        typer.Option("--project", help="Only this project's servers (the manifest in use)."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List model servers: every project's that mlx-lama started, and the manifest's
+    external ones.
 
-    Shows port, pid, state, uptime and memory; an external server's state is
-    whether it answers right now. While `mlx-lama serve` runs, servers it is
-    restarting after a crash, or has given up on, are listed too, with the
-    last lines of a failed server's log.
+    Shows the project each server belongs to (its manifest's folder; "(orphan)"
+    when that manifest is gone), port, pid, state, uptime and memory; an
+    external server's state is whether it answers right now. While `mlx-lama
+    serve` runs, servers it is restarting after a crash, or has given up on,
+    are listed too, with the last lines of a failed server's log.
     """
     from mlx_lama.humanize import duration_str, size_str
     from mlx_lama.orchestrator.inventory import (
@@ -77,17 +86,21 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
         resident_memory,
     )
 
-    externals = _manifest_externals(file)
+    project, externals = _manifest_externals(file)
     servers = observe_servers()
+    if project_only:
+        servers = tuple(s for s in servers if s.project == project)
     memory = {s.record.pid: m for s in servers if s.alive and (m := resident_memory(s.record.pid))}
     ranks = {
         s.name: rank_rows(s.record) for s in servers if s.alive and record_hosts(s.record.spec)
     }
-    rows = server_rows(servers, memory, ranks) + external_rows(observe_externals(externals))
+    rows = server_rows(servers, memory, ranks) + external_rows(
+        observe_externals(externals), project
+    )
     supervised = _daemon_models()
     listed = {row.name for row in rows if row.up}
-    rows += [row for row in supervised_rows(supervised) if row.name not in listed]
-    rows.sort(key=lambda row: row.name)
+    rows += [row for row in supervised_rows(supervised, project) if row.name not in listed]
+    rows.sort(key=lambda row: (row.name, row.project))
     now = time.time()
     if as_json:
         typer.echo(json.dumps([row.to_json(now) for row in rows], indent=2))
@@ -97,6 +110,7 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
         table.append(
             (
                 row.name,
+                row.project_label,
                 row.backend,
                 str(row.port),
                 str(row.pid) if row.pid is not None else "-",
@@ -110,6 +124,7 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
         table += [
             (
                 f"  rank {rank.rank}",
+                "",
                 rank.host,
                 "",
                 str(rank.pid),
@@ -119,7 +134,8 @@ def ps(file: ManifestFile = None, as_json: JsonFlag = False) -> None:
             )
             for rank in row.ranks
         ]
-    typer.echo(format_table(("NAME", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY"), table))
+    header = ("NAME", "PROJECT", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY")
+    typer.echo(format_table(header, table))
     for row in rows:
         if row.state == "failed":
             typer.echo(f"\n{row.name} failed: {row.detail}")
@@ -187,19 +203,27 @@ def _daemon_models() -> dict[str, dict[str, object]]:
     return models if isinstance(models, dict) else {}
 
 
-def _manifest_externals(file: Path | None) -> tuple[ExternalSpec, ...]:
-    """The manifest's external models. A manifest named with -f must load; a
-    discovered one that does not only costs the externals (with a warning), so
-    ``ps`` still shows the servers that are running."""
+def _manifest_externals(file: Path | None) -> tuple[str, tuple[ExternalSpec, ...]]:
+    """The project in use (its manifest's key) and its manifest's external models.
+    A manifest named with -f must load; a discovered one that does not only costs
+    the externals (with a warning), so ``ps`` still shows the servers that are
+    running."""
+    from mlx_lama import paths
     from mlx_lama.orchestrator.desired import external_specs
+    from mlx_lama.orchestrator.projects import project_key
     from mlx_lama.schema import find_manifest, load_manifest
 
     if file is not None:
-        return external_specs(load_manifest(find_manifest(file).path))
+        path = find_manifest(file).path
+        return project_key(path), external_specs(load_manifest(path))
     try:
-        return external_specs(load_manifest(find_manifest(None, create=False).path))
+        path = find_manifest(None, create=False).path
     except ManifestNotFoundError:
-        return ()
+        return project_key(paths.global_manifest()), ()
+    try:
+        return project_key(path), external_specs(load_manifest(path))
+    except ManifestNotFoundError:
+        return project_key(path), ()
     except MlxLamaError as error:
         typer.echo(f"warning: external servers not shown: {error}", err=True)
-        return ()
+        return project_key(path), ()

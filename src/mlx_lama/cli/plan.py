@@ -12,7 +12,16 @@ from mlx_lama.cli._common import JsonFlag, ManifestFile, handles_errors
 Prune = Annotated[
     bool,
     typer.Option(
-        "--prune", help="Also remove cached models mlx-lama pulled that the manifest dropped."
+        "--prune",
+        help="Also remove cached models this project pulled that no project declares any more.",
+    ),
+]
+RemoveOrphans = Annotated[
+    bool,
+    typer.Option(
+        "--remove-orphans",
+        help="Also stop servers whose project's manifest is gone (other projects' servers "
+        "are never touched).",
     ),
 ]
 
@@ -22,6 +31,7 @@ Prune = Annotated[
 def plan(
     file: ManifestFile = None,
     prune: Prune = False,
+    remove_orphans: RemoveOrphans = False,
     detailed_exitcode: Annotated[
         bool,
         typer.Option(
@@ -33,6 +43,8 @@ def plan(
     """Show what apply would change, changing nothing.
 
     Each line is + pull/start, - stop/remove or ~ restart, with the reason.
+    Only this project's servers are planned for; notes below the plan name
+    orphans (servers whose manifest is gone) and the models --prune keeps.
     External servers and [remotes] that do not answer are warned about.
     """
     from mlx_lama.cli._workspace import (
@@ -47,7 +59,9 @@ def plan(
     require_engines(workspace.manifest)
     desired = workspace.desired()
     result = make_plan(
-        desired, observe_and_warn(workspace, desired, hosts=True), PlanOptions(prune=prune)
+        desired,
+        observe_and_warn(workspace, desired, hosts=True),
+        PlanOptions(prune=prune, remove_orphans=remove_orphans),
     )
     warn_unanswering_remotes(workspace.manifest)
     typer.echo(result.to_json() if as_json else result.render(), nl=as_json)

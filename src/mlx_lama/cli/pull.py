@@ -101,6 +101,7 @@ def _puller(
     from mlx_lama.orchestrator.apply import Outcome
     from mlx_lama.orchestrator.entries import record_pull
     from mlx_lama.orchestrator.plan import Action, ActionKind
+    from mlx_lama.orchestrator.projects import project_key
 
     action = Action(ActionKind.PULL, source.key, "pull", model=source.key, repo=source.repo)
 
@@ -114,6 +115,7 @@ def _puller(
             locked,
             cache_dir=paths.hf_hub_cache(),
             progress=lambda done, total: reporter.progress(action, done, total),
+            project=project_key(manifest_path),
         )
         record_pull(manifest_path, source, locked, fields=fields)
         return f"{source.repo}@{locked.commit[:12]}, {size_str(locked.size)}"

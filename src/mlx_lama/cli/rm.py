@@ -28,14 +28,16 @@ def rm(
 
     The aliases that lead to a model go with it; naming an alias removes only
     the alias, as `ollama rm` does for a copied name. The files are deleted
-    only when mlx-lama downloaded them and no other model in the manifest
-    uses the same repo; files another tool put in the Hugging Face cache stay.
-    Every name is checked before anything is removed.
+    only when mlx-lama downloaded them and nothing else claims them: no other
+    model in this manifest, no other project's manifest or lock, no running
+    server of another project. Files another tool put in the Hugging Face
+    cache stay. Every name is checked before anything is removed.
     """
     from mlx_lama import paths
     from mlx_lama.cli._handoff import settle
     from mlx_lama.humanize import size_str
     from mlx_lama.orchestrator.entries import free_files, remove_entry
+    from mlx_lama.orchestrator.projects import project_key
     from mlx_lama.schema import editor, find_manifest, load_manifest
 
     path = find_manifest(file).path
@@ -49,11 +51,14 @@ def rm(
             continue
         removed = remove_entry(path, key)
         settle(path, [key])  # its server stops before its files go
+        kept = removed.kept_because
         if removed.repo is not None:
-            freed = free_files(removed.repo, paths.hf_hub_cache())
-            typer.echo(f"freed {size_str(freed)} ({removed.repo})", err=True)
-        elif removed.kept_because is not None:
-            typer.echo(f"kept its files: {removed.kept_because}", err=True)
+            result = free_files(removed.repo, paths.hf_hub_cache(), project=project_key(path))
+            kept = result.kept_because
+            if kept is None:
+                typer.echo(f"freed {size_str(result.freed)} ({removed.repo})", err=True)
+        if kept is not None:
+            typer.echo(f"kept its files: {kept}", err=True)
         if removed.aliases:
             typer.echo(f"removed its aliases: {', '.join(removed.aliases)}", err=True)
         typer.echo(f"deleted '{name}'")

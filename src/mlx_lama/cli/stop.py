@@ -11,6 +11,8 @@ from mlx_lama.cli._common import ManifestFile, handles_errors
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mlx_lama.daemonclient import Daemon
 
 
@@ -57,7 +59,7 @@ def stop(
     daemon = daemon_for(path, manifest.server.api_key)
     if daemon is not None:
         _unload(daemon, key)
-    elif not _stop_leftover(key):
+    elif not _stop_leftover(key, path):
         raise MlxLamaError(f"couldn't find model {model!r} to stop: it is not running")
     typer.echo(f"stopped {key!r}", err=True)
 
@@ -81,13 +83,14 @@ def _unload(daemon: Daemon, key: str) -> None:
     )
 
 
-def _stop_leftover(key: str) -> bool:
-    """Without a daemon: stop a server of ``key`` that still runs (one a killed daemon
-    left behind). False when there is none."""
+def _stop_leftover(key: str, manifest: Path) -> bool:
+    """Without a daemon: stop a server of ``key`` that this project started and that
+    still runs (one a killed daemon left behind). False when there is none."""
     from mlx_lama.orchestrator import process
+    from mlx_lama.orchestrator.projects import project_key
 
     record = process.running_record(key)
-    if record is None:
+    if record is None or project_key(record.manifest) != project_key(manifest):
         return False
     process.stop_server(record)
     return True

@@ -28,6 +28,7 @@ from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.validate import Limits
 from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folder
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
@@ -84,6 +85,7 @@ class Gateway:
         ready_timeout: float | None = None,
     ) -> None:
         self.manifest_path = manifest_path
+        self.project = project_key(manifest_path)  # the project this gateway serves
         self.cache_dir = cache_dir
         self.scheduler = scheduler
         self.total_memory = total_memory
@@ -149,7 +151,11 @@ class Gateway:
         self.manifest = manifest
         self.lock = lock
         self.desired = desired(
-            manifest, lock, manifest_dir=self.manifest_path.parent, cache_dir=self.cache_dir
+            manifest,
+            lock,
+            manifest_dir=self.manifest_path.parent,
+            cache_dir=self.cache_dir,
+            project=self.project,
         )
         self.registry = load_registry(
             manifest_aliases=manifest.aliases, manifest_models=list(manifest.models)

@@ -160,7 +160,7 @@ def _download(gateway: Gateway, locked: LockedModel, emit: Any) -> None:
         emit({"status": status, "digest": f"sha256:{digest}", "total": total, "completed": done})
 
     emit({"status": status, "digest": f"sha256:{digest}", "total": locked.size})
-    pull.pull_model(locked, cache_dir=gateway.cache_dir, progress=progress)
+    pull.pull_model(locked, cache_dir=gateway.cache_dir, progress=progress, project=gateway.project)
 
 
 # -- delete
@@ -186,9 +186,19 @@ async def delete(request: Request) -> Response:
     removed = await _edit(
         gateway, lambda: remove_entry(gateway.manifest_path, model), f"delete {model!r}"
     )
+    kept = removed.kept_because
     if removed.repo is not None:
-        await asyncio.to_thread(free_files, removed.repo, gateway.cache_dir)
-    return Response(status_code=200)
+        freed = await asyncio.to_thread(
+            free_files, removed.repo, gateway.cache_dir, project=gateway.project
+        )
+        kept = freed.kept_because
+        if kept is None:
+            log.info("deleted %r: freed %d bytes of %s", model, freed.freed, freed.repo)
+    if kept is not None:
+        log.info("deleted %r; kept its files: %s", model, kept)
+    # Ollama answers an empty 200; its clients read only the status, so the body
+    # can say what happened to the files.
+    return JSONResponse({"status": "success", **({"kept_files": kept} if kept else {})})
 
 
 async def _edit(gateway: Gateway, work: Callable[[], T], what: str) -> T:

@@ -45,6 +45,7 @@ from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.gateway.watchdog import Watchdog
 from mlx_lama.orchestrator import process
+from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE, DEFAULT_WEDGE_TIMEOUT
 from mlx_lama.schema.units import Duration
@@ -537,7 +538,9 @@ class Scheduler:
         under a staging name until that one has stopped (see
         :func:`process.rename_record`)."""
         if not beside:
-            running = process.take_over(spec, ready_timeout=self.config.ready_timeout)
+            running = process.take_over(
+                spec, manifest=self.config.manifest, ready_timeout=self.config.ready_timeout
+            )
             if running is not None:
                 return running
         return process.start_server(

@@ -33,6 +33,7 @@ from mlx_lama.gateway.scheduler import DEFAULT_MAX_QUEUE, Scheduler, SchedulerCo
 from mlx_lama.gateway.security import SecurityPolicy
 from mlx_lama.netaddr import is_loopback_host, parse_listen_address
 from mlx_lama.orchestrator import process
+from mlx_lama.orchestrator.projects import remember
 from mlx_lama.orchestrator.runrecords import inspect_record, read_records
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
@@ -113,10 +114,12 @@ def prepare(
         total_memory=psutil.virtual_memory().total,
         ready_timeout=ready_timeout,
     )
+    remember(manifest_path)  # so other projects' prunes keep what it names
     records, warnings = read_records()
     for warning in warnings:
         log.warning("%s", warning)
-    inspected = [inspect_record(r) for r in records]
+    # Only this project's servers: another project's are never adopted or stopped.
+    inspected = [s for s in map(inspect_record, records) if s.project == gateway.project]
     for gone in (s.record for s in inspected if not s.alive):
         log.info("dropping the run record of %r: pid %d is gone", gone.name, gone.pid)
         process.stop_server(gone)  # signals nothing: only deletes the record

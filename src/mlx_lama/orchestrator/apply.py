@@ -21,8 +21,9 @@ from typing import Protocol
 
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.humanize import size_str
-from mlx_lama.orchestrator import cache, process, pull, pulled
+from mlx_lama.orchestrator import process, projects, pull
 from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.entries import free_files
 from mlx_lama.orchestrator.plan import Action, ActionKind, Plan
 from mlx_lama.orchestrator.state import DesiredState, ObservedState, ServerSpec
 from mlx_lama.schema.lockfile import Lock, LockedModel, lock_path_for, lockable_names, save_lock
@@ -122,6 +123,7 @@ def apply_plan(
     ``destructive_ok``. Returns every outcome; never raises for one action."""
     report = reporter or _Silent()
     began = time.monotonic()
+    projects.remember(ctx.manifest_path)  # so other projects' prunes keep what it names
     outcomes: list[Outcome] = []
     refused = tuple(a for a in plan.actions if a.kind.destructive and not destructive_ok)
 
@@ -158,7 +160,8 @@ def apply_plan(
         o.action.model for o in outcomes if not o.ok and o.action.kind is ActionKind.PULL
     }
     servers = {s.name: s for s in desired(
-        ctx.manifest, lock, manifest_dir=ctx.manifest_path.parent, cache_dir=ctx.cache_dir
+        ctx.manifest, lock, manifest_dir=ctx.manifest_path.parent, cache_dir=ctx.cache_dir,
+        project=ctx.desired.project,
     ).servers}  # fmt: skip
     for action in [*_of(runnable, ActionKind.RESTART), *_of(runnable, ActionKind.START)]:
         if action.model in failed_models:
@@ -210,10 +213,10 @@ def _stop(action: Action, ctx: ApplyContext) -> str:
 
 
 def _remove(action: Action, ctx: ApplyContext) -> str:
-    repo = str(action.repo)
-    freed = cache.remove_repo(repo, ctx.cache_dir)
-    pulled.forget_pulled(repo)
-    return f"freed {size_str(freed)}"
+    result = free_files(str(action.repo), ctx.cache_dir, project=ctx.desired.project)
+    if result.kept_because is not None:  # something claimed it since the plan was made
+        raise MlxLamaError(f"kept {action.repo}: {result.kept_because}")
+    return f"freed {size_str(result.freed)}"
 
 
 def _pull(
@@ -228,6 +231,7 @@ def _pull(
     pull.pull_model(
         locked,
         cache_dir=ctx.cache_dir,
+        project=ctx.desired.project,
         progress=lambda done, total: report.progress(action, done, total),
     )
     resolved[spec.name] = locked

@@ -24,12 +24,14 @@ DEFAULT_REVISION = "main"
 BACKEND_HOST = "127.0.0.1"  # engines only ever listen on loopback; the gateway is the door
 
 
-def desired(manifest: Manifest, lock: Lock, *, manifest_dir: Path, cache_dir: Path) -> DesiredState:
+def desired(
+    manifest: Manifest, lock: Lock, *, manifest_dir: Path, cache_dir: Path, project: str = ""
+) -> DesiredState:
     """Resolve every model to repo + revision (+ locked commit and files) and every
     served model to a :class:`ServerSpec`. The lock wins when it matches the
     manifest's repo and revision; otherwise the model is unresolved (commit None).
     External models become :class:`ExternalSpec` only: never pulled, never started.
-    Pure."""
+    ``project`` (the manifest's key) says whose servers are these. Pure."""
     models = tuple(
         model_spec(name, entry, lock, manifest_dir)
         for name, entry in sorted(manifest.models.items())
@@ -40,7 +42,9 @@ def desired(manifest: Manifest, lock: Lock, *, manifest_dir: Path, cache_dir: Pa
         for spec in models
         if manifest.serve_mode(spec.name) != "never"
     )
-    return DesiredState(models=models, servers=servers, externals=external_specs(manifest))
+    return DesiredState(
+        models=models, servers=servers, externals=external_specs(manifest), project=project
+    )
 
 
 def external_specs(manifest: Manifest) -> tuple[ExternalSpec, ...]:

@@ -8,8 +8,10 @@ Shared by the CLI verbs (``pull``, ``rm``, ``run``) and the gateway's
 - :func:`record_pull` writes a downloaded model into the manifest (when new)
   and its commit into the lock;
 - :func:`remove_entry` takes a model (and the aliases that lead to it) out of
-  the manifest and the lock, and says whether its files may go;
-- :func:`free_files` deletes them.
+  the manifest and the lock, and says whether another of its models still uses
+  the files;
+- :func:`free_files` deletes them, unless something else claims them (see
+  :mod:`mlx_lama.orchestrator.claims`), and says why when it keeps them.
 
 Manifest edits go through :mod:`mlx_lama.schema.editor` (comments kept,
 validated, atomic) under the apply lock. Nothing here starts or stops servers.
@@ -78,7 +80,11 @@ def record_pull(
 ) -> Manifest:
     """After a download: add a new model with ``repo`` (then ``fields``, in order) to
     the manifest, or set ``fields`` on the existing one, and write the commit to the
-    lock. One apply-lock hold, so concurrent pulls never lose each other's edits."""
+    lock. One apply-lock hold, so concurrent pulls never lose each other's edits.
+    The project is remembered, so other projects' prunes keep what it names."""
+    from mlx_lama.orchestrator import projects
+
+    projects.remember(manifest_path)
     with apply_lock():
         if source.existing is None:
             if locked is None:
@@ -103,7 +109,8 @@ def record_pull(
 @dataclass(frozen=True, slots=True)
 class Removed:
     """What :func:`remove_entry` did: the aliases that went with the model, and the
-    repo whose files may be deleted (None: none may; see :func:`remove_entry`)."""
+    repo whose files :func:`free_files` may delete (None: none may; see
+    :func:`remove_entry`)."""
 
     model: str
     aliases: tuple[str, ...]
@@ -115,12 +122,9 @@ def remove_entry(manifest_path: Path, model: str) -> Removed:
     """Remove manifest model ``model`` and every alias leading to it from the manifest,
     and its entry from the lock.
 
-    Its repo's files may then go when mlx-lama downloaded them (``pulled.json``)
-    and no model left in the manifest uses the same repo: files another tool put
-    in the Hugging Face cache are never deleted.
+    Its repo is offered to :func:`free_files` unless another model left in the
+    manifest uses the same repo.
     """
-    from mlx_lama.orchestrator import pulled
-
     with apply_lock():
         repo = load_manifest(manifest_path).models[model].repo
         manifest, aliases = editor.remove_model(manifest_path, model)
@@ -131,19 +135,31 @@ def remove_entry(manifest_path: Path, model: str) -> Removed:
     users = sorted(name for name, entry in manifest.models.items() if entry.repo == repo)
     if users:
         return Removed(model, aliases, None, f"{', '.join(users)} still use {repo}")
-    if repo not in pulled.read_pulled():
-        return Removed(
-            model, aliases, None, f"mlx-lama did not download {repo}; another tool may use it"
-        )
     return Removed(model, aliases, repo, None)
 
 
-def free_files(repo: str, cache_dir: Path) -> int:
-    """Delete ``repo`` from the cache and forget that mlx-lama pulled it. Returns
-    the bytes freed."""
-    from mlx_lama.orchestrator import cache, pulled
+@dataclass(frozen=True, slots=True)
+class Freed:
+    """What :func:`free_files` did: the bytes it freed, or why it kept the files."""
+
+    repo: str
+    freed: int = 0
+    kept_because: str | None = None
+
+
+def free_files(repo: str, cache_dir: Path, *, project: str) -> Freed:
+    """Delete ``repo`` from the cache and forget that mlx-lama pulled it, unless it
+    must stay: mlx-lama did not download it, a known project's manifest (or another
+    project's lock) names it, or a running server of another project uses it.
+    ``project`` is the manifest key of the project asking. Decided under the
+    apply lock, from the files and processes as they are at that moment."""
+    from mlx_lama.orchestrator import cache, claims, pulled
+    from mlx_lama.orchestrator.observe import observe_servers
 
     with apply_lock():
+        kept = claims.gather(project, observe_servers()).why_kept(repo, pulled.read_pulled())
+        if kept is not None:
+            return Freed(repo, kept_because=kept)
         freed = cache.remove_repo(repo, cache_dir)
         pulled.forget_pulled(repo)
-    return freed
+    return Freed(repo, freed=freed)

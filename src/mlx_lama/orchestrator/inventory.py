@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mlx_lama.netaddr import url_port
+from mlx_lama.orchestrator.projects import project_name
 from mlx_lama.orchestrator.state import (
     CachedRepo,
     CachedRevision,
@@ -65,6 +66,14 @@ class ServerRow:
     detail: str | None = None  # external: what the probe saw; restarting/failed: why
     hosts: tuple[str, ...] = ()  # a distributed server's hosts, rank 0 first
     ranks: tuple[RankRow, ...] = ()  # its ranks running now
+    project: str = ""  # the real path of the manifest it belongs to
+    orphan: bool = False  # that manifest is gone
+
+    @property
+    def project_label(self) -> str:
+        """The PROJECT column: the project's short name, marked when it is an orphan."""
+        name = project_name(self.project)
+        return f"{name} (orphan)" if self.orphan else name
 
     @property
     def up(self) -> bool:
@@ -72,6 +81,7 @@ class ServerRow:
 
     def to_json(self, now: float) -> dict[str, object]:
         row = asdict(self)
+        row["project_name"] = project_name(self.project)
         row["uptime"] = now - self.started_at if self.up and self.started_at is not None else None
         return row
 
@@ -142,6 +152,8 @@ def server_rows(
             memory=memory.get(s.record.pid),
             hosts=record_hosts(s.record.spec),
             ranks=(ranks or {}).get(s.record.name, ()),
+            project=s.project,
+            orphan=s.orphan,
         )
         for s in servers
     ]
@@ -159,9 +171,9 @@ def record_hosts(spec: dict[str, object]) -> tuple[str, ...]:
     return (f"hostfile {hostfile}",) if hostfile else ()
 
 
-def supervised_rows(models: dict[str, dict[str, object]]) -> list[ServerRow]:
-    """``ps`` rows for what the daemon reports as restarting or failed (``/health``'s
-    ``models``); those have no live process to list otherwise. Pure."""
+def supervised_rows(models: dict[str, dict[str, object]], project: str) -> list[ServerRow]:
+    """``ps`` rows for what the daemon of ``project`` reports as restarting or failed
+    (``/health``'s ``models``); those have no live process to list otherwise. Pure."""
     rows = []
     for name, entry in sorted(models.items()):
         state = entry.get("state")
@@ -181,13 +193,14 @@ def supervised_rows(models: dict[str, dict[str, object]]) -> list[ServerRow]:
                 started_at=None,
                 memory=None,
                 detail=detail,
+                project=project,
             )
         )
     return rows
 
 
-def external_rows(statuses: tuple[ExternalStatus, ...]) -> list[ServerRow]:
-    """``ps`` rows for the external servers the manifest routes to. Pure."""
+def external_rows(statuses: tuple[ExternalStatus, ...], project: str) -> list[ServerRow]:
+    """``ps`` rows for the external servers the manifest of ``project`` routes to. Pure."""
     return [
         ServerRow(
             name=e.name,
@@ -199,6 +212,7 @@ def external_rows(statuses: tuple[ExternalStatus, ...]) -> list[ServerRow]:
             memory=None,
             url=e.url,
             detail=e.detail,
+            project=project,
         )
         for e in statuses
     ]

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlx_lama.orchestrator import cache, pulled, runrecords
+from mlx_lama.orchestrator import cache, claims, pulled, runrecords
 from mlx_lama.orchestrator.state import (
     ExternalSpec,
     ExternalStatus,
@@ -33,18 +33,24 @@ EXTERNAL_PROBE_TIMEOUT = 1.0  # seconds per request; an external server on a LAN
 
 
 def observe(
-    *, cache_dir: Path | None = None, externals: Sequence[ExternalSpec] = ()
+    *,
+    cache_dir: Path | None = None,
+    externals: Sequence[ExternalSpec] = (),
+    project: str = "",
 ) -> ObservedState:
-    """Scan the cache, read the pulled record, check every run record, and probe
-    each of ``externals`` (the desired state's external models)."""
+    """Scan the cache, read the pulled record, check every run record, gather what
+    other projects claim, and probe each of ``externals`` (the desired state's
+    external models). ``project``: the manifest key of the project looking."""
     repos, cache_warnings = cache.scan_cache(cache_dir)
-    repos_pulled, pulled_warnings = pulled.read_pulled_checked()
+    owners, pulled_warnings = pulled.read_pulled_checked()
     servers, record_warnings = _servers()
     statuses = observe_externals(externals)
     return ObservedState(
         repos=repos,
         servers=servers,
-        pulled=repos_pulled,
+        pulled=frozenset(owners),
+        theirs=frozenset(repo for repo, by in owners.items() if by and project not in by),
+        claims=claims.gather(project, servers),
         warnings=(
             *cache_warnings,
             *pulled_warnings,

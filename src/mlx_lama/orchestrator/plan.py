@@ -64,14 +64,17 @@ class Action:
 
 @dataclass(frozen=True, slots=True)
 class PlanOptions:
-    prune: bool = False  # remove repos mlx-lama pulled that the manifest no longer names
+    prune: bool = False  # remove repos this project pulled that nothing declares any more
+    remove_orphans: bool = False  # stop servers whose project's manifest is gone
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The actions, in execution order."""
+    """The actions, in execution order, and notes on what the plan leaves alone
+    that a person would expect it to touch (orphans, kept models, taken names)."""
 
     actions: tuple[Action, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -89,36 +92,42 @@ class Plan:
         return "Plan: " + ", ".join(parts) + "."
 
     def render(self) -> str:
-        """One line per action, then the summary. Deterministic; no colour."""
+        """One line per action, then the summary, then the notes. Deterministic; no colour."""
+        notes = [f"note: {note}" for note in self.notes]
         if self.empty:
-            return "No changes.\n"
+            return "\n".join(["No changes.", *notes]) + "\n"
         width = max(len(a.target) for a in self.actions)
         lines = [
             f"  {a.kind.symbol} {a.kind.value:<8} {a.target:<{width}}  {a.reason}"
             for a in self.actions
         ]
-        return "\n".join([*lines, "", self.summary()]) + "\n"
+        return "\n".join([*lines, "", self.summary(), *notes]) + "\n"
 
     def to_json(self) -> str:
         rows = [
             {"action": a.kind.value, "target": a.target, "reason": a.reason} for a in self.actions
         ]
-        return json.dumps({"changes": rows, "summary": self.summary()}, indent=2)
+        return json.dumps(
+            {"changes": rows, "summary": self.summary(), "notes": list(self.notes)}, indent=2
+        )
 
 
 def make_plan(
     desired: DesiredState, observed: ObservedState, options: PlanOptions = PlanOptions()
 ) -> Plan:
-    """Every action that makes ``observed`` match ``desired``. Pure."""
+    """Every action that makes ``observed`` match ``desired``, touching only what
+    belongs to ``desired.project``: other projects' servers are never stopped, and
+    only repos this project pulled and nothing claims are pruned. Pure."""
+    notes: list[str] = []
     actions = [
-        *_model_actions(desired, observed, options),
-        *_server_actions(desired, observed),
+        *_model_actions(desired, observed, options, notes),
+        *_server_actions(desired, observed, options, notes),
     ]
-    return Plan(tuple(sorted(actions, key=Action.sort_key)))
+    return Plan(tuple(sorted(actions, key=Action.sort_key)), tuple(notes))
 
 
 def _model_actions(
-    desired: DesiredState, observed: ObservedState, options: PlanOptions
+    desired: DesiredState, observed: ObservedState, options: PlanOptions, notes: list[str]
 ) -> list[Action]:
     actions = []
     for model in desired.models:
@@ -132,7 +141,16 @@ def _model_actions(
     if options.prune:
         wanted = {m.repo for m in desired.models}
         for repo in observed.repos:
-            if repo.repo_id not in wanted and repo.repo_id in observed.pulled:
+            if repo.repo_id in wanted or repo.repo_id not in observed.pulled:
+                continue
+            kept = (
+                "another project pulled it"
+                if repo.repo_id in observed.theirs
+                else observed.claims.why_kept(repo.repo_id, observed.pulled)
+            )
+            if kept:
+                notes.append(f"kept model:{repo.repo_id}: {kept}")
+            else:
                 actions.append(
                     Action(
                         ActionKind.REMOVE,
@@ -158,12 +176,15 @@ def _pull_reason(model: ModelSpec, cached: CachedRepo | None) -> str | None:
     return None
 
 
-def _server_actions(desired: DesiredState, observed: ObservedState) -> list[Action]:
+def _server_actions(
+    desired: DesiredState, observed: ObservedState, options: PlanOptions, notes: list[str]
+) -> list[Action]:
     wanted = {s.name: s for s in desired.servers}
     known_models = {m.name for m in desired.models}
     externals = {e.name for e in desired.externals}
-    actions = []
-    for running in observed.servers:
+    mine = [s for s in observed.servers if s.project == desired.project]
+    actions = _orphan_actions(observed, desired.project, options, notes)
+    for running in mine:
         spec = wanted.get(running.name)
         if spec is None:
             if running.name in known_models:
@@ -180,9 +201,54 @@ def _server_actions(desired: DesiredState, observed: ObservedState) -> list[Acti
             if action:
                 actions.append(action)
     for spec in desired.servers:
-        if spec.serve == "always" and observed.server(spec.name) is None:
+        if spec.serve != "always" or any(s.name == spec.name for s in mine):
+            continue
+        taken = next(
+            (
+                s
+                for s in observed.servers
+                if s.name == spec.name and s.alive and not (s.orphan and options.remove_orphans)
+            ),
+            None,
+        )
+        if taken is None:
             actions.append(
                 _server_action(ActionKind.START, spec.name, 'serve = "always"', model=spec.model)
+            )
+        else:
+            notes.append(
+                f"server:{spec.name} is not started: the project of {taken.project or '(none)'} "
+                f"runs a server of that name (pid {taken.record.pid}); rename the model in "
+                "one of the two manifests"
+            )
+    return actions
+
+
+def _orphan_actions(
+    observed: ObservedState, project: str, options: PlanOptions, notes: list[str]
+) -> list[Action]:
+    """Stop the servers whose project's manifest is gone (with ``remove_orphans``),
+    or say that they are there. Other projects' servers are never touched."""
+    actions = []
+    for running in observed.servers:
+        if running.project == project or not running.orphan:
+            continue
+        whose = (
+            f"its project's manifest {running.project} is gone"
+            if running.project
+            else "it records no manifest"
+        )
+        if options.remove_orphans:
+            reason = f"orphan: {whose}"
+            if not running.alive:
+                reason += "; clearing the record of its exited process"
+            actions.append(_server_action(ActionKind.STOP, running.name, reason))
+        else:
+            exited = "" if running.alive else ", exited"
+            notes.append(
+                f"server:{running.name} (pid {running.record.pid}{exited}) is an orphan: "
+                f"{whose}; `mlx-lama apply --remove-orphans` "
+                + ("stops it" if running.alive else "clears its record")
             )
     return actions
 

@@ -34,6 +34,7 @@ from mlx_lama import paths
 from mlx_lama.backends.base import LaunchSpec, client_host, launch_spec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import runrecords
+from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def start_server(
     points at a live process of ours (stop that one first).
     """
     recorded_as = record_name or server.name
-    _refuse_if_running(recorded_as)
+    _refuse_if_running(recorded_as, manifest)
     chosen = port if port is not None else server.port or _free_port(server.host)
     launch = launch_spec(server, chosen)
     if server.model_path is not None and not server.model_path.expanduser().is_dir():
@@ -218,13 +219,16 @@ def running_record(name: str) -> RunRecord | None:
     return existing if runrecords.process_identity(existing) == "ours" else None
 
 
-def take_over(server: ServerSpec, *, ready_timeout: float | None = None) -> RunRecord | None:
-    """A server for ``server`` that something else started (``mlx-lama apply`` while
-    the daemon runs, or an earlier daemon), once it answers a generation; None when
-    there is none. One of ours from another spec is stopped (it is stale), and so
-    is one that never becomes ready."""
+def take_over(
+    server: ServerSpec, *, manifest: str, ready_timeout: float | None = None
+) -> RunRecord | None:
+    """A server for ``server`` that something else started for the same project
+    (``manifest``: ``mlx-lama apply`` while the daemon runs, or an earlier daemon),
+    once it answers a generation; None when there is none. One of this project's
+    from another spec is stopped (it is stale), and so is one that never becomes
+    ready. Another project's server of the same name is never touched."""
     record = running_record(server.name)
-    if record is None:
+    if record is None or project_key(record.manifest) != project_key(manifest):
         return None
     if record.spec_hash != server.spec_hash:
         log.info("stopping %r (pid %d): started from another spec", server.name, record.pid)
@@ -243,13 +247,22 @@ def take_over(server: ServerSpec, *, ready_timeout: float | None = None) -> RunR
     return record
 
 
-def _refuse_if_running(name: str) -> None:
+def _refuse_if_running(name: str, manifest: str) -> None:
     existing = running_record(name)
-    if existing is not None:
+    if existing is None:
+        return
+    owner = project_key(existing.manifest)
+    if owner == project_key(manifest):
         raise ServerStartError(
             f"server {name!r} is already running (pid {existing.pid}, port {existing.port})",
             hint="`mlx-lama ps` shows it; `mlx-lama apply` restarts it when its spec changed",
         )
+    raise ServerStartError(
+        f"server {name!r} is already running for another project ({owner or 'none recorded'}; "
+        f"pid {existing.pid}, port {existing.port})",
+        hint="server names are shared by every project on this machine: rename the model "
+        "in one of the two manifests, or stop it there",
+    )
 
 
 def _free_port(host: str) -> int:

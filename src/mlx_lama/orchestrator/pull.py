@@ -135,6 +135,7 @@ def pull_model(
     *,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    project: str = "",
 ) -> Path:
     """Download exactly ``locked.files`` at ``locked.commit``; return the snapshot folder.
 
@@ -144,7 +145,8 @@ def pull_model(
     ten times a second, from a helper thread while the download runs, and a
     last time with ``done == total`` from the calling thread. Safe to run for
     different repos in parallel threads. When it downloaded anything, the
-    repo is recorded in ``pulled.json`` (:func:`record_pulled`). Raises
+    repo is recorded in ``pulled.json`` (:func:`record_pulled`) as pulled for
+    ``project`` (a manifest key). Raises
     :class:`PullError`.
     """
     # Resolved as huggingface_hub resolves it, so both return paths below are the same.
@@ -198,7 +200,7 @@ def pull_model(
     _write_ref(repo_path, locked.revision, locked.commit)
     _remove_stale_partials(repo_path, before=started - STALE_PARTIAL_AGE)
     try:
-        record_pulled(locked.repo)
+        record_pulled(locked.repo, project=project)
     except OSError as exc:  # only makes --prune remove less; not worth failing the pull
         logger.warning("could not record %s in %s: %s", locked.repo, pulled_file(), exc)
     if progress is not None:

@@ -33,28 +33,34 @@ def pulled_file() -> Path:
 
 def read_pulled() -> frozenset[str]:
     """The repo ids in ``pulled.json``; whatever is damaged is left out (see below)."""
-    return read_pulled_checked()[0]
+    return frozenset(read_pulled_checked()[0])
 
 
-def read_pulled_checked() -> tuple[frozenset[str], tuple[str, ...]]:
-    """The repo ids in ``pulled.json`` and warnings, shaped like ``scan_cache``'s result.
+def read_pulled_checked() -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """Each repo in ``pulled.json`` with the projects (manifest keys) that pulled it,
+    and warnings, shaped like ``scan_cache``'s result.
 
+    An entry written before projects were recorded has no projects: it belongs
+    to none, so any project's ``--prune`` may remove it once nothing claims it.
     A missing file is an empty record. A damaged one never raises: the entries
     that can be read are returned (possibly none, so ``--prune`` removes less,
     never more) with one warning for ``observe`` to show.
     """
     repos, problem = _load_pulled()
+    owners = {repo: _projects_of(entry) for repo, entry in repos.items()}
     if problem is None:
-        return frozenset(repos), ()
+        return owners, ()
     warning = (
         f"{pulled_file()} is damaged ({problem}); --prune only removes the models it still "
         "lists. Delete the file to start a fresh record"
     )
-    return frozenset(repos), (warning,)
+    return owners, (warning,)
 
 
-def record_pulled(repo: str, *, now: float | None = None) -> None:
-    """Note that mlx-lama downloaded ``repo`` (keeps ``first_pulled``, moves ``last_pulled``).
+def record_pulled(repo: str, *, project: str = "", now: float | None = None) -> None:
+    """Note that mlx-lama downloaded ``repo`` for ``project`` (a manifest key; kept
+    with the projects that pulled it before). Keeps ``first_pulled``, moves
+    ``last_pulled``.
 
     Atomic, and safe from several threads; a damaged file is rewritten with
     the entries that could still be read.
@@ -68,9 +74,11 @@ def record_pulled(repo: str, *, now: float | None = None) -> None:
             )
         entry = repos.get(repo) or {}
         first = entry.get("first_pulled")
+        owners = sorted({*_projects_of(entry), project} - {""})
         repos[repo] = {
             "first_pulled": first if isinstance(first, int | float) else stamp,
             "last_pulled": stamp,
+            **({"projects": owners} if owners else {}),
         }
         _save_pulled(repos)
 
@@ -103,6 +111,13 @@ def _load_pulled() -> tuple[dict[str, dict[str, Any]], str | None]:
     bad = sorted(str(k) for k in listed if k not in repos)
     problem = f"unreadable entries: {', '.join(bad)}" if bad else None
     return repos, problem
+
+
+def _projects_of(entry: dict[str, Any]) -> tuple[str, ...]:
+    listed = entry.get("projects")
+    if not isinstance(listed, list):
+        return ()
+    return tuple(sorted({p for p in listed if isinstance(p, str) and p}))
 
 
 def _save_pulled(repos: dict[str, dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.filelock import apply_lock
 from mlx_lama.orchestrator.observe import observe
 from mlx_lama.orchestrator.plan import Action, ActionKind, Plan, PlanOptions, make_plan
+from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
 
@@ -40,9 +41,12 @@ def reconcile(
     with apply_lock():
         manifest = load_manifest(manifest_path)
         lock = read_lock(lock_path_for(manifest_path))
-        wanted = desired(manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir)
+        project = project_key(manifest_path)
+        wanted = desired(
+            manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir, project=project
+        )
         externals = wanted.externals if only is None and models is None else ()
-        observed = observe(cache_dir=cache_dir, externals=externals)
+        observed = observe(cache_dir=cache_dir, externals=externals, project=project)
         for warning in observed.warnings:
             log.warning("%s", warning)
         plan = make_plan(wanted, observed, PlanOptions(prune=False))

@@ -22,7 +22,8 @@ from mlx_lama import paths
 from mlx_lama.atomic import atomic_write_text
 from mlx_lama.backends.base import client_host
 from mlx_lama.errors import MlxLamaError
-from mlx_lama.orchestrator.state import Engine, RunningServer, RunRecord
+from mlx_lama.orchestrator.projects import project_key
+from mlx_lama.orchestrator.state import Engine, RunningServer, RunRecord, ServerState
 
 if TYPE_CHECKING:
     import psutil
@@ -215,10 +216,15 @@ def port_answers(host: str, port: int, timeout: float) -> bool:
 
 
 def inspect_record(record: RunRecord, *, probe_timeout: float = 0.2) -> RunningServer:
-    """Check ``record`` against the process table and its port (no HTTP, no signals)."""
+    """Check ``record`` against the process table and its port (no HTTP, no signals),
+    and say which project started it (an orphan: that project's manifest is gone)."""
+    project = project_key(record.manifest)
+    orphan = not project or not Path(project).is_file()
     identity = process_identity(record)
     if identity != "ours":
-        return RunningServer(record=record, state=identity)
-    if not port_answers(record.host, record.port, probe_timeout):
-        return RunningServer(record=record, state="unresponsive")
-    return RunningServer(record=record, state="running")
+        state: ServerState = identity
+    elif not port_answers(record.host, record.port, probe_timeout):
+        state = "unresponsive"
+    else:
+        state = "running"
+    return RunningServer(record=record, state=state, project=project, orphan=orphan)

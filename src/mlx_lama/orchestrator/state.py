@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -170,6 +171,7 @@ class DesiredState:
     models: tuple[ModelSpec, ...] = ()
     servers: tuple[ServerSpec, ...] = ()
     externals: tuple[ExternalSpec, ...] = ()
+    project: str = ""  # the manifest's real path: the project these belong to
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +234,8 @@ class RunningServer:
 
     record: RunRecord
     state: ServerState
+    project: str = ""  # real path of the manifest that started it ("" when none is recorded)
+    orphan: bool = False  # that manifest is gone (or none was recorded)
 
     @property
     def name(self) -> str:
@@ -253,6 +257,26 @@ class ExternalStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Claims:
+    """Why cached repos must stay: ``repos`` maps a repo id to who claims it (another
+    project's manifest or lock, a running server); ``everything`` says why nothing may
+    be deleted (a project whose files cannot be read), or is None. Built by
+    ``claims.gather``."""
+
+    repos: Mapping[str, str] = field(default_factory=dict)
+    everything: str | None = None
+
+    def why_kept(self, repo: str, pulled: Iterable[str]) -> str | None:
+        """Why ``repo`` must stay, or None when it may be deleted. ``pulled``: the
+        repos mlx-lama itself downloaded (nothing else is ever deleted). Pure."""
+        if repo not in set(pulled):
+            return f"mlx-lama did not download {repo}; another tool may use it"
+        if self.everything is not None:
+            return self.everything
+        return self.repos.get(repo)
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedState:
     """One snapshot of the machine. Tuples sorted by repo id / server name."""
 
@@ -261,6 +285,9 @@ class ObservedState:
     pulled: frozenset[str] = frozenset()  # repo ids mlx-lama itself downloaded
     warnings: tuple[str, ...] = ()
     externals: tuple[ExternalStatus, ...] = ()
+    # pulled only by other projects: this project's --prune leaves them to their owners
+    theirs: frozenset[str] = frozenset()
+    claims: Claims = Claims()
 
     def repo(self, repo_id: str) -> CachedRepo | None:
         return next((r for r in self.repos if r.repo_id == repo_id), None)
