@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,15 @@ import psutil
 import pytest
 
 from mlx_lama import paths
+from mlx_lama.gateway import scheduler as scheduler_module
 from mlx_lama.orchestrator import process, pulled, runrecords
 from mlx_lama.orchestrator.cache import scan_cache
 from mlx_lama.orchestrator.projects import project_key
+from mlx_lama.orchestrator.reconcile import reconcile
 from mlx_lama.orchestrator.state import RunRecord
 from tests.conftest import TINY_REPO_ID
 from tests.fixtures.cli import cli
-from tests.fixtures.gateway import gateway_in_thread
+from tests.fixtures.gateway import gateway_in_thread, wait_for
 from tests.fixtures.hf_cache import place_in_cache
 from tests.fixtures.hub import HubStandIn
 from tests.fixtures.servers import free_port, start_server
@@ -217,3 +220,39 @@ def test_api_delete_keeps_files_another_project_names_and_says_why(
         assert reply.json() == {"status": "success"}
     assert cached_repos() == {REPO_X}
     assert "shared" not in b.read_text() and "mine" not in b.read_text()
+
+
+@pytest.mark.server
+def test_the_daemon_takes_over_at_once_a_server_apply_started_for_a_model_it_gave_up_on(
+    tmp_path: Path, published_model: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "MAX_FAILURES", 1)  # give up on the first failure
+    port = free_port()
+    fields = f'repo = "{TINY_REPO_ID}"\nport = {port}\nserve = '
+    manifest = write(tmp_path / "a", ("tiny", fields + '"never"'))
+    reconcile(manifest, cache_dir=paths.hf_hub_cache())  # pulls and locks it
+    write(tmp_path / "a", ("tiny", fields + '"always"'))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))  # the engine cannot listen: its start fails
+        squatter.listen()
+        with gateway_in_thread(manifest) as running:
+
+            def health() -> dict[str, object]:
+                entry: dict[str, object] = httpx.get(f"{running.url}/health").json()["models"]
+                return entry["tiny"]  # type: ignore[return-value]
+
+            wait_for(lambda: health()["state"] == "failed", 120, "the daemon to give up")
+            squatter.close()
+            code, out, err = cli("apply", "-f", str(manifest), "--timeout", "120")
+            assert code == 0, out + err
+            assert "Started 1 server" in out
+            [record] = runrecords.read_records()[0]
+            wait_for(lambda: health()["state"] == "ready", 30, "the daemon to take it over")
+            reply = httpx.post(
+                f"{running.url}/api/generate",
+                json={"model": "tiny", "prompt": "hi", "stream": False,
+                      "options": {"num_predict": 2}},
+                timeout=60,
+            )  # fmt: skip
+            assert reply.status_code == 200, reply.text
+            assert [r.pid for r in runrecords.read_records()[0]] == [record.pid]

@@ -763,10 +763,29 @@ class Scheduler:
             ):
                 await self._stop(slot, f"idle for {duration}")
             return
+        if slot.loading is None and self._started_elsewhere(slot):
+            # `mlx-lama apply` started it meanwhile: take it over now, whatever
+            # this slot's backoff or failures (the load waits until it answers).
+            slot.state, slot.error, slot.retry_at = "stopped", None, 0.0
+            slot.failures.clear()
+            slot.loading = self._load_task(slot)
+            return
         due = (slot.restart_pending or slot.always) and not slot.missing
         waiting = slot.state in ("stopped", "restarting") and slot.loading is None
         if due and waiting and now >= slot.retry_at:
             slot.loading = self._load_task(slot)
+
+    def _started_elsewhere(self, slot: Slot) -> bool:
+        """Does a server of this project, from ``slot``'s spec, run while the slot has
+        none (started by ``mlx-lama apply``, or left by an earlier daemon)?"""
+        if slot.state not in ("stopped", "restarting", "failed"):
+            return False
+        record = process.running_record(slot.name)
+        return (
+            record is not None
+            and record.spec_hash == slot.spec.spec_hash
+            and project_key(record.manifest) == project_key(self.config.manifest)
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(work)
