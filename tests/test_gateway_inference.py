@@ -20,9 +20,9 @@ import pytest
 
 from mlx_lama import paths
 from mlx_lama.gateway.core import Gateway
-from mlx_lama.gateway.inference import STREAMING, Call
+from mlx_lama.gateway.inference import Call, Handler, chat, generate, openai
+from mlx_lama.gateway.paced import PacedStream
 from mlx_lama.gateway.proxy import EARLY_END
-from mlx_lama.gateway.push import PushedStream
 from mlx_lama.gateway.security import Message, Scope
 from mlx_lama.gateway.server import prepare
 
@@ -104,7 +104,7 @@ def _stream(
         try:
             async with server:
                 call = Call(gateway, path, body, receive, time.monotonic())
-                response = await STREAMING[path](call)
+                response = await HANDLERS[path](call)
                 RESPONSES.append(response)
                 await response(scope, receive, send)
                 await answered.wait()
@@ -116,6 +116,12 @@ def _stream(
 
 
 RESPONSES: list[Any] = []
+HANDLERS: dict[str, Handler] = {
+    "/api/chat": chat,
+    "/api/generate": generate,
+    "/v1/chat/completions": openai,
+    "/v1/completions": openai,
+}
 CHAT = {"model": "my:model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
@@ -189,4 +195,4 @@ def test_token_streams_take_the_manifests_flush_interval(
     RESPONSES.clear()
     out, _ = _stream(tmp_path, path, CHAT, EVENTS, settings)
     assert b"Hel" in out and len(RESPONSES) == 1
-    assert isinstance(RESPONSES[0], PushedStream) and RESPONSES[0].flush_interval == seconds
+    assert isinstance(RESPONSES[0], PacedStream) and RESPONSES[0].flush_interval == seconds

@@ -4,12 +4,10 @@ server."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import random
 
 import pytest
 
-from mlx_lama.gateway.proxy import Dechunk, RawStream, UpstreamError, backend_body
+from mlx_lama.gateway.proxy import RawStream, UpstreamError, backend_body
 
 
 def test_backend_body_drops_loading_fields_and_sets_the_served_model() -> None:
@@ -150,31 +148,3 @@ def test_a_disconnect_cancels_the_work_and_gives_none() -> None:
 
     assert asyncio.run(scenario()) == (None, True)
     assert cancelled == [True]
-
-
-def _dechunked(data: bytes, cuts: list[int]) -> tuple[bytes, bool]:
-    chunks = Dechunk()
-    bounds = [0, *cuts, len(data)]
-    body = b"".join(chunks.feed(data[a:b]) for a, b in itertools.pairwise(bounds))
-    return body, chunks.done
-
-
-def test_dechunk_gives_the_body_however_the_bytes_are_split() -> None:
-    pieces = [b"data: one\n\n", b"x" * 300, b"\r\n", b"data: [DONE]\n\n"]
-    framed = b"".join(
-        b"%x%s\r\n%s\r\n" % (len(p), b"; ext=1" if i == 2 else b"", p) for i, p in enumerate(pieces)
-    )
-    data = framed + b"0\r\nTrailer: x\r\n\r\nafter the end"
-    whole = b"".join(pieces)
-    rng = random.Random(5)
-    splits = [[], list(range(1, len(data))), [len(framed) - 1, len(framed) + 2]]
-    splits += [sorted(rng.sample(range(1, len(data)), 12)) for _ in range(50)]
-    for cuts in splits:
-        assert _dechunked(data, cuts) == (whole, True), cuts
-    assert _dechunked(framed[:-3], []) == (whole[:-1], False)  # cut inside the last chunk
-
-
-@pytest.mark.parametrize("bad", [b"zz\r\n", b"-5\r\nhello\r\n", b"1" * 2000])
-def test_dechunk_refuses_what_is_not_a_chunk_size(bad: bytes) -> None:
-    with pytest.raises(ValueError):
-        Dechunk().feed(b"3\r\nabc\r\n" + bad)

@@ -3,8 +3,7 @@
 ``create_app(gateway, policy)`` builds the ASGI app ``mlx-lama serve`` runs:
 the Ollama API, the OpenAI API, ``/health``, ``/metrics`` and the
 ``/mlx-lama/`` routes of ``mlx-lama top`` (``stats.py``), wrapped in the
-security middleware, with the token-streaming routes answered in front of
-Starlette by ``hotpath.HotPath`` and requests from another gateway noted by
+security middleware, with requests from another gateway noted by
 ``forward.HopGuard`` (the ``[remotes]`` routing lives in ``forward.py``). One
 ``httpx.AsyncClient`` to the model servers (and remote gateways) is made in
 the lifespan and closed there, where the scheduler's background expiry also
@@ -36,7 +35,6 @@ from starlette.routing import Route
 from mlx_lama import __version__
 from mlx_lama.gateway import forward, inference, manage, stats
 from mlx_lama.gateway.core import Gateway
-from mlx_lama.gateway.hotpath import HotPath
 from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, read_json
 from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
@@ -93,7 +91,7 @@ def create_app(
         },
     )
     app.state.gateway = gateway
-    guarded = SecurityMiddleware(forward.HopGuard(HotPath(app, gateway)), policy)
+    guarded = SecurityMiddleware(forward.HopGuard(app), policy)
     gateway.on_reload.append(lambda old, new: _renew_policy(guarded, old, new))
     return guarded
 

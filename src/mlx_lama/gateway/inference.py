@@ -38,6 +38,7 @@ from mlx_lama.gateway.engine_calls import (
     post_stream,
 )
 from mlx_lama.gateway.http import ApiError, JsonObject, read_json
+from mlx_lama.gateway.paced import PacedStream
 from mlx_lama.gateway.proxy import (
     EARLY_END,
     ProxyStream,
@@ -46,7 +47,6 @@ from mlx_lama.gateway.proxy import (
     describe,
     until_disconnect,
 )
-from mlx_lama.gateway.push import PushedStream
 from mlx_lama.gateway.sse import SseBody, SseEvents, SseRelay, error_event, sse_events
 from mlx_lama.schema.units import Duration
 
@@ -61,8 +61,7 @@ def gateway_of(request: Request) -> Gateway:
 
 @dataclass(slots=True)
 class Call:
-    """One request to a model route, however it arrived (a Starlette route, or the
-    hot path that skips Starlette, see ``hotpath.py``): its body already read."""
+    """One request to a model route (from its Starlette route): its body already read."""
 
     gateway: Gateway
     path: str
@@ -245,9 +244,9 @@ async def _ollama_answer(
         finally:
             await upstream.aclose()
 
-    if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
+    if isinstance(upstream, RawStream):  # bytes as they arrive, at a bounded pace
         body = _NdjsonBody(upstream, translator, lost_reason(route.name, target))
-        return PushedStream(
+        return PacedStream(
             upstream,
             body,
             media_type=NDJSON,
@@ -268,7 +267,7 @@ async def _ollama_chunks(
 
 
 class _NdjsonBody:
-    """The NDJSON lines of a ``RawStream``'s token stream (a ``push.Body``), as ``lines``
+    """The NDJSON lines of a ``RawStream``'s token stream (a ``paced.Body``), as ``lines``
     in :func:`_ollama_answer` makes them from ``sse_events``, but per read: the lines
     of the events it completes together (the last with the final chunk, and then the
     body is complete), and for what ``sse_events`` raises, the error line after the
@@ -489,8 +488,8 @@ async def _openai_stream(
         finally:
             await upstream.aclose()
 
-    if isinstance(upstream, RawStream):  # bytes as they arrive, pushed where it can be
-        return PushedStream(
+    if isinstance(upstream, RawStream):  # bytes as they arrive, at a bounded pace
+        return PacedStream(
             upstream,
             SseBody(relay, upstream, lost_reason(route.name, target)),
             media_type=SSE,
@@ -520,11 +519,3 @@ ollama_generate = endpoint(generate)
 ollama_embed = endpoint(embed)
 ollama_embeddings = endpoint(embeddings)
 openai_proxy = endpoint(openai)
-
-# The token-streaming routes (POST), which ``hotpath.HotPath`` serves without Starlette.
-STREAMING: dict[str, Handler] = {
-    "/api/chat": chat,
-    "/api/generate": generate,
-    "/v1/chat/completions": openai,
-    "/v1/completions": openai,
-}

@@ -3,7 +3,7 @@
 The inference routes open an upstream request with :func:`open_upstream` (a
 token stream to a plain-HTTP server with :meth:`RawStream.open`), read its
 events with ``sse.py``, and answer through a :class:`ProxyStream` (for a
-``RawStream``, ``push.PushedStream``), whose ``on_close`` runs however the
+``RawStream``, ``paced.PacedStream``), whose ``on_close`` runs however the
 response ends (finished, client gone, backend died), so the upstream response
 is closed and the scheduler lease released exactly once.
 :func:`until_disconnect` gives non-streaming responses the same "client gone
@@ -52,7 +52,6 @@ MAX_LINE = 4 * 2**20  # longest SSE line accepted from a backend
 EARLY_END = "model server closed the stream before the answer was complete"
 STOPPED = "model server stopped answering"  # its connection broke mid-answer
 _CHUNKED = -1  # RawStream._left for a chunked body
-_MAX_SIZE_LINE = 1024  # longest chunk-size line (with extensions) accepted
 
 
 class UpstreamError(Exception):
@@ -253,51 +252,6 @@ def _request_start(url: str) -> tuple[str, int, bytes]:
     return host, port, head.encode("latin-1")
 
 
-class Dechunk:
-    """HTTP/1.1 chunked transfer coding undone as the bytes arrive, however they are
-    split: what ``RawStream._next`` reads chunk by chunk, for ``RawStream.divert``.
-    Pure."""
-
-    def __init__(self) -> None:
-        self._line = b""  # the start of a chunk-size line not complete yet
-        self._left = 0  # bytes of the current chunk's data still to come
-        self._crlf = 0  # bytes of the line end after its data still to skip
-        self.done = False  # the last chunk (size 0) came: nothing more is body
-
-    def feed(self, data: bytes) -> bytes:
-        """The body bytes among ``data``; ValueError for a chunk-size line that is not
-        one (nothing is to be fed after)."""
-        pieces: list[bytes] = []
-        at, size = 0, len(data)
-        while at < size and not self.done:
-            if self._left:
-                piece = data[at : at + self._left]
-                pieces.append(piece)
-                at += len(piece)
-                self._left -= len(piece)
-                if not self._left:
-                    self._crlf = 2
-            elif self._crlf:
-                skipped = min(self._crlf, size - at)
-                at += skipped
-                self._crlf -= skipped
-            else:
-                end = data.find(b"\n", at)
-                if end < 0:
-                    self._line += data[at:]
-                    if len(self._line) > _MAX_SIZE_LINE:
-                        raise ValueError("chunk-size line too long")
-                    break
-                line, self._line = self._line + data[at:end], b""
-                at = end + 1
-                length = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if length < 0:
-                    raise ValueError("negative chunk size")
-                self._left = length
-                self.done = not length
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
 class RawStream:
     """A streamed HTTP/1.1 response read straight off the connection (a ``Wire``).
 
@@ -416,51 +370,15 @@ class RawStream:
         """The reader saw the answer's ``data: [DONE]`` (and may stop reading there)."""
         self._answered = True
 
-    def divert(
-        self, arrived: Callable[[bytes], None], ended: Callable[[BaseException | None], None]
-    ) -> Wire | None:
-        """Hand the body to ``arrived`` as it comes, from the connection's callbacks
-        (``Wire.divert``), and call ``ended`` once at its end (with what broke the
-        connection or the chunked coding, None for a whole body): for a body that
-        ends with the connection (as mlx_lm.server answers) or a chunked one (as
-        servers under uvicorn answer, vllm-mlx's), else None (read it instead). The
-        connection, to pause and resume, is returned."""
-        if self._left is not None and self._left != _CHUNKED:
-            return None
-        over = False
+    @property
+    def buffered(self) -> bool:
+        """More of the body (or of its framing) has come and was not read yet."""
+        return self._wire.buffered
 
-        def end(error: BaseException | None) -> None:
-            nonlocal over
-            if over:
-                return
-            over = True
-            if error is None:
-                self._answered = True
-            ended(error)
-
-        if self._left is None:
-            self._wire.divert(arrived, end)
-            return self._wire
-        chunks = Dechunk()
-
-        def take(data: bytes) -> None:
-            if over:
-                return
-            try:
-                body = chunks.feed(data)
-            except ValueError as error:
-                end(error)
-                return
-            if body:
-                arrived(body)
-            if chunks.done:
-                end(None)
-
-        def end_of_connection(error: BaseException | None) -> None:
-            end(error or asyncio.IncompleteReadError(b"", None))  # before the last chunk
-
-        self._wire.divert(take, end_of_connection)
-        return self._wire
+    async def gather(self, timeout: float, size: int) -> None:
+        """Wait until ``size`` more bytes have come, the body's connection ends, or
+        ``timeout`` seconds pass; reads nothing (``paced.relayed`` holds a write so)."""
+        await self._wire.gather(timeout, size)
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while data := await self._next():

@@ -256,7 +256,7 @@ def error_event(problem: str) -> bytes:
 
 
 class SseBody:
-    """What an OpenAI client gets for a ``RawStream``'s body (a ``push.Body``): the
+    """What an OpenAI client gets for a ``RawStream``'s body (a ``paced.Body``): the
     events with ``model`` rewritten by ``relay``, and an error event for a body that
     fails or ends early. Tells ``upstream`` when its answer was whole."""
 

@@ -9,16 +9,11 @@ a few per cent of its CPU. :class:`Wire` keeps the part ``RawStream`` uses
 
 Opened with :func:`connect` by ``RawStream.open`` and by ``spares.py``; never
 shared between two streams. No HTTP here: ``RawStream`` parses the answer.
-
-:meth:`Wire.divert` hands what arrives to a callback instead, straight from
-``data_received`` (``push.py`` relays a token stream that way, with no task
-woken per token).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 
 class Wire(asyncio.Protocol):
@@ -36,8 +31,8 @@ class Wire(asyncio.Protocol):
         self._paused = False
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
-        self._arrived: Callable[[bytes], None] | None = None  # set by divert
-        self._ended: Callable[[BaseException | None], None] | None = None
+        self._gathered: asyncio.Future[None] | None = None  # set by gather
+        self._gather_size = 0
 
     # -- asyncio.Protocol
 
@@ -45,9 +40,6 @@ class Wire(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a TCP connection's
 
     def data_received(self, data: bytes) -> None:
-        if self._arrived is not None:
-            self._arrived(data)
-            return
         self._pieces.append(data)
         self._size += len(data)
         waiter = self._waiter
@@ -55,6 +47,9 @@ class Wire(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        gathered = self._gathered
+        if gathered is not None and self._size >= self._gather_size and not gathered.done():
+            gathered.set_result(None)
         if self._size > 2 * self._limit and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
@@ -73,10 +68,9 @@ class Wire(asyncio.Protocol):
             self._closed.set_result(None)
 
     def _wake(self) -> None:
-        if self._ended is not None:
-            ended, self._ended, self._arrived = self._ended, None, None
-            ended(self._error)
-            return
+        gathered = self._gathered
+        if gathered is not None and not gathered.done():
+            gathered.set_result(None)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -113,6 +107,27 @@ class Wire(asyncio.Protocol):
         if self._paused:
             self._resume()
         return data
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes have come that were not read yet."""
+        return bool(self._pieces)
+
+    async def gather(self, timeout: float, size: int) -> None:
+        """Wait until ``size`` bytes wait to be read, the connection ends, or ``timeout``
+        seconds pass, whichever comes first. Takes nothing; what comes meanwhile wakes
+        no one (a stream holding its writes for a while gathers its tokens so)."""
+        if self._size >= size or self._eof or self._error is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._gathered = gathered = loop.create_future()
+        self._gather_size = size
+        timer = loop.call_later(timeout, _settle, gathered)
+        try:
+            await gathered
+        finally:
+            timer.cancel()
+            self._gathered = None
 
     async def readuntil(self, separator: bytes) -> bytes:
         """The bytes up to and with ``separator``, as StreamReader's: LimitOverrunError
@@ -170,37 +185,6 @@ class Wire(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    # -- handing on
-
-    def divert(
-        self, arrived: Callable[[bytes], None], ended: Callable[[BaseException | None], None]
-    ) -> None:
-        """From now on call ``arrived`` with the bytes as they come (those already here
-        first, at once) instead of keeping them for the reads, and ``ended`` once at the
-        end (with what broke the connection, None for a clean close). Both run in the
-        event loop's callbacks: they must not block, nor raise."""
-        data = b"".join(self._pieces)
-        self._pieces.clear()
-        self._size = 0
-        if self._paused:
-            self._resume()
-        self._arrived, self._ended = arrived, ended
-        if data:
-            arrived(data)
-        if self._eof and self._ended is not None:
-            self._wake()
-
-    def pause(self) -> None:
-        """Stop reading from the socket (until :meth:`resume`): the diverted bytes'
-        receiver cannot take more yet."""
-        if not self._paused and self.transport is not None and not self.transport.is_closing():
-            self._paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self._paused:
-            self._resume()
-
     # -- writing and closing
 
     def write(self, data: bytes) -> None:
@@ -223,3 +207,8 @@ async def connect(host: str, port: int, *, limit: int) -> Wire:
     # uvloop may call connection_made only after create_connection has returned.
     wire.transport = transport
     return wire
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,13 +1,13 @@
-"""``gateway/push.py``: a token stream written from the model server's callbacks.
+"""``gateway/paced.py``: a token stream relayed at a bounded pace through ASGI's send.
 
 A real uvicorn serves a small ASGI app that relays a stand-in model server's
-SSE stream (HTTP/1.0, to the close, as mlx_lm.server answers) with
-``PushedStream``. With uvicorn's httptools protocol (the gateway's) the body
-goes the pushed way; with h11 it is read in a task. Both must give the client
-the same bytes, however the model server's writes fall, and the same error
-events when it fails; a client that leaves closes the model server's
-connection; a client that stops reading stops the reading from the model server.
-Tokens that come within the flush interval of the last write go out together.
+SSE stream (HTTP/1.0, to the close, as mlx_lm.server answers, or chunked) with
+``PacedStream``, under both of uvicorn's HTTP protocols (httptools, the
+gateway's, and h11): both must give the client the same bytes, however the
+model server's writes fall, and the same error events when it fails; a client
+that leaves closes the model server's connection; a client that stops reading
+stops the reading from the model server. Tokens that come within the flush
+interval of the last write go out together.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import uvloop
 
 from mlx_lama.gateway.inference import _NdjsonBody
 from mlx_lama.gateway.ollama import StreamTranslator
+from mlx_lama.gateway.paced import HOLD_LIMIT, Body, PacedStream
 from mlx_lama.gateway.proxy import EARLY_END, MAX_LINE, STOPPED, RawStream
-from mlx_lama.gateway.push import HOLD_LIMIT, Body, PushedStream
 from mlx_lama.gateway.sse import SseBody, SseRelay
 from mlx_lama.gateway.wire import Wire
 
@@ -86,13 +86,14 @@ class Upstream:
 
 @dataclass
 class Gateway:
-    """uvicorn serving one route that relays ``upstream`` with ``PushedStream``."""
+    """uvicorn serving one route that relays ``upstream`` with ``PacedStream``."""
 
     upstream: Upstream
     http: str
     ndjson: bool = False  # Ollama's lines (as /api/chat answers), else OpenAI's events
     flush_interval: float = 0.0
-    responses: list[PushedStream] = field(default_factory=list)
+    responses: list[PacedStream] = field(default_factory=list)
+    upstreams: list[RawStream] = field(default_factory=list)
     closes: int = 0
     port: int = 0
 
@@ -102,6 +103,7 @@ class Gateway:
             pass
         url = f"http://127.0.0.1:{self.upstream.port}/v1/chat/completions"
         upstream = await RawStream.open(url, {"stream": True}, connect_timeout=5)
+        self.upstreams.append(upstream)
 
         async def on_close() -> None:
             self.closes += 1
@@ -111,7 +113,7 @@ class Gateway:
         if self.ndjson:
             now = time.monotonic()
             body = _NdjsonBody(upstream, StreamTranslator(NAME, "chat", now, now))
-        response = PushedStream(
+        response = PacedStream(
             upstream,
             body,
             media_type="text/plain",
@@ -215,18 +217,17 @@ WAYS = {
 
 
 @pytest.mark.parametrize("way", sorted(WAYS))
-def test_the_pushed_body_is_the_tasks_however_the_model_servers_writes_fall(way: str) -> None:
-    async def scenario() -> dict[str, tuple[bytes, bool]]:
+def test_the_body_is_the_relays_however_the_model_servers_writes_fall(way: str) -> None:
+    async def scenario() -> dict[str, bytes]:
         got = {}
         for http in ("httptools", "h11"):
             body, gateway = await answer(writes(WAYS[way]), http)
-            got[http] = body, gateway.responses[0].pushed
+            got[http] = body
             assert gateway.closes == 1
         return got
 
     got = uvloop.run(scenario())
-    assert got["httptools"] == (expected(BODY), True)  # pushed, from the callbacks
-    assert got["h11"] == (expected(BODY), False)  # read in a task
+    assert got == {"httptools": expected(BODY), "h11": expected(BODY)}
     assert expected(BODY).count(b'"model":"my:model"') == 20
 
 
@@ -250,30 +251,27 @@ def test_a_model_server_that_dies_mid_stream_ends_the_stream_with_an_error_event
 ) -> None:
     pieces = [event(i) for i in range(5)]
 
-    async def scenario() -> dict[str, tuple[bytes, bool]]:
+    async def scenario() -> dict[str, bytes]:
         got = {}
         for http in ("httptools", "h11"):
-            body, gateway = await answer(writes(pieces, end), http)
-            got[http] = body, gateway.responses[0].pushed
+            body, _gateway = await answer(writes(pieces, end), http)
+            got[http] = body
         return got
 
     got = uvloop.run(scenario())
-    pushed, read = got["httptools"][0], got["h11"][0]
-    assert got["httptools"][1] and not got["h11"][1]
-    assert pushed == read
-    assert pushed.startswith(expected(b"".join(pieces)))
-    assert _error(pushed) in ((message,) if message else (EARLY_END, STOPPED))
+    assert got["httptools"] == got["h11"]
+    assert got["h11"].startswith(expected(b"".join(pieces)))
+    assert _error(got["h11"]) in ((message,) if message else (EARLY_END, STOPPED))
 
 
 def test_an_endless_line_from_the_model_server_ends_the_stream_with_an_error_event() -> None:
     pieces = [event(0), b"data: " + b"x" * (MAX_LINE + 10)]
 
-    async def scenario() -> tuple[bytes, bool]:
-        body, gateway = await answer(writes(pieces), "httptools")
-        return body, gateway.responses[0].pushed
+    async def scenario() -> bytes:
+        body, _gateway = await answer(writes(pieces), "httptools")
+        return body
 
-    body, pushed = uvloop.run(scenario())
-    assert pushed
+    body = uvloop.run(scenario())
     assert body.startswith(expected(event(0)))
     assert _error(body) == "model server sent an oversized event"
 
@@ -287,7 +285,7 @@ def test_a_client_that_leaves_mid_stream_closes_the_model_servers_connection() -
             i += 1
             await asyncio.sleep(0.005)
 
-    async def scenario() -> tuple[bool, int]:
+    async def scenario() -> int:
         async with serving(endless, "httptools") as gateway:
             reader, writer = await ask(gateway.port)
             await reader.readuntil(b'"model":"my:model"')
@@ -295,9 +293,9 @@ def test_a_client_that_leaves_mid_stream_closes_the_model_servers_connection() -
             await asyncio.wait_for(gateway.upstream.closed.wait(), 10)
             while not gateway.closes:
                 await asyncio.sleep(0.01)
-            return gateway.responses[0].pushed, gateway.closes
+            return gateway.closes
 
-    assert uvloop.run(scenario()) == (True, 1)
+    assert uvloop.run(scenario()) == 1
 
 
 @pytest.mark.parametrize("flush_interval", [0.0, 0.05])
@@ -315,13 +313,13 @@ def test_a_client_that_stops_reading_stops_the_reading_from_the_model_server(
         writer.write(DONE)
         await writer.drain()
 
-    async def scenario() -> tuple[bool, bool, bytes]:
+    async def scenario() -> tuple[bool, bytes]:
         async with serving(flood, "httptools", flush_interval=flush_interval) as gateway:
             reader, writer = await ask(gateway.port)
             try:
                 while not gateway.responses:
                     await asyncio.sleep(0.01)
-                wire: Wire = gateway.responses[0]._upstream._wire
+                wire: Wire = gateway.upstreams[0]._wire
                 # The client reads nothing meanwhile: the gateway stops reading while
                 # the model server still has most of its answer to write.
                 finished = gateway.upstream.finished
@@ -331,10 +329,10 @@ def test_a_client_that_stops_reading_stops_the_reading_from_the_model_server(
                 body = await asyncio.wait_for(dechunk(reader), 120)
             finally:
                 writer.close()
-            return gateway.responses[0].pushed, paused, body
+            return paused, body
 
-    pushed, paused, body = uvloop.run(scenario())
-    assert pushed and paused
+    paused, body = uvloop.run(scenario())
+    assert paused
     assert body.count(b'"model":"my:model"') == count
     assert body.endswith(DONE) and b"tok%d%s" % (count - 1, pad.encode()) in body
 
@@ -349,35 +347,32 @@ def _lines(body: bytes) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("way", ["event by event", "split inside events"])
-def test_ollama_lines_pushed_are_the_tasks_and_end_at_done(way: str) -> None:
+def test_ollama_lines_are_the_same_under_both_protocols_and_end_at_done(way: str) -> None:
     async def held_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await writes(WAYS[way])(reader, writer)
         await reader.read()  # the answer is whole, but the connection stays open
 
-    async def scenario() -> dict[str, tuple[bytes, bool]]:
+    async def scenario() -> dict[str, bytes]:
         got = {}
         for http in ("httptools", "h11"):
-            body, gateway = await answer(held_open, http, ndjson=True)
-            got[http] = body, gateway.responses[0].pushed
+            body, _gateway = await answer(held_open, http, ndjson=True)
+            got[http] = body
         return got
 
     got = uvloop.run(scenario())
-    pushed, read = _lines(got["httptools"][0]), _lines(got["h11"][0])
-    assert got["httptools"][1] and not got["h11"][1]
-    assert pushed == read
-    assert [line["message"]["content"] for line in pushed[:-1]] == [f"tok{i}" for i in range(20)]
-    assert pushed[-1]["done"] is True and pushed[-1]["model"] == NAME
+    lines, other = _lines(got["httptools"]), _lines(got["h11"])
+    assert lines == other
+    assert [line["message"]["content"] for line in lines[:-1]] == [f"tok{i}" for i in range(20)]
+    assert lines[-1]["done"] is True and lines[-1]["model"] == NAME
 
 
 def test_ollama_lines_end_with_an_error_line_when_the_model_server_dies() -> None:
-    async def scenario() -> tuple[bytes, bool]:
+    async def scenario() -> bytes:
         script = writes([event(i) for i in range(3)], lambda writer: writer.close())
-        body, gateway = await answer(script, "httptools", ndjson=True)
-        return body, gateway.responses[0].pushed
+        body, _gateway = await answer(script, "httptools", ndjson=True)
+        return body
 
-    body, pushed = uvloop.run(scenario())
-    lines = _lines(body)
-    assert pushed
+    lines = _lines(uvloop.run(scenario()))
     assert [line.get("message", {}).get("content") for line in lines[:3]] == [
         "tok0",
         "tok1",
@@ -403,18 +398,17 @@ CHUNKED_WAYS = {
 
 
 @pytest.mark.parametrize("way", sorted(CHUNKED_WAYS))
-def test_a_chunked_body_is_pushed_as_the_task_reads_it(way: str) -> None:
-    async def scenario() -> dict[str, tuple[bytes, bool]]:
+def test_a_chunked_body_is_relayed_however_its_chunks_fall(way: str) -> None:
+    async def scenario() -> dict[str, bytes]:
         got = {}
         for http in ("httptools", "h11"):
             script = writes(CHUNKED_WAYS[way])
-            body, gateway = await answer(script, http, head=CHUNKED_HEAD)
-            got[http] = body, gateway.responses[0].pushed
+            body, _gateway = await answer(script, http, head=CHUNKED_HEAD)
+            got[http] = body
         return got
 
     got = uvloop.run(scenario())
-    assert got["httptools"] == (expected(BODY), True)
-    assert got["h11"] == (expected(BODY), False)
+    assert got == {"httptools": expected(BODY), "h11": expected(BODY)}
 
 
 @pytest.mark.parametrize(
@@ -423,19 +417,18 @@ def test_a_chunked_body_is_pushed_as_the_task_reads_it(way: str) -> None:
     ids=["cut inside a chunk", "not a chunk size"],
 )
 def test_a_broken_chunked_body_ends_the_stream_with_an_error_event(pieces: list[bytes]) -> None:
-    async def scenario() -> dict[str, tuple[bytes, bool]]:
+    async def scenario() -> dict[str, bytes]:
         got = {}
         for http in ("httptools", "h11"):
             script = writes(pieces, lambda writer: writer.close())
-            body, gateway = await answer(script, http, head=CHUNKED_HEAD)
-            got[http] = body, gateway.responses[0].pushed
+            body, _gateway = await answer(script, http, head=CHUNKED_HEAD)
+            got[http] = body
         return got
 
     got = uvloop.run(scenario())
-    assert got["httptools"][1] and not got["h11"][1]
-    assert got["httptools"][0] == got["h11"][0]
-    assert got["httptools"][0].startswith(expected(event(0)))
-    assert _error(got["httptools"][0]) == STOPPED
+    assert got["httptools"] == got["h11"]
+    assert got["h11"].startswith(expected(event(0)))
+    assert _error(got["h11"]) == STOPPED
 
 
 @pytest.mark.parametrize("method", ["feed", "end"])
@@ -447,18 +440,18 @@ def test_a_bug_in_the_relaying_ends_the_stream_with_the_gateways_error(
 
     monkeypatch.setattr(SseBody, method, broken)
     body, gateway = uvloop.run(answer(writes([event(0)], lambda w: w.close()), "httptools"))
-    assert gateway.responses[0].pushed and gateway.closes == 1
+    assert gateway.closes == 1
     assert _error(body) == "internal error"  # not the model server's, and no hang
     assert "unexpected error relaying a stream" in caplog.text
 
 
-def test_a_kept_alive_connection_carries_one_pushed_answer_after_another() -> None:
+def test_a_kept_alive_connection_carries_one_paced_answer_after_another() -> None:
     request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
     )
 
-    async def scenario() -> tuple[list[bytes], list[bool]]:
+    async def scenario() -> tuple[list[bytes], int]:
         async with serving(writes(WAYS["event by event"]), "httptools") as gateway:
             reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
             bodies = []
@@ -470,10 +463,10 @@ def test_a_kept_alive_connection_carries_one_pushed_answer_after_another() -> No
                     bodies.append(await asyncio.wait_for(dechunk(reader), 30))
             finally:
                 writer.close()
-            return bodies, [response.pushed for response in gateway.responses]
+            return bodies, len(gateway.responses)
 
-    bodies, pushed = uvloop.run(scenario())
-    assert bodies == [expected(BODY)] * 2 and pushed == [True, True]
+    bodies, responses = uvloop.run(scenario())
+    assert bodies == [expected(BODY)] * 2 and responses == 2
 
 
 # -- the flush interval
@@ -481,9 +474,9 @@ def test_a_kept_alive_connection_carries_one_pushed_answer_after_another() -> No
 
 async def gathered(
     script: Script, flush_interval: float, ndjson: bool = False, seen: asyncio.Event | None = None
-) -> tuple[list[bytes], bool]:
-    """The chunks (the gateway's writes) of one pushed answer, and whether it was pushed;
-    ``seen`` is set once the client has the first."""
+) -> list[bytes]:
+    """The chunks (the gateway's writes) of one answer; ``seen`` is set once the
+    client has the first."""
     async with serving(script, "httptools", ndjson, flush_interval=flush_interval) as gateway:
         reader, writer = await ask(gateway.port)
         got = []
@@ -495,7 +488,7 @@ async def gathered(
                         seen.set()
         finally:
             writer.close()
-        return got, gateway.responses[0].pushed
+        return got
 
 
 def after_the_first(pieces: list[bytes]) -> tuple[Script, asyncio.Event]:
@@ -515,15 +508,14 @@ def test_tokens_within_the_flush_interval_go_out_together_and_the_end_at_once() 
     # An hour's interval: all but the first event wait for the end, which is not held
     # (else the 30 s wait for the body would fail).
     script, seen = after_the_first(WAYS["event by event"])
-    got, pushed = uvloop.run(gathered(script, 3600.0, seen=seen))
-    assert pushed
+    got = uvloop.run(gathered(script, 3600.0, seen=seen))
     assert got == [expected(event(0)), expected(BODY)[len(expected(event(0))) :]]
 
 
 def test_ollama_lines_within_the_flush_interval_go_out_together() -> None:
     script, seen = after_the_first(WAYS["event by event"])
-    got, pushed = uvloop.run(gathered(script, 3600.0, ndjson=True, seen=seen))
-    assert pushed and len(got) == 2
+    got = uvloop.run(gathered(script, 3600.0, ndjson=True, seen=seen))
+    assert len(got) == 2
     assert json.loads(got[0])["message"]["content"] == "tok0"
     lines = _lines(b"".join(got))
     assert [line["message"]["content"] for line in lines[:-1]] == [f"tok{i}" for i in range(20)]
@@ -570,8 +562,7 @@ def test_tokens_slower_than_the_flush_interval_are_written_as_they_come() -> Non
             await asyncio.sleep(0.1)
         writer.write(DONE)
 
-    got, pushed = uvloop.run(gathered(slow, 0.005))
-    assert pushed
+    got = uvloop.run(gathered(slow, 0.005))
     assert got == [expected(event(i)) for i in range(5)] + [expected(DONE)]
 
 
@@ -580,11 +571,14 @@ def test_more_than_the_hold_limit_is_written_without_waiting() -> None:
     count = 3 * HOLD_LIMIT // 1000
     sent = b"".join(event(i, pad) for i in range(count))
     enough = asyncio.Event()  # the client has two limits' worth
+    first = asyncio.Event()  # the client has the first write: the rest is held
 
     async def waits_for_the_client(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        for i in range(count):
+        writer.write(event(0, pad))
+        await asyncio.wait_for(first.wait(), 10)
+        for i in range(1, count):
             writer.write(event(i, pad))
             await writer.drain()
         # An hour's interval: without the limit all but the first read would wait for
@@ -599,11 +593,12 @@ def test_more_than_the_hold_limit_is_written_without_waiting() -> None:
             try:
                 async for chunk in chunks(reader):
                     got += chunk
+                    first.set()
                     if len(got) > 2 * HOLD_LIMIT:
                         enough.set()
             finally:
                 writer.close()
-            assert gateway.upstream.finished.is_set() and gateway.responses[0].pushed
+            assert gateway.upstream.finished.is_set()
             return got
 
     assert uvloop.run(scenario()) == expected(sent + DONE)
