@@ -192,7 +192,9 @@ def test_another_projects_daemon_neither_adopts_nor_stops_a_server_of_the_same_n
             },
             timeout=120,
         )
+        assert reply.status_code == 409, reply.text  # a conflict, not the engine's failure
         assert "is already running for another project" in reply.text, reply.text
+        assert "rename the model" in reply.text
         assert alive(record.pid)
     finally:
         assert daemon.stop(timeout=60) == 0  # stops the on-demand servers it runs

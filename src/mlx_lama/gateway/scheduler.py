@@ -64,6 +64,7 @@ FIRST_BACKOFF = 1.0  # s; doubles with every failure in the window
 MAX_BACKOFF = 60.0
 MAX_FAILURES = 5  # failed starts and crashes within FAILURE_WINDOW before giving up
 FAILURE_WINDOW = 600.0  # s
+NAME_TAKEN_RETRY = 5.0  # s before an always server whose name another project runs is tried again
 DRAIN_TIMEOUT = 30.0  # s an old server gets to finish its requests before it is stopped
 CHANGED = "its launch spec changed in the manifest"
 # A successor starting beside its predecessor is recorded as NAME::next (never a
@@ -466,6 +467,12 @@ class Scheduler:
                 began = time.monotonic()
                 try:
                     record = await asyncio.to_thread(self._start, slot.spec, slot.overlap)
+                except process.ServerNameTaken as error:
+                    # Not this engine's failure: no backoff count; tried again later.
+                    log.warning("%s", error.message)
+                    slot.state, slot.error = "stopped", error.message
+                    slot.retry_at = time.monotonic() + NAME_TAKEN_RETRY
+                    raise SchedulerError(error.message, status=409, hint=error.hint) from None
                 except MlxLamaError as error:
                     self._report_load(slot.name, time.monotonic() - began, False)
                     log.error("%s", error)  # with the log tail and the log's path

@@ -58,6 +58,10 @@ class ServerStartError(MlxLamaError):
     """A server could not be started or never became ready; the message ends with its log."""
 
 
+class ServerNameTaken(ServerStartError):
+    """Another project runs a server under this name (server names are machine-wide)."""
+
+
 class ServerStopError(MlxLamaError):
     """A server process survived SIGTERM and SIGKILL."""
 
@@ -257,7 +261,7 @@ def _refuse_if_running(name: str, manifest: str) -> None:
             f"server {name!r} is already running (pid {existing.pid}, port {existing.port})",
             hint="`mlx-lama ps` shows it; `mlx-lama apply` restarts it when its spec changed",
         )
-    raise ServerStartError(
+    raise ServerNameTaken(
         f"server {name!r} is already running for another project ({owner or 'none recorded'}; "
         f"pid {existing.pid}, port {existing.port})",
         hint="server names are shared by every project on this machine: rename the model "
