@@ -640,3 +640,12 @@ def test_a_distributed_server_is_never_restarted_beside_its_predecessor(tmp_path
     assert scheduler._fits_beside(slot(local, True), slot(local, False))
     assert not scheduler._fits_beside(slot(spec, True), slot(spec, False))
     assert not scheduler._fits_beside(slot(local, True), slot(spec, False))
+
+
+def test_the_schemas_list_of_distributed_engines_is_the_backends() -> None:
+    from mlx_lama.backends.base import get_backend
+    from mlx_lama.schema.checks import DISTRIBUTED_ENGINES
+    from mlx_lama.schema.manifest import BUILTIN_BACKENDS
+
+    capable = tuple(b for b in BUILTIN_BACKENDS if get_backend(b).capabilities().distributed)
+    assert capable == DISTRIBUTED_ENGINES

@@ -1,4 +1,4 @@
-"""The apply lock (``orchestrator/filelock.py``), between real processes and threads.
+"""The apply lock (``mlx_lama/filelock.py``), between real processes and threads.
 
 Holders are small Python children that take the lock and keep it until a
 line arrives on their stdin; every one is killed in ``finally``.
@@ -17,11 +17,11 @@ from contextlib import contextmanager
 import pytest
 
 from mlx_lama import paths
-from mlx_lama.orchestrator.filelock import ApplyLockTimeout, apply_lock
+from mlx_lama.filelock import ApplyLockTimeout, apply_lock
 
 HOLDER = """
 import sys
-from mlx_lama.orchestrator.filelock import apply_lock
+from mlx_lama.filelock import apply_lock
 with apply_lock(on_wait=lambda: print("waiting", flush=True)):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mlx_lama.registry import name_resolver
 from mlx_lama.schema.loader import parse_manifest
 from mlx_lama.schema.manifest import Manifest, Message, ModelEntry, Parameters
 from mlx_lama.schema.modelfile import (
@@ -244,6 +245,7 @@ def entry_of(text: str, tmp_path: Path, manifest: Manifest = MANIFEST) -> ModelE
         modelfile_dir=tmp_path / "build",
         manifest=manifest,
         manifest_dir=tmp_path,
+        resolve=name_resolver(manifest.aliases, manifest.models),
     )
 
 
@@ -262,7 +264,11 @@ def test_from_a_folder_elsewhere_is_stored_absolute_and_home_as_written(
     manifest_dir = tmp_path / "project"
     parsed = parse_modelfile("FROM ../elsewhere/m\n")
     stored = modelfile_entry(
-        parsed, modelfile_dir=tmp_path / "project", manifest=Manifest(), manifest_dir=manifest_dir
+        parsed,
+        modelfile_dir=tmp_path / "project",
+        manifest=Manifest(),
+        manifest_dir=manifest_dir,
+        resolve=name_resolver({}, ()),
     )
     assert stored.path == str(outside)
     monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
@@ -397,7 +403,11 @@ def test_render_then_parse_gives_the_entry_back(entry: ModelEntry, tmp_path: Pat
         text = text.replace(f"ADAPTER {entry.adapter}", f"ADAPTER {tmp_path}{entry.adapter}")
     parsed = parse_modelfile(text)
     rebuilt = modelfile_entry(
-        parsed, modelfile_dir=tmp_path, manifest=Manifest(), manifest_dir=tmp_path
+        parsed,
+        modelfile_dir=tmp_path,
+        manifest=Manifest(),
+        manifest_dir=tmp_path,
+        resolve=name_resolver({}, ()),
     )
     expected = entry
     if entry.path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlx_lama.schema.names import (
+from mlx_lama.names import (
     InvalidNameError,
     canonical_name,
     check_model_name,

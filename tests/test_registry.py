@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlx_lama.errors import ConfigError, MlxLamaError
+from mlx_lama.names import canonical_name, check_model_name, is_repo_id
 from mlx_lama.registry import (
     BUILTIN_ALIASES,
     Alias,
@@ -20,7 +21,6 @@ from mlx_lama.registry import (
     load_registry,
     read_user_aliases,
 )
-from mlx_lama.schema.names import canonical_name, check_model_name, is_repo_id
 
 
 @pytest.fixture(autouse=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mlx_lama.orchestrator.state import Distribution, RunRecord
+    from mlx_lama.backends.spec import Distribution, RunRecord
 
 MODULE = "mlx_lama.distributed"
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "LogLevel=QUIET")

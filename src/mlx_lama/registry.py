@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 from mlx_lama import paths
 from mlx_lama.builtin_models import BUILTIN_TABLE
 from mlx_lama.errors import ConfigError, MlxLamaError
-from mlx_lama.schema.names import (
+from mlx_lama.names import (
     InvalidNameError,
     canonical_name,
     check_model_name,
@@ -79,7 +79,7 @@ class UnknownModelError(MlxLamaError):
 
 
 class InvalidModelNameError(MlxLamaError):
-    """The name breaks the naming rules (see :mod:`mlx_lama.schema.names`)."""
+    """The name breaks the naming rules (see :mod:`mlx_lama.names`)."""
 
     def __init__(self, problem: str) -> None:
         super().__init__(problem, hint=_FIX_NAME)
@@ -478,3 +478,17 @@ def _natural_key(text: str) -> tuple[str, ...]:
     # re.split with a group alternates text (even indexes) and digit runs (odd ones).
     parts = _DIGITS.split(text.lower())
     return tuple(part.zfill(12) if i % 2 else part for i, part in enumerate(parts))
+
+
+def name_resolver(
+    manifest_aliases: Mapping[str, str], manifest_models: Collection[str]
+) -> Callable[[str], tuple[str | None, str | None]]:
+    """A name's (manifest model, repo id) through every alias layer, for code below
+    this module that must resolve names without importing it (a Modelfile's FROM)."""
+    registry = load_registry(manifest_aliases=manifest_aliases, manifest_models=manifest_models)
+
+    def resolve(name: str) -> tuple[str | None, str | None]:
+        resolution = registry.resolve(name)
+        return resolution.model, resolution.repo
+
+    return resolve

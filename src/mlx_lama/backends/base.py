@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
-    from mlx_lama.orchestrator.state import ServerSpec
+    from mlx_lama.backends.spec import ServerSpec
 
 # Every engine we launch reads a local folder, never the Hub: offline mode turns
 # a stray download (e.g. a request naming another model) into a quick error.

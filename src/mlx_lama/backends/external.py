@@ -19,7 +19,7 @@ from mlx_lama.backends.base import (
 )
 
 if TYPE_CHECKING:
-    from mlx_lama.orchestrator.state import ServerSpec
+    from mlx_lama.backends.spec import ServerSpec
 
 
 @register_backend

@@ -41,7 +41,7 @@ from mlx_lama.backends.base import (
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
-    from mlx_lama.orchestrator.state import ServerSpec
+    from mlx_lama.backends.spec import ServerSpec
 
 # ``--allowed-origins`` is a comma-separated list matched exactly against the
 # Origin header (default "*"). Browsers only ever send "null" or

@@ -29,7 +29,7 @@ from mlx_lama.backends.base import (
 )
 
 if TYPE_CHECKING:
-    from mlx_lama.orchestrator.state import ServerSpec
+    from mlx_lama.backends.spec import ServerSpec
 
 # Manifest parameter -> vllm-mlx default-sampling flag (applied to every request
 # that does not set its own value).

@@ -131,9 +131,9 @@ def _apply_once(file: Path | None, settings: _Settings) -> ApplyResult | None:
     """
     from mlx_lama.cli._progress import ApplyReporter
     from mlx_lama.cli._workspace import load_workspace, observe_and_warn, quiet_hub_logging
+    from mlx_lama.filelock import apply_lock
     from mlx_lama.orchestrator.apply import ApplyContext, apply_plan
     from mlx_lama.orchestrator.engines import require_engines
-    from mlx_lama.orchestrator.filelock import apply_lock
     from mlx_lama.orchestrator.plan import PlanOptions, make_plan
     from mlx_lama.schema.lockfile import check_lock_matches
 

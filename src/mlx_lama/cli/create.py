@@ -47,7 +47,8 @@ def create(
     env stay.
     """
     from mlx_lama.cli._handoff import settle
-    from mlx_lama.registry import InvalidModelNameError
+    from mlx_lama.names import check_model_name
+    from mlx_lama.registry import InvalidModelNameError, name_resolver
     from mlx_lama.schema import find_manifest, load_manifest
     from mlx_lama.schema.editor import add_model, find_model_key, set_model_fields
     from mlx_lama.schema.modelfile import (
@@ -56,7 +57,6 @@ def create(
         modelfile_entry,
         parse_modelfile,
     )
-    from mlx_lama.schema.names import check_model_name
 
     if (problem := check_model_name(name)) is not None:
         raise InvalidModelNameError(problem)
@@ -69,6 +69,7 @@ def create(
         modelfile_dir=file.absolute().parent,
         manifest=current,
         manifest_dir=manifest_path.absolute().parent,
+        resolve=name_resolver(current.aliases, current.models),
     )
     fields = model_fields(entry)
     for text in ("system", "template", "license"):

@@ -26,7 +26,7 @@ def lock(
     Asks the hub which commit each revision is; downloads nothing.
     """
     from mlx_lama.cli._workspace import load_workspace, quiet_hub_logging
-    from mlx_lama.orchestrator.filelock import apply_lock
+    from mlx_lama.filelock import apply_lock
     from mlx_lama.orchestrator.relock import relock
     from mlx_lama.schema.lockfile import save_lock
 

@@ -27,6 +27,7 @@ from mlx_lama.gateway.remotes import RemoteSet
 from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.validate import Limits
+from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folder
@@ -34,7 +35,6 @@ from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE, Manifest, ModelEntry
-from mlx_lama.schema.names import check_model_name
 from mlx_lama.schema.units import Duration
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from mlx_lama.gateway.http import ApiError
 from mlx_lama.gateway.proxy import ProxyStream, until_disconnect
 from mlx_lama.gateway.remotes import FORWARDED_HEADER, RemoteModel, connect_failure
 from mlx_lama.gateway.security import ASGIApp, Receive, Scope, Send
-from mlx_lama.schema.names import check_model_name
+from mlx_lama.names import check_model_name
 
 _MARK = FORWARDED_HEADER.lower().encode("latin-1")
 _forwarded: ContextVar[bool] = ContextVar("mlx_lama_forwarded", default=False)

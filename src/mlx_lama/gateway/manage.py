@@ -35,6 +35,7 @@ from mlx_lama.gateway import forward
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import ApiError, read_json
 from mlx_lama.gateway.inference import NDJSON, gateway_of
+from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.entries import (
     PullSource,
     free_files,
@@ -43,7 +44,6 @@ from mlx_lama.orchestrator.entries import (
     remove_entry,
 )
 from mlx_lama.schema.lockfile import LockedModel
-from mlx_lama.schema.names import check_model_name
 
 log = logging.getLogger(__name__)
 

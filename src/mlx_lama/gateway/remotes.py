@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
+from mlx_lama.names import canonical_name, check_model_name
 from mlx_lama.schema.manifest import RemoteSection
-from mlx_lama.schema.names import canonical_name, check_model_name
 
 log = logging.getLogger(__name__)
 

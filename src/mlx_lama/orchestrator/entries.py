@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_lama.orchestrator.filelock import apply_lock
+from mlx_lama.filelock import apply_lock
 from mlx_lama.registry import load_registry
 from mlx_lama.schema import editor, load_manifest
 from mlx_lama.schema.lockfile import (

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from mlx_lama.filelock import apply_lock
 from mlx_lama.orchestrator.apply import ApplyContext, ApplyResult, Reporter, apply_plan
 from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.filelock import apply_lock
 from mlx_lama.orchestrator.observe import observe
 from mlx_lama.orchestrator.plan import Action, ActionKind, Plan, PlanOptions, make_plan
 from mlx_lama.orchestrator.projects import project_key

@@ -2,7 +2,7 @@
 
 Everything that reads ``mlxlama.toml`` goes through here. Nothing in this
 package starts processes or touches the model cache. Exports load lazily, so
-``mlx_lama.schema.names`` stays cheap for callers that never need pydantic.
+importing one of its modules stays cheap for callers that never need pydantic.
 """
 
 from __future__ import annotations

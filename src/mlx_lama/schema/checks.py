@@ -14,10 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlx_lama.names import canonical_name, check_model_name, is_repo_id
 from mlx_lama.netaddr import is_loopback_host, url_port
 from mlx_lama.schema.locate import KeyPath, render_key_path
 from mlx_lama.schema.manifest import BUILTIN_BACKENDS
-from mlx_lama.schema.names import canonical_name, check_model_name, is_repo_id
 
 _URL_EXAMPLE = 'as in url = "http://127.0.0.1:1234"'
 # Keys that configure files or a process mlx-lama runs; an external model has neither.
@@ -344,11 +344,10 @@ _DISTRIBUTED_KEYS = ("distributed", "pipeline", "files", "ring_port")
 _REMOTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
-def distributed_engines() -> tuple[str, ...]:
-    """The built-in engines that can run a model over several hosts."""
-    from mlx_lama.backends.base import get_backend  # the registry loads engine modules lazily
-
-    return tuple(b for b in BUILTIN_BACKENDS if get_backend(b).capabilities().distributed)
+# The built-in engines that can run a model over several hosts: the backends'
+# ``capabilities().distributed``, written here because the schema sits beside
+# backends/, not above it (tests/test_distributed.py checks that they agree).
+DISTRIBUTED_ENGINES: tuple[str, ...] = ("mlx-lm",)
 
 
 def _check_distributed(
@@ -383,7 +382,7 @@ def _check_distributed(
         engine = backend_type(entry.get("backend", defaults.get("backend", "mlx-lm")), backends)
         if engine is None:
             continue  # the backend checks report it
-        engines = engines if engines is not None else distributed_engines()
+        engines = engines if engines is not None else DISTRIBUTED_ENGINES
         if engine not in engines:
             report(
                 ("models", name, "hosts" if hosts is not None else "hostfile"),

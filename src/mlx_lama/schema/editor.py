@@ -35,11 +35,11 @@ from tomlkit.items import AoT, InlineTable, Item, KeyType, Null, SingleKey, Tabl
 
 from mlx_lama.atomic import atomic_write_text
 from mlx_lama.errors import ManifestError, MlxLamaError, Problem
-from mlx_lama.orchestrator.filelock import apply_lock
+from mlx_lama.filelock import apply_lock
+from mlx_lama.names import canonical_name, check_model_name
 from mlx_lama.schema import memo
 from mlx_lama.schema.loader import BOM, decode_manifest, parse_manifest
 from mlx_lama.schema.manifest import Manifest
-from mlx_lama.schema.names import canonical_name, check_model_name
 
 NEW_MANIFEST = "version = 1\n"
 _NAME_HINT = 'names look like "name:tag" or "org/repo"'

@@ -30,13 +30,14 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Final, Literal, cast, get_type_hints
 
 from mlx_lama.errors import ManifestError, MlxLamaError, Problem
+from mlx_lama.names import check_model_name, is_repo_id
 from mlx_lama.schema.manifest import Manifest, Message, ModelEntry, Parameters
-from mlx_lama.schema.names import check_model_name, is_repo_id
 
 __all__ = [
     "MODELFILE_KEYS",
@@ -346,8 +347,18 @@ def _convert(name: str, kind: type, text: str) -> tuple[object, str | None]:
 # -- FROM, ADAPTER and the entry ----------------------------------------------------
 
 
+# Resolves a FROM name to (manifest model, repo id), one of them set; raises
+# MlxLamaError for a name that is neither. ``registry.name_resolver`` makes one.
+ResolveName = Callable[[str], tuple[str | None, str | None]]
+
+
 def modelfile_entry(
-    parsed: ParsedModelfile, *, modelfile_dir: Path, manifest: Manifest, manifest_dir: Path
+    parsed: ParsedModelfile,
+    *,
+    modelfile_dir: Path,
+    manifest: Manifest,
+    manifest_dir: Path,
+    resolve: ResolveName,
 ) -> ModelEntry:
     """The manifest entry a Modelfile stands for.
 
@@ -358,11 +369,11 @@ def modelfile_entry(
     url, revision, backend) and settings (system, template, adapter, license,
     messages, parameters) the entry starts from, the Modelfile's instructions
     overriding them (parameters key by key); a Hugging Face repo id; a user or
-    built-in alias. Reads the disk and ``registry.yaml``; raises
+    built-in alias (``resolve`` looks those up). Reads the disk; raises
     :class:`ModelfileError` naming the FROM and ADAPTER lines at fault.
     """
     problems: list[Problem] = []
-    base = _base_entry(parsed, modelfile_dir, manifest, manifest_dir, problems)
+    base = _base_entry(parsed, modelfile_dir, manifest, manifest_dir, resolve, problems)
     adapter = base.adapter
     if parsed.adapter is not None:
         stored, found = _stored_path(parsed.adapter, modelfile_dir, manifest_dir)
@@ -397,11 +408,10 @@ def _base_entry(
     modelfile_dir: Path,
     manifest: Manifest,
     manifest_dir: Path,
+    resolve: ResolveName,
     problems: list[Problem],
 ) -> ModelEntry:
     """What FROM names, as an entry holding only its source and settings."""
-    from mlx_lama.registry import load_registry
-
     value = parsed.base
     stored, found = _stored_path(value, modelfile_dir, manifest_dir)
     if found.is_dir():
@@ -418,18 +428,15 @@ def _base_entry(
     repo, at, revision = value.partition("@")
     if at and revision and is_repo_id(repo):  # mlx-lama's own form: a repo at a revision
         return ModelEntry(repo=repo, revision=revision)
-    registry = load_registry(
-        manifest_aliases=manifest.aliases, manifest_models=list(manifest.models)
-    )
     try:
-        resolution = registry.resolve(value)
+        model, resolved_repo = resolve(value)
     except MlxLamaError as error:
         if check_model_name(value) is not None:
             return problem(f"no folder at {found}, and {value!r} is not a model name")
         return problem(f"FROM {value}: {error.message}")
-    if resolution.model is None:
-        return ModelEntry(repo=resolution.repo)
-    source = manifest.models[resolution.model]
+    if model is None:
+        return ModelEntry(repo=resolved_repo)
+    source = manifest.models[model]
     return ModelEntry(
         repo=source.repo,
         path=source.path,
