@@ -39,8 +39,7 @@ from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, read
 from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
 from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
-from mlx_lama.gateway.security import SecurityMiddleware, SecurityPolicy
-from mlx_lama.gateway.server import Listen, security_policy
+from mlx_lama.gateway.security import Listen, SecurityMiddleware, SecurityPolicy, security_policy
 from mlx_lama.gateway.supervisor import Supervisor
 from mlx_lama.netaddr import is_loopback_host
 from mlx_lama.schema.manifest import Manifest, ModelEntry
@@ -68,7 +67,7 @@ def create_app(
             gateway.client = client
             gateway.scheduler.start()
             supervisor = Supervisor(gateway)
-            gateway.supervisor = supervisor
+            app.state.supervisor = supervisor  # /health reads it
             supervisor.start()
             hangup = _on_hangup(supervisor.poke)
             try:
@@ -364,7 +363,7 @@ async def _health(request: Request) -> Response:
             entry["log_tail"] = slot.log_tail
         models[name] = entry
     body: dict[str, Any] = {"status": "ok", "version": __version__, "pid": os.getpid()}
-    supervisor = gateway.supervisor
+    supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
     if supervisor is not None:
         body["reloads"] = supervisor.reloads
         if supervisor.applied is not None:  # the manifest in force, as sha256 of its bytes

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import httpx
 
     from mlx_lama.backends.base import Capabilities
-    from mlx_lama.gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,6 @@ class Gateway:
         scheduler.on_load = self._loaded
         self.client: httpx.AsyncClient | None = None  # made and closed by the app's lifespan
         self.spares = Spares()  # connections ready for token streams; the lifespan closes them
-        self.supervisor: Supervisor | None = None  # runs in the app's lifespan
         self.remotes = RemoteSet()  # [remotes]: the other gateways' models (see forward.py)
         # Called with (old, new) manifest after each reload, e.g. to renew the security policy.
         self.on_reload: list[Callable[[Manifest, Manifest], None]] = []

@@ -37,10 +37,14 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mlx_lama.backends.base import client_host
 from mlx_lama.humanize import size_str
 from mlx_lama.netaddr import is_ascii_number, is_loopback_host
+
+if TYPE_CHECKING:
+    from mlx_lama.schema.manifest import Manifest
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -377,3 +381,26 @@ def _with_cors(send: Send, cors: list[tuple[bytes, bytes]]) -> Send:
         await send(message)
 
     return cors_send
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Where a client on this machine reaches the gateway."""
+        host = client_host(self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+
+def security_policy(manifest: Manifest, listen: Listen) -> SecurityPolicy:
+    server = manifest.server
+    return SecurityPolicy(
+        bind_host=listen.host,
+        port=listen.port,
+        api_key=server.api_key,
+        origins=tuple(server.origins),
+    )

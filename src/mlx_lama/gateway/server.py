@@ -19,18 +19,16 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import psutil
 
-from mlx_lama.backends.base import client_host
 from mlx_lama.daemonfile import daemon_file
 from mlx_lama.errors import MlxLamaError, UsageError
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.scheduler import DEFAULT_MAX_QUEUE, Scheduler, SchedulerConfig
-from mlx_lama.gateway.security import SecurityPolicy
+from mlx_lama.gateway.security import Listen, security_policy
 from mlx_lama.netaddr import is_loopback_host, parse_listen_address
 from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.projects import remember
@@ -44,19 +42,6 @@ log = logging.getLogger(__name__)
 HOST_ENV = "MLX_LAMA_HOST"
 MAX_QUEUE_ENV = "MLX_LAMA_MAX_QUEUE"
 GRACE_SECONDS = 10  # in-flight requests get this long to finish when the daemon stops
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        """Where a client on this machine reaches the gateway."""
-        host = client_host(self.host)
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
 
 
 def listen_address(manifest: Manifest, *, insecure: bool = False) -> Listen:
@@ -128,16 +113,6 @@ def prepare(
     if adopted:
         log.info("adopted running servers: %s", ", ".join(sorted(adopted)))
     return gateway
-
-
-def security_policy(manifest: Manifest, listen: Listen) -> SecurityPolicy:
-    server = manifest.server
-    return SecurityPolicy(
-        bind_host=listen.host,
-        port=listen.port,
-        api_key=server.api_key,
-        origins=tuple(server.origins),
-    )
 
 
 def run(

@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
@@ -42,7 +42,10 @@ from mlx_lama.backends.base import launch_spec
 from mlx_lama.orchestrator import process
 
 if TYPE_CHECKING:
-    from mlx_lama.gateway.scheduler import Slot
+    import asyncio
+    from collections.abc import Collection
+
+    from mlx_lama.backends.spec import RunRecord, ServerSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,29 @@ BUSY_CPU = 0.03  # share of a core that counts as working (an idle mlx_lm.server
 SILENCE_SHARE = 0.75  # of wedge_timeout spent watching before the probe
 MAX_PROBE = 15.0  # s a probe may take at most
 
-Probe = Callable[["Slot", float], Awaitable[bool]]  # (slot, timeout) -> answered
+
+class _Request(Protocol):
+    @property
+    def loss(self) -> object: ...  # None while its server is still working on it
+
+
+class Slot(Protocol):
+    """What the watchdog reads of a scheduler's slot (``scheduler.Slot`` is one); a
+    protocol, so this module needs nothing from the scheduler that uses it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spec(self) -> ServerSpec: ...
+    @property
+    def record(self) -> RunRecord | None: ...
+    @property
+    def gate(self) -> asyncio.Semaphore | None: ...
+    @property
+    def leases(self) -> Collection[_Request]: ...
+
+
+Probe = Callable[[Slot, float], Awaitable[bool]]  # (slot, timeout) -> answered
 
 
 @dataclass(slots=True)
