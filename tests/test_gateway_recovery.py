@@ -122,7 +122,7 @@ class HealthLog:
 
 # What wedged or crashed the engine, or came back as its error, before the gateway
 # checked requests (issue 19's list): each is refused with a 400 that says why.
-REFUSED = [
+REFUSED: list[tuple[str, dict[str, object], str]] = [
     ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 2}, "list of 2 prompts"),
     ("/v1/completions", {"prompt": [[1, 2]], "max_tokens": 2}, "token ids"),
     ("/v1/chat/completions", {}, "messages is required"),

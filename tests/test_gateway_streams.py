@@ -21,8 +21,8 @@ from mlx_lama.gateway.app import create_app
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.forward import HopGuard
 from mlx_lama.gateway.proxy import ProxyStream
-from mlx_lama.gateway.security import ASGIApp, Message, Scope
-from mlx_lama.gateway.server import Listen, prepare, security_policy
+from mlx_lama.gateway.security import ASGIApp, Listen, Message, Scope, security_policy
+from mlx_lama.gateway.server import prepare
 from tests.fixtures.servers import free_port
 
 

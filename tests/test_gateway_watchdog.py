@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mlx_lama.gateway import watchdog
 from mlx_lama.gateway.scheduler import Lease, Loss, Scheduler, SchedulerConfig, Slot
 from mlx_lama.gateway.watchdog import LOOK_INTERVAL, Watchdog, cpu_seconds
 from mlx_lama.orchestrator import process
@@ -35,7 +36,7 @@ class Probe:
         self.answers = answers
         self.asked = 0
 
-    async def __call__(self, slot: Slot, timeout: float) -> bool:
+    async def __call__(self, slot: watchdog.Slot, timeout: float) -> bool:
         assert 0 < timeout <= TIMEOUT / 4
         self.asked += 1
         return self.answers

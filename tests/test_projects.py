@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +22,9 @@ from mlx_lama.orchestrator.state import (
 )
 from tests.fixtures.gateway import wait_for
 from tests.test_plan import CHAT, CHAT_SERVER, cached, running
-from tests.test_runrecords import SLEEP, record_for, spawn
+from tests.test_runrecords import SLEEP, procs, record_for, spawn
+
+__all__ = ["procs"]  # the fixture, shared with test_runrecords
 
 A = "/work/a/mlxlama.toml"
 B = "/work/b/mlxlama.toml"
@@ -258,25 +259,13 @@ def test_observe_says_which_pulled_repos_belong_only_to_other_projects(legacy: b
 # -- run records written by 0.1.0: attributed to the manifest they recorded
 
 
-@pytest.fixture
-def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test started; killed and reaped afterwards, by PID."""
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_a_run_record_from_0_1_0_is_attributed_to_the_manifest_it_names(
-    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     from mlx_lama.orchestrator.observe import observe_servers
 
     a = _manifest(tmp_path / "a")
-    proc = spawn(sleepers, SLEEP)
+    proc = spawn(procs, SLEEP)
     wait_for(lambda: len(psutil.Process(proc.pid).cmdline()) > 2, 10, "the process to start")
     record = record_for(proc)
     as_written = json.loads(runrecords.record_to_json(record))
