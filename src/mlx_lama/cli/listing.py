@@ -220,10 +220,11 @@ def _manifest_externals(file: Path | None) -> tuple[str, tuple[ExternalSpec, ...
         path = find_manifest(None, create=False).path
     except ManifestNotFoundError:
         return project_key(paths.global_manifest()), ()
+    externals: tuple[ExternalSpec, ...] = ()
     try:
-        return project_key(path), external_specs(load_manifest(path))
+        externals = external_specs(load_manifest(path))
     except ManifestNotFoundError:
-        return project_key(path), ()
+        pass
     except MlxLamaError as error:
         typer.echo(f"warning: external servers not shown: {error}", err=True)
-        return project_key(path), ()
+    return project_key(path), externals

@@ -36,7 +36,7 @@ def rm(
     from mlx_lama import paths
     from mlx_lama.cli._handoff import settle
     from mlx_lama.humanize import size_str
-    from mlx_lama.orchestrator.entries import free_files, remove_entry
+    from mlx_lama.orchestrator.entries import free_removed, remove_entry
     from mlx_lama.orchestrator.projects import project_key
     from mlx_lama.schema import editor, find_manifest, load_manifest
 
@@ -51,14 +51,11 @@ def rm(
             continue
         removed = remove_entry(path, key)
         settle(path, [key])  # its server stops before its files go
-        kept = removed.kept_because
-        if removed.repo is not None:
-            result = free_files(removed.repo, paths.hf_hub_cache(), project=project_key(path))
-            kept = result.kept_because
-            if kept is None:
-                typer.echo(f"freed {size_str(result.freed)} ({removed.repo})", err=True)
-        if kept is not None:
-            typer.echo(f"kept its files: {kept}", err=True)
+        result = free_removed(removed, paths.hf_hub_cache(), project=project_key(path))
+        if result.kept_because is not None:
+            typer.echo(f"kept its files: {result.kept_because}", err=True)
+        elif result.repo is not None:
+            typer.echo(f"freed {size_str(result.freed)} ({result.repo})", err=True)
         if removed.aliases:
             typer.echo(f"removed its aliases: {', '.join(removed.aliases)}", err=True)
         typer.echo(f"deleted '{name}'")

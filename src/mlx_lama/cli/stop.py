@@ -87,10 +87,9 @@ def _stop_leftover(key: str, manifest: Path) -> bool:
     """Without a daemon: stop a server of ``key`` that this project started and that
     still runs (one a killed daemon left behind). False when there is none."""
     from mlx_lama.orchestrator import process
-    from mlx_lama.orchestrator.projects import project_key
 
-    record = process.running_record(key)
-    if record is None or project_key(record.manifest) != project_key(manifest):
+    record = process.running_record(key, manifest=str(manifest))
+    if record is None:
         return False
     process.stop_server(record)
     return True

@@ -38,7 +38,7 @@ from mlx_lama.gateway.inference import NDJSON, gateway_of
 from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.entries import (
     PullSource,
-    free_files,
+    free_removed,
     pull_source,
     record_pull,
     remove_entry,
@@ -186,14 +186,12 @@ async def delete(request: Request) -> Response:
     removed = await _edit(
         gateway, lambda: remove_entry(gateway.manifest_path, model), f"delete {model!r}"
     )
-    kept = removed.kept_because
-    if removed.repo is not None:
-        freed = await asyncio.to_thread(
-            free_files, removed.repo, gateway.cache_dir, project=gateway.project
-        )
-        kept = freed.kept_because
-        if kept is None:
-            log.info("deleted %r: freed %d bytes of %s", model, freed.freed, freed.repo)
+    freed = await asyncio.to_thread(
+        free_removed, removed, gateway.cache_dir, project=gateway.project
+    )
+    kept = freed.kept_because
+    if kept is None and freed.repo is not None:
+        log.info("deleted %r: freed %d bytes of %s", model, freed.freed, freed.repo)
     if kept is not None:
         log.info("deleted %r; kept its files: %s", model, kept)
     # Ollama answers an empty 200; its clients read only the status, so the body

@@ -45,7 +45,6 @@ from mlx_lama.backends.base import launch_spec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.gateway.watchdog import Watchdog
 from mlx_lama.orchestrator import process
-from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE, DEFAULT_WEDGE_TIMEOUT
 from mlx_lama.schema.units import Duration
@@ -787,12 +786,8 @@ class Scheduler:
         none (started by ``mlx-lama apply``, or left by an earlier daemon)?"""
         if slot.state not in ("stopped", "restarting", "failed"):
             return False
-        record = process.running_record(slot.name)
-        return (
-            record is not None
-            and record.spec_hash == slot.spec.spec_hash
-            and project_key(record.manifest) == project_key(self.config.manifest)
-        )
+        record = process.running_record(slot.name, manifest=self.config.manifest)
+        return record is not None and record.spec_hash == slot.spec.spec_hash
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(work)

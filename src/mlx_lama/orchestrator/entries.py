@@ -140,9 +140,10 @@ def remove_entry(manifest_path: Path, model: str) -> Removed:
 
 @dataclass(frozen=True, slots=True)
 class Freed:
-    """What :func:`free_files` did: the bytes it freed, or why it kept the files."""
+    """What :func:`free_files` did: the bytes it freed, or why it kept the files
+    (``repo`` is None for a model that had none: a local folder or a server)."""
 
-    repo: str
+    repo: str | None
     freed: int = 0
     kept_because: str | None = None
 
@@ -163,3 +164,12 @@ def free_files(repo: str, cache_dir: Path, *, project: str) -> Freed:
         freed = cache.remove_repo(repo, cache_dir)
         pulled.forget_pulled(repo)
     return Freed(repo, freed=freed)
+
+
+def free_removed(removed: Removed, cache_dir: Path, *, project: str) -> Freed:
+    """What becomes of the files of a model :func:`remove_entry` took out: freed by
+    :func:`free_files`, or kept, with why (another model of the manifest uses them,
+    or something :func:`free_files` honours claims them)."""
+    if removed.repo is None:
+        return Freed(None, kept_because=removed.kept_because)
+    return free_files(removed.repo, cache_dir, project=project)

@@ -209,9 +209,10 @@ def exited(record: RunRecord) -> str | None:
     return None if runrecords.process_identity(record) == "ours" else "is gone"
 
 
-def running_record(name: str) -> RunRecord | None:
+def running_record(name: str, *, manifest: str | None = None) -> RunRecord | None:
     """The run record of server ``name`` if its process is still ours (alive, same
-    start time and command line); None otherwise."""
+    start time and command line) and, with ``manifest``, was started for that
+    manifest's project; None otherwise."""
     path = runrecords.record_path(name)
     try:
         existing = runrecords.record_from_json(path.read_text(encoding="utf-8"))
@@ -219,6 +220,8 @@ def running_record(name: str) -> RunRecord | None:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         log.warning("ignoring damaged run record %s (%s)", path, exc)
+        return None
+    if manifest is not None and project_key(existing.manifest) != project_key(manifest):
         return None
     return existing if runrecords.process_identity(existing) == "ours" else None
 
@@ -231,8 +234,8 @@ def take_over(
     once it answers a generation; None when there is none. One of this project's
     from another spec is stopped (it is stale), and so is one that never becomes
     ready. Another project's server of the same name is never touched."""
-    record = running_record(server.name)
-    if record is None or project_key(record.manifest) != project_key(manifest):
+    record = running_record(server.name, manifest=manifest)
+    if record is None:
         return None
     if record.spec_hash != server.spec_hash:
         log.info("stopping %r (pid %d): started from another spec", server.name, record.pid)

@@ -8,7 +8,7 @@ both states can be written as literals in tests. No I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -166,10 +166,10 @@ class Claims:
     repos: Mapping[str, str] = field(default_factory=dict)
     everything: str | None = None
 
-    def why_kept(self, repo: str, pulled: Iterable[str]) -> str | None:
+    def why_kept(self, repo: str, pulled: Collection[str]) -> str | None:
         """Why ``repo`` must stay, or None when it may be deleted. ``pulled``: the
         repos mlx-lama itself downloaded (nothing else is ever deleted). Pure."""
-        if repo not in set(pulled):
+        if repo not in pulled:
             return f"mlx-lama did not download {repo}; another tool may use it"
         if self.everything is not None:
             return self.everything
