@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,13 +19,11 @@ import psutil
 from pytest import MonkeyPatch
 
 from mlx_lama import paths
-from mlx_lama.gateway.scheduler import MAX_FAILURES, Slot
 from mlx_lama.orchestrator import process, runrecords
 from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.state import ServerSpec
+from mlx_lama.orchestrator.policy import MAX_FAILURES
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import read_lock
-from mlx_lama.schema.units import Duration
 from tests.conftest import PublishedRepo
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import RunningGateway, gateway_in_thread, gateway_process, wait_for
@@ -254,24 +251,6 @@ def test_a_server_that_keeps_failing_is_marked_failed_until_the_manifest_changes
         _save(manifest, body.format(tiny_model))  # the fix is the retry
         _ready_pid(daemon, "a")
         assert _chat(daemon, "a").status_code == 200
-
-
-def test_backoff_doubles_then_gives_up() -> None:
-    slot = Slot(
-        spec=ServerSpec(
-            name="a", model="a", backend="mlx-lm", engine="mlx-lm", serve="always", model_path=None
-        ),
-        keep_alive=Duration.parse("5m"),
-        pinned=False,
-        memory=0,
-    )
-    now = time.monotonic()
-    delays = [slot.note_failure(now + i) for i in range(MAX_FAILURES)]
-    assert delays == [1.0, 2.0, 4.0, 8.0, None]
-    # Failures older than the window no longer count.
-    fresh = Slot(spec=slot.spec, keep_alive=slot.keep_alive, pinned=False, memory=0)
-    fresh.failures = [now - 3600.0] * 4
-    assert fresh.note_failure(now) == 1.0
 
 
 def test_records_of_dead_servers_are_dropped_on_start(

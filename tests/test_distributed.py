@@ -25,17 +25,9 @@ import openai
 import psutil
 import pytest
 
-from mlx_lama import distributed
+from mlx_lama.backends import distributed
 from mlx_lama.backends.base import LaunchError, launch_spec
-from mlx_lama.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
-from mlx_lama.gateway.scheduler import (
-    MEMORY_MARGIN,
-    Scheduler,
-    SchedulerConfig,
-    Slot,
-    estimate_memory,
-    rank_counts,
-)
+from mlx_lama.backends.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.hostfiles import (
     CHECK_SCRIPT,
@@ -45,6 +37,8 @@ from mlx_lama.orchestrator.hostfiles import (
     folder_files,
 )
 from mlx_lama.orchestrator.plan import changed_fields
+from mlx_lama.orchestrator.policy import fits_beside
+from mlx_lama.orchestrator.slots import MEMORY_MARGIN, Slot, estimate_memory, rank_counts
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock
@@ -229,7 +223,7 @@ def test_mlx_lm_runs_under_the_launcher_with_every_rank_on_the_same_command(
     )
     launch = launch_spec(server, 8123)
     argv = launch.argv
-    assert argv[:3] == (sys.executable, "-m", "mlx_lama.distributed")
+    assert argv[:3] == (sys.executable, "-m", "mlx_lama.backends.distributed")
     split = argv.index("--")
     launcher, command = argv[:split], argv[split + 1 :]
     assert launcher.count("--host") == 2 and "mac-b" in launcher
@@ -563,7 +557,7 @@ time.sleep(120)
 
 def launcher(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "mlx_lama.distributed", *args],
+        [sys.executable, "-m", "mlx_lama.backends.distributed", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -629,7 +623,6 @@ def test_a_distributed_server_is_never_restarted_beside_its_predecessor(tmp_path
         name="big", pid=1, port=9000, host="127.0.0.1", engine="mlx-lm", model="big",
         spec_hash="x", argv=(), started_at=0.0, process_started=0.0, log_path="",
     )  # fmt: skip
-    scheduler = Scheduler(SchedulerConfig(memory_budget=None))
 
     def slot(server: ServerSpec, running: bool) -> Slot:
         return Slot(
@@ -637,9 +630,12 @@ def test_a_distributed_server_is_never_restarted_beside_its_predecessor(tmp_path
             record=record if running else None,
         )  # fmt: skip
 
-    assert scheduler._fits_beside(slot(local, True), slot(local, False))
-    assert not scheduler._fits_beside(slot(spec, True), slot(spec, False))
-    assert not scheduler._fits_beside(slot(local, True), slot(spec, False))
+    def beside(old: Slot, new: Slot) -> bool:
+        return fits_beside(old, new, [], budget=None, available=2**40)
+
+    assert beside(slot(local, True), slot(local, False))
+    assert not beside(slot(spec, True), slot(spec, False))
+    assert not beside(slot(local, True), slot(spec, False))
 
 
 def test_the_schemas_list_of_distributed_engines_is_the_backends() -> None:

@@ -17,7 +17,7 @@ from mlx_lama.gateway.models import (
     tags_entry,
 )
 from mlx_lama.schema import parse_manifest
-from mlx_lama.schema.modelfile import render_modelfile
+from mlx_lama.schema.modelfile_render import render_modelfile
 
 QWEN25_7B = {
     "model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28, "vocab_size": 152064,

@@ -25,10 +25,10 @@ import pytest
 import uvicorn
 import uvloop
 
-from mlx_lama.gateway.inference import _NdjsonBody
 from mlx_lama.gateway.ollama import StreamTranslator
 from mlx_lama.gateway.paced import HOLD_LIMIT, Body, PacedStream
 from mlx_lama.gateway.proxy import EARLY_END, MAX_LINE, STOPPED, RawStream
+from mlx_lama.gateway.relay import NdjsonBody
 from mlx_lama.gateway.sse import SseBody, SseRelay
 from mlx_lama.gateway.wire import Wire
 
@@ -112,7 +112,7 @@ class Gateway:
         body: Body = SseBody(SseRelay(NAME), upstream)
         if self.ndjson:
             now = time.monotonic()
-            body = _NdjsonBody(upstream, StreamTranslator(NAME, "chat", now, now))
+            body = NdjsonBody(upstream, StreamTranslator(NAME, "chat", now, now))
         response = PacedStream(
             upstream,
             body,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from mlx_lama.gateway import watchdog
-from mlx_lama.gateway.scheduler import Lease, Loss, Scheduler, SchedulerConfig, Slot
-from mlx_lama.gateway.watchdog import LOOK_INTERVAL, Watchdog, cpu_seconds
-from mlx_lama.orchestrator import process
+from mlx_lama.orchestrator import process, watchdog
+from mlx_lama.orchestrator.scheduler import Scheduler
+from mlx_lama.orchestrator.slots import Lease, Loss, SchedulerConfig, Slot
+from mlx_lama.orchestrator.watchdog import LOOK_INTERVAL, Watchdog, cpu_seconds
 from mlx_lama.schema.units import Duration
 from tests.fixtures.servers import server_spec
 from tests.test_runrecords import SLEEP, procs, record_for, spawn
@@ -46,7 +46,7 @@ def _busy_slot(proc: subprocess.Popen[bytes], tmp_path: Path) -> Slot:
     slot = Slot(spec=server_spec(tmp_path), keep_alive=Duration(300.0), pinned=False, memory=0)
     slot.state = "ready"
     slot.record = record_for(proc)
-    slot.leases.add(Lease(slot=slot, waited=0.0, _scheduler=Scheduler(SchedulerConfig())))
+    slot.leases.add(Lease(slot=slot, waited=0.0, _on_release=Scheduler(SchedulerConfig())._release))
     return slot
 
 

@@ -11,16 +11,9 @@ import pytest
 from mlx_lama.registry import name_resolver
 from mlx_lama.schema.loader import parse_manifest
 from mlx_lama.schema.manifest import Manifest, Message, ModelEntry, Parameters
-from mlx_lama.schema.modelfile import (
-    MODELFILE_KEYS,
-    ModelfileError,
-    ModelfileRenderError,
-    ParsedModelfile,
-    model_fields,
-    modelfile_entry,
-    parse_modelfile,
-    render_modelfile,
-)
+from mlx_lama.schema.modelfile import ModelfileError, ParsedModelfile, parse_modelfile
+from mlx_lama.schema.modelfile_entry import MODELFILE_KEYS, model_fields, modelfile_entry
+from mlx_lama.schema.modelfile_render import ModelfileRenderError, render_modelfile
 
 
 def problems_of(text: str) -> list[str]:

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from mlx_lama.orchestrator import pull
+from mlx_lama.orchestrator import pull_errors
 from mlx_lama.orchestrator.cache import is_complete, scan_cache
 from mlx_lama.orchestrator.pull import (
     MODEL_FILE_PATTERNS,
-    PullError,
     matches_model_patterns,
     pull_model,
     resolve_revision,
 )
+from mlx_lama.orchestrator.pull_errors import PullError
 from mlx_lama.orchestrator.pulled import (
     forget_pulled,
     pulled_file,
@@ -531,7 +531,7 @@ def test_explain_treats_any_transport_error_as_unreachable(hub: HubStandIn) -> N
     class ConnectError(Exception):  # named like httpx's and httpx2's
         pass
 
-    error = pull._explain(ConnectError("boom"), repo="o/r", revision="main", name="m")
+    error = pull_errors.explain(ConnectError("boom"), repo="o/r", revision="main", name="m")
     assert "could not reach the Hugging Face Hub" in str(error)
-    other = pull._explain(RuntimeError("odd"), repo="o/r", revision="main", name="m")
+    other = pull_errors.explain(RuntimeError("odd"), repo="o/r", revision="main", name="m")
     assert "downloading o/r@main failed: RuntimeError: odd" in str(other)

@@ -30,10 +30,12 @@ from typing import Any
 import pytest
 
 from mlx_lama.backends.base import StopScanner, get_backend
-from mlx_lama.cli._chat import Settings, Stats, conversation, go_duration, parse_parameter
-from mlx_lama.cli.run import check_keepalive, prompt_text, with_manifest_messages
-from mlx_lama.daemonfile import daemon_file
+from mlx_lama.cli._answer import Settings, Stats, conversation, go_duration
+from mlx_lama.cli._chat import parse_parameter
+from mlx_lama.cli._targets import with_manifest_messages
+from mlx_lama.cli.run import check_keepalive, prompt_text
 from mlx_lama.errors import MlxLamaError, UsageError
+from mlx_lama.orchestrator.daemonfile import daemon_file
 from mlx_lama.schema.manifest import Message, ModelEntry
 from tests.conftest import TINY_REPO_ID, PublishedRepo
 from tests.fixtures.gateway import gateway_process

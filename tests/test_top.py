@@ -229,8 +229,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_b_moves_a_model_to_the_next_installed_backend(tmp_path: Path) -> None:
+    from mlx_lama.cli.daemonclient import Daemon
     from mlx_lama.cli.top import backend_choices, switch_backend
-    from mlx_lama.daemonclient import Daemon
     from mlx_lama.schema import load_manifest
 
     manifest = tmp_path / "mlxlama.toml"

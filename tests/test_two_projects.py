@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from mlx_lama import paths
-from mlx_lama.gateway import scheduler as scheduler_module
-from mlx_lama.orchestrator import process, pulled, runrecords
+from mlx_lama.orchestrator import policy, process, pulled, runrecords
 from mlx_lama.orchestrator.cache import scan_cache
+from mlx_lama.orchestrator.daemonfile import daemon_file
 from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.reconcile import reconcile
 from mlx_lama.orchestrator.state import RunRecord
@@ -225,10 +225,10 @@ def test_api_delete_keeps_files_another_project_names_and_says_why(
 
 
 @pytest.mark.server
-def test_the_daemon_takes_over_at_once_a_server_apply_started_for_a_model_it_gave_up_on(
+def test_apply_has_the_daemon_try_again_a_model_it_gave_up_on(
     tmp_path: Path, published_model: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scheduler_module, "MAX_FAILURES", 1)  # give up on the first failure
+    monkeypatch.setattr(policy, "MAX_FAILURES", 1)  # give up on the first failure
     port = free_port()
     fields = f'repo = "{TINY_REPO_ID}"\nport = {port}\nserve = '
     manifest = write(tmp_path / "a", ("tiny", fields + '"never"'))
@@ -237,7 +237,7 @@ def test_the_daemon_takes_over_at_once_a_server_apply_started_for_a_model_it_gav
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))  # the engine cannot listen: its start fails
         squatter.listen()
-        with gateway_in_thread(manifest) as running:
+        with gateway_in_thread(manifest) as running, daemon_file(running.url, manifest):
 
             def health() -> dict[str, object]:
                 entry: dict[str, object] = httpx.get(f"{running.url}/health").json()["models"]
@@ -245,11 +245,13 @@ def test_the_daemon_takes_over_at_once_a_server_apply_started_for_a_model_it_gav
 
             wait_for(lambda: health()["state"] == "failed", 120, "the daemon to give up")
             squatter.close()
+            # The daemon serves this manifest: apply hands it the start and waits.
             code, out, err = cli("apply", "-f", str(manifest), "--timeout", "120")
             assert code == 0, out + err
-            assert "Started 1 server" in out
+            assert "Started 1 server" in out and "by the daemon" in err
+            assert health()["state"] == "ready"
             [record] = runrecords.read_records()[0]
-            wait_for(lambda: health()["state"] == "ready", 30, "the daemon to take it over")
+            assert health()["pid"] == record.pid  # the daemon's own server, the only one
             reply = httpx.post(
                 f"{running.url}/api/generate",
                 json={"model": "tiny", "prompt": "hi", "stream": False,

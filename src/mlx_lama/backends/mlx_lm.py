@@ -97,7 +97,7 @@ def distributed_argv(
     host. Refuses what mlx-lm cannot do distributed, and a first host that is
     not this machine (rank 0 must answer the gateway here).
     """
-    from mlx_lama import distributed  # only distributed servers need it
+    from mlx_lama.backends import distributed  # only distributed servers need it
 
     spec = server.distribution
     assert spec is not None

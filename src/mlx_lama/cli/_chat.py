@@ -1,210 +1,29 @@
-"""The conversation side of ``mlx-lama run``: one streamed answer, or an interactive chat.
+"""The interactive chat of ``mlx-lama run``: the ``>>>`` loop and its slash commands.
 
-``cli/run.py`` resolves the model and hands over a :class:`Target` (the
-daemon's Ollama API, or a model loaded in this process). This module streams
-answers to stdout, prints Ollama's ``--verbose`` statistics on stderr, and
-runs the ``>>>`` loop with Ollama's slash commands (``/set``, ``/show``,
-``/load``, ``/clear``, ``/bye``, ``/?``) and ``\"\"\"`` multi-line input. It
-never resolves names, pulls, or talks HTTP itself.
+``cli/run.py`` resolves the model and hands over a
+:class:`~mlx_lama.cli._answer.Target`. :class:`Chat` reads lines (``\"\"\"``
+starts a multi-line message), sends each turn through
+:func:`~mlx_lama.cli._answer.respond`, and runs Ollama's slash commands
+(``/set``, ``/show`` from ``cli/_chat_show.py``, ``/load``, ``/clear``,
+``/bye``, ``/?``). It never resolves names, pulls, or talks HTTP itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
 
+from mlx_lama.cli._answer import Message, Settings, Target, format_warning, load, respond
+from mlx_lama.cli._chat_show import SHOW_HELP, show
 from mlx_lama.errors import MlxLamaError
-from mlx_lama.schema.manifest import ModelEntry, Parameters
+from mlx_lama.schema.manifest import Parameters
 
 PROMPT = ">>> "
 CONTINUATION = "... "
 QUOTES = '"""'
 CTRL_C_HINT = "Use Ctrl + d or /bye to exit."
-
-Message = dict[str, str]
-
-
-# -- statistics ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """Ollama's final metrics of one answer; durations in nanoseconds (0: unknown)."""
-
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
-
-    @classmethod
-    def from_chunk(cls, chunk: Mapping[str, Any]) -> Stats:
-        """The metrics of Ollama's final NDJSON chunk (absent fields are 0)."""
-
-        def number(name: str) -> int:
-            value = chunk.get(name)
-            return int(value) if isinstance(value, int | float) else 0
-
-        return cls(*(number(f.name) for f in dataclasses.fields(cls)))
-
-    def summary(self) -> str:
-        """The block ``ollama run --verbose`` prints, with its labels and units. Pure."""
-        lines = []
-        if self.total_duration > 0:
-            lines.append(f"total duration:       {go_duration(self.total_duration)}")
-        if self.load_duration > 0:
-            lines.append(f"load duration:        {go_duration(self.load_duration)}")
-        if self.prompt_eval_count > 0:
-            lines.append(f"prompt eval count:    {self.prompt_eval_count} token(s)")
-        if self.prompt_eval_duration > 0:
-            rate = self.prompt_eval_count / (self.prompt_eval_duration / 1e9)
-            lines.append(f"prompt eval duration: {go_duration(self.prompt_eval_duration)}")
-            lines.append(f"prompt eval rate:     {rate:.2f} tokens/s")
-        if self.eval_count > 0:
-            lines.append(f"eval count:           {self.eval_count} token(s)")
-        if self.eval_duration > 0:
-            rate = self.eval_count / (self.eval_duration / 1e9)
-            lines.append(f"eval duration:        {go_duration(self.eval_duration)}")
-            lines.append(f"eval rate:            {rate:.2f} tokens/s")
-        return "".join(line + "\n" for line in lines)
-
-
-def go_duration(nanoseconds: int) -> str:
-    """A duration as Go's ``time.Duration.String`` writes it (``1.5s``, ``12.3ms``,
-    ``1m2.5s``), which is how Ollama prints its timings. Pure."""
-    sign, ns = ("-", -nanoseconds) if nanoseconds < 0 else ("", nanoseconds)
-    if ns == 0:
-        return "0s"
-    if ns < 1_000_000_000:
-        for unit, scale, digits in (("ms", 1_000_000, 6), ("µs", 1_000, 3), ("ns", 1, 0)):
-            if ns >= scale:
-                return sign + _fraction(ns, digits) + unit
-    seconds = _fraction(ns, 9)
-    whole, _, frac = seconds.partition(".")
-    minutes, secs = divmod(int(whole), 60)
-    hours, minutes = divmod(minutes, 60)
-    text = f"{secs}{'.' + frac if frac else ''}s"
-    if minutes or hours:
-        text = f"{minutes}m{text}"
-    if hours:
-        text = f"{hours}h{text}"
-    return sign + text
-
-
-def _fraction(value: int, digits: int) -> str:
-    """``value / 10**digits`` with trailing zeros (and a bare point) dropped."""
-    if digits == 0:
-        return str(value)
-    whole, frac = divmod(value, 10**digits)
-    text = str(frac).rjust(digits, "0").rstrip("0")
-    return f"{whole}.{text}" if text else str(whole)
-
-
-# -- what the chat talks to ------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Settings:
-    """What a session adds to every request: ``/set`` values and the command's options."""
-
-    options: dict[str, object] = field(default_factory=dict)  # /set parameter, manifest names
-    system: str | None = None  # /set system
-    format: str | None = None  # --format json, /set format json
-    keep_alive: str | None = None  # --keepalive (a Go duration)
-    verbose: bool = False
-
-
-Event = str | Stats  # a piece of the answer, or the final statistics
-
-
-class Target(Protocol):
-    """A model ready to answer: through the daemon, or loaded in this process."""
-
-    name: str  # the manifest's key
-    entry: ModelEntry  # its manifest entry
-    parameters: Mapping[str, object]  # [defaults] parameters under the entry's own
-    folder: Path | None  # the model's files (None: external)
-    where: str  # "in this process", "the daemon at URL": for /show info
-    in_process: bool
-
-    def load(self, keep_alive: str | None = None) -> None:
-        """Have the model loaded (raises MlxLamaError when it cannot be); the daemon
-        keeps it for ``keep_alive`` (a Go duration) when given."""
-
-    def reply(
-        self, messages: Sequence[Message], settings: Settings
-    ) -> Generator[Event, None, None]:
-        """Stream the answer to ``messages`` (the conversation so far)."""
-
-    def close(self) -> None:
-        """Let go of the model (in-process) or the connection (daemon)."""
-
-
-def conversation(messages: Sequence[Message], settings: Settings) -> list[Message]:
-    """What is sent: the session's system prompt (if set) and the turns. Pure."""
-    system = [{"role": "system", "content": settings.system}] if settings.system else []
-    return [*system, *messages]
-
-
-def respond(target: Target, messages: Sequence[Message], settings: Settings, *, end: str) -> str:
-    """Stream one answer to stdout as it arrives, then ``end``; the statistics go to
-    stderr with ``verbose``. Returns the answer. Ctrl-C and errors propagate after
-    the line is ended; the stream is closed either way (the daemon then stops)."""
-    events = target.reply(conversation(messages, settings), settings)
-    pieces: list[str] = []
-    stats: Stats | None = None
-    try:
-        for event in events:
-            if isinstance(event, Stats):
-                stats = event
-            elif event:
-                sys.stdout.write(event)
-                sys.stdout.flush()
-                pieces.append(event)
-    except BaseException:
-        if pieces:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        raise
-    finally:
-        events.close()
-    sys.stdout.write(end)
-    sys.stdout.flush()
-    if settings.verbose and stats is not None:
-        sys.stderr.write(stats.summary())
-        sys.stderr.flush()
-    return "".join(pieces)
-
-
-def load(target: Target, settings: Settings) -> None:
-    """Load the model, saying so on a terminal (a big model takes a while)."""
-    shown = sys.stderr.isatty()
-    if shown:
-        sys.stderr.write(f"loading {target.name} ...")
-        sys.stderr.flush()
-    try:
-        target.load(settings.keep_alive)
-    finally:
-        if shown:
-            sys.stderr.write("\r\x1b[K")  # the line is erased again
-            sys.stderr.flush()
-
-
-def format_warning(target: Target, settings: Settings) -> str | None:
-    """Why ``format`` will not be enforced, or None."""
-    if settings.format and target.in_process:
-        return (
-            f"--format {settings.format} is not enforced in-process (mlx-lm cannot constrain "
-            "its output); with `mlx-lama serve` running, the request goes there"
-        )
-    return None
 
 
 # -- /set parameter ----------------------------------------------------------------
@@ -265,15 +84,6 @@ SET_HELP = """Available Commands:
   /set noformat          Disable formatting
   /set verbose           Show LLM stats
   /set quiet             Disable LLM stats
-"""
-
-SHOW_HELP = """Available Commands:
-  /show info         Show details for this model
-  /show license      Show model license
-  /show modelfile    Show Modelfile for this model
-  /show parameters   Show parameters for this model
-  /show system       Show system message
-  /show template     Show prompt template
 """
 
 
@@ -357,7 +167,7 @@ class Chat:
         elif word == "/set":
             self._set(rest)
         elif word == "/show":
-            print(self._show(rest), end="")
+            print(show(self.target, self.settings, rest), end="")
         elif word == "/load":
             self._load(rest)
         else:
@@ -418,124 +228,6 @@ class Chat:
         self.target.close()
         self.target = target
         self.messages = []
-
-    def _show(self, what: str) -> str:
-        target, settings = self.target, self.settings
-        entry = effective_entry(target)
-        system = settings.system or entry.system
-        if what == "info":
-            return show_info(target, settings)
-        if what == "parameters":
-            return show_parameters(entry, settings.options)
-        if what == "system":
-            return f"{system}\n" if system else "No system message was specified for this model.\n"
-        if what == "template":
-            template = entry.template or chat_template(target.folder)
-            return (
-                f"{template}\n"
-                if template
-                else "No prompt template was specified for this model.\n"
-            )
-        if what == "modelfile":
-            from mlx_lama.schema.modelfile import render_modelfile
-
-            return render_modelfile(target.name, entry, system=system)
-        if what == "license":
-            license_text = "\n".join(getattr(entry, "license", None) or [])
-            return (
-                f"{license_text}\n"
-                if license_text
-                else "No license was specified for this model.\n"
-            )
-        return SHOW_HELP
-
-
-# -- /show ----------------------------------------------------------------------------
-
-
-def effective_entry(target: Target) -> ModelEntry:
-    """The entry with ``[defaults]`` parameters under its own, as requests get them."""
-    parameters = Parameters.from_data(dict(target.parameters))
-    return dataclasses.replace(target.entry, parameters=parameters)
-
-
-def show_parameters(entry: ModelEntry, options: Mapping[str, object]) -> str:
-    """``/show parameters``: the manifest's, then the session's. Pure."""
-    from mlx_lama.schema.modelfile import parameter_lines
-
-    model = parameter_lines(entry)
-    user = parameter_lines(ModelEntry(parameters=Parameters.from_data(dict(options))))
-    if not model and not user:
-        return "No parameters were specified for this model.\n"
-    text = ""
-    if model:
-        text += "Model defined parameters:\n" + "".join(_row(line) for line in model)
-    if user:
-        text += "User defined parameters:\n" + "".join(_row(line) for line in user)
-    return text
-
-
-def _row(line: str) -> str:
-    name, _, value = line.partition(" ")
-    return f"{name:<30} {value}\n"
-
-
-def show_info(target: Target, settings: Settings) -> str:
-    """``/show info``: where the model comes from and runs, its architecture, its
-    parameters and system prompt."""
-    entry = effective_entry(target)
-    config = _read_json(target.folder / "config.json") if target.folder else {}
-    quantization = config.get("quantization")
-    rows = [
-        ("name", target.name),
-        ("source", entry.repo or entry.path or entry.url or ""),
-        ("architecture", str(config.get("model_type", ""))),
-        ("context length", str(config.get("max_position_embeddings", ""))),
-        ("embedding length", str(config.get("hidden_size", ""))),
-        (
-            "quantization",
-            f"{quantization.get('bits')}-bit" if isinstance(quantization, dict) else "",
-        ),
-        ("runs", target.where),
-    ]
-    text = "  Model\n" + "".join(f"    {k:<18}{v}\n" for k, v in rows if v)
-    from mlx_lama.schema.modelfile import parameter_lines
-
-    params = parameter_lines(entry) + [
-        f"{k} {v}" for k, v in settings.options.items() if not isinstance(v, list)
-    ]
-    if params:
-        text += "\n  Parameters\n" + "".join(
-            f"    {n:<18}{v}\n" for n, _, v in (p.partition(" ") for p in params)
-        )
-    system = settings.system or entry.system
-    if system:
-        text += "\n  System\n" + "".join(f"    {line}\n" for line in system.splitlines())
-    license_lines = getattr(entry, "license", None) or []
-    if license_lines:
-        first = str(license_lines[0]).splitlines()[0] if str(license_lines[0]) else ""
-        text += f"\n  License\n    {first}\n"
-    return text + "\n"
-
-
-def chat_template(folder: Path | None) -> str | None:
-    """The chat template the model's tokenizer files carry, if any."""
-    if folder is None:
-        return None
-    template = _read_json(folder / "tokenizer_config.json").get("chat_template")
-    if isinstance(template, str):
-        return template
-    with contextlib.suppress(OSError):
-        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 @contextlib.contextmanager

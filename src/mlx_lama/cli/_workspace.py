@@ -15,7 +15,9 @@ import typer
 from mlx_lama import paths
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.observe import observe
+from mlx_lama.orchestrator.plan import PlanOptions
 from mlx_lama.orchestrator.projects import project_key
+from mlx_lama.orchestrator.reconcile import Planned, plan_for
 from mlx_lama.orchestrator.state import DesiredState, ObservedState
 from mlx_lama.schema import ManifestLocation, find_manifest, load_manifest
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
@@ -67,11 +69,33 @@ def observe_and_warn(
     workspace: Workspace, desired: DesiredState, *, hosts: bool = False
 ) -> ObservedState:
     """Observe (probing ``desired``'s external servers), printing each warning on
-    stderr; with ``hosts``, also check over ssh that the other hosts of each
-    distributed server have its model files."""
+    stderr (see :func:`warn_observed`)."""
     observed = observe(
         cache_dir=workspace.cache_dir, externals=desired.externals, project=desired.project
     )
+    warn_observed(desired, observed, hosts=hosts)
+    return observed
+
+
+def plan_and_warn(workspace: Workspace, options: PlanOptions) -> Planned:
+    """The plan for the workspace's manifest (``orchestrator.reconcile.plan_for``,
+    external servers probed), printing each warning on stderr; the distributed
+    servers' other hosts are checked over ssh for the model files."""
+    planned = plan_for(
+        workspace.manifest_path,
+        workspace.manifest,
+        workspace.lock,
+        cache_dir=workspace.cache_dir,
+        options=options,
+        probe_externals=True,
+    )
+    warn_observed(planned.desired, planned.observed, hosts=True)
+    return planned
+
+
+def warn_observed(desired: DesiredState, observed: ObservedState, *, hosts: bool) -> None:
+    """Print each of ``observed``'s warnings on stderr; with ``hosts``, also check over
+    ssh that the other hosts of each distributed server have its model files."""
     warnings = list(observed.warnings)
     if hosts and any(s.distribution is not None for s in desired.servers):
         from mlx_lama.orchestrator.hostfiles import check_hosts
@@ -79,7 +103,6 @@ def observe_and_warn(
         warnings += [h.warning() for h in check_hosts(desired.servers) if not h.complete]
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
-    return observed
 
 
 def warn_unanswering_remotes(manifest: Manifest) -> None:

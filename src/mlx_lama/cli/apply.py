@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -69,6 +69,11 @@ def apply(
     writes mlxlama.lock. Stopping servers and removing models needs --yes
     when there is no terminal to ask on. It acts only on this project's
     servers; --remove-orphans also stops those whose manifest is gone.
+
+    When `mlx-lama serve` serves this manifest, the daemon alone starts and
+    stops its servers: apply pulls and removes files itself, then has the
+    daemon apply the manifest now (a failed server is tried again) and waits
+    until each server in the plan is ready or stopped.
 
     With --watch it then applies again after each save of the manifest or
     mlxlama.lock, like `serve` without the gateway. Starting the watch and
@@ -129,12 +134,14 @@ def _apply_once(file: Path | None, settings: _Settings) -> ApplyResult | None:
     applied (a dry run, or an empty plan). Raises MlxLamaError when the
     manifest does not load or names an engine that is not installed.
     """
+    from mlx_lama.cli._handoff import daemons_part, hand_off
     from mlx_lama.cli._progress import ApplyReporter
-    from mlx_lama.cli._workspace import load_workspace, observe_and_warn, quiet_hub_logging
+    from mlx_lama.cli._workspace import load_workspace, plan_and_warn, quiet_hub_logging
+    from mlx_lama.cli.daemonclient import daemon_for
     from mlx_lama.filelock import apply_lock
     from mlx_lama.orchestrator.apply import ApplyContext, apply_plan
     from mlx_lama.orchestrator.engines import require_engines
-    from mlx_lama.orchestrator.plan import PlanOptions, make_plan
+    from mlx_lama.orchestrator.plan import Plan, PlanOptions
     from mlx_lama.schema.lockfile import check_lock_matches
 
     def waiting() -> None:
@@ -145,23 +152,27 @@ def _apply_once(file: Path | None, settings: _Settings) -> ApplyResult | None:
         require_engines(workspace.manifest)
         if settings.locked:
             check_lock_matches(workspace.manifest, workspace.lock, workspace.lock_path)
-        desired = workspace.desired()
-        observed = observe_and_warn(workspace, desired, hosts=True)
         options = PlanOptions(prune=settings.prune, remove_orphans=settings.remove_orphans)
-        plan = make_plan(desired, observed, options)
+        planned = plan_and_warn(workspace, options)
+        plan = planned.plan
         typer.echo(plan.render(), nl=False)
         if settings.dry_run or plan.empty:
             if plan.empty and not settings.locked:
                 _refresh_lock(workspace)
             return None
+        # A daemon serving this manifest applies each save itself; it alone starts
+        # and stops this project's servers, so those actions are handed to it.
+        daemon = daemon_for(workspace.manifest_path, workspace.manifest.server.api_key)
+        handed = daemons_part(plan, planned.observed, workspace.project) if daemon else ()
+        plan = Plan(tuple(a for a in plan.actions if a not in handed), plan.notes)
         destructive = [a for a in plan.actions if a.kind.destructive]
         allowed = not destructive or settings.confirm(len(destructive))
         context = ApplyContext(
             manifest=workspace.manifest,
             manifest_path=workspace.manifest_path,
             lock=workspace.lock,
-            desired=desired,
-            observed=observed,
+            desired=planned.desired,
+            observed=planned.observed,
             cache_dir=workspace.cache_dir,
             write_lock=not settings.locked,
         )
@@ -174,6 +185,15 @@ def _apply_once(file: Path | None, settings: _Settings) -> ApplyResult | None:
                 destructive_ok=allowed,
                 ready_timeout=settings.timeout,
             )
+    if daemon is not None and handed:
+        began = time.monotonic()
+        with ApplyReporter() as reporter:
+            outcomes = hand_off(daemon, handed, reporter, timeout=settings.timeout)
+        result = replace(
+            result,
+            outcomes=result.outcomes + outcomes,
+            seconds=result.seconds + time.monotonic() - began,
+        )
     _print_result(result)
     return result
 

@@ -51,12 +51,8 @@ def create(
     from mlx_lama.registry import InvalidModelNameError, name_resolver
     from mlx_lama.schema import find_manifest, load_manifest
     from mlx_lama.schema.editor import add_model, find_model_key, set_model_fields
-    from mlx_lama.schema.modelfile import (
-        MODELFILE_KEYS,
-        model_fields,
-        modelfile_entry,
-        parse_modelfile,
-    )
+    from mlx_lama.schema.modelfile import parse_modelfile
+    from mlx_lama.schema.modelfile_entry import MODELFILE_KEYS, model_fields, modelfile_entry
 
     if (problem := check_model_name(name)) is not None:
         raise InvalidModelNameError(problem)

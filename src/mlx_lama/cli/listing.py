@@ -190,7 +190,7 @@ def _daemon_models() -> dict[str, dict[str, object]]:
     """The running daemon's view of its servers (``/health``), or {} without one."""
     import httpx
 
-    from mlx_lama.daemonfile import running_daemon
+    from mlx_lama.orchestrator.daemonfile import running_daemon
 
     daemon = running_daemon()
     if daemon is None:

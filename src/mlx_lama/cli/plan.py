@@ -47,22 +47,14 @@ def plan(
     orphans (servers whose manifest is gone) and the models --prune keeps.
     External servers and [remotes] that do not answer are warned about.
     """
-    from mlx_lama.cli._workspace import (
-        load_workspace,
-        observe_and_warn,
-        warn_unanswering_remotes,
-    )
+    from mlx_lama.cli._workspace import load_workspace, plan_and_warn, warn_unanswering_remotes
     from mlx_lama.orchestrator.engines import require_engines
-    from mlx_lama.orchestrator.plan import PlanOptions, make_plan
+    from mlx_lama.orchestrator.plan import PlanOptions
 
     workspace = load_workspace(file)
     require_engines(workspace.manifest)
-    desired = workspace.desired()
-    result = make_plan(
-        desired,
-        observe_and_warn(workspace, desired, hosts=True),
-        PlanOptions(prune=prune, remove_orphans=remove_orphans),
-    )
+    options = PlanOptions(prune=prune, remove_orphans=remove_orphans)
+    result = plan_and_warn(workspace, options).plan
     warn_unanswering_remotes(workspace.manifest)
     typer.echo(result.to_json() if as_json else result.render(), nl=as_json)
     if detailed_exitcode and not result.empty:

@@ -110,12 +110,13 @@ def _puller(
         if source.repo is None:  # a local folder or an external server: nothing to fetch
             record_pull(manifest_path, source, None)
             return "nothing to download"
-        locked = pull.resolve_revision(source.repo, source.revision, name=source.key)
-        pull.pull_model(
-            locked,
+        locked = pull.fetch(
+            source.repo,
+            source.revision,
+            name=source.key,
             cache_dir=paths.hf_hub_cache(),
-            progress=lambda done, total: reporter.progress(action, done, total),
             project=project_key(manifest_path),
+            progress=lambda done, total: reporter.progress(action, done, total),
         )
         record_pull(manifest_path, source, locked, fields=fields)
         return f"{source.repo}@{locked.commit[:12]}, {size_str(locked.size)}"

@@ -105,9 +105,9 @@ def serve(
     from mlx_lama.cli._progress import ApplyReporter
     from mlx_lama.cli._workspace import load_workspace, quiet_hub_logging
     from mlx_lama.gateway import server
-    from mlx_lama.gateway.supervisor import probe_setting
     from mlx_lama.orchestrator.engines import require_engines
     from mlx_lama.orchestrator.reconcile import reconcile
+    from mlx_lama.orchestrator.supervisor import probe_setting
 
     _configure_logging()
     workspace = load_workspace(file)

@@ -48,7 +48,7 @@ def show(
     license, and how the manifest keeps and serves it."""
     from mlx_lama.gateway.models import show_response
     from mlx_lama.schema import find_manifest, load_manifest
-    from mlx_lama.schema.modelfile import parameter_lines, render_modelfile
+    from mlx_lama.schema.modelfile_render import parameter_lines, render_modelfile
 
     chosen = [
         flag
@@ -184,9 +184,7 @@ class _Shown:
         )
 
     def keep_alive(self) -> str:
-        m = self.manifest
-        value = self.entry.keep_alive or m.defaults.keep_alive or m.server.keep_alive
-        return str(value)
+        return str(self.manifest.keep_alive_of(self.name))
 
     def aliases(self) -> list[str]:
         """The manifest's aliases that lead to this model, directly or through others."""
@@ -209,7 +207,7 @@ class _Shown:
     def render(self) -> str:
         """The sections ``ollama show`` prints, then the manifest's own."""
         from mlx_lama.gateway.models import capabilities, details
-        from mlx_lama.schema.modelfile import parameter_lines
+        from mlx_lama.schema.modelfile_render import parameter_lines
 
         entry = self.entry
         out: list[str] = []

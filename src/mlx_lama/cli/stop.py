@@ -1,8 +1,12 @@
-"""``mlx-lama stop MODEL``: unload a model now, or stop serving it for good."""
+"""``mlx-lama stop MODEL``: unload a model now, or stop serving it for good.
+
+Which of the two stopping a model means is decided by :func:`how_to_stop`
+alone; ``top``'s ``s`` key uses it too.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -13,7 +17,10 @@ from mlx_lama.errors import MlxLamaError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from mlx_lama.daemonclient import Daemon
+    from mlx_lama.cli.daemonclient import Daemon
+    from mlx_lama.schema.manifest import Manifest
+
+StopWay = Literal["serve never", "unload"]
 
 
 @app.command()
@@ -32,7 +39,7 @@ def stop(
     MODEL` serves it again.
     """
     from mlx_lama.cli._handoff import settle
-    from mlx_lama.daemonclient import daemon_for
+    from mlx_lama.cli.daemonclient import daemon_for
     from mlx_lama.registry import UnknownModelError, load_registry
     from mlx_lama.schema import editor, find_manifest, load_manifest
 
@@ -46,12 +53,7 @@ def stop(
         key = registry.resolve(model).model
     if key is None:
         raise UnknownModelError(model, sorted(manifest.models))
-    if manifest.is_external(key):
-        raise MlxLamaError(
-            f"{key!r} is served by {manifest.models[key].url}, which mlx-lama does not run",
-            hint="stop it where it was started",
-        )
-    if manifest.serve_mode(key) == "always":
+    if how_to_stop(manifest, key) == "serve never":
         editor.set_model_fields(path, key, {"serve": "never"})
         settle(path, [key])
         typer.echo(f'stopped {key!r}; it has serve = "never" in {path.name} now', err=True)
@@ -64,17 +66,37 @@ def stop(
     typer.echo(f"stopped {key!r}", err=True)
 
 
-def _unload(daemon: Daemon, key: str) -> None:
-    """Ask the daemon to unload ``key`` (Ollama's ``keep_alive: 0``) and wait until it has."""
-    from mlx_lama.daemonclient import DaemonError
+def how_to_stop(manifest: Manifest, key: str) -> StopWay:
+    """What stopping manifest model ``key`` means, for ``mlx-lama stop`` and ``top``:
+    a model served "always" gets ``serve = "never"`` in the manifest (its server
+    would come back otherwise); any other is unloaded now, as ``ollama stop`` does,
+    and its next request starts it again. Raises MlxLamaError for an external
+    model, which mlx-lama does not run."""
+    if manifest.is_external(key):
+        raise MlxLamaError(
+            f"{key!r} is served by {manifest.models[key].url}, which mlx-lama does not run",
+            hint="stop it where it was started",
+        )
+    return "serve never" if manifest.serve_mode(key) == "always" else "unload"
 
-    entry = daemon.health().get("models", {}).get(key)
-    if not isinstance(entry, dict) or entry.get("state") in ("stopped", "not downloaded"):
-        raise MlxLamaError(f"couldn't find model {key!r} to stop: it is not running")
+
+def request_unload(daemon: Daemon, key: str) -> None:
+    """Ask the daemon to unload ``key`` now (Ollama's ``keep_alive: 0``), without
+    waiting for its server to stop. Raises DaemonError when the daemon refuses."""
+    from mlx_lama.cli.daemonclient import DaemonError
+
     body = {"model": key, "keep_alive": 0, "stream": False}
     reply = daemon.request("POST", "/api/generate", body, timeout=60.0)
     if reply.status != 200:
         raise DaemonError(f"the daemon refused to unload {key!r}: {reply.error_text()}")
+
+
+def _unload(daemon: Daemon, key: str) -> None:
+    """Unload running model ``key`` through the daemon and wait until it has stopped."""
+    entry = daemon.health().get("models", {}).get(key)
+    if not isinstance(entry, dict) or entry.get("state") in ("stopped", "not downloaded"):
+        raise MlxLamaError(f"couldn't find model {key!r} to stop: it is not running")
+    request_unload(daemon, key)
     daemon.wait_model(
         key,
         lambda e: e is None or e.get("state") in ("stopped", "not downloaded"),

@@ -4,7 +4,7 @@ Polls the daemon's ``GET /mlx-lama/stats`` (``gateway/stats.py``) and redraws
 one screen with rich: the gateway line, the machine, a row per server, the
 latest requests and the tail of the selected server's log (read from its log
 file: the daemon is on this machine). Keys act through the daemon or the
-manifest, exactly as the verbs do: ``s`` stops (``stop``'s rules), ``r``
+manifest, exactly as the verbs do: ``s`` stops (``stop``'s rule), ``r``
 restarts (``POST /mlx-lama/restart``), ``b`` switches the backend (an edit of
 the manifest; the daemon's hot reload restarts that server). Actions run on a
 worker thread, so the screen keeps updating while a server stops or starts.
@@ -36,7 +36,7 @@ from mlx_lama.errors import MlxLamaError
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from mlx_lama.daemonclient import Daemon
+    from mlx_lama.cli.daemonclient import Daemon
     from mlx_lama.schema.manifest import Manifest
 
 KEYS = "↑/↓ select  l log  r restart  s stop  b backend  q quit"
@@ -73,8 +73,8 @@ def top(
 
 def connect() -> Daemon:
     """The running daemon (with the API key its manifest sets). Raises NoDaemonError."""
-    from mlx_lama.daemonclient import Daemon
-    from mlx_lama.daemonfile import running_daemon
+    from mlx_lama.cli.daemonclient import Daemon
+    from mlx_lama.orchestrator.daemonfile import running_daemon
     from mlx_lama.schema import load_manifest
 
     info = running_daemon()
@@ -387,19 +387,15 @@ def _log_tail(server: Mapping[str, Any] | None, lines: int = 200) -> list[str]:
 
 
 def stop_server(daemon: Daemon, name: str) -> str:
-    """``mlx-lama stop``'s rules: an on-demand model is unloaded now; an ``always`` one
-    gets ``serve = "never"`` in the manifest (the daemon then stops it)."""
+    """Stop ``name`` as ``mlx-lama stop`` does (:func:`~mlx_lama.cli.stop.how_to_stop`),
+    without waiting: the screen shows the server go."""
+    from mlx_lama.cli.stop import how_to_stop, request_unload
     from mlx_lama.schema import editor, load_manifest
 
-    manifest = load_manifest(daemon.manifest)
-    if manifest.serve_mode(name) == "always":
+    if how_to_stop(load_manifest(daemon.manifest), name) == "serve never":
         editor.set_model_fields(daemon.manifest, name, {"serve": "never"})
         return f'{name} has serve = "never" in {daemon.manifest.name} now: stopping'
-    reply = daemon.request(
-        "POST", "/api/generate", {"model": name, "keep_alive": 0, "stream": False}, timeout=60.0
-    )
-    if reply.status != 200:
-        raise MlxLamaError(reply.error_text())
+    request_unload(daemon, name)
     return f"unloaded {name}"
 
 

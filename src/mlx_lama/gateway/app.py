@@ -40,8 +40,8 @@ from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
 from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
 from mlx_lama.gateway.security import Listen, SecurityMiddleware, SecurityPolicy, security_policy
-from mlx_lama.gateway.supervisor import Supervisor
 from mlx_lama.netaddr import is_loopback_host
+from mlx_lama.orchestrator.supervisor import Supervisor
 from mlx_lama.schema.manifest import Manifest, ModelEntry
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ def _routes() -> list[Route]:
         Route("/metrics", _metrics, methods=["GET"]),
         Route("/mlx-lama/stats", stats.stats, methods=["GET"]),
         Route("/mlx-lama/restart", stats.restart, methods=["POST"]),
+        Route("/mlx-lama/apply", _apply, methods=["POST"]),
     ]
 
 
@@ -366,6 +367,8 @@ async def _health(request: Request) -> Response:
     supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
     if supervisor is not None:
         body["reloads"] = supervisor.reloads
+        if supervisor.plan is not None:  # what the last reload planned, as `mlx-lama plan` would
+            body["last_plan"] = supervisor.plan.as_dict()
         if supervisor.applied is not None:  # the manifest in force, as sha256 of its bytes
             body["manifest_sha256"] = supervisor.applied[0]
         if supervisor.problem is not None:
@@ -375,6 +378,21 @@ async def _health(request: Request) -> Response:
         body["status"] = "degraded"
     body["models"] = models
     return JSONResponse(body)
+
+
+async def _apply(request: Request) -> Response:
+    """Reconcile the manifest on disk now (``mlx-lama apply`` hands its server changes
+    to the daemon this way): ``{"plan": ...}`` once the reload is done; the servers
+    it starts or stops get there in the background (``/health`` shows them). 409
+    with the problem when the manifest on disk is refused."""
+    supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
+    if supervisor is None:
+        raise ApiError(503, "this gateway is not watching a manifest")
+    plan = await supervisor.apply_now()
+    if plan is None:
+        problem = supervisor.problem.message if supervisor.problem else "the manifest was refused"
+        raise ApiError(409, problem)
+    return JSONResponse({"plan": plan.as_dict()})
 
 
 async def _metrics(request: Request) -> Response:

@@ -24,17 +24,18 @@ from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.remotes import RemoteSet
-from mlx_lama.gateway.scheduler import Changes, Scheduler, SchedulerConfig
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.validate import Limits
 from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.projects import project_key
+from mlx_lama.orchestrator.scheduler import Scheduler
+from mlx_lama.orchestrator.slots import Changes, SchedulerConfig
 from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folder
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
-from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE, Manifest, ModelEntry
+from mlx_lama.schema.manifest import Manifest, ModelEntry
 from mlx_lama.schema.units import Duration
 
 if TYPE_CHECKING:
@@ -224,13 +225,7 @@ class Gateway:
         return changes
 
     def keep_alive_of(self, name: str) -> Duration:
-        entry = self.manifest.models[name]
-        return (
-            entry.keep_alive
-            or self.manifest.defaults.keep_alive
-            or self.manifest.server.keep_alive
-            or DEFAULT_KEEP_ALIVE
-        )
+        return self.manifest.keep_alive_of(name)
 
     # -- names
 
@@ -273,10 +268,7 @@ class Gateway:
         defaults = ModelDefaults(
             system=entry.system,
             messages=tuple({"role": m.role, "content": m.content} for m in entry.messages),
-            parameters={
-                **self.manifest.defaults.parameters.as_dict(),
-                **entry.parameters.as_dict(),
-            },
+            parameters=self.manifest.parameters_of(target),
         )
         if self.manifest.is_external(target):
             return Route(target, entry, "external", defaults, url=entry.url)

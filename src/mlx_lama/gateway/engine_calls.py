@@ -38,7 +38,7 @@ from mlx_lama.gateway.proxy import (
     describe,
     open_upstream,
 )
-from mlx_lama.gateway.scheduler import Lease, Loss, SchedulerError
+from mlx_lama.orchestrator.slots import Lease, Loss, SchedulerError
 from mlx_lama.schema.units import Duration
 
 # Pauses before trying again a connection refused by a live server (its listen

@@ -4,20 +4,17 @@ Each resolves the request's model through the manifest, checks the request
 (``validate.py``: nothing an engine would choke on reaches it), waits for its
 server (the scheduler starts it on demand; ``engine_calls.py`` sends it and
 decides about retries), rewrites ``model`` to what that server serves
-(stripping anything that would make it load something else), and streams the
-answer back: Ollama's NDJSON translated from the backend's SSE, or the
-backend's SSE passed through with ``model`` rewritten to the name the client
-used. A client that goes away cancels the whole request, wherever it is
-(``attended``); a backend that dies mid-stream ends the stream with an error
-line or event. A model that only a remote gateway serves is forwarded there as
-it is (``routed``).
+(stripping anything that would make it load something else), and hands the
+answer to ``relay.py``, which streams it back: Ollama's NDJSON translated from
+the backend's SSE, or the backend's SSE passed through. A client that goes
+away cancels the whole request, wherever it is (``attended``). A model that
+only a remote gateway serves is forwarded there as it is (``routed``).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,31 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from mlx_lama.gateway import forward, ollama, validate
+from mlx_lama.gateway import forward, ollama, relay, validate
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
-from mlx_lama.gateway.engine_calls import (
-    Target,
-    acquire,
-    lost_reason,
-    open_stream,
-    post,
-    post_stream,
-)
+from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, post_stream
 from mlx_lama.gateway.http import ApiError, JsonObject, read_json
-from mlx_lama.gateway.paced import PacedStream
-from mlx_lama.gateway.proxy import (
-    EARLY_END,
-    ProxyStream,
-    RawStream,
-    UpstreamError,
-    describe,
-    until_disconnect,
-)
-from mlx_lama.gateway.sse import SseBody, SseEvents, SseRelay, error_event, sse_events
+from mlx_lama.gateway.proxy import RawStream, until_disconnect
 from mlx_lama.schema.units import Duration
-
-NDJSON = "application/x-ndjson"
-SSE = "text/event-stream"
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -145,10 +123,6 @@ def resolve(gateway: Gateway, name: object) -> Route:
         raise ApiError(404, str(error)) from None
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 # -- Ollama /api/chat and /api/generate
 
 
@@ -215,118 +189,17 @@ async def _ollama_answer(
 
         async def collect(target: Target, upstream: RawStream | httpx.Response) -> JsonObject:
             translators.append(translator := translator_for(target))
-            parts = [chunk async for chunk in _ollama_chunks(upstream, translator)]
+            parts = [chunk async for chunk in relay.ollama_chunks(upstream, translator)]
             return ollama.merge_stream(parts, kind)
 
         _target, merged = await post_stream(gateway, route, (path, openai), keep_alive, collect)
-        _record(gateway, route.name, endpoint, 200, started, translators[-1])
+        relay.record(gateway, route.name, endpoint, 200, started, translators[-1])
         return JSONResponse(merged)
 
     target, upstream = await open_stream(gateway, route, (path, openai), keep_alive)
     translator = translator_for(target)
-
-    def record(status: int) -> None:
-        _record(gateway, route.name, endpoint, status, started, translator)
-
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in _ollama_chunks(upstream, translator):
-                yield ollama.ndjson_line(chunk)
-        except (UpstreamError, httpx.HTTPError) as error:
-            yield ollama.ndjson_line({"error": describe(error)})
-
-    async def close() -> None:
-        # Counted before the upstream close, which takes a turn of the event loop:
-        # a client that sends its next request on seeing the end finds this one counted.
-        try:
-            target.release()
-            record(200)
-        finally:
-            await upstream.aclose()
-
-    if isinstance(upstream, RawStream):  # bytes as they arrive, at a bounded pace
-        body = _NdjsonBody(upstream, translator, lost_reason(route.name, target))
-        return PacedStream(
-            upstream,
-            body,
-            media_type=NDJSON,
-            on_close=close,
-            flush_interval=_flush_interval(gateway),
-        )
-    return ProxyStream(lines(), media_type=NDJSON, on_close=close)
-
-
-async def _ollama_chunks(
-    upstream: RawStream | httpx.Response, translator: ollama.StreamTranslator
-) -> AsyncIterator[JsonObject]:
-    """Ollama's chunks of a backend's token stream, the final one last."""
-    async for event in sse_events(upstream):
-        for chunk in translator.feed(event, time.monotonic(), _now()):
-            yield chunk
-    yield translator.finish(time.monotonic(), _now())
-
-
-class _NdjsonBody:
-    """The NDJSON lines of a ``RawStream``'s token stream (a ``paced.Body``), as ``lines``
-    in :func:`_ollama_answer` makes them from ``sse_events``, but per read: the lines
-    of the events it completes together (the last with the final chunk, and then the
-    body is complete), and for what ``sse_events`` raises, the error line after the
-    lines of the events before."""
-
-    def __init__(
-        self,
-        upstream: RawStream,
-        translator: ollama.StreamTranslator,
-        lost: Callable[[], str | None] = lambda: None,
-    ) -> None:
-        self._upstream = upstream
-        self._translator = translator
-        self._events = SseEvents()
-        self._lost = lost  # why the server went away under the stream, if it did
-        self.complete = False
-
-    def feed(self, data: bytes) -> bytes:
-        return self._lines(self._events.feed(data))
-
-    def end(self) -> bytes:
-        return self._lines(self._events.end())
-
-    def fail(self, problem: str) -> bytes:
-        self.complete = True
-        return ollama.ndjson_line({"error": self._lost() or problem})
-
-    def _lines(self, events: list[JsonObject]) -> bytes:
-        translator, lines = self._translator, b""
-        for event in events:
-            lines += translator.feed_ndjson(event, time.monotonic(), datetime.now(UTC))
-        if self._events.done:
-            self.complete = True
-            self._upstream.answered()
-            return lines + ollama.ndjson_line(translator.finish(time.monotonic(), _now()))
-        if self._events.failure is not None:
-            return lines + self.fail(describe(self._events.failure))
-        return lines
-
-
-def _record(
-    gateway: Gateway,
-    model: str,
-    endpoint: str,
-    status: int,
-    started: float,
-    translator: ollama.StreamTranslator | None = None,
-) -> None:
-    if translator is None:
-        gateway.finished(model, endpoint, status, time.monotonic() - started)
-        return
-    first = translator.first_token
-    gateway.finished(
-        model,
-        endpoint,
-        status,
-        time.monotonic() - started,
-        tokens=(translator.prompt_tokens, translator.completion_tokens),
-        first_token=None if first is None else first - started,
+    return relay.ollama_stream(
+        gateway, target, upstream, translator, model=route.name, endpoint=endpoint, started=started
     )
 
 
@@ -347,7 +220,7 @@ async def _load_only(
         target = await acquire(gateway, route, keep_alive)
         target.release()
         reason = "load"
-    answer: JsonObject = {"model": name, "created_at": ollama.created_at(_now())}
+    answer: JsonObject = {"model": name, "created_at": ollama.created_at(datetime.now(UTC))}
     if kind == "chat":
         answer["message"] = {"role": "assistant", "content": ""}
     else:
@@ -397,7 +270,7 @@ async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
     if body.get("dimensions") is not None:
         upstream_body["dimensions"] = body["dimensions"]
     target, data = await post(
-        gateway, route, ("/v1/embeddings", upstream_body), keep_alive, _json_of
+        gateway, route, ("/v1/embeddings", upstream_body), keep_alive, relay.json_of
     )
     vectors = [item.get("embedding") for item in sorted(data.get("data") or [], key=_index)]
     gateway.finished(route.name, call.path, 200, time.monotonic() - started)
@@ -419,16 +292,6 @@ def _index(item: Any) -> int:
     return int(item.get("index", 0)) if isinstance(item, dict) else 0
 
 
-async def _json_of(_target: Target, response: httpx.Response) -> JsonObject:
-    try:
-        data = json.loads(await response.aread())
-    except ValueError:
-        raise UpstreamError("model server sent a body that is not JSON") from None
-    if not isinstance(data, dict):
-        raise UpstreamError("model server sent an unexpected body")
-    return data
-
-
 # -- OpenAI /v1/chat/completions, /v1/completions, /v1/embeddings
 
 
@@ -444,72 +307,17 @@ async def openai(call: Call) -> Response:
         raise ApiError(400, f"model '{name}' does not support embeddings")
     body = validate.openai_body(path, body, gateway.limits(route))
     if body.get("stream") is True:
-        return await _openai_stream(gateway, route, name, path, body, started)
-    _target, data = await post(gateway, route, (path, body), None, _json_of)
+        target, upstream = await open_stream(gateway, route, (path, body), None)
+        return relay.openai_stream(
+            gateway, target, upstream, name=name, model=route.name, path=path, started=started
+        )
+    _target, data = await post(gateway, route, (path, body), None, relay.json_of)
     if "model" in data:
         data["model"] = name
-    gateway.finished(route.name, path, 200, time.monotonic() - started, tokens=_usage(data))
+    gateway.finished(
+        route.name, path, 200, time.monotonic() - started, tokens=relay.usage_tokens(data)
+    )
     return JSONResponse(data)
-
-
-async def _openai_stream(
-    gateway: Gateway, route: Route, name: str, path: str, body: JsonObject, started: float
-) -> Response:
-    target, upstream = await open_stream(gateway, route, (path, body), None)
-    relay = SseRelay(name)
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            async for line in upstream.aiter_lines():
-                event = relay.feed(line, time.monotonic())
-                if event is not None:
-                    yield event
-            rest = relay.flush()
-        except (UpstreamError, httpx.HTTPError) as error:
-            yield error_event(describe(error))
-            return
-        if rest is not None:
-            yield rest
-        if not relay.done:
-            yield error_event(EARLY_END)
-
-    async def close() -> None:
-        try:  # counted before the upstream close, as in _ollama_answer
-            target.release()
-            first = relay.first_content
-            gateway.finished(
-                route.name,
-                path,
-                200,
-                time.monotonic() - started,
-                tokens=_usage({"usage": relay.usage}),
-                first_token=None if first is None else first - started,
-            )
-        finally:
-            await upstream.aclose()
-
-    if isinstance(upstream, RawStream):  # bytes as they arrive, at a bounded pace
-        return PacedStream(
-            upstream,
-            SseBody(relay, upstream, lost_reason(route.name, target)),
-            media_type=SSE,
-            on_close=close,
-            flush_interval=_flush_interval(gateway),
-        )
-    return ProxyStream(events(), media_type=SSE, on_close=close)
-
-
-def _flush_interval(gateway: Gateway) -> float:
-    """The shortest time between two writes of a token stream, in seconds."""
-    return gateway.manifest.server.flush_interval.seconds
-
-
-def _usage(event: JsonObject) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of an OpenAI ``usage`` object, None without one."""
-    usage = event.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
 # -- the routes

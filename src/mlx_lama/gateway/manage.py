@@ -34,7 +34,8 @@ from mlx_lama.errors import ManifestError, MlxLamaError
 from mlx_lama.gateway import forward
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import ApiError, read_json
-from mlx_lama.gateway.inference import NDJSON, gateway_of
+from mlx_lama.gateway.inference import gateway_of
+from mlx_lama.gateway.relay import NDJSON
 from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.entries import (
     PullSource,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlx_lama.schema.manifest import ModelEntry
-from mlx_lama.schema.modelfile import ModelfileRenderError, parameter_lines, render_modelfile
+from mlx_lama.schema.modelfile_render import ModelfileRenderError, parameter_lines, render_modelfile
 
 JsonObject = dict[str, Any]
 

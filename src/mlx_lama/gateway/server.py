@@ -24,15 +24,16 @@ from types import FrameType
 
 import psutil
 
-from mlx_lama.daemonfile import daemon_file
 from mlx_lama.errors import MlxLamaError, UsageError
 from mlx_lama.gateway.core import Gateway
-from mlx_lama.gateway.scheduler import DEFAULT_MAX_QUEUE, Scheduler, SchedulerConfig
 from mlx_lama.gateway.security import Listen, security_policy
 from mlx_lama.netaddr import is_loopback_host, parse_listen_address
 from mlx_lama.orchestrator import process
+from mlx_lama.orchestrator.daemonfile import daemon_file
 from mlx_lama.orchestrator.projects import remember
 from mlx_lama.orchestrator.runrecords import inspect_record, read_records
+from mlx_lama.orchestrator.scheduler import Scheduler
+from mlx_lama.orchestrator.slots import DEFAULT_MAX_QUEUE, SchedulerConfig
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
 from mlx_lama.schema.manifest import Manifest

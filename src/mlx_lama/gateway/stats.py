@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse, Response
 from mlx_lama import __version__
 from mlx_lama.gateway import inference
 from mlx_lama.gateway.http import ApiError, read_json
-from mlx_lama.gateway.scheduler import SchedulerError, Slot
 from mlx_lama.netaddr import is_loopback_host
+from mlx_lama.orchestrator.slots import SchedulerError, Slot
 
 
 async def stats(request: Request) -> Response:

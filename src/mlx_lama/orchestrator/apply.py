@@ -224,15 +224,17 @@ def _pull(
 ) -> str:
     spec = next(m for m in ctx.desired.models if m.name == action.model)
     assert spec.repo is not None
+    known = None
     if spec.commit is not None:
-        locked = LockedModel(spec.name, spec.repo, spec.revision, spec.commit, spec.files)
-    else:
-        locked = pull.resolve_revision(spec.repo, spec.revision, name=spec.name)
-    pull.pull_model(
-        locked,
+        known = LockedModel(spec.name, spec.repo, spec.revision, spec.commit, spec.files)
+    locked = pull.fetch(
+        spec.repo,
+        spec.revision,
+        name=spec.name,
         cache_dir=ctx.cache_dir,
         project=ctx.desired.project,
         progress=lambda done, total: report.progress(action, done, total),
+        locked=known,
     )
     resolved[spec.name] = locked
     return f"{locked.commit[:12]}, {size_str(locked.size)}"

@@ -80,7 +80,7 @@ def server_spec(
     section = manifest.backends.get(backend)
     args = (*(section.args if section else ()), *entry.args)
     env = {**(section.env if section else {}), **entry.env}
-    parameters = {**manifest.defaults.parameters.as_dict(), **entry.parameters.as_dict()}
+    parameters = manifest.parameters_of(model.name)
     if model.path is not None:
         model_path: Path | None = model.path
     elif model.repo is not None and model.commit is not None:

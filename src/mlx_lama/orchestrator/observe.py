@@ -127,7 +127,7 @@ def resident_memory(pid: int) -> int | None:
 def rank_rows(record: RunRecord) -> tuple[RankRow, ...]:
     """The ranks a distributed server's launcher runs now, with the resident
     memory of the ones on this machine."""
-    from mlx_lama.distributed import rank_processes
+    from mlx_lama.backends.distributed import rank_processes
     from mlx_lama.orchestrator.inventory import RankRow
 
     return tuple(

@@ -103,13 +103,15 @@ class Plan:
         ]
         return "\n".join([*lines, "", self.summary(), *notes]) + "\n"
 
-    def to_json(self) -> str:
+    def as_dict(self) -> dict[str, object]:
+        """The plan as ``plan --json`` prints it (and the daemon's ``/health`` shows it)."""
         rows = [
             {"action": a.kind.value, "target": a.target, "reason": a.reason} for a in self.actions
         ]
-        return json.dumps(
-            {"changes": rows, "summary": self.summary(), "notes": list(self.notes)}, indent=2
-        )
+        return {"changes": rows, "summary": self.summary(), "notes": list(self.notes)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
 
 
 def make_plan(

@@ -1,15 +1,16 @@
 """Start and stop model server processes: spawn detached, wait until ready, stop safely.
 
-``apply`` (and later the supervisor and the gateway's on-demand scheduler)
-call :func:`start_server` and :func:`stop_server`. A server runs in its own
+``apply`` and the daemon's scheduler call :func:`start_server` and
+:func:`stop_server`. A server runs in its own
 session with its output appended to ``logs/NAME.log``, so it outlives the CLI;
 its run record is written right after the spawn, so even a Ctrl-C during the
 readiness wait leaves a record that ``observe`` and ``stop`` can act on.
 
 Ready means a one-token chat completion succeeded, not "the port is open"
-(mlx-lm answers ``/health`` before its model is loaded). This module decides
-nothing about *whether* to start or stop: that is the planner's job. It never
-signals a process whose start time and command line differ from its record.
+(mlx-lm answers ``/health`` before its model is loaded; see ``readiness.py``).
+This module decides nothing about *whether* to start or stop: the planner and
+the scheduler's policies do. It never signals a process whose start time and
+command line differ from its record.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ import shlex
 import signal
 import socket
 import subprocess
-import threading
 import time
 from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import psutil
 
 from mlx_lama import paths
@@ -35,6 +34,7 @@ from mlx_lama.backends.base import LaunchSpec, client_host, launch_spec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import runrecords
 from mlx_lama.orchestrator.projects import project_key
+from mlx_lama.orchestrator.readiness import one_token, wait_ready
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 _DROPPED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 LOG_TAIL_LINES = 20
-_POLL = 0.1
 _RETRY_PAUSE = 0.25
-_SETTLE = 0.3
 _KILL_WAIT = 10.0
 _TAIL_BYTES = 64 * 1024
 
@@ -141,7 +139,7 @@ def start_server(
 
     timeout = ready_timeout if ready_timeout is not None else launch.ready_timeout
     began = time.monotonic()
-    problem = _wait_ready(launch, proc, log_path, log_start, timeout)
+    problem = wait_ready(launch, proc, log_path, log_start, timeout)
     if problem is None:
         log.info("server %r ready in %.1fs", server.name, time.monotonic() - began)
         return record
@@ -319,114 +317,6 @@ def _spawn(
             ) from exc
     _CHILDREN[proc.pid] = proc
     return proc, log_start
-
-
-class _Probe:
-    """One readiness request on a daemon thread, so the wait loop can watch the process.
-
-    A daemon thread because the request may hang (a broken mlx-lm never
-    answers) and must not keep the interpreter alive on Ctrl-C.
-    """
-
-    def __init__(self, launch: LaunchSpec, timeout: float) -> None:
-        self.problem: str | None = "no answer yet"
-        self.done = threading.Event()
-        threading.Thread(
-            target=self._run, args=(launch, timeout), daemon=True, name="mlx-lama-ready-probe"
-        ).start()
-
-    def _run(self, launch: LaunchSpec, timeout: float) -> None:
-        try:
-            self.problem = one_token(launch, timeout)
-        except Exception as exc:  # a thread must not die noisily; the loop reports it
-            self.problem = f"probe failed: {exc!r}"
-        finally:
-            self.done.set()
-
-
-def one_token(launch: LaunchSpec, timeout: float) -> str | None:
-    """Ask the server for a one-token chat completion; None when it answered, else why not."""
-    body: dict[str, object] = {
-        "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 1,
-        "stream": False,
-    }
-    if launch.served_model is not None:
-        body["model"] = launch.served_model
-    limits = httpx.Timeout(timeout, connect=min(2.0, timeout))
-    try:
-        with httpx.Client(trust_env=False, timeout=limits) as client:
-            reply = client.post(f"{launch.base_url}/v1/chat/completions", json=body)
-    except httpx.HTTPError as exc:
-        return f"no answer ({type(exc).__name__})"
-    if reply.status_code != 200:
-        return f"HTTP {reply.status_code}: {reply.text[:200]}"
-    try:
-        choices = reply.json()["choices"]
-    except (ValueError, KeyError, TypeError):
-        return f"not a chat completion: {reply.text[:200]}"
-    return None if choices else "a chat completion without choices"
-
-
-class _LogWatch:
-    """Finds fatal markers in what a server appends to its log, reading each byte once."""
-
-    def __init__(self, path: Path, start: int, markers: tuple[str, ...]) -> None:
-        self.path = path
-        self.pos = start
-        self.markers = markers
-        self.carry = ""
-
-    def fatal(self) -> str | None:
-        if not self.markers:
-            return None
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self.pos)
-                data = handle.read()
-        except OSError:
-            return None
-        self.pos += len(data)
-        text = self.carry + data.decode("utf-8", errors="replace")
-        self.carry = text[-max(len(m) for m in self.markers) :]
-        return next((m for m in self.markers if m in text), None)
-
-
-def _wait_ready(
-    launch: LaunchSpec,
-    proc: subprocess.Popen[bytes],
-    log_path: Path,
-    log_start: int,
-    timeout: float,
-) -> str | None:
-    """Poll until a one-token generation succeeds; None when ready, else what went wrong."""
-    deadline = time.monotonic() + timeout
-    watch = _LogWatch(log_path, log_start, launch.fatal_log_markers)
-    probe: _Probe | None = None
-    next_try = 0.0
-    last = "no answer yet"
-    while True:
-        code = proc.poll()
-        if code is not None:
-            return f"it exited with code {code} before it was ready"
-        marker = watch.fatal()
-        if marker is not None:
-            time.sleep(_SETTLE)  # let it finish writing the traceback we will quote
-            return f"it logged a fatal error ({marker!r}) while loading"
-        if probe is not None and probe.done.is_set():
-            if probe.problem is None:
-                return None
-            last, probe = probe.problem, None
-            next_try = time.monotonic() + _RETRY_PAUSE
-        now = time.monotonic()
-        if now >= deadline:
-            return f"not ready after {timeout:g}s (last probe: {last})"
-        if probe is None and now >= next_try:
-            probe = _Probe(launch, deadline - now)
-        if probe is not None:
-            probe.done.wait(_POLL)
-        else:
-            time.sleep(min(_POLL, max(0.0, next_try - now)))
 
 
 def _discard(record: RunRecord, proc: subprocess.Popen[bytes]) -> None:

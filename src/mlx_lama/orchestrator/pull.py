@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 import threading
@@ -29,7 +28,7 @@ from typing import Any
 
 from mlx_lama import paths
 from mlx_lama.atomic import atomic_write_text
-from mlx_lama.errors import MlxLamaError
+from mlx_lama.orchestrator.pull_errors import PullError, explain, quote_name, refuse_offline
 from mlx_lama.orchestrator.pulled import pulled_file, record_pulled
 from mlx_lama.orchestrator.state import Files, repo_folder_name, snapshot_folder
 from mlx_lama.schema.lockfile import LockedModel
@@ -58,22 +57,6 @@ STALE_PARTIAL_AGE = 60.0
 Progress = Callable[[int, int], None]
 
 
-class PullError(MlxLamaError):
-    """A model could not be resolved or downloaded; the message names the repo and the fix."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        repo: str | None = None,
-        revision: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.repo = repo
-        self.revision = revision
-
-
 def matches_model_patterns(path: str) -> bool:
     """Whether a repo file is one a model needs (:data:`MODEL_FILE_PATTERNS`). Pure."""
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in MODEL_FILE_PATTERNS)
@@ -87,13 +70,13 @@ def resolve_revision(repo: str, revision: str, *, name: str) -> LockedModel:
     Raises :class:`PullError` for an unknown repo or revision, a gated repo,
     offline mode or an unreachable Hub.
     """
-    _refuse_offline(repo, revision)
+    refuse_offline(repo, revision)
     from huggingface_hub import HfApi
 
     try:
         info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     except Exception as exc:  # every hub/HTTP failure becomes a PullError, classified
-        raise _explain(exc, repo=repo, revision=revision, name=name) from exc
+        raise explain(exc, repo=repo, revision=revision, name=name) from exc
     if not info.sha:
         raise PullError(
             f"the Hub did not say which commit {repo}@{revision} is",
@@ -117,7 +100,7 @@ def resolve_revision(repo: str, revision: str, *, name: str) -> LockedModel:
     if not files:
         raise PullError(
             f"{repo}@{revision} holds no model files ({', '.join(MODEL_FILE_PATTERNS[:2])}, ...)",
-            hint=f"is it an MLX model? fix [models.{_quote(name)}] repo in mlxlama.toml",
+            hint=f"is it an MLX model? fix [models.{quote_name(name)}] repo in mlxlama.toml",
             repo=repo,
             revision=revision,
         )
@@ -128,6 +111,25 @@ def resolve_revision(repo: str, revision: str, *, name: str) -> LockedModel:
         commit=info.sha,
         files=tuple(sorted(files.items())),
     )
+
+
+def fetch(
+    repo: str,
+    revision: str,
+    *,
+    name: str,
+    cache_dir: Path,
+    project: str,
+    progress: Progress | None = None,
+    locked: LockedModel | None = None,
+) -> LockedModel:
+    """Download model ``name`` (``repo@revision``) for ``project``: the commit and files
+    ``locked`` names, else what the Hub resolves ``revision`` to now. Returns the
+    lock entry. What ``apply`` and ``mlx-lama pull`` do for each model."""
+    if locked is None:
+        locked = resolve_revision(repo, revision, name=name)
+    pull_model(locked, cache_dir=cache_dir, progress=progress, project=project)
+    return locked
 
 
 def pull_model(
@@ -159,7 +161,7 @@ def pull_model(
     if not locked.files:
         raise PullError(
             f"no files are locked for {locked.repo}@{locked.revision}",
-            hint=f"run `mlx-lama lock` to resolve [models.{_quote(locked.name)}] again",
+            hint=f"run `mlx-lama lock` to resolve [models.{quote_name(locked.name)}] again",
             repo=locked.repo,
             revision=locked.revision,
         )
@@ -167,7 +169,7 @@ def pull_model(
         if progress is not None:
             progress(total, total)
         return snapshot
-    _refuse_offline(locked.repo, locked.revision)
+    refuse_offline(locked.repo, locked.revision)
     from huggingface_hub import snapshot_download
 
     started = time.time()
@@ -182,7 +184,7 @@ def pull_model(
             tqdm_class=_silent_tqdm(),
         )
     except Exception as exc:  # every hub/HTTP/disk failure becomes a PullError
-        raise _explain(
+        raise explain(
             exc, repo=locked.repo, revision=locked.revision, name=locked.name, commit=locked.commit
         ) from exc
     finally:
@@ -193,7 +195,7 @@ def pull_model(
         raise PullError(
             f"{locked.repo}@{locked.revision} (commit {locked.commit[:12]}) does not match "
             f"mlxlama.lock: {'; '.join(problems)}",
-            hint=f"run `mlx-lama lock` to resolve [models.{_quote(locked.name)}] again",
+            hint=f"run `mlx-lama lock` to resolve [models.{quote_name(locked.name)}] again",
             repo=locked.repo,
             revision=locked.revision,
         )
@@ -382,120 +384,3 @@ def _silent_tqdm() -> type[Any]:
             super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     return SilentTqdm
-
-
-# -- errors --------------------------------------------------------------------
-
-
-def _refuse_offline(repo: str, revision: str) -> None:
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        raise PullError(
-            f"cannot reach the Hugging Face Hub for {repo}@{revision}: HF_HUB_OFFLINE is set",
-            hint="unset HF_HUB_OFFLINE to download",
-            repo=repo,
-            revision=revision,
-        )
-
-
-def _explain(
-    exc: BaseException, *, repo: str, revision: str, name: str, commit: str | None = None
-) -> PullError:
-    """A PullError that says what went wrong with ``repo@revision`` and what to do.
-
-    ``commit`` is given when downloading a locked commit (errors then point at the lock).
-    """
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    where = f"{repo}@{revision}" + (f" (commit {commit[:12]})" if commit else "")
-    table = f"[models.{_quote(name)}]"
-
-    def error(message: str, hint: str) -> PullError:
-        return PullError(message, hint=hint, repo=repo, revision=revision)
-
-    if isinstance(exc, GatedRepoError):
-        return error(
-            f"model repo '{repo}' is gated: you must accept its terms to download it",
-            f"accept them on {constants.ENDPOINT}/{repo}, then log in with "
-            "`hf auth login` or set HF_TOKEN",
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return error(
-            f"model repo '{repo}' was not found on the Hugging Face Hub (or it is private)",
-            f"check the repo id on huggingface.co, or fix {table} repo in mlxlama.toml; "
-            "for a private repo log in with `hf auth login`",
-        )
-    if isinstance(exc, RevisionNotFoundError) and commit:
-        return error(
-            f"commit {commit} locked for {repo}@{revision} is no longer on the Hub",
-            f"run `mlx-lama lock` to resolve {table} again",
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return error(
-            f"revision '{revision}' of model repo '{repo}' was not found on the Hub",
-            f"check the branch, tag or commit on huggingface.co/{repo}, "
-            f"or fix {table} revision in mlxlama.toml",
-        )
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return error(
-            f"a file locked for {where} is no longer on the Hub",
-            f"run `mlx-lama lock` to resolve {table} again",
-        )
-    if isinstance(exc, OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
-        return error(
-            f"cannot reach the Hugging Face Hub for {where}: HF_HUB_OFFLINE is set",
-            "unset HF_HUB_OFFLINE to download",
-        )
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else "?"
-        return error(
-            f"the Hugging Face Hub answered HTTP {status} for {where}",
-            "try again later; for a private repo log in with `hf auth login`",
-        )
-    if _is_connection_error(exc) or isinstance(exc, LocalEntryNotFoundError):
-        return error(
-            f"could not reach the Hugging Face Hub at {constants.ENDPOINT} for {where}",
-            "check your network connection (and HF_ENDPOINT if you set it), then try again",
-        )
-    if isinstance(exc, ValueError):  # HFValidationError: a malformed repo id or revision
-        return error(
-            f"'{repo}' (revision '{revision}') is not a valid Hugging Face repo id: {exc}",
-            f"use the form org/name, and fix {table} in mlxlama.toml",
-        )
-    if isinstance(exc, OSError):
-        return error(
-            f"could not write {where} to the Hugging Face cache: {exc}",
-            "free some disk space or point HF_HUB_CACHE at a larger disk, then try again",
-        )
-    return error(
-        f"downloading {where} failed: {type(exc).__name__}: {exc}",
-        "try again; set MLX_LAMA_DEBUG=1 to see the full error",
-    )
-
-
-_TRANSPORT_ERRORS = frozenset(
-    {"TransportError", "NetworkError", "ConnectError", "TimeoutException", "ReadError"}
-)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """A network failure, whichever HTTP client huggingface_hub uses (httpx, httpx2, requests)."""
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    return any(cls.__name__ in _TRANSPORT_ERRORS for cls in type(exc).__mro__)
-
-
-def _quote(name: str) -> str:
-    """A manifest model name as it appears in a TOML table header."""
-    bare = name.replace("-", "").replace("_", "").isalnum()
-    return name if bare else json.dumps(name)

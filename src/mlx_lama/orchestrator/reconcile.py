@@ -1,5 +1,9 @@
-"""One apply of a manifest file with no questions asked: the daemon's and the verbs'.
+"""The plan for a manifest file (:func:`plan_for`), and one apply of it with no
+questions asked (:func:`reconcile`): the daemon's and the verbs'.
 
+:func:`plan_for` is the one way a plan is made: ``mlx-lama plan`` and
+``apply``, the verbs and the daemon's hot reload all call it, so the same
+manifest change on the same machine gives the same plan whoever looks.
 ``mlx-lama apply`` shows its plan and asks before it stops anything; the
 daemon (at start, and for the pulls the manifest adds) and the verbs that
 edit the manifest (``pull``, ``rm``, ``serve MODEL``, ``stop``, ...) have
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_lama.filelock import apply_lock
@@ -18,10 +23,43 @@ from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.observe import observe
 from mlx_lama.orchestrator.plan import Action, ActionKind, Plan, PlanOptions, make_plan
 from mlx_lama.orchestrator.projects import project_key
+from mlx_lama.orchestrator.state import DesiredState, ObservedState
 from mlx_lama.schema import load_manifest
-from mlx_lama.schema.lockfile import lock_path_for, read_lock
+from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
+from mlx_lama.schema.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A plan and the two states it was made from."""
+
+    desired: DesiredState
+    observed: ObservedState
+    plan: Plan
+
+
+def plan_for(
+    manifest_path: Path,
+    manifest: Manifest,
+    lock: Lock,
+    *,
+    cache_dir: Path,
+    options: PlanOptions | None = None,
+    probe_externals: bool = False,
+) -> Planned:
+    """What it takes to make this machine match ``manifest`` (read from
+    ``manifest_path``, with its ``lock``), for that manifest's project only.
+    ``probe_externals``: also ask each external server whether it answers (only
+    warnings come of it, never actions)."""
+    project = project_key(manifest_path)
+    wanted = desired(
+        manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir, project=project
+    )
+    externals = wanted.externals if probe_externals else ()
+    observed = observe(cache_dir=cache_dir, externals=externals, project=project)
+    return Planned(wanted, observed, make_plan(wanted, observed, options or PlanOptions()))
 
 
 def reconcile(
@@ -41,15 +79,16 @@ def reconcile(
     with apply_lock():
         manifest = load_manifest(manifest_path)
         lock = read_lock(lock_path_for(manifest_path))
-        project = project_key(manifest_path)
-        wanted = desired(
-            manifest, lock, manifest_dir=manifest_path.parent, cache_dir=cache_dir, project=project
+        planned = plan_for(
+            manifest_path,
+            manifest,
+            lock,
+            cache_dir=cache_dir,
+            probe_externals=only is None and models is None,
         )
-        externals = wanted.externals if only is None and models is None else ()
-        observed = observe(cache_dir=cache_dir, externals=externals, project=project)
-        for warning in observed.warnings:
+        for warning in planned.observed.warnings:
             log.warning("%s", warning)
-        plan = make_plan(wanted, observed, PlanOptions(prune=False))
+        plan = planned.plan
         if only is not None:
             plan = Plan(plan.of(only))
         if models is not None:
@@ -62,8 +101,8 @@ def reconcile(
             manifest=manifest,
             manifest_path=manifest_path,
             lock=lock,
-            desired=wanted,
-            observed=observed,
+            desired=planned.desired,
+            observed=planned.observed,
             cache_dir=cache_dir,
             write_lock=True,
         )

@@ -15,7 +15,7 @@ yields an empty set, so the caller compares fingerprints then too: a save made
 after the caller's last look but before the watch was in place (or an event
 the platform dropped) is caught within that time.
 
-Used by the daemon (:mod:`mlx_lama.gateway.supervisor`) and ``mlx-lama apply
+Used by the daemon (:mod:`mlx_lama.orchestrator.supervisor`) and ``mlx-lama apply
 --watch``. Built on watchfiles (inotify on Linux, FSEvents on macOS).
 """
 

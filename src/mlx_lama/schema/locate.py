@@ -2,8 +2,9 @@
 
 ``tomllib`` gives values but not positions, and every manifest error must
 say ``file:line:col``. This scanner walks the text once, following TOML's
-lexical rules (comments, the four string forms, multi-line arrays, inline
-tables, array-of-tables indices), and records the position of each key,
+lexical rules (comments and the four string forms, lexed by
+:mod:`~mlx_lama.schema.tomlscan`; multi-line arrays, inline tables,
+array-of-tables indices), and records the position of each key,
 table header and array element. It is only run on text tomllib accepted, and
 on anything it does not understand it stops and returns what it has. Pure.
 """
@@ -15,6 +16,8 @@ import contextlib
 import json
 import tomllib
 from dataclasses import dataclass
+
+from mlx_lama.schema.tomlscan import COMMENT, QUOTES, comment_end, string_end
 
 KeyPath = tuple[str | int, ...]
 
@@ -87,9 +90,8 @@ class _Scanner:
             self.i += 1
 
     def skip_comment(self) -> None:
-        if self.peek() == "#":
-            end = self.s.find("\n", self.i)
-            self.i = len(self.s) if end < 0 else end
+        if self.peek() == COMMENT:
+            self.i = comment_end(self.s, self.i)
 
     def skip_blank_lines(self) -> None:
         """Whitespace, newlines and comments (inside arrays, between statements)."""
@@ -103,26 +105,10 @@ class _Scanner:
 
     def string(self) -> str:
         """Read any TOML string at the cursor and return its value."""
-        quote = self.peek()
-        triple = self.s.startswith(quote * 3, self.i)
         start = self.i
-        if triple:
-            end = self.s.find(quote * 3, self.i + 3)
-            while end >= 0 and quote == '"' and _escaped(self.s, end):
-                end = self.s.find(quote * 3, end + 1)
-            if end < 0:
-                raise _Stop
-            # Up to two extra quotes may close a multi-line string.
-            end += 3
-            while self.s.startswith(quote, end) and end - start < len(self.s):
-                end += 1
-        else:
-            end = self.i + 1
-            while end < len(self.s) and self.s[end] != quote:
-                if self.s[end] == "\n":
-                    raise _Stop
-                end += 2 if quote == '"' and self.s[end] == "\\" else 1
-            end += 1
+        end = string_end(self.s, start)
+        if end is None:
+            raise _Stop
         self.i = end
         value = tomllib.loads(f"v = {self.s[start:end]}")["v"]
         if not isinstance(value, str):
@@ -135,7 +121,7 @@ class _Scanner:
         while True:
             self.skip_blank()
             start = self.i
-            if self.peek() in ('"', "'"):
+            if self.peek() in QUOTES:
                 parts.append((self.string(), start))
             else:
                 while self.peek() in _BARE_KEY and self.peek():
@@ -192,7 +178,7 @@ class _Scanner:
 
     def value(self, path: KeyPath) -> None:
         ch = self.peek()
-        if ch in ('"', "'"):
+        if ch in QUOTES:
             self.string()
         elif ch == "[":
             self.array(path)
@@ -230,11 +216,3 @@ class _Scanner:
             self.skip_blank_lines()
             if self.peek() == ",":
                 self.i += 1
-
-
-def _escaped(text: str, index: int) -> bool:
-    """True when the character at ``index`` follows an odd run of backslashes."""
-    count = 0
-    while index - count - 1 >= 0 and text[index - count - 1] == "\\":
-        count += 1
-    return count % 2 == 1

@@ -207,6 +207,16 @@ class Manifest:
     def serve_mode(self, name: str) -> ServeMode:
         return self.models[name].serve or self.defaults.serve
 
+    def keep_alive_of(self, name: str) -> Duration:
+        """How long model ``name`` stays loaded once idle: its own ``keep_alive``, else
+        ``[defaults]``'s, else ``[server]``'s."""
+        entry = self.models[name]
+        return entry.keep_alive or self.defaults.keep_alive or self.server.keep_alive
+
+    def parameters_of(self, name: str) -> dict[str, object]:
+        """Model ``name``'s parameters: ``[defaults.parameters]`` under its own."""
+        return {**self.defaults.parameters.as_dict(), **self.models[name].parameters.as_dict()}
+
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Manifest:
         """Build from validated data (``to_data``'s output, or pydantic's dump)."""

@@ -1,6 +1,6 @@
 """Serve one model across several machines with MLX distributed: the rank launcher.
 
-A distributed server is started as ``python -m mlx_lama.distributed ... --
+A distributed server is started as ``python -m mlx_lama.backends.distributed ... --
 COMMAND``. This launcher is the process mlx-lama records (its process group
 holds every local rank, so stopping the server stops them all). It starts
 rank ``i`` of COMMAND on ``hosts[i]``, directly when that host is this
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mlx_lama.backends.spec import Distribution, RunRecord
 
-MODULE = "mlx_lama.distributed"
+MODULE = "mlx_lama.backends.distributed"
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "LogLevel=QUIET")
 _STOP_WAIT = 10.0  # seconds the ranks get to exit after SIGTERM, then SIGKILL
 
@@ -172,7 +172,7 @@ def _resolve(destination: str) -> str:
 def launcher_argv(
     distribution: Distribution, command: Sequence[str], env_names: Sequence[str]
 ) -> tuple[str, ...]:
-    """``python -m mlx_lama.distributed ... -- COMMAND``: how the backend starts a
+    """``python -m mlx_lama.backends.distributed ... -- COMMAND``: how the backend starts a
     distributed server. ``env_names`` are the variables every rank gets from the
     launcher's environment (names only: values stay out of the command line)."""
     argv = [sys.executable, "-m", MODULE, "--backend", distribution.backend]

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mlx_lama.daemonfile import running_daemon
 from mlx_lama.errors import MlxLamaError
+from mlx_lama.orchestrator.daemonfile import running_daemon
 from mlx_lama.orchestrator.watch import fingerprint
 
 POLL_SECONDS = 0.05
@@ -120,6 +120,25 @@ class Daemon:
                     hint="the change is saved; check the daemon's log, or send it SIGHUP",
                 )
             time.sleep(POLL_SECONDS)
+
+    def apply(self, *, timeout: float = 120.0) -> dict[str, Any]:
+        """Have the daemon reconcile the manifest on disk now (a failed server is tried
+        again); its plan, as ``plan --json`` shows one. Raises DaemonError when it
+        refuses the manifest or does not answer."""
+        reply = self.request("POST", "/mlx-lama/apply", {}, timeout=timeout)
+        if reply.status != 200:
+            raise DaemonError(
+                f"the daemon (pid {self.pid}) did not apply {self.manifest.name}: "
+                f"{reply.error_text()}",
+                hint="fix mlxlama.toml and save it: the daemon applies each valid save",
+            )
+        try:
+            plan = reply.json()["plan"]
+        except (ValueError, KeyError, TypeError):
+            plan = None
+        if not isinstance(plan, dict):
+            raise DaemonError(f"the mlx-lama daemon at {self.url} sent an unexpected answer")
+        return plan
 
     def wait_model(
         self,

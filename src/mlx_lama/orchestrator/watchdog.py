@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Protocol
 import psutil
 
 from mlx_lama.backends.base import launch_spec
-from mlx_lama.orchestrator import process
+from mlx_lama.orchestrator import process, readiness
 
 if TYPE_CHECKING:
     import asyncio
@@ -118,7 +118,7 @@ async def probe(slot: Slot, timeout: float) -> str | None:
     if record is None:
         return "it is not running"
     launch = launch_spec(slot.spec, record.port)
-    return await asyncio.to_thread(process.one_token, launch, timeout)
+    return await asyncio.to_thread(readiness.one_token, launch, timeout)
 
 
 async def answers_probe(slot: Slot, timeout: float) -> bool:

@@ -5,11 +5,14 @@ lifespan). It
 
 - watches the manifest and its lock (:mod:`mlx_lama.orchestrator.watch`) and
   reconciles after each save that changed their bytes, or on SIGHUP;
-- reconciles by reloading the gateway (:meth:`Gateway.reload`): routing-only
-  edits are live at once, a changed launch spec restarts only that server,
-  and nothing else is touched. A manifest that does not validate, or a
-  deleted one, is logged with its ``file:line`` problems and ignored: the last
-  good manifest stays in force (and ``/health`` shows the problem);
+- reconciles by planning, with the same planner and the same view of the
+  machine as ``mlx-lama apply`` (:func:`orchestrator.reconcile.plan_for`; the
+  plan is logged, and ``/health`` shows the last one), then reloading the gateway that
+  serves (``Served.reload``): routing-only edits are live at once, a changed
+  launch spec restarts only that server, and nothing else is touched. A
+  manifest that does not validate, or a deleted one, is logged with its
+  ``file:line`` problems and ignored: the last good manifest stays in force
+  (and ``/health`` shows the problem);
 - pulls models the manifest added that are not in the cache, in the
   background, the way the apply at start does (``orchestrator.reconcile``);
   the lock file it writes is a change like any other, after which
@@ -31,20 +34,23 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mlx_lama.errors import MlxLamaError, UsageError
-from mlx_lama.gateway.watchdog import probe
+from mlx_lama.orchestrator import policy
 from mlx_lama.orchestrator.apply import Outcome
 from mlx_lama.orchestrator.plan import ActionKind, Plan
-from mlx_lama.orchestrator.reconcile import reconcile
+from mlx_lama.orchestrator.reconcile import plan_for, reconcile
 from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
+from mlx_lama.orchestrator.watchdog import probe
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
 
 if TYPE_CHECKING:
-    from mlx_lama.gateway.core import Gateway
-    from mlx_lama.gateway.scheduler import Slot
+    from mlx_lama.orchestrator.scheduler import Scheduler
+    from mlx_lama.orchestrator.slots import Changes, Slot
+    from mlx_lama.schema.lockfile import Lock
+    from mlx_lama.schema.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +69,32 @@ class ManifestProblem:
     since: float  # epoch seconds
 
 
+class Served(Protocol):
+    """What the supervisor needs of the gateway it keeps in step with the manifest."""
+
+    @property
+    def manifest_path(self) -> Path: ...
+    @property
+    def cache_dir(self) -> Path: ...
+    @property
+    def not_downloaded(self) -> frozenset[str]: ...
+    @property
+    def scheduler(self) -> Scheduler: ...
+    async def reload(
+        self, manifest: Manifest | None = None, lock: Lock | None = None, *, wait: bool = True
+    ) -> Changes: ...
+
+
 class Supervisor:
     """Watches the manifest, reloads the gateway, pulls what is missing, probes servers."""
 
-    def __init__(self, gateway: Gateway, *, probe_interval: float | None = None) -> None:
+    def __init__(self, gateway: Served, *, probe_interval: float | None = None) -> None:
         self.gateway = gateway
         self.probe_interval = probe_interval if probe_interval is not None else probe_setting()
         self.problem: ManifestProblem | None = None
         self.reloads = 0  # successful reloads since start
+        self.plan: Plan | None = None  # the plan of the last reload, as `mlx-lama plan` shows it
+        self.last_changes: Changes | None = None  # what the scheduler did about that plan
         self._applied: Fingerprint | None = None  # what the last reload read
         self._wake = asyncio.Event()
         self._force = False
@@ -79,6 +103,8 @@ class Supervisor:
         self._pull_task: asyncio.Task[None] | None = None
         self._pull_again = False  # the manifest changed while a pull ran
         self._failed_pull: Fingerprint | None = None  # what was in force when a pull failed
+        self._rounds = [0, 0]  # reconciles begun, ended (for apply_now)
+        self._ended = asyncio.Condition()
 
     # -- lifecycle
 
@@ -125,10 +151,26 @@ class Supervisor:
             await self._wake.wait()
             self._wake.clear()
             force, self._force = self._force, False
+            self._rounds[0] += 1
             try:
                 await self.reconcile(force=force)
             except Exception:  # the loop must survive anything one reconcile does
                 log.exception("reconcile failed; the last good manifest stays in force")
+            finally:
+                async with self._ended:
+                    self._rounds[1] += 1
+                    self._ended.notify_all()
+
+    async def apply_now(self) -> Plan | None:
+        """Reconcile the files as they are now, even if they look unchanged (``mlx-lama
+        apply`` asks this of the daemon serving its manifest): a failed server is
+        tried again. Returns once a reconcile that began after this call has ended:
+        its plan, or None when the manifest was refused (see :attr:`problem`)."""
+        wanted = self._rounds[0] + 1
+        self.poke()
+        async with self._ended:
+            await self._ended.wait_for(lambda: self._rounds[1] >= wanted)
+        return None if self.problem is not None else self.plan
 
     async def reconcile(self, *, force: bool = False) -> bool:
         """Reload the manifest if its bytes (or its lock's) changed; True if reloaded."""
@@ -153,12 +195,16 @@ class Supervisor:
             self._refuse(f"{text}\nkeeping the last good manifest; fix and save to apply")
             return False
         began = time.monotonic()
+        planned = await asyncio.to_thread(
+            plan_for, path, manifest, lock, cache_dir=self.gateway.cache_dir
+        )
         changes = await self.gateway.reload(manifest, lock, wait=False)
         self._applied = seen
         self.reloads += 1
+        self.plan, self.last_changes = planned.plan, changes
         self._valid_again(path)
         log.info(
-            "reloaded %s in %.0f ms%s",
+            "reloaded %s in %.0f ms%s\n%s",
             path.name,
             (time.monotonic() - began) * 1000,
             "".join(
@@ -166,6 +212,7 @@ class Supervisor:
                 for what, slots in (("restarting", changes.replaced), ("stopping", changes.removed))
                 if slots
             ),
+            planned.plan.render().rstrip(),
         )
         self._start_pulls()
         return True
@@ -237,14 +284,9 @@ class Supervisor:
             await asyncio.sleep(_PROBE_TICK)
             now = time.monotonic()
             for slot in list(self.gateway.scheduler.slots.values()):
-                if self._probe_due(slot, now):
+                if policy.probe_due(slot, now, self.probe_interval):
                     slot.last_probe = now
                     await self._probe(slot)
-
-    def _probe_due(self, slot: Slot, now: float) -> bool:
-        if slot.state != "ready" or slot.record is None or slot.refs:
-            return False
-        return now - max(slot.last_used, slot.last_probe) >= self.probe_interval
 
     async def _probe(self, slot: Slot) -> None:
         record = slot.record
