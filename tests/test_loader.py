@@ -806,3 +806,20 @@ def test_only_loopback_hosts_may_go_without_an_api_key(host: str, needs_key: boo
         assert parse_manifest(text).server.host == host
         return
     assert "exposes the gateway beyond this machine" in only_problem(text).message
+
+
+def test_the_dataclasses_are_the_one_declaration_of_the_schema() -> None:
+    """Defaults, keys and constraints come from ``manifest.py``: an empty manifest
+    validates to the dataclasses' defaults, every table's validator takes exactly
+    its dataclass's keys, and a constraint written there is enforced."""
+    import dataclasses
+
+    from mlx_lama.schema import manifest as tables
+    from mlx_lama.schema import validation
+
+    assert parse_manifest("version = 1\n") == tables.Manifest()
+    for table in (tables.Manifest, tables.ServerSection, tables.ModelEntry, tables.Parameters):
+        model = validation.model_of(table)
+        assert list(model.model_fields) == [f.name for f in dataclasses.fields(table)]
+    with pytest.raises(ManifestError, match=r"top_p.*at most 1"):
+        parse_manifest("version = 1\n[defaults.parameters]\ntop_p = 2.0\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import typing
 from collections.abc import Callable, Iterator, Sequence
 
 from mlx_lama.cli._answer import Message, Settings, Target, format_warning, load, respond
@@ -32,18 +33,18 @@ CTRL_C_HINT = "Use Ctrl + d or /bye to exit."
 def parse_parameter(name: str, values: Sequence[str]) -> object:
     """A ``/set parameter NAME VALUE...`` value, typed and range-checked as the
     manifest's ``[parameters]`` are. Raises ValueError with the message to show."""
-    kinds = {f.name: str(f.type) for f in dataclasses.fields(Parameters)}
+    kinds = {key: _value_type(hint) for key, hint in typing.get_type_hints(Parameters).items()}
     kind = kinds.get(name)
     if kind is None:
         raise ValueError(f"unknown parameter '{name}' (known: {', '.join(kinds)})")
     if not values:
         raise ValueError(f"no value for parameter '{name}'")
     value: object
-    if kind.startswith("list"):
+    if kind is list:
         value = list(values)
     elif len(values) > 1:
         raise ValueError(f"parameter '{name}' takes one value")
-    elif kind.startswith("int"):
+    elif kind is int:
         try:
             value = int(values[0])
         except ValueError:
@@ -62,6 +63,13 @@ def parse_parameter(name: str, values: Sequence[str]) -> object:
     except ValidationError as error:
         raise ValueError(f"{name}: {error.errors()[0]['msg']}") from None
     return value
+
+
+def _value_type(hint: object) -> object:
+    """``int`` for ``int | None``, ``list`` for ``list[str] | None``: the type a
+    parameter's value has when it is set."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return typing.get_origin(options[0]) or options[0]
 
 
 # -- the interactive loop -------------------------------------------------------------

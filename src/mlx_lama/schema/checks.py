@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from mlx_lama.names import canonical_name, check_model_name, is_repo_id
 from mlx_lama.netaddr import is_loopback_host, url_port
+from mlx_lama.schema.constraints import server_url
 from mlx_lama.schema.locate import KeyPath, render_key_path
 from mlx_lama.schema.manifest import BUILTIN_BACKENDS
 
-_URL_EXAMPLE = 'as in url = "http://127.0.0.1:1234"'
 # Keys that configure files or a process mlx-lama runs; an external model has neither.
 _NOT_FOR_EXTERNAL = {
     "repo": "the server at url provides the model; remove repo",
@@ -30,38 +30,6 @@ _NOT_FOR_EXTERNAL = {
     "env": "mlx-lama does not start external servers; set its environment yourself",
     "adapter": "load the adapter in the external server itself; remove adapter",
 }
-
-
-def server_url(text: str) -> str:
-    """An external server's root URL, normalised: a trailing ``/`` and ``/v1`` are
-    dropped (OpenAI clients write the base URL with ``/v1``; mlx-lama adds it).
-    http or https, a host, no credentials, query or fragment. Raises ValueError
-    whose message ends with a "(hint)". Pure."""
-    if text != text.strip() or any(c.isspace() for c in text):
-        raise ValueError(f"url {text!r} contains spaces (remove them)")
-    try:
-        parts = urlsplit(text)
-        _ = parts.port  # raises on a port that is not a number in range
-    except ValueError:
-        raise ValueError(f"url {text!r} is not a valid URL ({_URL_EXAMPLE})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"url {text!r} must start with http:// or https:// ({_URL_EXAMPLE})")
-    if not parts.hostname:
-        raise ValueError(f"url {text!r} has no host ({_URL_EXAMPLE})")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            f"url {text!r} contains a user name or password "
-            "(credentials in the url are not supported; remove them)"
-        )
-    if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise ValueError(
-            f"url {text!r} has a query or fragment "
-            '(give the server\'s root, as in "http://127.0.0.1:1234")'
-        )
-    path = parts.path.rstrip("/")
-    path = path.removesuffix("/v1").rstrip("/")
-    return f"{scheme}://{parts.netloc}{path}"
 
 
 def closest(word: object, options: list[str] | tuple[str, ...]) -> str | None:

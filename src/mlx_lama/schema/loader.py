@@ -91,7 +91,7 @@ def decode_manifest(raw: bytes, source: Path) -> str:
 
 def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
     """Validate manifest ``text``; ``source`` is the file name used in messages. Pure."""
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 
     from mlx_lama.schema import validation
 
@@ -110,7 +110,7 @@ def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
             Problem(source, position.line, position.col, render_key_path(path), message, hint)
         )
 
-    model: validation.Manifest | None = None
+    model: BaseModel | None = None
     try:
         model = validation.Manifest.model_validate(data)
     except ValidationError as exc:

@@ -1,17 +1,22 @@
-"""The manifest as the rest of mlx-lama sees it: plain frozen dataclasses.
+"""The manifest, declared once: plain frozen dataclasses, one per table.
 
-``load_manifest`` builds these from data the pydantic models in
-``validation.py`` have already accepted (or from its cache of such data), so
-nothing here validates and importing this module stays cheap: ``plan`` and
-``list`` must not pay for pydantic when the manifest has not changed.
-``from_data`` takes the validated data in plain form, as ``to_data`` writes it.
+Each field's type, default and, in ``Annotated`` metadata, what it requires
+beyond its type (``constraints.py``) are written here and nowhere else:
+``validation.py`` generates the pydantic models that validate a manifest's
+text from these classes. ``load_manifest`` builds these from data those models
+have accepted (or from its memo of such data), so nothing here validates and
+importing this module stays cheap: ``plan`` and ``list`` must not pay for
+pydantic when the manifest has not changed. ``from_data`` takes the validated
+data in plain form, as ``to_data`` writes it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, cast, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
+from mlx_lama.schema.constraints import Bounds, Check, OneOrMany, server_url
 from mlx_lama.schema.units import Duration, Size
 
 SCHEMA_VERSION = 1
@@ -30,22 +35,45 @@ MIN_WEDGE_TIMEOUT = Duration(1.0)
 DEFAULT_MEMORY_BUDGET = Size(percent=75.0)
 
 
+def _flush_interval(value: Duration) -> Duration:
+    if not 0 <= value.seconds <= MAX_FLUSH_INTERVAL.seconds:
+        raise ValueError(
+            f'must be from 0 to {MAX_FLUSH_INTERVAL} (for example "3ms"; 0 writes each '
+            "token as it comes)"
+        )
+    return value
+
+
+def _wedge_timeout(value: Duration) -> Duration:
+    if value.seconds != 0 and not MIN_WEDGE_TIMEOUT.seconds <= value.seconds < math.inf:
+        raise ValueError(
+            f'must be 0 (no watchdog) or at least {MIN_WEDGE_TIMEOUT} (for example "60s"): '
+            "the time a model server with requests in flight may make no progress before "
+            "it is restarted"
+        )
+    return value
+
+
+Port = Annotated[int, Bounds(ge=1, le=65535)]
+ServerUrl = Annotated[str, Check(server_url)]
+
+
 @dataclass(frozen=True, slots=True)
 class Parameters:
     """Sampling and context settings, under Ollama's Modelfile PARAMETER names."""
 
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    num_predict: int | None = None
-    num_ctx: int | None = None
-    stop: list[str] | None = None
+    temperature: Annotated[float, Bounds(ge=0)] | None = None
+    top_p: Annotated[float, Bounds(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Bounds(ge=0)] | None = None
+    min_p: Annotated[float, Bounds(ge=0, le=1)] | None = None
+    num_predict: Annotated[int, Bounds(ge=-2)] | None = None
+    num_ctx: Annotated[int, Bounds(ge=1)] | None = None
+    stop: Annotated[list[str], OneOrMany()] | None = None
     seed: int | None = None
-    repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    repeat_penalty: Annotated[float, Bounds(ge=0)] | None = None
+    repeat_last_n: Annotated[int, Bounds(ge=-1)] | None = None
+    presence_penalty: Annotated[float, Bounds(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Bounds(ge=-2, le=2)] | None = None
 
     def as_dict(self) -> dict[str, object]:
         """The parameters that are set, in declaration order."""
@@ -71,14 +99,14 @@ class ServerSection:
     """``[server]``: the gateway that ``mlx-lama serve`` runs."""
 
     host: str = "127.0.0.1"
-    port: int = 11434
+    port: Port = 11434
     keep_alive: Duration = DEFAULT_KEEP_ALIVE
-    max_loaded: int = 3
+    max_loaded: Annotated[int, Bounds(ge=1)] = 3
     memory_budget: Size = DEFAULT_MEMORY_BUDGET
     api_key: str | None = None
     origins: list[str] = field(default_factory=list)
-    flush_interval: Duration = DEFAULT_FLUSH_INTERVAL
-    wedge_timeout: Duration = DEFAULT_WEDGE_TIMEOUT
+    flush_interval: Annotated[Duration, Check(_flush_interval)] = DEFAULT_FLUSH_INTERVAL
+    wedge_timeout: Annotated[Duration, Check(_wedge_timeout)] = DEFAULT_WEDGE_TIMEOUT
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> ServerSection:
@@ -109,7 +137,11 @@ class Defaults:
 
 @dataclass(frozen=True, slots=True)
 class BackendSection:
-    """``[backends.NAME]``: a named engine configuration models can refer to."""
+    """``[backends.NAME]``: a named engine configuration models can refer to.
+
+    ``type`` may be left out when NAME is itself a built-in backend, which is
+    how a manifest passes extra flags to every mlx-lm server, say.
+    """
 
     type: BackendType | None = None
     args: list[str] = field(default_factory=list)
@@ -122,17 +154,17 @@ class ModelEntry:
 
     repo: str | None = None
     path: str | None = None
-    url: str | None = None  # server root of an external model, as normalised by the schema
+    url: ServerUrl | None = None  # server root of an external model, normalised
     revision: str | None = None
     backend: str | None = None
     serve: ServeMode | None = None
-    port: int | None = None
+    port: Port | None = None
     keep_alive: Duration | None = None
     pin: bool = False
     system: str | None = None
     template: str | None = None
     adapter: str | None = None
-    license: list[str] = field(default_factory=list)  # Modelfile LICENSE texts
+    license: Annotated[list[str], OneOrMany()] = field(default_factory=list)  # Modelfile LICENSE
     messages: list[Message] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -143,7 +175,7 @@ class ModelEntry:
     distributed: DistributedBackend | None = None  # None: "ring" when hosts are set
     pipeline: bool = False  # pipeline parallel instead of tensor parallel
     files: FilesMode = "check"  # "shared": the model folder is on a volume every host sees
-    ring_port: int | None = None  # first port of the ring (one per rank); None: any free one
+    ring_port: Port | None = None  # first port of the ring (one per rank); None: any free one
 
     @property
     def is_distributed(self) -> bool:
@@ -164,7 +196,7 @@ class ModelEntry:
 class RemoteSection:
     """``[remotes.NAME]``: another mlx-lama (or Ollama) gateway whose models ours routes to."""
 
-    url: str  # the gateway's root, as normalised by the schema
+    url: ServerUrl  # the gateway's root, normalised
     api_key: str | None = None  # bearer token the remote gateway asks for
     models: list[str] = field(default_factory=list)  # only these; empty: all it lists
 
@@ -179,7 +211,7 @@ class RemoteSection:
 class Manifest:
     """A whole ``mlxlama.toml``."""
 
-    version: int = SCHEMA_VERSION
+    version: Literal[1] = 1  # a file must say it: the loader refuses one that does not
     server: ServerSection = ServerSection()
     defaults: Defaults = Defaults()
     aliases: dict[str, str] = field(default_factory=dict)

@@ -1,174 +1,98 @@
-"""The manifest's trust boundary: pydantic models that validate ``mlxlama.toml``.
+"""The manifest's trust boundary: pydantic models generated from ``manifest.py``.
 
-Every table forbids unknown keys and types are strict (``port = "8080"`` is
-an error, not a guess). Only the loader uses these, and only when a
-manifest's text is new to it; the rest of mlx-lama works with the plain
-dataclasses in ``manifest.py``. Checks that span entries live in
+The manifest is declared once, as the dataclasses in ``manifest.py``: their
+types, defaults and, in ``Annotated`` metadata, what ``constraints.py``
+requires beyond the types. :func:`model_of` generates the pydantic model of
+each table from them, where every table forbids unknown keys and types are
+strict (``port = "8080"`` is an error, not a guess). Only the loader uses
+:data:`Manifest`, and only when a manifest's text is new to it; the rest of
+mlx-lama works with the dataclasses. Checks that span entries live in
 ``checks.py``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Literal
+import dataclasses
+import types
+import typing
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from mlx_lama.schema.checks import server_url
-from mlx_lama.schema.manifest import (
-    DEFAULT_FLUSH_INTERVAL,
-    DEFAULT_KEEP_ALIVE,
-    DEFAULT_MEMORY_BUDGET,
-    DEFAULT_WEDGE_TIMEOUT,
-    MAX_FLUSH_INTERVAL,
-    MIN_WEDGE_TIMEOUT,
-    BackendType,
-    DistributedBackend,
-    FilesMode,
-    ServeMode,
-)
-from mlx_lama.schema.units import Duration, Size
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-ServerUrl = Annotated[str, AfterValidator(server_url)]
-
-
-def _flush_interval(value: Duration) -> Duration:
-    if not 0 <= value.seconds <= MAX_FLUSH_INTERVAL.seconds:
-        raise ValueError(
-            f'must be from 0 to {MAX_FLUSH_INTERVAL} (for example "3ms"; 0 writes each '
-            "token as it comes)"
-        )
-    return value
-
-
-FlushInterval = Annotated[Duration, AfterValidator(_flush_interval)]
-
-
-def _wedge_timeout(value: Duration) -> Duration:
-    if value.seconds != 0 and not MIN_WEDGE_TIMEOUT.seconds <= value.seconds < math.inf:
-        raise ValueError(
-            f'must be 0 (no watchdog) or at least {MIN_WEDGE_TIMEOUT} (for example "60s"): '
-            "the time a model server with requests in flight may make no progress before "
-            "it is restarted"
-        )
-    return value
-
-
-WedgeTimeout = Annotated[Duration, AfterValidator(_wedge_timeout)]
-
-
-def _one_or_many(value: object) -> object:
-    # Modelfiles repeat `PARAMETER stop` and LICENSE; in TOML one string is the common slip.
-    return [value] if isinstance(value, str) else value
+from mlx_lama.schema import manifest
+from mlx_lama.schema.constraints import Bounds, Check, OneOrMany, one_or_many
 
 
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class Parameters(_Table):
-    """Sampling and context settings, under Ollama's Modelfile PARAMETER names."""
-
-    temperature: Annotated[float, Field(ge=0)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    num_predict: Annotated[int, Field(ge=-2)] | None = None
-    num_ctx: Annotated[int, Field(ge=1)] | None = None
-    stop: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
-    seed: int | None = None
-    repeat_penalty: Annotated[float, Field(ge=0)] | None = None
-    repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+_MODELS: dict[type[Any], type[BaseModel]] = {}
 
 
-class Message(_Table):
-    """A seeded conversation turn (Modelfile MESSAGE)."""
-
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ServerSection(_Table):
-    """``[server]``: the gateway that ``mlx-lama serve`` runs."""
-
-    host: str = "127.0.0.1"
-    port: Port = 11434
-    keep_alive: Duration = DEFAULT_KEEP_ALIVE
-    max_loaded: Annotated[int, Field(ge=1)] = 3
-    memory_budget: Size = DEFAULT_MEMORY_BUDGET
-    api_key: str | None = None
-    origins: list[str] = Field(default_factory=list)
-    flush_interval: FlushInterval = DEFAULT_FLUSH_INTERVAL
-    wedge_timeout: WedgeTimeout = DEFAULT_WEDGE_TIMEOUT
-
-
-class Defaults(_Table):
-    """``[defaults]``: what a model entry gets for the keys it leaves out."""
-
-    backend: str = "mlx-lm"
-    serve: ServeMode = "on-demand"
-    keep_alive: Duration | None = None
-    parameters: Parameters = Parameters()
+def model_of(table: type[Any]) -> type[BaseModel]:
+    """The pydantic model of the manifest dataclass ``table``, the models of the
+    tables inside it included (each made once)."""
+    made = _MODELS.get(table)
+    if made is not None:
+        return made
+    hints = typing.get_type_hints(table, include_extras=True)
+    fields: dict[str, Any] = {}
+    for item in dataclasses.fields(table):
+        if item.default_factory is not dataclasses.MISSING:
+            default: Any = Field(default_factory=item.default_factory)
+        elif _is_table(type(item.default)):
+            # A table's default is the table with every key left out.
+            kind: type[Any] = type(item.default)
+            assert item.default == kind(), f"{table.__name__}.{item.name}"
+            default = Field(default_factory=model_of(kind))
+        elif item.default is dataclasses.MISSING:
+            default = ...
+        else:
+            default = item.default
+        fields[item.name] = (_pydantic(hints[item.name]), default)
+    model: type[BaseModel] = create_model(
+        table.__name__, __base__=_Table, __doc__=table.__doc__, **fields
+    )
+    _MODELS[table] = model
+    return model
 
 
-class BackendSection(_Table):
-    """``[backends.NAME]``: a named engine configuration models can refer to.
-
-    ``type`` may be left out when NAME is itself a built-in backend, which is
-    how a manifest passes extra flags to every mlx-lm server, say.
-    """
-
-    type: BackendType | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-
-
-class ModelEntry(_Table):
-    """``[models.NAME]``: one model to keep on disk and maybe serve, or an external server's."""
-
-    repo: str | None = None
-    path: str | None = None
-    url: ServerUrl | None = None
-    revision: str | None = None
-    backend: str | None = None
-    serve: ServeMode | None = None
-    port: Port | None = None
-    keep_alive: Duration | None = None
-    pin: bool = False
-    system: str | None = None
-    template: str | None = None
-    adapter: str | None = None
-    license: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(default_factory=list)
-    messages: list[Message] = Field(default_factory=list)
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    parameters: Parameters = Parameters()
-    hosts: list[str] = Field(default_factory=list)
-    hostfile: str | None = None
-    distributed: DistributedBackend | None = None
-    pipeline: bool = False
-    files: FilesMode = "check"
-    ring_port: Port | None = None
+def _pydantic(annotation: Any) -> Any:
+    """``annotation`` with each manifest table replaced by its model and each
+    constraint by its pydantic form."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return typing.Annotated[(_pydantic(args[0]), *map(_constraint, args[1:]))]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(map(_pydantic, args))]  # noqa: UP007 (built from a tuple)
+    if origin in (list, dict):
+        return origin[tuple(map(_pydantic, args))]
+    if _is_table(annotation):
+        return model_of(annotation)
+    return annotation
 
 
-class RemoteSection(_Table):
-    """``[remotes.NAME]``: another gateway whose models ours routes to."""
+def _is_table(annotation: Any) -> bool:
+    """A manifest table (a dataclass of ``manifest.py``; ``Duration`` and ``Size`` are
+    values, validated by their own schema)."""
+    return (
+        isinstance(annotation, type)
+        and dataclasses.is_dataclass(annotation)
+        and annotation.__module__ == manifest.__name__
+    )
 
-    url: ServerUrl
-    api_key: str | None = None
-    models: list[str] = Field(default_factory=list)
+
+def _constraint(marker: object) -> object:
+    if isinstance(marker, Bounds):
+        return Field(ge=marker.ge, le=marker.le)  # None: that end is open
+    if isinstance(marker, Check):
+        return AfterValidator(marker.check)
+    if isinstance(marker, OneOrMany):
+        return BeforeValidator(one_or_many)
+    return marker
 
 
-class Manifest(_Table):
-    """A whole ``mlxlama.toml``."""
-
-    version: Literal[1] = 1  # a file must say it: the loader refuses one that does not
-    server: ServerSection = ServerSection()
-    defaults: Defaults = Defaults()
-    aliases: dict[str, str] = Field(default_factory=dict)
-    backends: dict[str, BackendSection] = Field(default_factory=dict)
-    models: dict[str, ModelEntry] = Field(default_factory=dict)
-    remotes: dict[str, RemoteSection] = Field(default_factory=dict)
+Manifest = model_of(manifest.Manifest)
+Parameters = model_of(manifest.Parameters)  # for one parameter set in a chat (`/set`)
