@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from mlx_lama.gateway.models import (
-    ModelFacts,
     details,
     human_count,
     parameter_count,
@@ -16,6 +15,7 @@ from mlx_lama.gateway.models import (
     show_response,
     tags_entry,
 )
+from mlx_lama.orchestrator.facts import ModelFacts
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.modelfile_render import render_modelfile
 

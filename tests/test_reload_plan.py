@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
+
 from mlx_lama import paths
 from mlx_lama.gateway.server import prepare
 from mlx_lama.orchestrator.plan import ActionKind
 from mlx_lama.orchestrator.reconcile import reconcile
 from mlx_lama.orchestrator.supervisor import Supervisor
 from tests.fixtures.cli import cli
-from tests.fixtures.gateway import reap_servers
+from tests.fixtures.gateway import gateway_in_thread, reap_servers
 
 READY = 120.0  # s a tiny server may take to start here, generously
 
@@ -71,3 +73,26 @@ def test_a_hot_reload_plans_what_mlx_lama_plan_shows(tiny_model: Path, tmp_path:
         assert replaced == {"a"} and removed == {"b"}
     finally:
         reap_servers(home)
+
+
+def test_the_daemon_applies_on_request_and_refuses_a_bad_manifest(tmp_path: Path) -> None:
+    """``POST /mlx-lama/apply`` (what ``mlx-lama apply`` hands a daemon) reconciles the
+    files as they are now and answers with the plan; a manifest that does not
+    validate is refused with its problem, and the last good one stays in force."""
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text("version = 1\n", encoding="utf-8")
+    with gateway_in_thread(manifest) as running, httpx.Client(trust_env=False) as http:
+        url = running.url + "/mlx-lama/apply"
+        before = running.health()["reloads"]
+        assert isinstance(before, int)
+        reply = http.post(url, json={}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["plan"] == {"changes": [], "summary": "No changes.", "notes": []}
+        # Answered by a reload of its own, though the files did not change.
+        assert reply.json()["reloads"] > before
+
+        manifest.write_text("version = 1\n[server]\nport = 0\n", encoding="utf-8")
+        refused = http.post(url, json={}, timeout=30)
+        assert refused.status_code == 409, refused.text
+        assert "port" in refused.json()["error"] and "last good manifest" in refused.text
+        assert running.health()["status"] == "degraded"

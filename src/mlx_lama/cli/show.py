@@ -20,7 +20,8 @@ from mlx_lama.cli._common import JsonFlag, ManifestFile, handles_errors
 from mlx_lama.errors import MlxLamaError, UsageError
 
 if TYPE_CHECKING:
-    from mlx_lama.gateway.models import JsonObject, ModelFacts
+    from mlx_lama.gateway.models import JsonObject
+    from mlx_lama.orchestrator.facts import ModelFacts
     from mlx_lama.schema.manifest import Manifest, ModelEntry
 
 _PREVIEW_LINES = 4  # of System and License in the default view, as ollama show shortens them
@@ -144,8 +145,8 @@ class _Shown:
     @classmethod
     def of(cls, manifest: Manifest, name: str, manifest_path: Path) -> _Shown:
         from mlx_lama import paths
-        from mlx_lama.gateway.facts import model_folder, read_facts
         from mlx_lama.orchestrator.desired import model_spec
+        from mlx_lama.orchestrator.facts import model_folder, read_facts
         from mlx_lama.schema.lockfile import lock_path_for, read_lock
 
         entry = manifest.models[name]

@@ -382,7 +382,8 @@ async def _health(request: Request) -> Response:
 
 async def _apply(request: Request) -> Response:
     """Reconcile the manifest on disk now (``mlx-lama apply`` hands its server changes
-    to the daemon this way): ``{"plan": ...}`` once the reload is done; the servers
+    to the daemon this way): ``{"plan": ..., "reloads": N}`` once that reload (the
+    daemon's Nth) is done; the servers
     it starts or stops get there in the background (``/health`` shows them). 409
     with the problem when the manifest on disk is refused."""
     supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
@@ -392,7 +393,7 @@ async def _apply(request: Request) -> Response:
     if plan is None:
         problem = supervisor.problem.message if supervisor.problem else "the manifest was refused"
         raise ApiError(409, problem)
-    return JSONResponse({"plan": plan.as_dict()})
+    return JSONResponse({"plan": plan.as_dict(), "reloads": supervisor.reloads})
 
 
 async def _metrics(request: Request) -> Response:

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from mlx_lama.gateway.activity import Activity
-from mlx_lama.gateway.facts import model_folder, read_config, read_facts
 from mlx_lama.gateway.metrics import Metrics
-from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.remotes import RemoteSet
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.validate import Limits
 from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.facts import ModelFacts, model_folder, read_config, read_facts
 from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.scheduler import Scheduler
 from mlx_lama.orchestrator.slots import Changes, SchedulerConfig

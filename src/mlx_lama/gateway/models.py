@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from mlx_lama.orchestrator.facts import ModelFacts
 from mlx_lama.schema.manifest import ModelEntry
 from mlx_lama.schema.modelfile_render import ModelfileRenderError, parameter_lines, render_modelfile
 
 JsonObject = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelFacts:
-    """What the cache knows about a model's files."""
-
-    size: int  # bytes on disk
-    modified: float  # epoch seconds
-    commit: str | None
-    config: Mapping[str, Any]  # config.json
-    tokenizer_config: Mapping[str, Any]  # tokenizer_config.json (chat_template lives here)
 
 
 def parameter_count(config: Mapping[str, Any]) -> int | None:

@@ -28,10 +28,8 @@ from mlx_lama.errors import MlxLamaError, UsageError
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.security import Listen, security_policy
 from mlx_lama.netaddr import is_loopback_host, parse_listen_address
-from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.daemonfile import daemon_file
 from mlx_lama.orchestrator.projects import remember
-from mlx_lama.orchestrator.runrecords import inspect_record, read_records
 from mlx_lama.orchestrator.scheduler import Scheduler
 from mlx_lama.orchestrator.slots import DEFAULT_MAX_QUEUE, SchedulerConfig
 from mlx_lama.schema import load_manifest
@@ -101,18 +99,7 @@ def prepare(
         ready_timeout=ready_timeout,
     )
     remember(manifest_path)  # so other projects' prunes keep what it names
-    records, warnings = read_records()
-    for warning in warnings:
-        log.warning("%s", warning)
-    # Only this project's servers: another project's are never adopted or stopped.
-    inspected = [s for s in map(inspect_record, records) if s.project == gateway.project]
-    for gone in (s.record for s in inspected if not s.alive):
-        log.info("dropping the run record of %r: pid %d is gone", gone.name, gone.pid)
-        process.stop_server(gone)  # signals nothing: only deletes the record
-    running = [s.record for s in inspected if s.state == "running"]
-    adopted = gateway.scheduler.adopt(running)
-    if adopted:
-        log.info("adopted running servers: %s", ", ".join(sorted(adopted)))
+    gateway.scheduler.adopt_running(gateway.project)
     return gateway
 
 

@@ -1,7 +1,7 @@
 """Where a manifest model's files are, and what they say: :class:`ModelFacts`.
 
 The gateway (``/api/tags``, ``/api/show``, ``/api/ps``) and ``mlx-lama show``
-both read a model's facts through here, so they find the same folder: a
+(which share it from below both) read a model's facts through here, so they find the same folder: a
 ``path`` model's own folder, or the cache snapshot of the commit the lock pins
 (none until the model is locked and pulled). Reads the disk; never writes,
 never downloads.
@@ -10,14 +10,26 @@ never downloads.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mlx_lama.gateway.models import ModelFacts
 from mlx_lama.orchestrator.cache import bytes_in
 from mlx_lama.orchestrator.state import ModelSpec, snapshot_folder
 from mlx_lama.schema.lockfile import LockedModel
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the cache knows about a model's files."""
+
+    size: int  # bytes on disk
+    modified: float  # epoch seconds
+    commit: str | None
+    config: Mapping[str, Any]  # config.json
+    tokenizer_config: Mapping[str, Any]  # tokenizer_config.json (chat_template lives here)
 
 
 def model_folder(spec: ModelSpec, cache_dir: Path) -> Path | None:

@@ -126,8 +126,9 @@ class Loader(SlotTable):
         return policy.fits_beside(old, new, self.loaded(), budget=budget, available=available)
 
     def _start(self, spec: ServerSpec, beside: bool = False) -> RunRecord:
-        """Start ``spec``'s server, or take over one already running for it (started by
-        ``mlx-lama apply`` meanwhile). ``beside`` the one it replaces, it is recorded
+        """Start ``spec``'s server, or take over one already running for it (started
+        behind this daemon's back: by an ``mlx-lama apply`` that began before it, or
+        by hand). ``beside`` the one it replaces, it is recorded
         under a staging name until that one has stopped (see
         :func:`process.rename_record`)."""
         if not beside:
@@ -162,7 +163,7 @@ class Loader(SlotTable):
         slot.log_tail = process.tail_log(process.log_path_for(slot.name))
         log.error(
             "giving up on %r: %d failures within %.0f minutes (last: %s); "
-            "it is retried when the manifest changes",
+            "it is retried when the manifest changes or `mlx-lama apply` runs",
             slot.name,
             len(slot.failures),
             policy.FAILURE_WINDOW / 60,

@@ -124,7 +124,8 @@ def unavailable(slot: Slot) -> SchedulerError | None:
             f"model {slot.name!r} failed {len(slot.failures)} times within "
             f"{FAILURE_WINDOW / 60:.0f} minutes and is not started again (last: {slot.error})",
             status=503,
-            hint="see `mlx-lama ps` and the server's log; saving the manifest retries it",
+            hint="see `mlx-lama ps` and the server's log; saving the manifest or "
+            "`mlx-lama apply` retries it",
         )
     return None
 

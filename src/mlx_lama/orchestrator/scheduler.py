@@ -37,7 +37,7 @@ from typing import Any
 
 from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.errors import MlxLamaError
-from mlx_lama.orchestrator import policy, process
+from mlx_lama.orchestrator import policy, process, runrecords
 from mlx_lama.orchestrator.loading import Loader, quietly
 from mlx_lama.orchestrator.slots import (
     Changes,
@@ -60,6 +60,12 @@ _TICK = 0.25  # s between looks at every server (expiry, crashes, due starts)
 
 class Scheduler(Loader):
     """Loaded servers and the rules for loading and unloading them. Use from one event loop."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        super().__init__(config)
+        self._pending = 0  # requests waiting for a server to start
+        self._reaper: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def configure(
         self,
@@ -130,6 +136,23 @@ class Scheduler(Loader):
                 slot.loading = self._load_task(slot)
             tasks.append(self._spawn(quietly(slot.loading)))
         return tasks
+
+    def adopt_running(self, project: str) -> list[str]:
+        """At the daemon's start: adopt ``project``'s servers already running from these
+        specs (their run records checked against the process table) and drop the
+        records of dead ones. Another project's servers are never adopted or stopped.
+        Returns the names adopted."""
+        records, warnings = runrecords.read_records()
+        for warning in warnings:
+            log.warning("%s", warning)
+        inspected = [s for s in map(runrecords.inspect_record, records) if s.project == project]
+        for gone in (s.record for s in inspected if not s.alive):
+            log.info("dropping the run record of %r: pid %d is gone", gone.name, gone.pid)
+            process.stop_server(gone)  # signals nothing: only deletes the record
+        adopted = self.adopt(s.record for s in inspected if s.state == "running")
+        if adopted:
+            log.info("adopted running servers: %s", ", ".join(sorted(adopted)))
+        return adopted
 
     def adopt(self, records: Iterable[RunRecord]) -> list[str]:
         """Take over servers already running from our specs (found by ``observe``)."""

@@ -37,11 +37,8 @@ class SlotTable:
         # Removed from the manifest, their servers not stopped yet (``/health`` lists
         # them until they are, so a verb that removed one can wait for its stop).
         self.retiring: dict[str, Slot] = {}
-        self._pending = 0
         self._load_lock = asyncio.Lock()
         self._idle = asyncio.Event()  # set whenever a request releases a server
-        self._reaper: asyncio.Task[None] | None = None
-        self._watcher: asyncio.Task[None] | None = None
         self.watchdog = Watchdog()
         self._tasks: set[asyncio.Task[object]] = set()
         self.on_load: Callable[[str, float, bool], None] | None = None
