@@ -19,6 +19,13 @@ Opt-in:
   :data:`TINY_REPO_ID`.
 * ``cached_model``: the tiny model in the test's HF cache as :data:`TINY_REPO_ID`.
 
+Markers:
+
+* ``engine(NAME)``: the test runs the NAME engine (``vllm-mlx``). It is skipped,
+  with the reason, when that engine is not installed, unless
+  ``MLX_LAMA_REQUIRE_ENGINES`` is set (``.ci/run`` sets it): then it fails, so
+  CI proves every engine.
+
 Helpers live in ``tests/fixtures/`` (import them as ``tests.fixtures.<module>``).
 """
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -48,6 +56,33 @@ from tests.fixtures.hub import HubStandIn  # noqa: E402
 from tests.fixtures.tiny_model import make_tiny_model  # noqa: E402
 
 TINY_REPO_ID = "mlx-test/tiny-llama"
+REQUIRE_ENGINES = "MLX_LAMA_REQUIRE_ENGINES"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background from a non-interactive shell runs with
+    SIGINT ignored, and a child inherits an ignored signal through exec: the CLI
+    under test would never see the Ctrl-C a test sends it. Python's own handler
+    instead is reset to the default in every child, so the tests mean the same
+    however the suite was started."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, with ``MLX_LAMA_REQUIRE_ENGINES``, fail) a test whose ``engine``
+    is not installed here."""
+    from mlx_lama.backends.base import get_backend
+
+    for marker in item.iter_markers("engine"):
+        engine = str(marker.args[0])
+        backend = get_backend(engine)
+        if backend.package_present() or backend.binary() is not None:
+            continue
+        why = f"the {engine} engine is not installed (`uv sync --all-extras` installs it)"
+        if os.environ.get(REQUIRE_ENGINES):
+            pytest.fail(f"{why}; {REQUIRE_ENGINES} is set, so every engine must be", False)
+        pytest.skip(why)
 
 
 @pytest.fixture(autouse=True)

@@ -308,6 +308,7 @@ def test_lock_refuses_unknown_or_misused_model_names(project: Path, two_repos: H
 
 
 @pytest.mark.server
+@pytest.mark.engine("vllm-mlx")
 def test_both_engines_serve_and_a_model_switches_backend(
     project: Path, published_model: object
 ) -> None:

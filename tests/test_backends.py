@@ -56,11 +56,13 @@ def test_backend_modules_load_lazily_and_never_import_their_engine() -> None:
     }
 
 
-def test_installed_packages_are_detected_with_their_version() -> None:
-    for name, dist in (("mlx-lm", "mlx-lm"), ("vllm-mlx", "vllm-mlx")):
-        found = get_backend(name).detect(services=False)
-        assert (found.available, found.found_by) == (True, "package")
-        assert found.version == importlib.metadata.version(dist)
+@pytest.mark.parametrize(
+    "name", ["mlx-lm", pytest.param("vllm-mlx", marks=pytest.mark.engine("vllm-mlx"))]
+)
+def test_installed_packages_are_detected_with_their_version(name: str) -> None:
+    found = get_backend(name).detect(services=False)
+    assert (found.available, found.found_by) == (True, "package")
+    assert found.version == importlib.metadata.version(name)
 
 
 def test_a_missing_package_is_unavailable_with_its_install_command(no_vllm: None) -> None:

@@ -429,7 +429,9 @@ def _engine_argv(engine: str, model: Path, port: int) -> tuple[list[str], str]:
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("engine", ["mlx-lm", "vllm-mlx"])
+@pytest.mark.parametrize(
+    "engine", ["mlx-lm", pytest.param("vllm-mlx", marks=pytest.mark.engine("vllm-mlx"))]
+)
 def test_engine_serves_the_tiny_model(
     engine: str, tiny_model: Path, loaded_tiny: tuple[Any, Any], tmp_path: Path
 ) -> None:

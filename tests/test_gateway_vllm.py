@@ -12,7 +12,7 @@ import pytest
 
 from tests.fixtures.gateway import gateway_in_thread
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.engine("vllm-mlx")]
 
 
 def test_ollama_and_openai_requests_reach_vllm_mlx_under_the_served_name(

@@ -22,6 +22,7 @@ from tests.fixtures.servers import server_spec
 MODEL = Path("/models/tiny")
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 PY = sys.executable
+VLLM = pytest.param("vllm-mlx", marks=pytest.mark.engine("vllm-mlx"))  # needs vllm-mlx installed
 
 
 def spec(engine: Engine = "mlx-lm", **changes: object) -> ServerSpec:
@@ -98,6 +99,7 @@ def test_mlx_lm_adapter_and_template_come_before_parameters() -> None:
         ({"args": ("--continuous-batching",)}, ("--continuous-batching",)),
     ],
 )  # fmt: skip
+@pytest.mark.engine("vllm-mlx")
 def test_vllm_mlx_argv(changes: dict[str, object], extra: tuple[str, ...]) -> None:
     launch = launch_spec(spec("vllm-mlx", **changes), 8081)
     assert launch.argv == VLLM_BASE + extra
@@ -111,7 +113,7 @@ def test_vllm_mlx_refuses_what_it_cannot_do(field: str) -> None:
         launch_spec(spec("vllm-mlx", **{field: value}), 8081)
 
 
-@pytest.mark.parametrize("engine", ["mlx-lm", "vllm-mlx"])
+@pytest.mark.parametrize("engine", ["mlx-lm", VLLM])
 def test_env_is_offline_and_takes_manifest_env(engine: Engine) -> None:
     plain = launch_spec(spec(engine), 8081)
     assert dict(plain.env) == {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -119,7 +121,7 @@ def test_env_is_offline_and_takes_manifest_env(engine: Engine) -> None:
     assert dict(custom.env) == {"HF_HUB_OFFLINE": "0", "PYTHONUNBUFFERED": "1", "MLX_X": "y"}
 
 
-@pytest.mark.parametrize("engine", ["mlx-lm", "vllm-mlx"])
+@pytest.mark.parametrize("engine", ["mlx-lm", VLLM])
 def test_host_and_port(engine: Engine) -> None:
     launch = launch_spec(spec(engine, host="0.0.0.0"), 9000)
     assert launch.argv[launch.argv.index("--host") :][:2] == ("--host", "0.0.0.0")
@@ -136,8 +138,8 @@ def test_host_and_port(engine: Engine) -> None:
         ("mlx-lm", "--port=9"),
         ("mlx-lm", "--hos"),  # argparse would expand the prefix to --host
         ("mlx-lm", "--model"),
-        ("vllm-mlx", "--served-model-name=x"),
-        ("vllm-mlx", "--host"),
+        pytest.param("vllm-mlx", "--served-model-name=x", marks=pytest.mark.engine("vllm-mlx")),
+        pytest.param("vllm-mlx", "--host", marks=pytest.mark.engine("vllm-mlx")),
     ],
 )
 def test_args_may_not_override_managed_flags(engine: Engine, arg: str) -> None:

@@ -173,6 +173,7 @@ def test_mlx_lm_taken_port_is_reported(tiny_model: Path, cleanup: list[RunRecord
 
 
 @pytest.mark.server
+@pytest.mark.engine("vllm-mlx")
 def test_vllm_mlx_start_serve_stop(tiny_model: Path, cleanup: list[RunRecord]) -> None:
     server = server_spec(tiny_model, "vllm-mlx", parameters=(("num_predict", 2),))
     began = time.monotonic()

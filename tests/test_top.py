@@ -228,6 +228,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.engine("vllm-mlx")  # the next installed backend is vllm-mlx
 def test_b_moves_a_model_to_the_next_installed_backend(tmp_path: Path) -> None:
     from mlx_lama.cli.daemonclient import Daemon
     from mlx_lama.cli.top import backend_choices, switch_backend

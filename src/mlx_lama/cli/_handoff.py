@@ -78,11 +78,11 @@ def settle(
     daemon.wait_applied()
     for name in models:
         if name not in manifest.models:
-            daemon.wait_model(name, _stopped, timeout=60.0, what="stop")
+            daemon.wait_model(name, _stopped, timeout=STOP_TIMEOUT, what="stop")
         elif manifest.serve_mode(name) == "always" and not manifest.is_external(name):
             daemon.wait_model(name, _ready, timeout=timeout, what="start")
         elif manifest.serve_mode(name) == "never":
-            daemon.wait_model(name, _stopped, timeout=60.0, what="stop")
+            daemon.wait_model(name, _stopped, timeout=STOP_TIMEOUT, what="stop")
     typer.echo(f"the daemon (pid {daemon.pid}) has applied the change", err=True)
 
 
