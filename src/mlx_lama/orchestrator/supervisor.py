@@ -195,13 +195,18 @@ class Supervisor:
             self._refuse(f"{text}\nkeeping the last good manifest; fix and save to apply")
             return False
         began = time.monotonic()
-        planned = await asyncio.to_thread(
-            plan_for, path, manifest, lock, cache_dir=self.gateway.cache_dir
-        )
+        try:
+            planned = await asyncio.to_thread(
+                plan_for, path, manifest, lock, cache_dir=self.gateway.cache_dir
+            )
+            plan = planned.plan
+        except (MlxLamaError, OSError) as error:  # the plan is for showing: reload anyway
+            log.warning("could not plan this reload: %s", error)
+            plan = Plan(notes=(f"could not plan this reload: {error}",))
         changes = await self.gateway.reload(manifest, lock, wait=False)
         self._applied = seen
         self.reloads += 1
-        self.plan, self.last_changes = planned.plan, changes
+        self.plan, self.last_changes = plan, changes
         self._valid_again(path)
         log.info(
             "reloaded %s in %.0f ms%s\n%s",
@@ -212,7 +217,7 @@ class Supervisor:
                 for what, slots in (("restarting", changes.replaced), ("stopping", changes.removed))
                 if slots
             ),
-            planned.plan.render().rstrip(),
+            plan.render().rstrip(),
         )
         self._start_pulls()
         return True
