@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mlx_lama.backends.base import Backend, InProcessModel, ParameterValue
     from mlx_lama.cli._workspace import Workspace
     from mlx_lama.cli.daemonclient import Daemon
-    from mlx_lama.schema.manifest import Manifest, ModelEntry
+    from mlx_lama.schema.manifest import ModelEntry
 
 
 class RunError(MlxLamaError):
@@ -33,11 +33,6 @@ class RunError(MlxLamaError):
 
 class ModelNotFoundError(MlxLamaError):
     """The model is not in the manifest or not on disk, and was not pulled."""
-
-
-def merged_parameters(manifest: Manifest, key: str) -> dict[str, object]:
-    """``[defaults]`` parameters under the entry's own, as the gateway applies them."""
-    return manifest.parameters_of(key)
 
 
 # -- answering in this process -------------------------------------------------------------
@@ -77,7 +72,7 @@ def local_target(workspace: Workspace, key: str) -> LocalTarget:
     return LocalTarget(
         key,
         entry,
-        merged_parameters(manifest, key),
+        manifest.parameters_of(key),
         backend=backend,
         folder=server.model_path,
         adapter=server.adapter,
@@ -206,7 +201,7 @@ class DaemonTarget:
             daemon,
             key,
             manifest.models[key],
-            merged_parameters(manifest, key),
+            manifest.parameters_of(key),
             _model_folder(workspace, key),
         )
 

@@ -35,7 +35,6 @@ from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
 from mlx_lama.schema.manifest import Manifest, ModelEntry
-from mlx_lama.schema.units import Duration
 
 if TYPE_CHECKING:
     import httpx
@@ -174,7 +173,7 @@ class Gateway:
         )
         return self.scheduler.configure(
             self.desired.servers,
-            {s.name: self.keep_alive_of(s.name) for s in self.desired.servers},
+            {s.name: manifest.keep_alive_of(s.name) for s in self.desired.servers},
             [name for name, entry in manifest.models.items() if entry.pin],
             config,
             missing=self.not_downloaded,
@@ -222,9 +221,6 @@ class Gateway:
             for task in tasks:
                 await task
         return changes
-
-    def keep_alive_of(self, name: str) -> Duration:
-        return self.manifest.keep_alive_of(name)
 
     # -- names
 
