@@ -240,10 +240,10 @@ def test_ctrl_c_mid_pull_leaves_nothing_taken_for_complete(
 ) -> None:
     files = _files(tiny_model)
     # Over 10 MiB: huggingface_hub writes partial files in 10 MiB steps, so the
-    # partial blob visibly grows while the download is still under way.
-    files["model.safetensors"] = files["model.safetensors"] + b"\0" * (24 * 2**20)
+    # partial blob is visible once 11 MiB have arrived, where the hub holds it.
+    files["model.safetensors"] = files["model.safetensors"] + b"\0" * (12 * 2**20)
     hub.add_repo(REPO_A, files)
-    hub.chunk_delay = 0.02  # 64 KiB chunks: several seconds to interrupt in
+    hub.hold_downloads("model.safetensors", after_bytes=11 * 2**20)
     manifest = write(project, manifest_text(("a", REPO_A, "never")))
     argv = [sys.executable, "-m", "mlx_lama", "apply", "-f", str(manifest)]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as apply:
@@ -255,6 +255,7 @@ def test_ctrl_c_mid_pull_leaves_nothing_taken_for_complete(
             apply.send_signal(signal.SIGINT)
             _out, err = apply.communicate(timeout=60)
         finally:
+            hub.release()
             if apply.poll() is None:
                 apply.kill()
     assert apply.returncode == 130
@@ -263,7 +264,6 @@ def test_ctrl_c_mid_pull_leaves_nothing_taken_for_complete(
     assert not (project / "mlxlama.lock").exists()
     [snapshot] = (paths.hf_hub_cache() / "models--mlx-test--tiny-a" / "snapshots").iterdir()
     assert not (snapshot / "model.safetensors").exists()
-    hub.chunk_delay = 0.0
     assert "+ pull     model:mlx-test/tiny-a@main" in cli("plan", "-f", str(manifest))[1]
     assert cli("apply", "-f", str(manifest))[0] == 0
     assert read_lock(project / "mlxlama.lock").models[0].name == "a"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from pytest import MonkeyPatch
 
 from mlx_lama import paths
@@ -185,12 +186,21 @@ def test_a_hung_server_fails_its_liveness_probe_and_is_restarted(
         assert _chat(daemon, "a").status_code == 200
 
 
-def test_bad_probe_interval_is_a_usage_error(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("MLX_LAMA_PROBE_INTERVAL", "soon", "MLX_LAMA_PROBE_INTERVAL='soon'"),
+        ("MLX_LAMA_TIMINGS", "drain=soon", "MLX_LAMA_TIMINGS: 'drain=soon'"),
+    ],
+)
+def test_bad_timing_variable_is_a_usage_error(
+    tmp_path: Path, monkeypatch: MonkeyPatch, variable: str, value: str, said: str
+) -> None:
     manifest = tmp_path / "mlxlama.toml"
     manifest.write_text("version = 1\n", encoding="utf-8")
-    monkeypatch.setenv("MLX_LAMA_PROBE_INTERVAL", "soon")
+    monkeypatch.setenv(variable, value)
     code, _out, err = cli("serve", "-f", str(manifest))
-    assert code == 2 and "MLX_LAMA_PROBE_INTERVAL='soon'" in err and "Traceback" not in err
+    assert code == 2 and said in err and "Traceback" not in err
 
 
 def test_sigterm_stops_on_demand_servers_and_keeps_always_ones(

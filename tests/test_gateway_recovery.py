@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from mlx_lama.orchestrator import loading, process
+from mlx_lama.orchestrator import process
 from tests.fixtures.gateway import RunningGateway, gateway_in_thread, wait_for
 from tests.fixtures.tiny_model import EOS_TOKEN, SPECIAL_TOKENS
 
@@ -294,7 +294,7 @@ def test_a_request_in_flight_at_two_engine_deaths_is_refused_and_counted_once(
 def test_keep_alive_0_stops_a_model_whose_request_hangs(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loading, "DRAIN_TIMEOUT", 1.0)
+    monkeypatch.setenv("MLX_LAMA_TIMINGS", "drain=1")
     manifest = _manifest(tmp_path, tiny_model, serve="on-demand")
     text = manifest.read_text().replace('wedge_timeout = "3s"', "wedge_timeout = 0")
     manifest.write_text(text)  # no watchdog: the stop alone must end it

@@ -16,6 +16,9 @@ from mlx_lama.orchestrator import policy
 from mlx_lama.orchestrator.policy import Evict, WaitForIdle
 from mlx_lama.orchestrator.slots import SchedulerError, Slot
 from mlx_lama.schema.units import Duration
+from mlx_lama.timings import Timings
+
+DEFAULTS = Timings()
 
 GB = 10**9
 
@@ -136,18 +139,22 @@ def test_backoff_doubles_then_gives_up() -> None:
     failures: list[float] = []
     delays = []
     for second in range(policy.MAX_FAILURES):
-        failures, delay = policy.backoff(failures, 1000.0 + second)
+        failures, delay = policy.backoff(failures, 1000.0 + second, DEFAULTS)
         delays.append(delay)
     assert delays == [1.0, 2.0, 4.0, 8.0, None]
+    fast = Timings(first_backoff=0.01)
+    assert policy.backoff([1000.0], 1001.0, fast)[1] == 0.02  # the timings decide
 
 
 def test_backoff_forgets_failures_outside_the_window_and_is_capped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    recent, delay = policy.backoff([0.0] * 4, policy.FAILURE_WINDOW + 1.0)
-    assert recent == [policy.FAILURE_WINDOW + 1.0] and delay == policy.FIRST_BACKOFF
+    after = DEFAULTS.failure_window + 1.0
+    recent, delay = policy.backoff([0.0] * 4, after, DEFAULTS)
+    assert recent == [after] and delay == DEFAULTS.first_backoff
+    assert policy.backoff([0.0] * 4, 2.0, Timings(failure_window=1.0))[0] == [2.0]
     monkeypatch.setattr(policy, "MAX_FAILURES", 100)  # to reach the cap before giving up
-    assert policy.backoff([1.0] * 9, 10.0)[1] == policy.MAX_BACKOFF  # not 2**9 s
+    assert policy.backoff([1.0] * 9, 10.0, DEFAULTS)[1] == DEFAULTS.max_backoff  # not 2**9 s
 
 
 @pytest.mark.parametrize(
@@ -175,13 +182,13 @@ def test_serving_uses_the_old_server_while_its_successor_starts_beside_it() -> N
 
 
 def test_unavailable_says_why_and_what_to_do() -> None:
-    assert policy.unavailable(slot()) is None
-    missing = policy.unavailable(slot(missing=True))
+    assert policy.unavailable(slot(), DEFAULTS) is None
+    missing = policy.unavailable(slot(missing=True), DEFAULTS)
     assert missing is not None and missing.status == 503
     assert "not downloaded yet" in missing.message and "mlx-lama pull a" in (missing.hint or "")
-    failed = policy.unavailable(slot(state="failed", failures=[1.0, 2.0], error="boom"))
+    failed = policy.unavailable(slot(state="failed", failures=[1.0, 2.0], error="boom"), DEFAULTS)
     assert failed is not None and failed.status == 503
-    assert "failed 2 times" in failed.message and "boom" in failed.message
+    assert "failed 2 times within 10m00s" in failed.message and "boom" in failed.message
 
 
 @pytest.mark.parametrize(

@@ -358,7 +358,7 @@ def test_hub_lost_mid_download_leaves_an_incomplete_snapshot(
 ) -> None:
     hub.add_repo("org/big", {"config.json": b"{}", "model.safetensors": os.urandom(4_000_000)})
     locked = resolve_revision("org/big", "main", name="big")
-    hub.chunk_delay = 0.05  # ~3 s for the weights
+    hub.hold_downloads("model.safetensors", after_bytes=1_000_000)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -387,7 +387,7 @@ def test_killed_pull_is_incomplete_then_a_new_pull_completes_it(
     weights = os.urandom(4_000_000)
     hub.add_repo("org/big", {"config.json": b"{}", "model.safetensors": weights})
     locked = resolve_revision("org/big", "main", name="big")
-    hub.chunk_delay = 0.05
+    hub.hold_downloads("model.safetensors", after_bytes=1_000_000)
     script = (
         "from mlx_lama.orchestrator.pull import pull_model\n"
         "from mlx_lama.schema.lockfile import LockedModel\n"
@@ -412,7 +412,7 @@ def test_killed_pull_is_incomplete_then_a_new_pull_completes_it(
     old = time.time() - 3600
     for partial in partials:
         os.utime(partial, (old, old))
-    hub.chunk_delay = 0
+    hub.release()
     snapshot = pull_model(locked)
     assert (snapshot / "model.safetensors").read_bytes() == weights
     repos, _warnings = scan_cache()

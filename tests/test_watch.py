@@ -13,7 +13,8 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from mlx_lama.orchestrator.watch import IDLE_MS, Fingerprint, fingerprint, watch_manifest
+from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
+from mlx_lama.timings import timings
 
 MANIFEST = "version = 1\n"
 QUIET = 0.25  # seconds without a notification that count as "the burst is over"
@@ -201,12 +202,12 @@ def test_a_lock_file_change_is_reported(tmp_path: Path) -> None:
 
 
 def test_a_quiet_folder_still_yields_idle_ticks(tmp_path: Path) -> None:
-    """The caller gets to compare fingerprints every IDLE_MS even when no event came:
+    """The caller gets to compare fingerprints every ``watch_idle`` even when no event came:
     the backstop for a save made before the watch was in place."""
 
     async def scenario(watching: Watching) -> None:
         ticks = watching.idle_ticks
-        await asyncio.sleep(IDLE_MS / 1000 * 2.5)  # only bounds the wait
+        await asyncio.sleep(timings().watch_idle * 2.5)  # only bounds the wait
         assert watching.idle_ticks > ticks
         assert watching.queue.empty()  # ticks are not notifications
 

@@ -108,11 +108,13 @@ def serve(
     from mlx_lama.orchestrator.engines import require_engines
     from mlx_lama.orchestrator.reconcile import reconcile
     from mlx_lama.orchestrator.supervisor import probe_setting
+    from mlx_lama.timings import timings
 
     _configure_logging()
     workspace = load_workspace(file)
     require_engines(workspace.manifest)
-    probe_setting()  # a bad MLX_LAMA_PROBE_INTERVAL is refused before anything starts
+    probe_setting()  # a bad MLX_LAMA_PROBE_INTERVAL or MLX_LAMA_TIMINGS is refused
+    timings()  # before anything starts
     listen = server.listen_address(workspace.manifest, insecure=insecure)
     sock = server.open_socket(listen)
     try:

@@ -40,13 +40,11 @@ from mlx_lama.gateway.proxy import (
 )
 from mlx_lama.orchestrator.slots import Lease, Loss, SchedulerError
 from mlx_lama.schema.units import Duration
+from mlx_lama.timings import timings
 
 # Pauses before trying again a connection refused by a live server (its listen
 # queue was full): the first retry is at once, all of them within half a second.
 REFUSED_RETRY_PAUSES = (0.0, 0.02, 0.05, 0.1, 0.3)
-# s a server that broke a connection gets to show it has exited (a process killed a
-# moment ago closes its sockets before its exit can be seen)
-DYING_GRACE = 1.0
 
 Upstream = TypeVar("Upstream", RawStream | httpx.Response, httpx.Response)
 Answer = TypeVar("Answer")
@@ -224,14 +222,14 @@ async def _opened(
 async def _loss(gateway: Gateway, target: Target, error: Exception) -> Loss | None:
     """How the request's server went away under it (None: it did not). A broken
     connection whose cause the scheduler has not seen yet (it looks four times a
-    second) is settled here first, waiting up to ``DYING_GRACE`` for the exit; an
+    second) is settled here first, waiting up to ``dying_grace`` for the exit; an
     error answer of the server's own says it is there."""
     lease = target.lease
     if lease is None:
         return None
     if lease.loss is None and not (isinstance(error, UpstreamError) and error.answered):
         # Still its server's work (a crash or stop would have said so): did it die?
-        await gateway.scheduler.lost(lease.slot, grace=DYING_GRACE)
+        await gateway.scheduler.lost(lease.slot, grace=timings().dying_grace)
     return lease.loss
 
 

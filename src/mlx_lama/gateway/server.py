@@ -16,6 +16,7 @@ stopped and the ``always`` ones keep running for the next ``serve`` or
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -35,12 +36,12 @@ from mlx_lama.orchestrator.slots import DEFAULT_MAX_QUEUE, SchedulerConfig
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
 from mlx_lama.schema.manifest import Manifest
+from mlx_lama.timings import timings
 
 log = logging.getLogger(__name__)
 
 HOST_ENV = "MLX_LAMA_HOST"
 MAX_QUEUE_ENV = "MLX_LAMA_MAX_QUEUE"
-GRACE_SECONDS = 10  # in-flight requests get this long to finish when the daemon stops
 
 
 def listen_address(manifest: Manifest, *, insecure: bool = False) -> Listen:
@@ -107,7 +108,7 @@ def run(
     gateway: Gateway, listen: Listen, sock: socket.socket, *, stop_all_on_exit: bool = False
 ) -> None:
     """Serve until SIGINT/SIGTERM: uvicorn on the already-bound ``sock``. On the way
-    out, requests get GRACE_SECONDS to finish, then the on-demand servers (and with
+    out, requests get ``shutdown_grace`` seconds to finish, then the on-demand servers (and with
     ``stop_all_on_exit`` the ``always`` ones) are stopped. While it runs,
     ``daemon.json`` in MLX_LAMA_HOME tells other commands where it listens."""
     import uvicorn
@@ -123,7 +124,7 @@ def run(
         access_log=False,
         lifespan="on",
         proxy_headers=False,  # nothing is in front of it; a client must not pick its address
-        timeout_graceful_shutdown=GRACE_SECONDS,
+        timeout_graceful_shutdown=math.ceil(timings().shutdown_grace),
     )
     with daemon_file(listen.url, gateway.manifest_path):
         _quiet_server_class()(config).run(sockets=[sock])

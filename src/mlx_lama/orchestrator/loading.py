@@ -7,7 +7,7 @@ start, ``max_loaded`` and ``memory_budget`` are kept by evicting idle
 on-demand servers (:func:`policy.room_for`). A server whose launch spec
 changed starts beside its predecessor when it fits (another port, memory for
 both: :func:`policy.fits_beside`); the old one serves until the new one is
-ready, then finishes its requests (up to ``DRAIN_TIMEOUT``) and is stopped.
+ready, then finishes its requests (up to the ``drain`` timing) and is stopped.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import psutil
 
 from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.errors import MlxLamaError
+from mlx_lama.humanize import duration_str
 from mlx_lama.orchestrator import policy, process
 from mlx_lama.orchestrator.slots import SchedulerError, Slot
 from mlx_lama.orchestrator.slottable import SlotTable
+from mlx_lama.timings import timings
 
 log = logging.getLogger(__name__)
 
-NAME_TAKEN_RETRY = 5.0  # s before an always server whose name another project runs is tried again
-DRAIN_TIMEOUT = 30.0  # s an old server gets to finish its requests before it is stopped
 CHANGED = "its launch spec changed in the manifest"
 # A successor starting beside its predecessor is recorded as NAME::next (never a
 # model name: a name has at most one ':') until the predecessor has stopped.
@@ -74,7 +74,7 @@ class Loader(SlotTable):
                     # Not this engine's failure: no backoff count; tried again later.
                     log.warning("%s", error.message)
                     slot.state, slot.error = "stopped", error.message
-                    slot.retry_at = time.monotonic() + NAME_TAKEN_RETRY
+                    slot.retry_at = time.monotonic() + timings().name_taken_retry
                     raise SchedulerError(error.message, status=409, hint=error.hint) from None
                 except MlxLamaError as error:
                     self._report_load(slot.name, time.monotonic() - began, False)
@@ -149,7 +149,7 @@ class Loader(SlotTable):
         now = time.monotonic()
         slot.error = why
         slot.expires_epoch = None
-        slot.failures, backoff = policy.backoff(slot.failures, now)
+        slot.failures, backoff = policy.backoff(slot.failures, now, timings())
         if backoff is None:
             self._give_up(slot)
         else:
@@ -162,19 +162,20 @@ class Loader(SlotTable):
         slot.restart_pending = False
         slot.log_tail = process.tail_log(process.log_path_for(slot.name))
         log.error(
-            "giving up on %r: %d failures within %.0f minutes (last: %s); "
+            "giving up on %r: %d failures within %s (last: %s); "
             "it is retried when the manifest changes or `mlx-lama apply` runs",
             slot.name,
             len(slot.failures),
-            policy.FAILURE_WINDOW / 60,
+            duration_str(timings().failure_window),
             slot.error,
         )
 
     async def _retire(self, slot: Slot, reason: str) -> None:
-        """Stop an old server once its requests have ended (at most DRAIN_TIMEOUT)."""
+        """Stop an old server once its requests have ended (at most ``drain`` seconds)."""
         if slot.loading is not None:
             await quietly(slot.loading)
-        deadline = time.monotonic() + DRAIN_TIMEOUT
+        drain = timings().drain
+        deadline = time.monotonic() + drain
         while slot.refs and time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_idle(), deadline - time.monotonic())
@@ -183,7 +184,7 @@ class Loader(SlotTable):
                 "%r still has %d requests after %gs; stopping it",
                 slot.name,
                 slot.refs,
-                DRAIN_TIMEOUT,
+                drain,
             )
         while slot.state == "stopping":
             await self._wait_idle()

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mlx_lama.backends.spec import ServerSpec
+from mlx_lama.humanize import duration_str
 from mlx_lama.orchestrator.slots import SchedulerError, Slot, SlotState
+from mlx_lama.timings import Timings
 
-FIRST_BACKOFF = 1.0  # s; doubles with every failure in the window
-MAX_BACKOFF = 60.0
-MAX_FAILURES = 5  # failed starts and crashes within FAILURE_WINDOW before giving up
-FAILURE_WINDOW = 600.0  # s
+MAX_FAILURES = 5  # failed starts and crashes within the failure window before giving up
 
 # -- a manifest change
 
@@ -81,14 +80,17 @@ def probe_due(slot: Slot, now: float, interval: float) -> bool:
 # -- failures
 
 
-def backoff(failures: Sequence[float], now: float) -> tuple[list[float], float | None]:
-    """Count one more failure at ``now``: the failures still within FAILURE_WINDOW,
-    and the seconds to wait before the next start (1 s doubling to MAX_BACKOFF), or
-    None when there are MAX_FAILURES of them (give up)."""
-    recent = [t for t in failures if now - t < FAILURE_WINDOW] + [now]
+def backoff(
+    failures: Sequence[float], now: float, timings: Timings
+) -> tuple[list[float], float | None]:
+    """Count one more failure at ``now``: the failures still within the failure
+    window, and the seconds to wait before the next start (the first backoff, doubling
+    up to the longest), or None when there are MAX_FAILURES of them (give up)."""
+    recent = [t for t in failures if now - t < timings.failure_window] + [now]
     if len(recent) >= MAX_FAILURES:
         return recent, None
-    return recent, float(min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (len(recent) - 1)))
+    wait = timings.first_backoff * 2.0 ** (len(recent) - 1)
+    return recent, float(min(timings.max_backoff, wait))
 
 
 def waiting_state(slot: Slot) -> SlotState:
@@ -109,7 +111,7 @@ def serving(slot: Slot) -> Slot:
     return slot
 
 
-def unavailable(slot: Slot) -> SchedulerError | None:
+def unavailable(slot: Slot, timings: Timings) -> SchedulerError | None:
     """Why a request for ``slot`` is refused now (503), or None: its files are not in
     the cache yet, or it has failed too often."""
     if slot.missing:
@@ -122,7 +124,8 @@ def unavailable(slot: Slot) -> SchedulerError | None:
     if slot.state == "failed":
         return SchedulerError(
             f"model {slot.name!r} failed {len(slot.failures)} times within "
-            f"{FAILURE_WINDOW / 60:.0f} minutes and is not started again (last: {slot.error})",
+            f"{duration_str(timings.failure_window)} and is not started again "
+            f"(last: {slot.error})",
             status=503,
             hint="see `mlx-lama ps` and the server's log; saving the manifest or "
             "`mlx-lama apply` retries it",

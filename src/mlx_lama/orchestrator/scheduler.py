@@ -14,13 +14,13 @@ start are bounded: past ``max_queue`` the request is refused (503).
 evicted. A server that dies (or fails its liveness probe, see
 :mod:`mlx_lama.orchestrator.supervisor`) is restarted with exponential backoff
 (1 s doubling to 60 s); requests for it wait for the restart. After
-``MAX_FAILURES`` failed starts or crashes within ``FAILURE_WINDOW`` it is
+``MAX_FAILURES`` failed starts or crashes within the failure window it is
 ``failed``: requests get 503 with its last log lines until the manifest
 changes. A server whose launch spec changed is replaced: when the new one
 can start beside it (another port, memory for both) the old one serves on
 until the new one is ready; otherwise the old one goes first and requests
 wait for the new one. Either way the old one finishes its requests (up to
-``DRAIN_TIMEOUT``) before it is stopped.
+the ``drain`` timing) before it is stopped.
 
 Processes are started and stopped through ``orchestrator.process`` on worker
 threads (those calls block). It never decides what the manifest should be,
@@ -52,10 +52,9 @@ from mlx_lama.orchestrator.slots import (
 from mlx_lama.orchestrator.slottable import lose_leases
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE
 from mlx_lama.schema.units import Duration
+from mlx_lama.timings import timings
 
 log = logging.getLogger(__name__)
-
-_TICK = 0.25  # s between looks at every server (expiry, crashes, due starts)
 
 
 class Scheduler(Loader):
@@ -236,7 +235,7 @@ class Scheduler(Loader):
 
     async def unload(self, name: str, *, reason: str = "unloaded") -> bool:
         """Stop ``name``'s server (``keep_alive: 0``): now when it is idle; when it has
-        requests in flight, once they end or after ``DRAIN_TIMEOUT`` (in the
+        requests in flight, once they end or after the ``drain`` timing (in the
         background: a wedged request never keeps it running). ``always`` servers
         are the reconciler's and stay. Returns whether it stopped now."""
         slot = self.slots.get(name)
@@ -337,7 +336,7 @@ class Scheduler(Loader):
         """Restart servers that stop making progress with requests in flight
         (see ``watchdog.py``); apart from ``_tick``, whose looks a probe would hold up."""
         while True:
-            await asyncio.sleep(_TICK)
+            await asyncio.sleep(timings().tick)
             for slot in list(self.slots.values()):
                 if slot.state != "ready":
                     self.watchdog.forget(slot.name)
@@ -349,7 +348,7 @@ class Scheduler(Loader):
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(_TICK)
+            await asyncio.sleep(timings().tick)
             for slot in list(self.slots.values()):
                 try:
                     await self._check(slot, time.monotonic())
@@ -402,6 +401,6 @@ class Scheduler(Loader):
 
 
 def _refuse_if_unavailable(slot: Slot) -> None:
-    refusal = policy.unavailable(slot)
+    refusal = policy.unavailable(slot, timings())
     if refusal is not None:
         raise refusal

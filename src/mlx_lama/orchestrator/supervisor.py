@@ -45,6 +45,7 @@ from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
 from mlx_lama.orchestrator.watchdog import probe
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import lock_path_for, read_lock
+from mlx_lama.timings import timings
 
 if TYPE_CHECKING:
     from mlx_lama.orchestrator.scheduler import Scheduler
@@ -58,7 +59,6 @@ PROBE_ENV = "MLX_LAMA_PROBE_INTERVAL"
 DEFAULT_PROBE_INTERVAL = 30.0  # s an idle server goes unprobed
 PROBE_TIMEOUT = 20.0  # s a one-token generation may take on an idle server
 MIN_PROBE_TIMEOUT = 5.0  # (shorter probe intervals get shorter timeouts, down to this)
-_PROBE_TICK = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +286,7 @@ class Supervisor:
 
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(_PROBE_TICK)
+            await asyncio.sleep(timings().probe_tick)
             now = time.monotonic()
             for slot in list(self.gateway.scheduler.slots.values()):
                 if policy.probe_due(slot, now, self.probe_interval):

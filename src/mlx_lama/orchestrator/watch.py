@@ -7,10 +7,10 @@ rename (the watched inode is gone), so this watches the *folder* holding the
 manifest (not recursively) and keeps only events for the two file names.
 
 A burst of events (one save is often three or four) is gathered until the
-folder has been quiet for ``STEP_MS``; each burst is one notification. What
+folder has been quiet for the ``watch_step`` timing; each burst is one notification. What
 changed is left to the caller, which compares :func:`fingerprint` values so a
 save that rewrote the same bytes (or an edit the daemon made and already
-applied) reconciles nothing. After ``IDLE_MS`` without events the watch also
+applied) reconciles nothing. After ``watch_idle`` without events the watch also
 yields an empty set, so the caller compares fingerprints then too: a save made
 after the caller's last look but before the watch was in place (or an event
 the platform dropped) is caught within that time.
@@ -29,12 +29,19 @@ from pathlib import Path
 import watchfiles
 
 from mlx_lama.schema.lockfile import lock_path_for
-
-STEP_MS = 50  # a burst ends after this long without events
-DEBOUNCE_MS = 1600  # the longest a burst is gathered before it is reported anyway
-IDLE_MS = 1000  # with no events for this long, yield an empty set (callers check anyway)
+from mlx_lama.timings import timings
 
 Fingerprint = tuple[str | None, str | None]
+
+
+def _pace() -> tuple[int, int, int]:
+    """watchfiles' debounce, step and timeout (ms) from the ``watch_*`` timings."""
+    pace = timings()
+    return (
+        round(pace.watch_debounce * 1000),
+        round(pace.watch_step * 1000),
+        max(1, round(pace.watch_idle * 1000)),
+    )
 
 
 def watched_files(manifest: Path) -> tuple[Path, Path]:
@@ -72,15 +79,16 @@ async def watch_manifest(
     manifest: Path, *, stop: asyncio.Event | None = None
 ) -> AsyncIterator[set[Path]]:
     """Yield the changed paths once per burst of saves to ``manifest`` or its lock
-    (an empty set after IDLE_MS without any), until ``stop`` is set."""
+    (an empty set after ``watch_idle`` without any), until ``stop`` is set."""
     folder, keep = _target(manifest)
+    debounce, step, idle = _pace()
     async for changes in watchfiles.awatch(
         folder,
         watch_filter=keep,
-        debounce=DEBOUNCE_MS,
-        step=STEP_MS,
+        debounce=debounce,
+        step=step,
+        rust_timeout=idle,
         stop_event=stop,
-        rust_timeout=IDLE_MS,
         yield_on_timeout=True,
         recursive=False,
     ):
@@ -90,12 +98,13 @@ async def watch_manifest(
 def watch_manifest_blocking(manifest: Path) -> Iterator[set[Path]]:
     """:func:`watch_manifest` for synchronous callers (``apply --watch``); Ctrl-C ends it."""
     folder, keep = _target(manifest)
+    debounce, step, idle = _pace()
     for changes in watchfiles.watch(
         folder,
         watch_filter=keep,
-        debounce=DEBOUNCE_MS,
-        step=STEP_MS,
-        rust_timeout=IDLE_MS,
+        debounce=debounce,
+        step=step,
+        rust_timeout=idle,
         yield_on_timeout=True,
         recursive=False,
         raise_interrupt=False,
