@@ -27,7 +27,7 @@ import pytest
 
 from mlx_lama import paths
 from mlx_lama.backends.base import LaunchSpec
-from mlx_lama.backends.mlx_lm import ENGINE_MAIN
+from mlx_lama.backends.mlx_lm import ENGINE_MAIN, TORCH_ENV
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.process import (
@@ -127,6 +127,10 @@ def test_mlx_lm_start_serve_stop(tiny_model: Path, cleanup: list[RunRecord]) -> 
     for origin in ("http://evil.example", "http://127.0.0.1:11434", "null"):
         answer = chat(record, {"messages": [], "max_tokens": 1}, headers={"Origin": origin})
         assert "access-control-allow-origin" not in answer.headers
+
+    # It served all that without PyTorch, which is installed here (vllm-mlx's).
+    mapped = [m.path for m in psutil.Process(record.pid).memory_maps()]
+    assert mapped and not [path for path in mapped if "torch" in Path(path).parts]
 
     began = time.monotonic()
     stop_server(record)
@@ -382,3 +386,21 @@ def test_tail_log(tmp_path: Path) -> None:
     assert tail_log(log, 20, start=start) == "line 48\nline 49"
     assert tail_log(tmp_path / "missing.log") == ""
     assert record_path("tiny:latest").name == "tiny@latest.json"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("torch_env", "loads_torch"), [(None, False), ("1", True)])
+def test_the_engine_leaves_pytorch_out_unless_a_model_asks_for_it(
+    torch_env: str | None, loads_torch: bool
+) -> None:
+    """``MLX_LAMA_ENGINE_TORCH=1`` in a model's env is the way back for a model whose
+    own code needs torch; ``-X importtime`` lists every module the engine imports."""
+    env = {k: v for k, v in os.environ.items() if k != TORCH_ENV}
+    if torch_env is not None:
+        env[TORCH_ENV] = torch_env
+    argv = [sys.executable, "-X", "importtime", "-c", ENGINE_MAIN, "server", "--help"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "--model" in done.stdout, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "transformers" in imported
+    assert ("torch" in imported) is loads_torch

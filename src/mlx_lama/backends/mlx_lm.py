@@ -70,14 +70,23 @@ DEFAULT_MAX_TOKENS = 512  # in-process generation without num_predict
 
 READY_TIMEOUT = 300.0  # a multi-GB model loads in well under this on Apple silicon
 
-# mlx_lm.server listens with the stdlib's default queue of 5 connections: of a burst
-# of more (agents sending at once), Linux drops the rest (their clients try again
-# after 1 s) and macOS refuses them. The engine is run as ``python -c ENGINE_MAIN``,
-# which deepens that queue (``request_queue_size``, a documented attribute of
-# ``socketserver.TCPServer``) and then runs ``mlx_lm`` as ``python -m`` would.
+# The engine is run as ``python -c ENGINE_MAIN``, which prepares two things and then
+# runs ``mlx_lm`` as ``python -m`` would:
+# * mlx_lm.server listens with the stdlib's default queue of 5 connections: of a
+#   burst of more (agents sending at once), Linux drops the rest (their clients try
+#   again after 1 s) and macOS refuses them. ``request_queue_size`` (a documented
+#   attribute of ``socketserver.TCPServer``) deepens it.
+# * Nothing mlx-lm's server does needs PyTorch, yet transformers imports it whenever
+#   it is installed (vllm-mlx brings it): 2.5 s of each start and ~600 MB of each
+#   engine's memory. A None entry in ``sys.modules`` (the import system's documented
+#   way to block a module) makes transformers see no torch. A model whose own code
+#   needs it (a tokenizer with remote code) gets it back with ``TORCH_ENV=1`` in its
+#   ``env``.
 LISTEN_QUEUE = 1024  # the kernel caps it (Linux somaxconn 4096, macOS 128)
+TORCH_ENV = "MLX_LAMA_ENGINE_TORCH"
 ENGINE_MAIN = (
-    "import runpy, socketserver; "
+    "import os, runpy, socketserver, sys; "
+    f"os.environ.get('{TORCH_ENV}') == '1' or sys.modules.setdefault('torch', None); "
     f"socketserver.TCPServer.request_queue_size = {LISTEN_QUEUE}; "
     "runpy.run_module('mlx_lm', run_name='__main__', alter_sys=True)"
 )
