@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -186,3 +187,30 @@ def test_in_process_generation_streams_text_and_stats(tiny_model: Path) -> None:
 def test_engines_without_in_process_generation_say_so(tiny_model: Path) -> None:
     with pytest.raises(MlxLamaError, match="cannot generate in-process"):
         next(iter(get_backend("vllm-mlx").generate(tiny_model, prompt="hi")))
+
+
+@pytest.mark.parametrize(("torch_env", "torch_loaded"), [(None, False), ("1", True)])
+def test_an_in_process_model_loads_without_pytorch_unless_asked(
+    tiny_model: Path, torch_env: str | None, torch_loaded: bool
+) -> None:
+    """``mlx-lama run`` without a daemon loads mlx-lm into its own process: left out
+    of it too, as in an engine (``MLX_LAMA_ENGINE_TORCH=1`` lets it in)."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from mlx_lama.backends.mlx_lm import MlxLmModel; "
+        f"MlxLmModel(Path({str(tiny_model)!r})); "
+        "print(sys.modules.get('torch') is not None)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLX_LAMA_ENGINE_TORCH"}
+    if torch_env is not None:
+        env["MLX_LAMA_ENGINE_TORCH"] = torch_env
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(torch_loaded)

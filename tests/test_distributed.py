@@ -28,6 +28,7 @@ import pytest
 from mlx_lama.backends import distributed
 from mlx_lama.backends.base import LaunchError, launch_spec
 from mlx_lama.backends.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
+from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.hostfiles import (
     CHECK_SCRIPT,
@@ -228,7 +229,7 @@ def test_mlx_lm_runs_under_the_launcher_with_every_rank_on_the_same_command(
     launcher, command = argv[:split], argv[split + 1 :]
     assert launcher.count("--host") == 2 and "mac-b" in launcher
     assert "SECRET" in launcher and "s3" not in " ".join(argv)  # names only, values in env
-    assert command[1:4] == ("-m", "mlx_lm", "server")
+    assert command[1:4] == ("-c", ENGINE_MAIN, "server")  # each rank without torch, too
     assert "--pipeline" in command and command[command.index("--port") + 1] == "8123"
     assert ("SECRET", "s3") in launch.env
     assert launch.port == 8123  # readiness is probed on rank 0's HTTP port, here
@@ -477,7 +478,7 @@ def test_two_ranks_over_loopback_answer_through_the_gateway_and_stop_together(
         for rank, pid in enumerate(pids):
             process = psutil.Process(pid)
             assert process.environ()["MLX_RANK"] == str(rank)
-            assert "mlx_lm" in process.cmdline() and "server" in process.cmdline()
+            assert ENGINE_MAIN in process.cmdline() and "server" in process.cmdline()
         code, table, _ = cli("ps", "-f", str(manifest))
         for rank in (0, 1):  # under its server, with the host in the BACKEND column
             assert re.search(

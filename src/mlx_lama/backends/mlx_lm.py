@@ -16,10 +16,12 @@ model, so requests leave ``model`` out.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mlx_lama.backends.base import (
     Backend,
@@ -172,10 +174,10 @@ class MlxLmBackend(Backend):
         argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
         argv += check_passthrough(server, MANAGED_FLAGS)
         env = merged_env(server)
-        if server.distribution is not None:
-            argv = distributed_argv(server, argv, env)  # only rank 0 listens: as it is
-        elif argv[1:3] == ("-m", "mlx_lm"):
+        if argv[1:3] == ("-m", "mlx_lm"):
             argv = (argv[0], "-c", ENGINE_MAIN, *argv[3:])
+        if server.distribution is not None:
+            argv = distributed_argv(server, argv, env)  # every rank runs the same command
         return LaunchSpec(
             argv=argv,
             env=env,
@@ -204,6 +206,9 @@ class MlxLmModel(InProcessModel):
         import time
 
         started = time.perf_counter()  # importing mlx_lm (transformers) is part of loading
+        if os.environ.get(TORCH_ENV) != "1":  # as ENGINE_MAIN does in an engine
+            # (None in sys.modules is documented; typeshed types the values as modules)
+            cast("dict[str, object]", sys.modules).setdefault("torch", None)
         from mlx_lm import load
 
         config = {"chat_template": template} if template is not None else None
