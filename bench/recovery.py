@@ -10,8 +10,10 @@ What it measures, on the tiny random-weight model served ``always`` by
   ``/api/chat`` sent right after that error is answered (200);
 - **crash**: the engine gets ``SIGKILL``; a ``/api/chat`` is sent at once and
   measured until it is answered (it waits for the restart);
-- beside them, the engine's own start: ``python -m mlx_lm server`` on the same
-  model until it answers a one-token completion.
+- beside them, the engine's own start on the same model until it answers a
+  one-token completion, two ways: ``python -m mlx_lm server`` as a user runs it,
+  and as mlx-lama launches it (``python -c ENGINE_MAIN server``: the same server,
+  with PyTorch left out; the environment here has it, from vllm-mlx).
 
 Each run starts from a fresh daemon (its ``always`` server already running
 and adopted, or started), so every crash is the model's first in the
@@ -48,6 +50,7 @@ from bench.gateway import (
     wait_ready,
 )
 from bench.report import machine, versions, write_section
+from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 
 WEDGE_RUNS = 3
 ANSWER_TIMEOUT = 300.0
@@ -68,8 +71,12 @@ def main(runs: int = 5) -> None:
     try:
         manifest, env, _port = build(root)
         model = Path(manifest.read_text().split('path = "', 1)[1].split('"', 1)[0])
-        starts = [engine_start(model, env, root / f"engine-{i}.log") for i in range(min(runs, 3))]
-        print(f"engine start: {[round(s, 2) for s in starts]}", flush=True)
+        starts: dict[str, list[float]] = {"plain": [], "ours": []}
+        for i in range(min(runs, 3)):
+            for way, launcher in (("plain", ["-m", "mlx_lm"]), ("ours", ["-c", ENGINE_MAIN])):
+                log_path = root / f"engine-{way}-{i}.log"
+                starts[way].append(engine_start(launcher, model, env, log_path))
+        print(f"engine start: {starts}", flush=True)
         crashes, wedges, detections = [], [], []
         for _ in range(runs):
             gateway, url = start_gateway(manifest, env, log)
@@ -100,10 +107,11 @@ def main(runs: int = 5) -> None:
         tear_down(gateway, home, root, watched)
 
 
-def engine_start(model: Path, env: dict[str, str], log: Path) -> float:
-    """Seconds from launching mlx_lm.server on ``model`` to its first one-token answer."""
+def engine_start(launcher: list[str], model: Path, env: dict[str, str], log: Path) -> float:
+    """Seconds from launching mlx_lm.server on ``model`` (``python LAUNCHER server``) to
+    its first one-token answer."""
     port = free_port()
-    argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model), "--port", str(port)]
+    argv = [sys.executable, *launcher, "server", "--model", str(model), "--port", str(port)]
     began = time.monotonic()
     with log.open("wb") as out:
         engine = subprocess.Popen(
@@ -167,12 +175,16 @@ def wedge(url: str, pid: int) -> tuple[float, float]:
 
 
 def render(
-    starts: list[float], crashes: list[float], detections: list[float], wedges: list[float]
+    starts: dict[str, list[float]],
+    crashes: list[float],
+    detections: list[float],
+    wedges: list[float],
 ) -> str:
     def cell(values: list[float]) -> str:
         low, high = min(values), max(values)
         return f"{statistics.median(values):.2f} s ({low:.2f}-{high:.2f}, {len(values)} runs)"
 
+    plain, ours = cell(starts["plain"]), cell(starts["ours"])
     return f"""## Recovery: wedged and crashed engines
 
 Command: `uv run --all-extras python -m bench recovery --runs {len(crashes)}`
@@ -185,13 +197,16 @@ the window and waits the first backoff (1 s). Medians (min-max).
 
 | what | time |
 |---|---|
-| engine's own start (launch to first one-token answer) | {cell(starts)} |
+| engine's own start, `python -m mlx_lm server` (launch to first answer) | {plain} |
+| the same, as mlx-lama launches it (`python -c ENGINE_MAIN server`) | {ours} |
 | crash (SIGKILL) to the next answered request | {cell(crashes)} |
 | wedge (SIGSTOP mid-stream) to the stream's error line | {cell(detections)} |
 | wedge (SIGSTOP mid-stream) to the next answered request | {cell(wedges)} |
 
-A crash costs the backoff plus one engine start. A wedge costs the watchdog's
-limit (45 s of silence and a probe of up to 15 s; `[server] wedge_timeout`
-tunes both), stopping the frozen engine (SIGTERM with SIGCONT, at once here),
-then the same restart.
+A crash costs the backoff plus one engine start, as mlx-lama launches it:
+transformers imports PyTorch whenever it is installed (here vllm-mlx brought
+it), which mlx-lm's server never uses, so mlx-lama's launcher leaves it out.
+A wedge costs the watchdog's limit (45 s of silence and a probe of up to 15 s;
+`[server] wedge_timeout` tunes both), stopping the frozen engine (SIGTERM with
+SIGCONT, at once here), then the same restart.
 """

@@ -21,6 +21,10 @@ Opt-in:
 
 Markers:
 
+* ``server``: the test starts a real engine, daemon or mlx-lama process (seconds,
+  not milliseconds). Applied automatically from the test's code and checked
+  while it runs (``tests/fixtures/markers.py``); ``-m "not server"`` is the
+  fast loop.
 * ``engine(NAME)``: the test runs the NAME engine (``vllm-mlx``). It is skipped,
   with the reason, when that engine is not installed, unless
   ``MLX_LAMA_REQUIRE_ENGINES`` is set (``.ci/run`` sets it): then it fails, so
@@ -32,6 +36,7 @@ Helpers live in ``tests/fixtures/`` (import them as ``tests.fixtures.<module>``)
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import shutil
 import signal
@@ -43,13 +48,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import hf_env, netguard
+from tests.fixtures import hf_env, markers, netguard
 
 # Belt and braces, before anything imports huggingface_hub: even code that runs
 # outside a test (collection, session fixtures) sees a throwaway home.
 _SESSION_ROOT = Path(tempfile.mkdtemp(prefix="mlx-lama-tests-"))
 atexit.register(shutil.rmtree, _SESSION_ROOT, ignore_errors=True)
 hf_env.isolated_environ(os.environ, _SESSION_ROOT)
+# As mlx-lama's own processes do (backends/mlx_lm.py): nothing here needs PyTorch,
+# which transformers would otherwise import into every worker with mlx_lm (2.5 s and
+# ~600 MB each). The tests that PyTorch stays out of engines run in children.
+sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
 
 from tests.fixtures.hf_cache import CachedRepo, place_in_cache  # noqa: E402
 from tests.fixtures.hub import HubStandIn  # noqa: E402
@@ -57,6 +66,8 @@ from tests.fixtures.tiny_model import make_tiny_model  # noqa: E402
 
 TINY_REPO_ID = "mlx-test/tiny-llama"
 REQUIRE_ENGINES = "MLX_LAMA_REQUIRE_ENGINES"
+
+sys.addaudithook(markers.note_process)  # for server_marker_holds
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,6 +78,39 @@ def pytest_configure(config: pytest.Config) -> None:
     however the suite was started."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two workers a core. Most of a server test is spent waiting (for
+    an engine to load, a daemon to notice), so twice the cores keeps them busy."""
+    return 2 * (os.cpu_count() or 1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``server`` every test that starts one, and put the tests sharing a module's
+    servers in one xdist group (see ``tests/fixtures/markers.py``)."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        fixtures = item.fixturenames
+        if item.get_closest_marker("server") is None and markers.starts_servers(
+            item.path, item.originalname, fixtures
+        ):
+            item.add_marker(pytest.mark.server)
+        if markers.shared_servers(item.path).intersection(fixtures):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@pytest.fixture(autouse=True)
+def server_marker_holds(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that started an engine or mlx-lama process without the ``server``
+    marker: the marker would lie, and ``-m "not server"`` would be slow."""
+    markers.started.clear()
+    yield
+    problem = markers.unmarked_server(markers.started, request.node.get_closest_marker("server"))
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -102,8 +146,20 @@ def network_guard() -> Iterator[list[str]]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight MLX llama (seed 0), generated once per session."""
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-llama", seed=0)
+    """A random-weight MLX llama (seed 0), generated once per run: the first xdist
+    worker to ask makes it, under a lock, in the run's folder; the others wait."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above each worker's own
+    folder = root / "tiny-model" / "tiny-llama"
+    with (root / "tiny-model.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.is_dir():
+            making = folder.with_name("tiny-llama.partial")
+            shutil.rmtree(making, ignore_errors=True)
+            make_tiny_model(making, seed=0)
+            making.rename(folder)
+    return folder
 
 
 @pytest.fixture

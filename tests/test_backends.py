@@ -189,6 +189,7 @@ def test_engines_without_in_process_generation_say_so(tiny_model: Path) -> None:
         next(iter(get_backend("vllm-mlx").generate(tiny_model, prompt="hi")))
 
 
+@pytest.mark.server  # a child process that loads mlx-lm (and torch, once): seconds
 @pytest.mark.parametrize(("torch_env", "torch_loaded"), [(None, False), ("1", True)])
 def test_an_in_process_model_loads_without_pytorch_unless_asked(
     tiny_model: Path, torch_env: str | None, torch_loaded: bool

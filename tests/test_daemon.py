@@ -25,6 +25,7 @@ from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.policy import MAX_FAILURES
 from mlx_lama.schema import load_manifest
 from mlx_lama.schema.lockfile import read_lock
+from mlx_lama.timings import TIMINGS_ENV
 from tests.conftest import PublishedRepo
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import RunningGateway, gateway_in_thread, gateway_process, wait_for
@@ -173,7 +174,7 @@ def test_a_hung_server_fails_its_liveness_probe_and_is_restarted(
 ) -> None:
     manifest = tmp_path / "mlxlama.toml"
     manifest.write_text(_manifest(tiny_model), encoding="utf-8")
-    env = {**os.environ, "MLX_LAMA_PROBE_INTERVAL": "1"}
+    env = {**os.environ, "MLX_LAMA_PROBE_INTERVAL": "1", TIMINGS_ENV: "min_probe_timeout=1"}
     with gateway_process(manifest, log_path=tmp_path / "daemon.log", env=env) as daemon:
         hung = _ready_pid(daemon, "a")
         os.kill(hung, signal.SIGSTOP)  # alive, port open, answers nothing
@@ -248,7 +249,8 @@ def test_a_server_that_keeps_failing_is_marked_failed_until_the_manifest_changes
     broken = tmp_path / "not-there"  # every start fails at once: no model folder
     body = 'version = 1\n\n[models.a]\npath = "{}"\nserve = "always"\n'
     manifest.write_text(body.format(broken), encoding="utf-8")
-    with gateway_process(manifest, log_path=tmp_path / "daemon.log") as daemon:
+    env = {**os.environ, TIMINGS_ENV: "first_backoff=50ms"}  # not 1 + 2 + 4 + 8 s
+    with gateway_process(manifest, log_path=tmp_path / "daemon.log", env=env) as daemon:
         wait_for(lambda: _model(daemon, "a").get("state") == "failed", 60, "a to be given up")
         assert _model(daemon, "a").get("failures") == MAX_FAILURES
         refused = _chat(daemon, "a")

@@ -166,7 +166,10 @@ def _backend_connections(pid: int, port: int) -> int:
     )
 
 
-def test_client_disconnect_cancels_the_backend_request(served: RunningGateway) -> None:
+def test_client_disconnect_cancels_the_backend_request(
+    served: RunningGateway, client: ollama.Client
+) -> None:
+    client.generate("tiny", "warm", options={"num_predict": 1})  # loaded, whatever ran before
     pid = served.pid_of("tiny")
     port = int(served.health()["models"]["tiny"]["port"])  # type: ignore[index]
     body = {

@@ -122,6 +122,9 @@ def test_logs_names_the_file_it_lacks_and_refuses_bad_names(tmp_path: Path) -> N
     assert (code, out) == (0, "second\nthird\n")
 
 
+USER = [{"role": "user", "content": "hi"}]
+
+
 @pytest.mark.server
 def test_follow_shows_what_a_server_writes_after_it_started(
     tmp_path: Path, tiny_model: Path
@@ -142,19 +145,20 @@ def test_follow_shows_what_a_server_writes_after_it_started(
         argv += ["-f", str(manifest)]
         follower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            time.sleep(2)  # it has read to the end of the log and waits
-            assert follower.poll() is None
-            reply = httpx.post(
-                gateway.url + "/v1/chat/completions",
-                json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]},
-                timeout=DEADLINE,
-            )
-            assert reply.status_code == 200
             assert follower.stdout is not None
             shown = b""
             deadline = time.monotonic() + DEADLINE
-            while b"POST /v1/chat/completions" not in shown:  # the server's own access line
+            # A request a second until the server's own access line shows: the first
+            # ones may be written before the follower has read to the end and waits.
+            while b"POST /v1/chat/completions" not in shown:
                 assert time.monotonic() < deadline, f"--follow showed only {shown!r}"
+                assert follower.poll() is None
+                reply = httpx.post(
+                    gateway.url + "/v1/chat/completions",
+                    json={"model": "tiny", "messages": USER, "max_tokens": 2},
+                    timeout=DEADLINE,
+                )
+                assert reply.status_code == 200
                 if select.select([follower.stdout], [], [], 1.0)[0]:
                     shown += os.read(follower.stdout.fileno(), 65536)
         finally:

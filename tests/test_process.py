@@ -52,13 +52,18 @@ CONTENT_ONLY = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def processes_mentioning(text: str) -> list[psutil.Process]:
-    """Live (non-zombie) processes with ``text`` in one of their arguments."""
+    """Live (non-zombie) processes of this test (its MLX_LAMA_HOME in their
+    environment, orphans included) with ``text`` in one of their arguments: other
+    tests running at the same time use the same tiny model."""
+    home = os.environ["MLX_LAMA_HOME"]
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         if any(text in arg for arg in proc.info["cmdline"] or ()):
-            found.append(proc)
+            with suppress(psutil.Error):
+                if proc.environ().get("MLX_LAMA_HOME") == home:
+                    found.append(proc)
     return found
 
 

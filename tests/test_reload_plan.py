@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mlx_lama import paths
 from mlx_lama.gateway.server import prepare
@@ -35,6 +36,7 @@ def _manifest(tiny_model: Path, *models: tuple[str, str]) -> str:
     return text
 
 
+@pytest.mark.server  # `apply` starts the engines in this process
 def test_a_hot_reload_plans_what_mlx_lama_plan_shows(tiny_model: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "mlxlama.toml"
     manifest.write_text(_manifest(tiny_model, ("a", ""), ("b", "")), encoding="utf-8")

@@ -94,8 +94,13 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 
 
 def record_for(proc: subprocess.Popen[bytes], **changes: object) -> RunRecord:
-    """A record that describes ``proc`` exactly (what start_server would have written)."""
+    """A record that describes ``proc`` exactly (what start_server would have written),
+    once it has exec'd: until then the child's command line is its parent's."""
     info = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 30
+    while info.cmdline()[1:] != [str(arg) for arg in proc.args[1:]]:  # type: ignore[index]
+        assert time.monotonic() < deadline, f"{proc.args!r} never started"
+        time.sleep(0.01)
     record = RunRecord(
         name="tiny:latest",
         pid=proc.pid,

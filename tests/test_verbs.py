@@ -84,6 +84,7 @@ temperature = 0.2  # low
     return manifest
 
 
+@pytest.mark.server  # `serve` starts the engine in this process
 def test_verbs_keep_every_comment_and_untouched_line(
     tmp_path: Path, tiny_model: Path, published_model: PublishedRepo
 ) -> None:

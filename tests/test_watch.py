@@ -13,8 +13,10 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from mlx_lama.orchestrator.watch import Fingerprint, fingerprint, watch_manifest
-from mlx_lama.timings import timings
+from mlx_lama.timings import TIMINGS_ENV, timings
 
 MANIFEST = "version = 1\n"
 QUIET = 0.25  # seconds without a notification that count as "the burst is over"
@@ -201,9 +203,12 @@ def test_a_lock_file_change_is_reported(tmp_path: Path) -> None:
     run_watching(tmp_path, scenario)
 
 
-def test_a_quiet_folder_still_yields_idle_ticks(tmp_path: Path) -> None:
+def test_a_quiet_folder_still_yields_idle_ticks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The caller gets to compare fingerprints every ``watch_idle`` even when no event came:
     the backstop for a save made before the watch was in place."""
+    monkeypatch.setenv(TIMINGS_ENV, "watch_idle=200ms")  # not the default second
 
     async def scenario(watching: Watching) -> None:
         ticks = watching.idle_ticks

@@ -36,6 +36,8 @@ class Timings:
     name_taken_retry: float = 5.0  # before an always server another project runs is tried again
     tick: float = 0.25  # between the scheduler's looks at every server
     probe_tick: float = 1.0  # between the supervisor's looks for a probe that is due
+    probe_timeout: float = 20.0  # a liveness probe (a one-token generation) may take this long
+    min_probe_timeout: float = 5.0  # ... or, with a shorter probe interval, down to this
     shutdown_grace: float = 10.0  # in-flight requests get this long when the daemon stops
     dying_grace: float = 1.0  # a server that broke a request's connection gets this long to exit
     watch_step: float = 0.05  # a burst of manifest saves ends after this long without events

@@ -57,8 +57,6 @@ log = logging.getLogger(__name__)
 
 PROBE_ENV = "MLX_LAMA_PROBE_INTERVAL"
 DEFAULT_PROBE_INTERVAL = 30.0  # s an idle server goes unprobed
-PROBE_TIMEOUT = 20.0  # s a one-token generation may take on an idle server
-MIN_PROBE_TIMEOUT = 5.0  # (shorter probe intervals get shorter timeouts, down to this)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +295,8 @@ class Supervisor:
         record = slot.record
         if record is None:
             return
-        timeout = min(PROBE_TIMEOUT, max(MIN_PROBE_TIMEOUT, self.probe_interval))
+        pace = timings()
+        timeout = min(pace.probe_timeout, max(pace.min_probe_timeout, self.probe_interval))
         problem = await probe(slot, timeout)
         if problem is not None and slot.record is record:
             await self.gateway.scheduler.crashed(
