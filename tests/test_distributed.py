@@ -608,6 +608,24 @@ def test_sigterm_stops_every_rank_and_the_launcher_exits_cleanly(tmp_path: Path)
     wait_for(lambda: all_gone(ranks), 10, "both ranks to exit")
 
 
+def test_a_stop_while_a_rank_starts_waits_until_the_rank_is_recorded() -> None:
+    """SIGTERM inside Popen (after the fork) or before the new rank is in the launcher's
+    table would leave that rank unstopped: it is raised once the rank is recorded."""
+    previous = signal.signal(signal.SIGUSR1, distributed._on_signal)
+    recorded = []
+    try:
+        with pytest.raises(distributed._Stop, match="SIGUSR1"), distributed._signals_held():
+            signal.raise_signal(signal.SIGUSR1)
+            recorded.append("rank 1")  # still runs: the stop waits for the block's end
+        assert recorded == ["rank 1"]
+        with pytest.raises(distributed._Stop, match="SIGUSR1"):
+            signal.raise_signal(signal.SIGUSR1)  # anywhere else: at once
+            recorded.append("not reached")
+        assert recorded == ["rank 1"]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_the_launcher_refuses_a_first_host_that_is_elsewhere(tmp_path: Path) -> None:
     proc = launcher(tmp_path, "--host", "nowhere-a", "--host", "127.0.0.1", "--", "true")
     out, _ = proc.communicate(timeout=30)

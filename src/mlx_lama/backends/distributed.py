@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -290,8 +290,34 @@ class _Stop(Exception):
     """A signal asked the launcher to stop its ranks."""
 
 
+class _Signals:
+    """Stop signals, raised as :class:`_Stop` where they arrive, except while a rank is
+    being started and recorded: a stop raised inside ``Popen`` (after the fork) or
+    before the new rank is in the table would leave that rank running unstopped. There
+    it waits until the rank is recorded, then is raised."""
+
+    held = False
+    pending: str | None = None
+
+
 def _on_signal(signum: int, frame: object) -> None:
-    raise _Stop(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if _Signals.held:
+        _Signals.pending = name
+        return
+    raise _Stop(name)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    _Signals.held = True
+    try:
+        yield
+    finally:
+        _Signals.held = False
+    pending, _Signals.pending = _Signals.pending, None
+    if pending is not None:
+        raise _Stop(pending)
 
 
 def _say(text: str) -> None:
@@ -334,12 +360,13 @@ def _run_ring(args: argparse.Namespace, command: list[str]) -> int:
         procs: dict[int, tuple[Rank, subprocess.Popen[bytes]]] = {}
         try:
             for rank in ranks:
-                try:
-                    proc = _spawn_rank(rank, command, env, hostfile, hostfile_path)
-                except OSError as exc:
-                    problem = f"cannot start rank {rank.index} on {rank.host}: {exc}"
-                    raise LaunchProblem(problem) from None
-                procs[proc.pid] = (rank, proc)
+                with _signals_held():
+                    try:
+                        proc = _spawn_rank(rank, command, env, hostfile, hostfile_path)
+                    except OSError as exc:
+                        problem = f"cannot start rank {rank.index} on {rank.host}: {exc}"
+                        raise LaunchProblem(problem) from None
+                    procs[proc.pid] = (rank, proc)
                 where = "here" if rank.local else "over ssh"
                 _say(f"rank {rank.index} on {rank.host} ({where}): pid {proc.pid}")
             _say(f"ring on ports {port}-{port + len(ranks) - 1}")
