@@ -81,9 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: two workers a core. Most of a server test is spent waiting (for
-    an engine to load, a daemon to notice), so twice the cores keeps them busy."""
-    return 2 * (os.cpu_count() or 1)
+    """``-n auto``: two workers a core, at most eight. Most of a server test is spent
+    waiting (for an engine to load, a daemon to notice), so twice the cores keeps them
+    busy; past eight, the engines' memory grows faster than the run gets shorter."""
+    return min(8, 2 * (os.cpu_count() or 1))
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
