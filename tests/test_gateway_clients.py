@@ -158,6 +158,27 @@ def test_openai_client_streams_chat_and_lists_models(served: RunningGateway) -> 
             )
 
 
+def test_the_manifest_system_prompt_applies_on_the_openai_api_as_on_ollamas(
+    served: RunningGateway, client: ollama.Client
+) -> None:
+    """Ollama applies SYSTEM on both APIs: the same "hi" counts the same prompt tokens;
+    a request's own system message (or developer, OpenAI's newer name) replaces it."""
+    hi = [{"role": "user", "content": "hi"}]
+    on_ollama = client.chat("tiny", messages=hi, options={"num_predict": 1})
+    with openai.OpenAI(base_url=served.url + "/v1", api_key="unused") as oai:
+
+        def prompt_tokens(messages: list[dict[str, str]]) -> int:
+            answer = oai.chat.completions.create(model="tiny", messages=messages, max_tokens=1)  # type: ignore[arg-type]
+            assert answer.usage is not None
+            return answer.usage.prompt_tokens
+
+        on_openai = prompt_tokens(hi)
+        own = prompt_tokens([{"role": "system", "content": "x"}, *hi])
+        developer = prompt_tokens([{"role": "developer", "content": "x"}, *hi])
+    assert on_openai == on_ollama.prompt_eval_count
+    assert own < on_openai and developer < on_openai  # "x" instead of "You are terse."
+
+
 def _backend_connections(pid: int, port: int) -> int:
     return sum(
         1

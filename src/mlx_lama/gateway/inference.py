@@ -306,6 +306,8 @@ async def openai(call: Call) -> Response:
     if path == "/v1/embeddings" and not gateway.embeddings_capable(route):
         raise ApiError(400, f"model '{name}' does not support embeddings")
     body = validate.openai_body(path, body, gateway.limits(route))
+    if path == "/v1/chat/completions":
+        body["messages"] = ollama.with_manifest_messages(body["messages"], route.defaults)
     if body.get("stream") is True:
         target, upstream = await open_stream(gateway, route, (path, body), None)
         return relay.openai_stream(

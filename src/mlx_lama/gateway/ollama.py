@@ -148,12 +148,23 @@ def chat_request(
     seeded messages come first; its parameters sit under the request's options.
     """
     messages = [_message(m) for m in _list(body.get("messages"), "messages")]
-    if defaults.system and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": defaults.system})
-    seeded = [dict(m) for m in defaults.messages]
-    at = 1 if messages and messages[0]["role"] == "system" else 0
-    messages[at:at] = seeded
+    messages = with_manifest_messages(messages, defaults)
     return _openai_body(body, defaults, (served_model, context), {"messages": messages})
+
+
+SYSTEM_ROLES = ("system", "developer")  # OpenAI's newer name for the system turn
+
+
+def with_manifest_messages(messages: list[JsonObject], defaults: ModelDefaults) -> list[JsonObject]:
+    """``messages`` (chat turns, OpenAI's shape) with what the manifest entry adds, the
+    same on every API: its system prompt first when the request brings none, then its
+    seeded messages (Modelfile MESSAGE) after the system turn. A new list."""
+    messages = list(messages)
+    if defaults.system and not any(m.get("role") in SYSTEM_ROLES for m in messages):
+        messages.insert(0, {"role": "system", "content": defaults.system})
+    at = 1 if messages and messages[0].get("role") in SYSTEM_ROLES else 0
+    messages[at:at] = [dict(m) for m in defaults.messages]
+    return messages
 
 
 def generate_request(
