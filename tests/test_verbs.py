@@ -109,12 +109,12 @@ def test_verbs_keep_every_comment_and_untouched_line(
         before, after = _verb(manifest, "cp", "tiny", "little")
         assert _changes(before, after) == ([], ["[aliases]", 'little = "tiny"'])
 
-        # pull: a new table at the end, with the repo and serve = "never".
+        # pull: a new table at the end, with the repo (served on demand: no serve key).
         before, after = _verb(manifest, "pull", TINY_REPO_ID)
         removed, added = _changes(before, after)
         assert removed == []
         assert f'[models."{TINY_REPO_ID}"]' in added
-        assert f'repo = "{TINY_REPO_ID}"' in added and 'serve = "never"' in added
+        assert f'repo = "{TINY_REPO_ID}"' in added and not [a for a in added if "serve" in a]
         assert after.startswith(before.rstrip("\n"))  # appended, not interleaved
 
         # rm: exactly the lines pull added go again; then the alias.
@@ -134,8 +134,9 @@ def test_pull_downloads_records_and_locks(tmp_path: Path, published_model: Publi
     manifest.write_text("version = 1\n", encoding="utf-8")
     code, _out, err = cli("pull", TINY_REPO_ID, "-f", str(manifest))
     assert code == 0, err
-    entry = load_manifest(manifest).models[TINY_REPO_ID]
-    assert entry.repo == TINY_REPO_ID and entry.serve == "never"
+    loaded = load_manifest(manifest)
+    assert loaded.models[TINY_REPO_ID].repo == TINY_REPO_ID
+    assert loaded.serve_mode(TINY_REPO_ID) == "on-demand"  # as after ollama pull
     locked = read_lock(lock_path_for(manifest)).get(TINY_REPO_ID)
     assert locked is not None
     assert locked.commit == published_model.commit
@@ -148,6 +149,19 @@ def test_pull_downloads_records_and_locks(tmp_path: Path, published_model: Publi
     before = manifest.read_text(encoding="utf-8")
     assert cli("pull", TINY_REPO_ID, "-f", str(manifest))[0] == 0
     assert manifest.read_text(encoding="utf-8") == before
+
+
+def test_pull_serve_says_how_a_new_model_is_served(
+    tmp_path: Path, published_model: PublishedRepo
+) -> None:
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text("version = 1\n", encoding="utf-8")
+    code, _out, err = cli("pull", TINY_REPO_ID, "--serve", "sometimes", "-f", str(manifest))
+    assert code == 2 and "--serve 'sometimes'" in err and "on-demand, always, never" in err
+    assert manifest.read_text(encoding="utf-8") == "version = 1\n"  # refused before anything
+    assert cli("pull", TINY_REPO_ID, "--serve", "never", "-f", str(manifest))[0] == 0
+    assert 'serve = "never"' in manifest.read_text(encoding="utf-8")
+    assert load_manifest(manifest).serve_mode(TINY_REPO_ID) == "never"
 
 
 def test_pull_refuses_unknown_names_before_changing_anything(

@@ -2,9 +2,10 @@
 
 Each name is resolved as ``ollama pull`` would find it here: a manifest model,
 an alias, or a Hugging Face repo id. The files are downloaded first, with
-progress, and only a complete download is written into the manifest (a new
-entry gets ``serve = "never"``: pulling puts a model on disk, serving it is
-``mlx-lama serve MODEL``) and its commit into mlxlama.lock. Downloads run
+progress, and only a complete download is written into the manifest and its
+commit into mlxlama.lock. A new entry is served on demand, as after ``ollama
+pull`` (and ``/api/pull`` here): the daemon starts it on its first request.
+``--serve never`` keeps it on disk only, ``--serve always`` keeps it running. Downloads run
 outside the apply lock, so several ``pull`` commands download at once; each
 takes the lock only for its short manifest edit.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from mlx_lama.schema.manifest import ServeMode
 
 PARALLEL_PULLS = 4
+SERVE_MODES = ("on-demand", "always", "never")
 
 
 @app.command()
@@ -41,27 +43,45 @@ def pull(
             show_default=False,
         ),
     ],
+    serve: Annotated[
+        str | None,
+        typer.Option(
+            "--serve",
+            help="How a model new to the manifest is served: on-demand (the default, "
+            "started by its first request), always, or never (on disk only).",
+            metavar="MODE",
+            show_default=False,
+        ),
+    ] = None,
     file: ManifestFile = None,
 ) -> None:
     """Download models and add them to the manifest.
 
     MODEL is a manifest model or alias, a built-in alias (`mlx-lama aliases`)
     or a Hugging Face repo id such as mlx-community/Llama-3.2-1B-Instruct-4bit.
-    A model new to the manifest is added with serve = "never" once its files
-    are complete; pulling one already there fetches its revision again and
-    updates mlxlama.lock. Several pulls may run at once.
+    A model new to the manifest is added once its files are complete, served on
+    demand as after `ollama pull` (--serve never: on disk only); pulling one
+    already there fetches its revision again, updates mlxlama.lock and leaves
+    its entry as it is. Several pulls may run at once.
     """
+    from mlx_lama.errors import UsageError
     from mlx_lama.schema import find_manifest
 
-    pull_models(find_manifest(file).path, models)
+    if serve is not None and serve not in SERVE_MODES:
+        raise UsageError(
+            f"--serve {serve!r} is not a way to serve a model",
+            hint=f"use one of: {', '.join(SERVE_MODES)}",
+        )
+    pull_models(find_manifest(file).path, models, serve=cast("ServeMode | None", serve))
 
 
 def pull_models(
-    manifest_path: Path, names: Sequence[str], *, serve: ServeMode | None = "never"
+    manifest_path: Path, names: Sequence[str], *, serve: ServeMode | None = None
 ) -> list[str]:
     """Download ``names`` and record them in the manifest at ``manifest_path`` (a new
-    entry gets ``serve``, when given) and its lock; then let the running daemon, or
-    an apply of just these models, act on the change. Returns their manifest names,
+    entry gets ``serve``, when given; else the manifest's default, on demand) and its
+    lock; then let the running daemon, or an apply of just these models, act on the
+    change. Returns their manifest names,
     in order. Raises MlxLamaError when a name is unknown or a download fails; the
     models that did download are recorded all the same."""
     from mlx_lama.cli._handoff import settle

@@ -194,7 +194,7 @@ class Opener:
         if unknown is not None:
             raise unknown
         if key is None or needs_pull(workspace, key):
-            key = self._pull(key or name, known=key is not None, daemon=daemon is not None)
+            key = self._pull(key or name, known=key is not None)
             workspace = load_workspace(self.path)
         if daemon is None:
             return local_target(workspace, key)
@@ -212,7 +212,7 @@ class Opener:
             workspace = load_workspace(self.path)
         return DaemonTarget.of_manifest(daemon, workspace, key)
 
-    def _pull(self, name: str, *, known: bool, daemon: bool) -> str:
+    def _pull(self, name: str, *, known: bool) -> str:
         from mlx_lama.cli._targets import ModelNotFoundError
 
         if self.ask and not confirm(f"pull {name}?"):
@@ -222,7 +222,7 @@ class Opener:
             )
         from mlx_lama.cli.pull import pull_models
 
-        return pull_models(self.path, [name], serve="on-demand" if daemon else "never")[0]
+        return pull_models(self.path, [name])[0]  # served on demand, as pull does
 
 
 def manifest_key(manifest: Manifest, name: str) -> str | None:
