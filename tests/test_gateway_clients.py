@@ -8,6 +8,7 @@ the tests (each start costs seconds), so tests here only read or chat.
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -113,6 +114,18 @@ def test_chat_streams_ndjson_with_final_stats(client: ollama.Client) -> None:
     assert "".join(p.message.content or "" for p in parts)
 
 
+def test_each_answered_request_has_a_line_in_the_daemon_log(
+    served: RunningGateway, client: ollama.Client
+) -> None:
+    client.chat("chat", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2})
+    process = served.process
+    assert process is not None
+    wait_for(lambda: "/api/chat tiny 200 " in process.log_tail(), 10, "the log line")
+    lines = process.log_tail().splitlines()
+    line = next(line for line in reversed(lines) if "/api/chat tiny 200" in line)
+    assert re.search(r"/api/chat tiny 200 \d+\.\d{3}s tokens \d+\+2$", line), line
+
+
 def test_generate_with_and_without_streaming(client: ollama.Client) -> None:
     whole = client.generate("tiny", "once upon a time", options={"num_predict": 4})
     assert whole.done and whole.response
@@ -208,6 +221,10 @@ def test_client_disconnect_cancels_the_backend_request(
     # The gateway dropped its upstream request; the engine stopped writing and closed it.
     wait_for(lambda: _backend_connections(pid, port) == 0, 30, "the backend request to end")
     wait_for(lambda: served.health()["models"]["tiny"]["in_flight"] == 0, 10, "lease release")  # type: ignore[index]
+    # Counted as a client that left (499), not as an answer that was given (200).
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        last = http.get(served.url + "/mlx-lama/stats").json()["recent"][0]  # newest first
+    assert (last["endpoint"], last["status"]) == ("/api/chat", 499)
 
 
 def test_backend_death_mid_stream_ends_with_an_error_line(

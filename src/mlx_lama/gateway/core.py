@@ -123,6 +123,14 @@ class Gateway:
         ``endpoint`` (a route template): ``tokens`` are (prompt, completion) when the
         backend reported them, ``first_token`` the seconds until the first one."""
         self.metrics.request(model, endpoint, status, seconds)
+        log.info(  # the request log: one line per inference request
+            "%s %s %d %.3fs%s",
+            endpoint,
+            model or "-",
+            status,
+            seconds,
+            "" if tokens is None else f" tokens {tokens[0]}+{tokens[1]}",
+        )
         if tokens is not None:
             self.metrics.tokens(model, *tokens)
         if first_token is not None:

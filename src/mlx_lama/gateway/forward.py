@@ -27,7 +27,7 @@ import httpx
 from starlette.responses import Response
 
 from mlx_lama.gateway.core import Gateway, InvalidName, UnknownModel
-from mlx_lama.gateway.http import ApiError
+from mlx_lama.gateway.http import CLIENT_GONE, ApiError
 from mlx_lama.gateway.proxy import ProxyStream, until_disconnect
 from mlx_lama.gateway.remotes import FORWARDED_HEADER, RemoteModel, connect_failure
 from mlx_lama.gateway.security import ASGIApp, Receive, Scope, Send
@@ -149,8 +149,8 @@ async def forward(
     except httpx.HTTPError as error:
         raise ApiError(502, _unreachable(remote, error)) from None
     if response is None:  # the client left while the remote worked
-        gateway.finished(remote.name, path, 499, time.monotonic() - started)
-        return Response(status_code=499)
+        gateway.finished(remote.name, path, CLIENT_GONE, time.monotonic() - started)
+        return Response(status_code=CLIENT_GONE)
     kind = response.headers.get("content-type", "")
     if response.status_code < 400 and kind.startswith(_STREAMED):
         return _streamed(gateway, remote, response, path, started)
@@ -163,12 +163,12 @@ async def forward(
         await response.aclose()
     status = response.status_code
     if data is None:
-        status = 499
+        status = CLIENT_GONE
     elif status in (401, 403):
         raise ApiError(502, _refused(remote, status))
     gateway.finished(remote.name, path, status, time.monotonic() - started)
     if data is None:
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_GONE)
     return Response(data, status_code=status, media_type=kind or None)
 
 
@@ -196,9 +196,10 @@ def _streamed(
             else:
                 yield lead + json.dumps({"error": message}).encode() + b"\n"
 
-    async def close() -> None:
+    async def close(completed: bool) -> None:
         try:
-            gateway.finished(remote.name, path, 200, time.monotonic() - started)
+            status = 200 if completed else CLIENT_GONE
+            gateway.finished(remote.name, path, status, time.monotonic() - started)
         finally:
             await response.aclose()
 

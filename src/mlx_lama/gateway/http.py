@@ -22,6 +22,7 @@ from mlx_lama.gateway.security import error_body
 JsonObject = dict[str, Any]
 
 MAX_TOKENS_CAP = 1_000_000
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection first
 MAX_STOP_SEQUENCES = 64
 MAX_STOP_LENGTH = 4096
 _INT64 = 2**63

@@ -27,7 +27,7 @@ from starlette.types import Receive
 from mlx_lama.gateway import forward, ollama, relay, validate
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
 from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, post_stream
-from mlx_lama.gateway.http import ApiError, JsonObject, read_json
+from mlx_lama.gateway.http import CLIENT_GONE, ApiError, JsonObject, read_json
 from mlx_lama.gateway.proxy import RawStream, until_disconnect
 from mlx_lama.schema.units import Duration
 
@@ -78,8 +78,9 @@ def attended(handler: Handler) -> Handler:
         if response is not None:
             return response
         if call.model:
-            call.gateway.finished(call.model, call.path, 499, time.monotonic() - call.started)
-        return Response(status_code=499)
+            seconds = time.monotonic() - call.started
+            call.gateway.finished(call.model, call.path, CLIENT_GONE, seconds)
+        return Response(status_code=CLIENT_GONE)
 
     return run
 

@@ -141,18 +141,21 @@ def describe(error: BaseException) -> str:
 
 class ProxyStream(StreamingResponse):
     """A streaming response whose ``on_close`` always runs, even when the client
-    disconnects before the first chunk (when the body generator never starts)."""
+    disconnects before the first chunk (when the body generator never starts). It is
+    told whether the whole body went out (False: the client left, or the stream was
+    cancelled), so a client that left is counted as such (499), not as a 200."""
 
     def __init__(
         self,
         content: AsyncIterator[bytes],
         *,
         media_type: str,
-        on_close: Callable[[], Awaitable[None]],
+        on_close: Callable[[bool], Awaitable[None]],
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
         self._on_close = on_close
+        self.completed = False  # the last chunk was sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -162,7 +165,7 @@ class ProxyStream(StreamingResponse):
                 await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._on_close()
+                await self._on_close(self.completed)
 
     async def stream_response(self, send: Send) -> None:
         """Starlette's, less its check of each chunk's type: the content is bytes."""
@@ -178,6 +181,7 @@ class ProxyStream(StreamingResponse):
         async for chunk in self.body_iterator:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.completed = True
 
     async def _stream_watched(self, receive: Receive, send: Send) -> None:
         """The body, cut short when the client disconnects: what StreamingResponse does
