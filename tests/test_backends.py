@@ -51,9 +51,16 @@ def test_backend_modules_load_lazily_and_never_import_their_engine() -> None:
     caps, imported = json.loads(done.stdout)
     assert imported == []
     assert caps == {
-        "external": ["chat", "completion", "embeddings"],
+        "external": ["chat", "completion", "embeddings", "structured_output"],
         "mlx-lm": ["chat", "completion", "adapters", "distributed"],
-        "vllm-mlx": ["chat", "completion", "embeddings", "vision", "continuous_batching"],
+        "vllm-mlx": [
+            "chat",
+            "completion",
+            "embeddings",
+            "vision",
+            "continuous_batching",
+            "structured_output",
+        ],
     }
 
 

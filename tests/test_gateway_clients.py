@@ -126,6 +126,33 @@ def test_each_answered_request_has_a_line_in_the_daemon_log(
     assert re.search(r"/api/chat tiny 200 \d+\.\d{3}s tokens \d+\+2$", line), line
 
 
+def test_json_output_from_an_engine_that_cannot_constrain_it_is_a_400(
+    served: RunningGateway, client: ollama.Client
+) -> None:
+    """Not free text with a 200 that a JSON parser then fails on (langchain's
+    with_structured_output): mlx-lm has no constrained decoding, and the 400 says
+    which engine has."""
+    hi = [{"role": "user", "content": "hi"}]
+    for fmt in ("json", {"type": "object", "properties": {"a": {"type": "string"}}}):
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.chat("tiny", messages=hi, format=fmt)
+        assert refused.value.status_code == 400
+        assert "runs on mlx-lm" in str(refused.value) and 'backend = "vllm-mlx"' in str(
+            refused.value
+        )
+        assert "(format)" in str(refused.value)
+    with openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0) as oai:
+        with pytest.raises(openai.BadRequestError) as bad:
+            oai.chat.completions.create(
+                model="chat", messages=hi, response_format={"type": "json_object"}, max_tokens=2
+            )  # type: ignore[call-overload]
+        assert "(response_format)" in str(bad.value)
+        plain = oai.chat.completions.create(
+            model="chat", messages=hi, response_format={"type": "text"}, max_tokens=2
+        )  # type: ignore[call-overload]
+        assert plain.choices[0].message.content is not None  # plain text still answers
+
+
 def test_generate_with_and_without_streaming(client: ollama.Client) -> None:
     whole = client.generate("tiny", "once upon a time", options={"num_predict": 4})
     assert whole.done and whole.response

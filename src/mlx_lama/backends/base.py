@@ -187,6 +187,7 @@ class Capabilities:
     continuous_batching: bool = False
     adapters: bool = False
     distributed: bool = False
+    structured_output: bool = False  # answers constrained to JSON or a JSON schema
 
     def names(self) -> list[str]:
         """The capabilities it has, as their field names."""

@@ -30,7 +30,8 @@ class ExternalBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         # Whatever the server behind the URL offers; the OpenAI endpoints pass through.
-        return Capabilities(chat=True, completion=True, embeddings=True)
+        # Its own business: requests pass through, and its answers are what they are.
+        return Capabilities(chat=True, completion=True, embeddings=True, structured_output=True)
 
     def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
         raise LaunchError(

@@ -65,7 +65,12 @@ class VllmMlxBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            chat=True, completion=True, embeddings=True, vision=True, continuous_batching=True
+            chat=True,
+            completion=True,
+            embeddings=True,
+            vision=True,
+            continuous_batching=True,
+            structured_output=True,  # its guided decoding
         )
 
     def serve(self, server: ServerSpec, port: int) -> LaunchSpec:

@@ -306,11 +306,18 @@ class Gateway:
         """Size, time and config of ``name``'s files (empty ones when not on disk)."""
         return read_facts(self.model_folder(name), self.lock.get(name))
 
-    def embeddings_capable(self, route: Route) -> bool:
+    def can(self, route: Route, capability: str) -> bool:
+        """Whether the engine behind ``route`` has ``capability`` (a field of
+        :class:`Capabilities`); an external server is trusted with everything."""
         if route.kind == "external":
             return True
         capabilities = self._capabilities(route.name)
-        return capabilities is not None and capabilities.embeddings
+        return capabilities is not None and bool(getattr(capabilities, capability))
+
+    def engine_of(self, route: Route) -> str | None:
+        """The engine mlx-lama runs for ``route`` (None: an external or unserved model)."""
+        spec = self._servers.get(route.name)
+        return None if spec is None else spec.engine
 
     def _capabilities(self, name: str) -> Capabilities | None:
         """What the engine serving ``name`` can do (None: mlx-lama runs no server for it)."""

@@ -163,7 +163,28 @@ async def _ollama_run(call: Call, kind: str) -> Response:
     if empty:
         return await _load_only(gateway, route, name, kind, keep_alive, started)
     openai = validate.openai_body(path, openai, limits)
+    _check_output_format(gateway, route, name, openai, "format")
     return await _ollama_answer(call, (route, name, kind), path, openai, keep_alive)
+
+
+def _check_output_format(
+    gateway: Gateway, route: Route, name: str, body: JsonObject, field: str
+) -> None:
+    """400 for JSON output (Ollama ``format``, OpenAI ``response_format``) from an engine
+    that cannot constrain its answer: it would come back as free text that does not
+    parse, with a 200. Which engine can do it is the fix the message names."""
+    wanted = body.get("response_format")
+    if not isinstance(wanted, dict) or wanted.get("type") in (None, "text"):
+        return
+    if gateway.can(route, "structured_output"):
+        return
+    engine = gateway.engine_of(route) or "its engine"
+    raise ApiError(
+        400,
+        f"model '{name}' runs on {engine}, which cannot constrain its answer to JSON "
+        f'({field}); serve it with backend = "vllm-mlx" (guided decoding) for JSON '
+        f"answers, or send the request without {field}",
+    )
 
 
 async def _ollama_answer(
@@ -253,7 +274,7 @@ async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
     route = resolve(gateway, body.get("model"))
     call.model = route.name
     name = str(body["model"])
-    if not gateway.embeddings_capable(route):
+    if not gateway.can(route, "embeddings"):
         raise ApiError(400, f'"{name}" does not support embeddings')
     try:
         keep_alive = ollama.parse_keep_alive(body.get("keep_alive"))
@@ -304,9 +325,10 @@ async def openai(call: Call) -> Response:
     route = resolve(gateway, body.get("model"))
     call.model = route.name
     name = str(body["model"])
-    if path == "/v1/embeddings" and not gateway.embeddings_capable(route):
+    if path == "/v1/embeddings" and not gateway.can(route, "embeddings"):
         raise ApiError(400, f"model '{name}' does not support embeddings")
     body = validate.openai_body(path, body, gateway.limits(route))
+    _check_output_format(gateway, route, name, body, "response_format")
     if path == "/v1/chat/completions":
         body["messages"] = ollama.with_manifest_messages(body["messages"], route.defaults)
     if body.get("stream") is True:
