@@ -63,7 +63,11 @@ def run(
     ] = False,
     output_format: Annotated[
         str | None,
-        typer.Option("--format", help='Response format: "json" (enforced by the daemon only).'),
+        typer.Option(
+            "--format",
+            help='Response format: "json", through the daemon, on an engine that can '
+            "constrain its output (vllm-mlx; mlx-lm refuses it).",
+        ),
     ] = None,
     keepalive: Annotated[
         str | None,
