@@ -241,11 +241,18 @@ def test_generate_uses_the_chat_template_unless_raw() -> None:
         {"role": "system", "content": "Answer."},
         {"role": "user", "content": "Why?"},
     ]
-    path, request = generate_request({"prompt": "a b", "raw": True, "suffix": "z"}, NONE, "m")
+    path, request = generate_request({"prompt": "a b", "raw": True}, NONE, "m")
     assert path == "/v1/completions"
-    assert (request["model"], request["prompt"], request["suffix"]) == ("m", "a b", "z")
+    assert (request["model"], request["prompt"]) == ("m", "a b")
     with pytest.raises(RequestError, match="raw mode does not support"):
         generate_request({"prompt": "a", "raw": True, "system": "s"}, NONE, None)
+    # Refused, not dropped: no engine here fills in the middle or takes token context.
+    for raw in (False, True):
+        with pytest.raises(RequestError, match=r"suffix \(fill in the middle\).*raw: true"):
+            generate_request({"prompt": "a", "suffix": "z", "raw": raw}, NONE, "m")
+        with pytest.raises(RequestError, match=r"context .* /api/chat as messages"):
+            generate_request({"prompt": "a", "context": [1, 2], "raw": raw}, NONE, "m")
+    assert generate_request({"prompt": "a", "context": [], "suffix": ""}, NONE, "m")[1]
     with pytest.raises(RequestError, match="prompt must be a string"):
         generate_request({"prompt": 3}, NONE, None)
 

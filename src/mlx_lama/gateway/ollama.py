@@ -176,17 +176,28 @@ def generate_request(
     """An Ollama ``/api/generate`` body as (OpenAI endpoint path, body).
 
     A templated prompt becomes a chat with one user turn (the model's own chat
-    template applies); ``raw`` prompts go to ``/v1/completions`` untouched.
+    template applies); ``raw`` prompts go to ``/v1/completions`` untouched. What no
+    engine here honours is refused, not dropped: ``suffix`` (fill in the middle) and
+    ``context`` (an earlier answer's token ids, which this gateway never returns).
     """
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
         raise RequestError("prompt must be a string")
+    if body.get("suffix"):
+        raise RequestError(
+            "suffix (fill in the middle) is not supported: the engines here complete a "
+            "prompt from its start only; send the model's own fill-in-the-middle prompt "
+            "(its prefix, suffix and middle tokens around your text) with raw: true"
+        )
+    if body.get("context"):
+        raise RequestError(
+            "context (the token ids of an earlier answer) is not supported here: send the "
+            "conversation so far to /api/chat as messages"
+        )
     if body.get("raw"):
-        if body.get("system") or body.get("template") or body.get("context"):
-            raise RequestError("raw mode does not support template, system, or context")
+        if body.get("system") or body.get("template"):
+            raise RequestError("raw mode does not support template or system")
         extra: JsonObject = {"prompt": prompt}
-        if body.get("suffix"):
-            extra["suffix"] = body["suffix"]
         return "/v1/completions", _openai_body(body, defaults, (served_model, context), extra)
     system = body.get("system") or defaults.system
     messages: list[JsonObject] = []
