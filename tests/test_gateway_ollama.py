@@ -327,6 +327,42 @@ def test_streamed_tool_call_fragments_arrive_as_one_call_with_object_arguments()
 
 
 @pytest.mark.parametrize("kind", ["chat", "generate"])
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_the_engines_reasoning_is_ollamas_thinking_not_dropped(kind: str, field: str) -> None:
+    """mlx_lm.server splits a thinking model's reasoning into ``reasoning``
+    (DeepSeek-style servers: ``reasoning_content``); Ollama answers it as
+    ``thinking``, streamed and merged, and the NDJSON fast path agrees."""
+    events: list[dict[str, Any]] = [
+        {"choices": [{"delta": {field: "Let me see. "}}]},
+        {"choices": [{"delta": {field: "Two."}}]},
+        {"choices": [{"delta": {field: "", "content": "2"}, "finish_reason": "stop"}]},
+    ]
+    stream = StreamTranslator(model="m", kind=kind, started=0.0, loaded=0.0)
+    twin = StreamTranslator(model="m", kind=kind, started=0.0, loaded=0.0)
+    chunks = []
+    for at, event in enumerate(events):
+        fed = stream.feed(event, float(at), MOMENT)
+        assert twin.feed_ndjson(event, float(at), MOMENT) == b"".join(map(ndjson_line, fed))
+        chunks += fed
+    chunks.append(stream.finish(3.0, MOMENT))
+    merged = merge_stream(chunks, kind)
+    if kind == "chat":
+        assert chunks[0]["message"] == {
+            "role": "assistant",
+            "content": "",
+            "thinking": "Let me see. ",
+        }
+        assert (merged["message"]["thinking"], merged["message"]["content"]) == (
+            "Let me see. Two.",
+            "2",
+        )
+    else:
+        assert (chunks[0]["response"], chunks[0]["thinking"]) == ("", "Let me see. ")
+        assert (merged["thinking"], merged["response"]) == ("Let me see. Two.", "2")
+    assert stream.first_token == 0.0  # the first thought is the first token
+
+
+@pytest.mark.parametrize("kind", ["chat", "generate"])
 @pytest.mark.parametrize(
     "model", ["coder:latest", 'we"ird\\name', "modèle/ü:7b", "emoji-\U0001f600", "tab\there"]
 )

@@ -328,6 +328,13 @@ def created_at(moment: datetime) -> str:
     return utc.isoformat(timespec="microseconds")[:26] + "000Z"
 
 
+class Thought(str):
+    """Reasoning text (the engine's ``reasoning`` / ``reasoning_content``), which Ollama
+    answers under ``thinking`` beside the content."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class StreamTranslator:
     """Turns a backend's OpenAI chat stream into Ollama chat or generate chunks.
@@ -391,18 +398,21 @@ class StreamTranslator:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        texts = []
+        texts: list[Any] = []
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or choice.get("message") or {}
+            # mlx_lm.server says "reasoning", DeepSeek-style servers "reasoning_content"
+            thought = delta.get("reasoning") or delta.get("reasoning_content") or ""
             text = delta.get("content") or choice.get("text") or ""
             for call in delta.get("tool_calls") or []:
                 self._collect(call)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
-            if text:
-                if self.first_token is None:
-                    self.first_token = now
-                texts.append(text)
+            for piece in (Thought(thought) if thought else "", text):
+                if piece:
+                    if self.first_token is None:
+                        self.first_token = now
+                    texts.append(piece)
         return texts
 
     def finish(self, now: float, moment: datetime) -> JsonObject:
@@ -424,10 +434,15 @@ class StreamTranslator:
 
     def _chunk(self, text: str, moment: datetime) -> JsonObject:
         chunk: JsonObject = {"model": self.model, "created_at": created_at(moment)}
+        thinking = isinstance(text, Thought)
         if self.kind == "chat":
-            chunk["message"] = {"role": "assistant", "content": text}
+            chunk["message"] = {"role": "assistant", "content": "" if thinking else text}
+            if thinking:
+                chunk["message"]["thinking"] = str(text)
         else:
-            chunk["response"] = text
+            chunk["response"] = "" if thinking else text
+            if thinking:
+                chunk["thinking"] = str(text)
         chunk["done"] = False
         return chunk
 
@@ -492,6 +507,9 @@ def merge_stream(chunks: Sequence[Mapping[str, Any]], kind: str) -> JsonObject:
     merged = dict(chunks[-1])
     if kind == "chat":
         message: JsonObject = {"role": "assistant", "content": ""}
+        thinking = "".join(c["message"].get("thinking", "") for c in chunks)
+        if thinking:
+            message["thinking"] = thinking
         for chunk in chunks:
             message["content"] += chunk["message"].get("content", "")
             if chunk["message"].get("tool_calls"):
@@ -499,6 +517,9 @@ def merge_stream(chunks: Sequence[Mapping[str, Any]], kind: str) -> JsonObject:
         merged["message"] = message
     else:
         merged["response"] = "".join(c.get("response", "") for c in chunks)
+        thinking = "".join(c.get("thinking", "") for c in chunks)
+        if thinking:
+            merged["thinking"] = thinking
         calls = [c["tool_calls"] for c in chunks if c.get("tool_calls")]
         if calls:
             merged["tool_calls"] = calls[-1]
