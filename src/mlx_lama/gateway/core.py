@@ -26,7 +26,13 @@ from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.validate import Limits
 from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.desired import desired
-from mlx_lama.orchestrator.facts import ModelFacts, model_folder, read_config, read_facts
+from mlx_lama.orchestrator.facts import (
+    ModelFacts,
+    chat_template,
+    model_folder,
+    read_config,
+    read_facts,
+)
 from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.scheduler import Scheduler
 from mlx_lama.orchestrator.slots import Changes, SchedulerConfig
@@ -305,6 +311,17 @@ class Gateway:
     def facts(self, name: str) -> ModelFacts:
         """Size, time and config of ``name``'s files (empty ones when not on disk)."""
         return read_facts(self.model_folder(name), self.lock.get(name))
+
+    def chat_template(self, route: Route) -> str | None:
+        """The chat template the engine of ``route`` applies: the manifest's
+        ``template``, else the model's own ("" without one); None when mlx-lama runs
+        no engine for it (an external server's template is not known here)."""
+        spec = self._servers.get(route.name)
+        if spec is None:
+            return None
+        if spec.template is not None:
+            return spec.template
+        return chat_template(self.model_folder(route.name), self.facts(route.name).tokenizer_config)
 
     def can(self, route: Route, capability: str) -> bool:
         """Whether the engine behind ``route`` has ``capability`` (a field of

@@ -164,7 +164,35 @@ async def _ollama_run(call: Call, kind: str) -> Response:
         return await _load_only(gateway, route, name, kind, keep_alive, started)
     openai = validate.openai_body(path, openai, limits)
     _check_output_format(gateway, route, name, openai, "format")
+    if path == "/v1/chat/completions":
+        openai.update(_thinking(gateway.chat_template(route), body.get("think"), name))
     return await _ollama_answer(call, (route, name, kind), path, openai, keep_alive)
+
+
+THINK_LEVELS = ("low", "medium", "high")  # gpt-oss's levels; Ollama takes them too
+
+
+def _thinking(template: str | None, think: object, name: str) -> JsonObject:
+    """What Ollama's ``think`` adds to the engine request: the chat template's own
+    switch (``enable_thinking``, passed as ``chat_template_kwargs``) when it has one.
+    Thinking asked of a model whose template shows no thinking is a 400, as in
+    Ollama; ``think: false`` there changes nothing. A template not known here (an
+    external server's) gets nothing added."""
+    if think is None:
+        return {}
+    if not isinstance(think, bool) and think not in THINK_LEVELS:
+        raise ApiError(400, f"think must be true, false or one of {', '.join(THINK_LEVELS)}")
+    if template is None:
+        return {}
+    if "enable_thinking" in template:
+        return {"chat_template_kwargs": {"enable_thinking": think is not False}}
+    if think is not False and "<think>" not in template:
+        raise ApiError(
+            400,
+            f"model '{name}' does not support thinking: its chat template has no thinking "
+            "switch; leave think out, or use a thinking model (Qwen3, DeepSeek-R1, gpt-oss)",
+        )
+    return {}
 
 
 def _check_output_format(

@@ -68,6 +68,24 @@ def read_config(folder: Path | None) -> dict[str, Any]:
     return _read_json(path, _mtime(path))
 
 
+def chat_template(folder: Path | None, tokenizer_config: Mapping[str, Any]) -> str:
+    """The model's chat template as text ("" without one): ``chat_template.jinja`` in
+    ``folder``, else ``tokenizer_config.json``'s ``chat_template`` (a string, or a
+    list of named templates, whose texts are joined)."""
+    if folder is not None:
+        jinja = folder / "chat_template.jinja"
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except OSError:
+            pass
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, str):
+        return template
+    if isinstance(template, list):
+        return "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    return ""
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
