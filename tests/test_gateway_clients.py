@@ -275,3 +275,43 @@ def test_backend_death_mid_stream_ends_with_an_error_line(
     answer = client.chat("tiny", messages=[{"role": "user", "content": "again"}])
     assert answer.done and answer.message.content
     assert served.pid_of("tiny") != pid
+
+
+def test_create_writes_a_manifest_model_that_answers_at_once(
+    served: RunningGateway, client: ollama.Client
+) -> None:
+    """Open WebUI's "Create a model" and ollama.Client.create: from, system, parameters
+    and messages become a manifest entry, as `mlx-lama create` writes one."""
+    manifest = served.home.parent / "mlxlama.toml"
+    try:
+        done = client.create(
+            model="brief",
+            from_="tiny",
+            system='Answer in one word, "yes" or no.',
+            parameters={"num_predict": 3, "stop": ["<|end|>", "###"]},
+            messages=[
+                {"role": "user", "content": "ready?"},
+                {"role": "assistant", "content": "yes"},
+            ],
+        )
+        assert done.status == "success"
+        text = manifest.read_text(encoding="utf-8")
+        assert '[models."brief"]' in text and "Answer in one word" in text
+        answer = client.chat("brief", messages=[{"role": "user", "content": "hi"}])
+        assert answer.eval_count == 3  # the new model's own num_predict
+        assert 'Answer in one word, "yes" or no.' in (client.show("brief").modelfile or "")
+        for refused in ({"files": {"a.gguf": "sha256:00"}}, {"quantize": "q4_K_M"}, {}):
+            body = {"model": "other", **refused}
+            if refused:
+                body["from"] = "tiny"
+            reply = httpx.post(served.url + "/api/create", json=body, timeout=30)
+            assert reply.status_code == 400, reply.text
+        bad = httpx.post(
+            served.url + "/api/create",
+            json={"model": "other", "from": "tiny", "parameters": {"temprature": 1}},
+            timeout=30,
+        )
+        assert bad.status_code == 400 and "temprature" in bad.json()["error"]
+        assert "other" not in manifest.read_text(encoding="utf-8")
+    finally:
+        client.delete("brief")

@@ -48,57 +48,20 @@ def create(
     """
     from mlx_lama.cli._handoff import settle
     from mlx_lama.names import check_model_name
-    from mlx_lama.registry import InvalidModelNameError, name_resolver
-    from mlx_lama.schema import find_manifest, load_manifest
-    from mlx_lama.schema.editor import add_model, find_model_key, set_model_fields
+    from mlx_lama.orchestrator.entries import create_entry
+    from mlx_lama.registry import InvalidModelNameError
+    from mlx_lama.schema import find_manifest
     from mlx_lama.schema.modelfile import parse_modelfile
-    from mlx_lama.schema.modelfile_entry import MODELFILE_KEYS, model_fields, modelfile_entry
 
     if (problem := check_model_name(name)) is not None:
         raise InvalidModelNameError(problem)
     manifest_path = find_manifest(manifest).path
     typer.echo("gathering model components", err=True)
     parsed = parse_modelfile(_read_modelfile(file), str(file))
-    current = load_manifest(manifest_path)
-    entry = modelfile_entry(
-        parsed,
-        modelfile_dir=file.absolute().parent,
-        manifest=current,
-        manifest_dir=manifest_path.absolute().parent,
-        resolve=name_resolver(current.aliases, current.models),
-    )
-    fields = model_fields(entry)
-    for text in ("system", "template", "license"):
-        if text in fields:
-            fields[text] = _readable(fields[text])
     typer.echo("writing manifest", err=True)
-    key = find_model_key(current, name)
-    if key is None:
-        add_model(manifest_path, name, fields)
-    else:
-        # Replace what a Modelfile decides; keep how the model is served. The
-        # backend stays unless FROM brought one (it goes with the model's args).
-        replaced = [k for k in MODELFILE_KEYS if k != "backend" or "backend" in fields]
-        set_model_fields(manifest_path, key, {k: fields.get(k) for k in replaced})
-    settle(manifest_path, [key or name])
+    key = create_entry(manifest_path, name, parsed, file.absolute().parent)
+    settle(manifest_path, [key])
     typer.echo("success", err=True)
-
-
-def _readable(value: object) -> object:
-    """Multi-line texts as TOML multi-line strings, so the manifest reads like the
-    Modelfile (except where TOML would change them: a leading newline, a carriage return)."""
-    import tomlkit
-
-    if isinstance(value, list):
-        return [_readable(item) for item in value]
-    if (
-        isinstance(value, str)
-        and "\n" in value
-        and not value.startswith("\n")
-        and "\r" not in value
-    ):
-        return tomlkit.string(value, multiline=True)
-    return value
 
 
 def _read_modelfile(path: Path) -> str:

@@ -135,7 +135,7 @@ def _routes() -> list[Route]:
         Route("/api/pull", manage.pull, methods=["POST"]),
         Route("/api/delete", manage.delete, methods=["DELETE"]),
         Route("/api/copy", manage.copy, methods=["POST"]),
-        Route("/api/create", _unsupported("create"), methods=["POST"]),
+        Route("/api/create", manage.create, methods=["POST"]),
         Route("/api/push", _unsupported("push"), methods=["POST"]),
         Route("/v1/chat/completions", inference.openai_proxy, methods=["POST"]),
         Route("/v1/completions", inference.openai_proxy, methods=["POST"]),
@@ -193,12 +193,7 @@ def _unsupported(verb: str) -> Any:
     async def endpoint(request: Request) -> Response:
         raise ApiError(
             501,
-            f"/api/{verb} is not supported by mlx-lama; "
-            + (
-                "describe the model in mlxlama.toml instead"
-                if verb == "create"
-                else "models come from Hugging Face repos"
-            ),
+            f"/api/{verb} is not supported by mlx-lama; models come from Hugging Face repos",
         )
 
     return endpoint

@@ -250,3 +250,97 @@ def _set_alias(gateway: Gateway, alias: str, target: str) -> None:
     from mlx_lama.schema import editor
 
     editor.set_alias(gateway.manifest_path, alias, target)
+
+
+# -- create
+
+_NOT_UPLOADED = (
+    "is not supported: mlx-lama does not take uploaded weights; put them in a folder "
+    "or a Hugging Face repo and name it in from"
+)
+
+
+async def create(request: Request) -> Response:
+    """Ollama's ``/api/create`` (``model``, ``from``, ``system``, ``template``,
+    ``parameters``, ``messages``, ``license``): written into the manifest exactly as
+    ``mlx-lama create`` writes a Modelfile, then served as the manifest says."""
+    from mlx_lama.orchestrator.entries import create_entry
+    from mlx_lama.schema.modelfile import ModelfileError, parse_modelfile
+
+    gateway = gateway_of(request)
+    body = await read_json(request)
+    name = _name(body)
+    for key in ("files", "adapters"):
+        if body.get(key):
+            raise ApiError(400, f"{key} {_NOT_UPLOADED}")
+    if body.get("quantize"):
+        raise ApiError(400, "quantize is not supported: name an already quantized MLX repo")
+    base = body.get("from")
+    if not isinstance(base, str) or not base:
+        raise ApiError(400, "from is required: a model of the manifest, a repo id or a folder")
+    text = _modelfile_text(base, body)
+
+    def work() -> str:
+        try:
+            parsed = parse_modelfile(text, "/api/create")
+            folder = gateway.manifest_path.absolute().parent
+            return create_entry(gateway.manifest_path, name, parsed, folder)
+        except ModelfileError as error:
+            raise ApiError(400, str(error)) from None
+
+    await _edit(gateway, work, f"create {name!r}")
+    statuses = ["gathering model components", "writing manifest", "success"]
+    if body.get("stream") is False:
+        return JSONResponse({"status": "success"})
+    lines = "".join(json.dumps({"status": s}) + "\n" for s in statuses)
+    return Response(lines, media_type=NDJSON)
+
+
+def _modelfile_text(base: str, body: dict[str, Any]) -> str:
+    """The Modelfile the request stands for, so its values go through the same checks
+    as a Modelfile's (parameter names and types, message roles)."""
+    lines = [f"FROM {_quoted(base, 'from')}"]
+    for key in ("system", "template"):
+        value = body.get(key)
+        if value is not None:
+            lines.append(f"{key.upper()} {_quoted(_string(value, key), key)}")
+    licenses = body.get("license")
+    for text in licenses if isinstance(licenses, list) else [licenses] if licenses else []:
+        lines.append(f"LICENSE {_quoted(_string(text, 'license'), 'license')}")
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ApiError(400, "parameters must be an object of name: value")
+    for key, value in parameters.items():
+        for one in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {key} {_quoted(_parameter(one, key), key)}")
+    messages = body.get("messages") or []
+    if not isinstance(messages, list):
+        raise ApiError(400, "messages must be a list of {role, content} objects")
+    for message in messages:
+        if not isinstance(message, dict):
+            raise ApiError(400, "messages must be a list of {role, content} objects")
+        role, content = message.get("role"), _string(message.get("content"), "content")
+        lines.append(f"MESSAGE {role} {_quoted(content, 'messages')}")
+    return "\n".join(lines) + "\n"
+
+
+def _string(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, f"{key} must be a string")
+    return value
+
+
+def _parameter(value: object, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ApiError(400, f"parameter {key} must be a number, a string or true/false")
+
+
+def _quoted(text: str, key: str) -> str:
+    """``text`` as a Modelfile value in triple quotes, which cannot hold three quotes
+    or end in one."""
+    if '"""' in text or text.endswith('"'):
+        raise ApiError(400, f'{key} may not contain """ or end with " here')
+    return f'"""{text}"""'

@@ -34,6 +34,7 @@ from mlx_lama.schema.lockfile import (
     save_lock,
 )
 from mlx_lama.schema.manifest import Manifest
+from mlx_lama.schema.modelfile import ParsedModelfile
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +174,52 @@ def free_removed(removed: Removed, cache_dir: Path, *, project: str) -> Freed:
     if removed.repo is None:
         return Freed(None, kept_because=removed.kept_because)
     return free_files(removed.repo, cache_dir, project=project)
+
+
+def create_entry(manifest_path: Path, name: str, parsed: ParsedModelfile, base_dir: Path) -> str:
+    """Write what the Modelfile ``parsed`` says as model ``name`` of the manifest at
+    ``manifest_path`` (FROM and ADAPTER paths relative to ``base_dir``), as ``ollama
+    create`` does: a new entry, or an existing one's Modelfile settings replaced (its
+    serve, port, keep_alive, pin, args and env stay; the backend too, unless FROM
+    brought one). Returns its manifest key. Raises ModelfileError for a FROM or
+    ADAPTER that is not found, ManifestEditError for an edit the manifest refuses."""
+    from mlx_lama.registry import name_resolver
+    from mlx_lama.schema.editor import add_model, find_model_key, set_model_fields
+    from mlx_lama.schema.modelfile_entry import MODELFILE_KEYS, model_fields, modelfile_entry
+
+    current = load_manifest(manifest_path)
+    entry = modelfile_entry(
+        parsed,
+        modelfile_dir=base_dir,
+        manifest=current,
+        manifest_dir=manifest_path.absolute().parent,
+        resolve=name_resolver(current.aliases, current.models),
+    )
+    fields = model_fields(entry)
+    for text in ("system", "template", "license"):
+        if text in fields:
+            fields[text] = _readable(fields[text])
+    key = find_model_key(current, name)
+    if key is None:
+        add_model(manifest_path, name, fields)
+        return name
+    replaced = [k for k in MODELFILE_KEYS if k != "backend" or "backend" in fields]
+    set_model_fields(manifest_path, key, {k: fields.get(k) for k in replaced})
+    return key
+
+
+def _readable(value: object) -> object:
+    """Multi-line texts as TOML multi-line strings, so the manifest reads like the
+    Modelfile (except where TOML would change them: a leading newline, a carriage return)."""
+    import tomlkit
+
+    if isinstance(value, list):
+        return [_readable(item) for item in value]
+    if (
+        isinstance(value, str)
+        and "\n" in value
+        and not value.startswith("\n")
+        and "\r" not in value
+    ):
+        return tomlkit.string(value, multiline=True)
+    return value
