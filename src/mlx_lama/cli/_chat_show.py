@@ -7,14 +7,11 @@ session's :class:`~mlx_lama.cli._answer.Settings` and the model's files
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from mlx_lama.cli._answer import Settings, Target
+from mlx_lama.orchestrator.facts import chat_template, read_config
 from mlx_lama.schema.manifest import ModelEntry, Parameters
 
 SHOW_HELP = """Available Commands:
@@ -81,7 +78,7 @@ def show_info(target: Target, settings: Settings) -> str:
     """``/show info``: where the model comes from and runs, its architecture, its
     parameters and system prompt."""
     entry = effective_entry(target)
-    config = _read_json(target.folder / "config.json") if target.folder else {}
+    config = read_config(target.folder)
     quantization = config.get("quantization")
     rows = [
         ("name", target.name),
@@ -113,23 +110,3 @@ def show_info(target: Target, settings: Settings) -> str:
         first = str(license_lines[0]).splitlines()[0] if str(license_lines[0]) else ""
         text += f"\n  License\n    {first}\n"
     return text + "\n"
-
-
-def chat_template(folder: Path | None) -> str | None:
-    """The chat template the model's tokenizer files carry, if any."""
-    if folder is None:
-        return None
-    template = _read_json(folder / "tokenizer_config.json").get("chat_template")
-    if isinstance(template, str):
-        return template
-    with contextlib.suppress(OSError):
-        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -321,7 +321,7 @@ class Gateway:
             return None
         if spec.template is not None:
             return spec.template
-        return chat_template(self.model_folder(route.name), self.facts(route.name).tokenizer_config)
+        return chat_template(self.model_folder(route.name))
 
     def can(self, route: Route, capability: str) -> bool:
         """Whether the engine behind ``route`` has ``capability`` (a field of

@@ -54,9 +54,7 @@ def read_facts(folder: Path | None, locked: LockedModel | None) -> ModelFacts:
         modified=_mtime(folder),
         commit=commit,
         config=read_config(folder),
-        tokenizer_config=_read_json(
-            folder / "tokenizer_config.json", _mtime(folder / "tokenizer_config.json")
-        ),
+        tokenizer_config=_read_json(*_stamped(folder / "tokenizer_config.json")),
     )
 
 
@@ -64,21 +62,21 @@ def read_config(folder: Path | None) -> dict[str, Any]:
     """The model's ``config.json`` in ``folder`` ({} without one)."""
     if folder is None:
         return {}
-    path = folder / "config.json"
-    return _read_json(path, _mtime(path))
+    return _read_json(*_stamped(folder / "config.json"))
 
 
-def chat_template(folder: Path | None, tokenizer_config: Mapping[str, Any]) -> str:
-    """The model's chat template as text ("" without one): ``chat_template.jinja`` in
-    ``folder``, else ``tokenizer_config.json``'s ``chat_template`` (a string, or a
-    list of named templates, whose texts are joined)."""
-    if folder is not None:
-        jinja = folder / "chat_template.jinja"
-        try:
-            return jinja.read_text(encoding="utf-8")
-        except OSError:
-            pass
-    template = tokenizer_config.get("chat_template")
+def chat_template(folder: Path | None) -> str:
+    """The chat template the model's tokenizer files give its engine ("" without one):
+    ``chat_template.jinja`` in ``folder``, which transformers puts first, else
+    ``tokenizer_config.json``'s ``chat_template`` (a string, or a list of named
+    templates, whose texts are joined). Cached by modification time: the gateway
+    asks on requests."""
+    if folder is None:
+        return ""
+    text = _read_text(*_stamped(folder / "chat_template.jinja"))
+    if text is not None:
+        return text
+    template = _read_json(*_stamped(folder / "tokenizer_config.json")).get("chat_template")
     if isinstance(template, str):
         return template
     if isinstance(template, list):
@@ -91,6 +89,21 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _stamped(path: Path) -> tuple[Path, float]:
+    """``path`` with its modification time: the key of the read caches below."""
+    return path, _mtime(path)
+
+
+@lru_cache(maxsize=64)
+def _read_text(path: Path, mtime: float) -> str | None:
+    """A text file (None when missing or unreadable); cached by path and mtime."""
+    del mtime  # part of the cache key only
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 @lru_cache(maxsize=256)
