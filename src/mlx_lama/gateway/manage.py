@@ -298,29 +298,36 @@ async def create(request: Request) -> Response:
 
 def _modelfile_text(base: str, body: dict[str, Any]) -> str:
     """The Modelfile the request stands for, so its values go through the same checks
-    as a Modelfile's (parameter names and types, message roles)."""
-    lines = [f"FROM {_quoted(base, 'from')}"]
-    for key in ("system", "template"):
-        value = body.get(key)
-        if value is not None:
-            lines.append(f"{key.upper()} {_quoted(_string(value, key), key)}")
-    licenses = body.get("license")
-    for text in licenses if isinstance(licenses, list) else [licenses] if licenses else []:
-        lines.append(f"LICENSE {_quoted(_string(text, 'license'), 'license')}")
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise ApiError(400, "parameters must be an object of name: value")
-    for key, value in parameters.items():
-        for one in value if isinstance(value, list) else [value]:
-            lines.append(f"PARAMETER {key} {_quoted(_parameter(one, key), key)}")
-    messages = body.get("messages") or []
-    if not isinstance(messages, list):
-        raise ApiError(400, "messages must be a list of {role, content} objects")
-    for message in messages:
-        if not isinstance(message, dict):
+    as a Modelfile's (parameter names and types, message roles). Each value is written
+    the way ``mlx-lama show --modelfile`` writes one, so it reads back unchanged; a
+    text no Modelfile can hold is a 400."""
+    from mlx_lama.schema.modelfile_render import ModelfileRenderError, bare_value, quote_value
+
+    try:
+        lines = [f"FROM {bare_value(base, 'from')}"]
+        for key in ("system", "template"):
+            value = body.get(key)
+            if value is not None:
+                lines.append(f"{key.upper()} {quote_value(_string(value, key), key)}")
+        licenses = body.get("license")
+        for text in licenses if isinstance(licenses, list) else [licenses] if licenses else []:
+            lines.append(f"LICENSE {quote_value(_string(text, 'license'), 'license')}")
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ApiError(400, "parameters must be an object of name: value")
+        for key, value in parameters.items():
+            for one in value if isinstance(value, list) else [value]:
+                lines.append(f"PARAMETER {key} {_parameter(one, key)}")
+        messages = body.get("messages") or []
+        if not isinstance(messages, list):
             raise ApiError(400, "messages must be a list of {role, content} objects")
-        role, content = message.get("role"), _string(message.get("content"), "content")
-        lines.append(f"MESSAGE {role} {_quoted(content, 'messages')}")
+        for message in messages:
+            if not isinstance(message, dict):
+                raise ApiError(400, "messages must be a list of {role, content} objects")
+            role, content = message.get("role"), _string(message.get("content"), "content")
+            lines.append(f"MESSAGE {role} {quote_value(content, 'messages')}")
+    except ModelfileRenderError as error:
+        raise ApiError(400, error.message) from None
     return "\n".join(lines) + "\n"
 
 
@@ -331,16 +338,12 @@ def _string(value: object, key: str) -> str:
 
 
 def _parameter(value: object, key: str) -> str:
+    from mlx_lama.schema.modelfile_render import quote_value
+
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float | str):
+    if isinstance(value, str):
+        return quote_value(value, f"parameter {key}")
+    if isinstance(value, int | float):
         return str(value)
     raise ApiError(400, f"parameter {key} must be a number, a string or true/false")
-
-
-def _quoted(text: str, key: str) -> str:
-    """``text`` as a Modelfile value in triple quotes, which cannot hold three quotes
-    or end in one."""
-    if '"""' in text or text.endswith('"'):
-        raise ApiError(400, f'{key} may not contain """ or end with " here')
-    return f'"""{text}"""'

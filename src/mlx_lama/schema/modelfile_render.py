@@ -18,7 +18,13 @@ from mlx_lama.errors import MlxLamaError
 from mlx_lama.schema.manifest import ModelEntry
 from mlx_lama.schema.modelfile import unquote, value_closed
 
-__all__ = ["ModelfileRenderError", "parameter_lines", "render_modelfile"]
+__all__ = [
+    "ModelfileRenderError",
+    "bare_value",
+    "parameter_lines",
+    "quote_value",
+    "render_modelfile",
+]
 
 
 class ModelfileRenderError(MlxLamaError):
@@ -37,20 +43,20 @@ def render_modelfile(name: str, entry: ModelEntry, *, system: str | None = None)
         "# To build a new Modelfile based on this, replace FROM with:",
         f"# FROM {name}",
         "",
-        f"FROM {_bare(source, 'FROM')}",
+        f"FROM {bare_value(source, 'FROM')}",
     ]
     if entry.template is not None:
-        lines.append(f"TEMPLATE {_quote(entry.template, 'TEMPLATE')}")
+        lines.append(f"TEMPLATE {quote_value(entry.template, 'TEMPLATE')}")
     prompt = system if system is not None else entry.system
     if prompt is not None:
-        lines.append(f"SYSTEM {_quote(prompt, 'SYSTEM')}")
+        lines.append(f"SYSTEM {quote_value(prompt, 'SYSTEM')}")
     if entry.adapter:
-        lines.append(f"ADAPTER {_bare(entry.adapter, 'ADAPTER')}")
-    lines.extend(f"LICENSE {_quote(text, 'LICENSE')}" for text in entry.license)
+        lines.append(f"ADAPTER {bare_value(entry.adapter, 'ADAPTER')}")
+    lines.extend(f"LICENSE {quote_value(text, 'LICENSE')}" for text in entry.license)
     for key, value in entry.parameters.as_dict().items():
         values = value if isinstance(value, list) else [value]
         lines.extend(f"PARAMETER {key} {_parameter_value(key, item)}" for item in values)
-    lines.extend(f"MESSAGE {m.role} {_quote(m.content, 'MESSAGE')}" for m in entry.messages)
+    lines.extend(f"MESSAGE {m.role} {quote_value(m.content, 'MESSAGE')}" for m in entry.messages)
     return "\n".join(lines) + "\n"
 
 
@@ -68,18 +74,18 @@ def _value(value: object) -> str:
 
 
 def _parameter_value(key: str, value: object) -> str:
-    return _quote(value, f"PARAMETER {key}") if isinstance(value, str) else str(value)
+    return quote_value(value, f"PARAMETER {key}") if isinstance(value, str) else str(value)
 
 
-def _bare(text: str, what: str) -> str:
+def bare_value(text: str, what: str) -> str:
     """``text`` bare when the parser reads it back unchanged that way, else quoted."""
     one_line = "\n" not in text and "\r" not in text
     if text and text == text.strip() and not text.startswith('"') and one_line:
         return text
-    return _quote(text, what)
+    return quote_value(text, what)
 
 
-def _quote(text: str, what: str) -> str:
+def quote_value(text: str, what: str) -> str:
     """``text`` in "..." when it is one line, else in \"\"\"...\"\"\" (or the other
     form, when only that one reads back unchanged)."""
     if "\r" not in text:
