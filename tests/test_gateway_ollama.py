@@ -15,16 +15,18 @@ import pytest
 from mlx_lama.gateway.ollama import (
     ModelDefaults,
     RequestError,
-    StreamTranslator,
     answer_limit,
     chat_request,
-    created_at,
     generate_request,
-    merge_stream,
-    ndjson_line,
     options_to_fields,
     parse_keep_alive,
     response_format,
+)
+from mlx_lama.gateway.ollama_answers import (
+    StreamTranslator,
+    created_at,
+    merge_stream,
+    ndjson_line,
 )
 from tests.fixtures.servers import free_port, mlx_lm_server_argv, running_server
 

@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 import uvloop
 
-from mlx_lama.gateway.ollama import StreamTranslator
+from mlx_lama.gateway.ollama_answers import StreamTranslator
 from mlx_lama.gateway.paced import HOLD_LIMIT, Body, PacedStream
 from mlx_lama.gateway.proxy import EARLY_END, MAX_LINE, STOPPED, RawStream
 from mlx_lama.gateway.relay import NdjsonBody

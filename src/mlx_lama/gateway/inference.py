@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
 from mlx_lama.gateway import forward, ollama, relay, validate
+from mlx_lama.gateway import ollama_answers as answers
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
 from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, post_stream
 from mlx_lama.gateway.http import CLIENT_GONE, ApiError, JsonObject, read_json
@@ -229,18 +230,18 @@ async def _ollama_answer(
     openai["stream_options"] = {"include_usage": True}
     endpoint = f"/api/{kind}"
 
-    def translator_for(target: Target) -> ollama.StreamTranslator:
-        return ollama.StreamTranslator(
+    def translator_for(target: Target) -> answers.StreamTranslator:
+        return answers.StreamTranslator(
             model=name, kind=kind, started=started, loaded=started + target.waited
         )
 
     if not stream:
-        translators: list[ollama.StreamTranslator] = []  # one per attempt
+        translators: list[answers.StreamTranslator] = []  # one per attempt
 
         async def collect(target: Target, upstream: RawStream | httpx.Response) -> JsonObject:
             translators.append(translator := translator_for(target))
             parts = [chunk async for chunk in relay.ollama_chunks(upstream, translator)]
-            return ollama.merge_stream(parts, kind)
+            return answers.merge_stream(parts, kind)
 
         _target, merged = await post_stream(gateway, route, (path, openai), keep_alive, collect)
         relay.record(gateway, route.name, endpoint, 200, started, translators[-1])
@@ -270,7 +271,7 @@ async def _load_only(
         target = await acquire(gateway, route, keep_alive)
         target.release()
         reason = "load"
-    answer: JsonObject = {"model": name, "created_at": ollama.created_at(datetime.now(UTC))}
+    answer: JsonObject = {"model": name, "created_at": answers.created_at(datetime.now(UTC))}
     if kind == "chat":
         answer["message"] = {"role": "assistant", "content": ""}
     else:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import httpx
 from starlette.responses import Response
 
-from mlx_lama.gateway import ollama
+from mlx_lama.gateway import ollama_answers as answers
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.engine_calls import Target, lost_reason
 from mlx_lama.gateway.http import CLIENT_GONE, JsonObject
@@ -47,7 +47,7 @@ def ollama_stream(
     gateway: Gateway,
     target: Target,
     upstream: RawStream | httpx.Response,
-    translator: ollama.StreamTranslator,
+    translator: answers.StreamTranslator,
     *,
     model: str,
     endpoint: str,
@@ -59,9 +59,9 @@ def ollama_stream(
     async def lines() -> AsyncIterator[bytes]:
         try:
             async for chunk in ollama_chunks(upstream, translator):
-                yield ollama.ndjson_line(chunk)
+                yield answers.ndjson_line(chunk)
         except (UpstreamError, httpx.HTTPError) as error:
-            yield ollama.ndjson_line({"error": describe(error)})
+            yield answers.ndjson_line({"error": describe(error)})
 
     async def close(completed: bool) -> None:
         # Counted before the upstream close, which takes a turn of the event loop:
@@ -85,7 +85,7 @@ def ollama_stream(
 
 
 async def ollama_chunks(
-    upstream: RawStream | httpx.Response, translator: ollama.StreamTranslator
+    upstream: RawStream | httpx.Response, translator: answers.StreamTranslator
 ) -> AsyncIterator[JsonObject]:
     """Ollama's chunks of a backend's token stream, the final one last."""
     async for event in sse_events(upstream):
@@ -104,7 +104,7 @@ class NdjsonBody:
     def __init__(
         self,
         upstream: RawStream,
-        translator: ollama.StreamTranslator,
+        translator: answers.StreamTranslator,
         lost: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._upstream = upstream
@@ -121,7 +121,7 @@ class NdjsonBody:
 
     def fail(self, problem: str) -> bytes:
         self.complete = True
-        return ollama.ndjson_line({"error": self._lost() or problem})
+        return answers.ndjson_line({"error": self._lost() or problem})
 
     def _lines(self, events: list[JsonObject]) -> bytes:
         translator, lines = self._translator, b""
@@ -130,7 +130,7 @@ class NdjsonBody:
         if self._events.done:
             self.complete = True
             self._upstream.answered()
-            return lines + ollama.ndjson_line(translator.finish(time.monotonic(), _now()))
+            return lines + answers.ndjson_line(translator.finish(time.monotonic(), _now()))
         if self._events.failure is not None:
             return lines + self.fail(describe(self._events.failure))
         return lines
@@ -142,7 +142,7 @@ def record(
     endpoint: str,
     status: int,
     started: float,
-    translator: ollama.StreamTranslator | None = None,
+    translator: answers.StreamTranslator | None = None,
 ) -> None:
     """Count a finished Ollama answer for ``model``, with the tokens and time to first
     token its ``translator`` saw."""
