@@ -7,11 +7,10 @@ suffixes allowed)::
     MLX_LAMA_TIMINGS="first_backoff=50ms, drain=0.5"
 
 It exists so tests run backoff, drain and debounce in milliseconds against
-the real code paths, and for debugging; users seldom need it. The table is
-read from the environment at each use (a dict parse, a few times a second at
-most), so a test sets the variable for an in-process gateway and a daemon it
-starts alike. ``mlx-lama serve`` reads it before it starts anything and
-refuses a bad value.
+the real code paths, and for debugging; users seldom need it. The variable is
+looked up at each use (each value parsed once), so a test sets it for an
+in-process gateway and a daemon it starts alike. ``mlx-lama serve`` reads it
+before it starts anything and refuses a bad value.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 
 from mlx_lama.errors import UsageError
 
@@ -51,7 +51,13 @@ _VALUE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?")
 
 def timings() -> Timings:
     """The defaults, with ``MLX_LAMA_TIMINGS`` applied; UsageError for a bad value."""
-    text = os.environ.get(TIMINGS_ENV, "").strip()
+    return _parsed(os.environ.get(TIMINGS_ENV, "").strip())
+
+
+@lru_cache(maxsize=8)
+def _parsed(text: str) -> Timings:
+    """``text`` read once per value (the scheduler asks four times a second and on
+    every request)."""
     if not text:
         return Timings()
     changes: dict[str, float] = {}
