@@ -105,7 +105,7 @@ class Gateway:
         upstream = await RawStream.open(url, {"stream": True}, connect_timeout=5)
         self.upstreams.append(upstream)
 
-        async def on_close(completed: bool) -> None:
+        async def on_close(status: int) -> None:
             self.closes += 1
             await upstream.aclose()
 

@@ -196,9 +196,8 @@ def _streamed(
             else:
                 yield lead + json.dumps({"error": message}).encode() + b"\n"
 
-    async def close(completed: bool) -> None:
+    async def close(status: int) -> None:
         try:
-            status = 200 if completed else CLIENT_GONE
             gateway.finished(remote.name, path, status, time.monotonic() - started)
         finally:
             await response.aclose()

@@ -67,7 +67,7 @@ class PacedStream(ProxyStream):
         body: Body,
         *,
         media_type: str,
-        on_close: Callable[[bool], Awaitable[None]],
+        on_close: Callable[[int], Awaitable[None]],
         flush_interval: float = 0.0,
     ) -> None:
         content = relayed(upstream, body, flush_interval)

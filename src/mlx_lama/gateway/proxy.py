@@ -27,6 +27,7 @@ import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from mlx_lama.gateway.http import CLIENT_GONE
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.wire import Wire, connect
 
@@ -142,15 +143,16 @@ def describe(error: BaseException) -> str:
 class ProxyStream(StreamingResponse):
     """A streaming response whose ``on_close`` always runs, even when the client
     disconnects before the first chunk (when the body generator never starts). It is
-    told whether the whole body went out (False: the client left, or the stream was
-    cancelled), so a client that left is counted as such (499), not as a 200."""
+    given the status to count the request under: the response's own once the whole
+    body went out, else 499 (the client left, or the stream was cancelled), never a
+    200 for an answer the client did not get."""
 
     def __init__(
         self,
         content: AsyncIterator[bytes],
         *,
         media_type: str,
-        on_close: Callable[[bool], Awaitable[None]],
+        on_close: Callable[[int], Awaitable[None]],
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
@@ -165,7 +167,7 @@ class ProxyStream(StreamingResponse):
                 await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._on_close(self.completed)
+                await self._on_close(self.status_code if self.completed else CLIENT_GONE)
 
     async def stream_response(self, send: Send) -> None:
         """Starlette's, less its check of each chunk's type: the content is bytes."""

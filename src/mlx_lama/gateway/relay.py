@@ -22,7 +22,7 @@ from starlette.responses import Response
 from mlx_lama.gateway import ollama_answers as answers
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.engine_calls import Target, lost_reason
-from mlx_lama.gateway.http import CLIENT_GONE, JsonObject
+from mlx_lama.gateway.http import JsonObject
 from mlx_lama.gateway.paced import PacedStream
 from mlx_lama.gateway.proxy import EARLY_END, ProxyStream, RawStream, UpstreamError, describe
 from mlx_lama.gateway.sse import SseBody, SseEvents, SseRelay, error_event, sse_events
@@ -63,12 +63,12 @@ def ollama_stream(
         except (UpstreamError, httpx.HTTPError) as error:
             yield answers.ndjson_line({"error": describe(error)})
 
-    async def close(completed: bool) -> None:
+    async def close(status: int) -> None:
         # Counted before the upstream close, which takes a turn of the event loop:
         # a client that sends its next request on seeing the end finds this one counted.
         try:
             target.release()
-            record(gateway, model, endpoint, _status(completed), started, translator)
+            record(gateway, model, endpoint, status, started, translator)
         finally:
             await upstream.aclose()
 
@@ -160,11 +160,6 @@ def record(
     )
 
 
-def _status(completed: bool) -> int:
-    """A stream's status for the counts: 200, or 499 when its client left before the end."""
-    return 200 if completed else CLIENT_GONE
-
-
 # -- OpenAI's SSE
 
 
@@ -197,14 +192,14 @@ def openai_stream(
         if not relay.done:
             yield error_event(EARLY_END)
 
-    async def close(completed: bool) -> None:
+    async def close(status: int) -> None:
         try:  # counted before the upstream close, as in ollama_stream
             target.release()
             first = relay.first_content
             gateway.finished(
                 model,
                 path,
-                _status(completed),
+                status,
                 time.monotonic() - started,
                 tokens=usage_tokens({"usage": relay.usage}),
                 first_token=None if first is None else first - started,
