@@ -225,6 +225,20 @@ def test_right_key_passes(scheme: str) -> None:
     assert app.calls == 1
 
 
+def test_anthropic_clients_may_send_the_key_as_x_api_key() -> None:
+    app = EchoApp()
+    secured = client(app, policy(api_key=KEY))
+    response = secured.post("/v1/messages", headers={"x-api-key": KEY})
+    assert response.status_code == 200
+    assert app.calls == 1
+    wrong = secured.post("/v1/messages", headers={"x-api-key": "wrong"})
+    assert wrong.status_code == 401
+    assert wrong.json()["type"] == "error"  # Anthropic's shape, which its SDK reads
+    assert wrong.json()["error"]["type"] == "authentication_error"
+    assert "x-api-key" in wrong.json()["error"]["message"]
+    assert app.calls == 1
+
+
 @pytest.mark.parametrize(("method", "path"), [("GET", "/"), ("HEAD", "/"), ("GET", "/health")])
 def test_liveness_routes_need_no_key(method: str, path: str) -> None:
     response = client(EchoApp(), policy(api_key=KEY)).request(method, path)

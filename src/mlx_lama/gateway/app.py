@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlx_lama import __version__
-from mlx_lama.gateway import forward, inference, manage, stats
+from mlx_lama.gateway import agents, forward, inference, manage, stats
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, read_json
 from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
@@ -140,6 +140,8 @@ def _routes() -> list[Route]:
         Route("/v1/chat/completions", inference.openai_proxy, methods=["POST"]),
         Route("/v1/completions", inference.openai_proxy, methods=["POST"]),
         Route("/v1/embeddings", inference.openai_proxy, methods=["POST"]),
+        Route("/v1/messages", agents.anthropic_messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", agents.anthropic_count_tokens, methods=["POST"]),
         Route("/v1/models", _v1_models, methods=["GET"]),
         Route("/v1/models/{model:path}", _v1_model, methods=["GET"]),
         Route("/health", _health, methods=["GET"]),

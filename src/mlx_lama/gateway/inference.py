@@ -164,25 +164,28 @@ async def _ollama_run(call: Call, kind: str) -> Response:
     if empty:
         return await _load_only(gateway, route, name, kind, keep_alive, started)
     openai = validate.openai_body(path, openai, limits)
-    _check_output_format(gateway, route, name, openai, "format")
+    check_output_format(gateway, route, name, openai, "format")
     if path == "/v1/chat/completions":
-        openai.update(_thinking(gateway.chat_template(route), body.get("think"), name))
+        openai.update(thinking_fields(gateway.chat_template(route), body.get("think"), name))
     return await _ollama_answer(call, (route, name, kind), path, openai, keep_alive)
 
 
 THINK_LEVELS = ("low", "medium", "high")  # gpt-oss's levels; Ollama takes them too
 
 
-def _thinking(template: str | None, think: object, name: str) -> JsonObject:
-    """What Ollama's ``think`` adds to the engine request: the chat template's own
-    switch (``enable_thinking``, passed as ``chat_template_kwargs``) when it has one.
+def thinking_fields(
+    template: str | None, think: object, name: str, key: str = "think"
+) -> JsonObject:
+    """What Ollama's ``think`` (or another API's thinking switch, named ``key`` in the
+    400) adds to the engine request: the chat template's own switch
+    (``enable_thinking``, passed as ``chat_template_kwargs``) when it has one.
     Thinking asked of a model whose template shows no thinking is a 400, as in
     Ollama; ``think: false`` there changes nothing. A template not known here (an
     external server's) gets nothing added."""
     if think is None:
         return {}
     if not isinstance(think, bool) and think not in THINK_LEVELS:
-        raise ApiError(400, f"think must be true, false or one of {', '.join(THINK_LEVELS)}")
+        raise ApiError(400, f"{key} must be true, false or one of {', '.join(THINK_LEVELS)}")
     if template is None:
         return {}
     if "enable_thinking" in template:
@@ -191,12 +194,12 @@ def _thinking(template: str | None, think: object, name: str) -> JsonObject:
         raise ApiError(
             400,
             f"model '{name}' does not support thinking: its chat template has no thinking "
-            "switch; leave think out, or use a thinking model (Qwen3, DeepSeek-R1, gpt-oss)",
+            f"switch; leave {key} out, or use a thinking model (Qwen3, DeepSeek-R1, gpt-oss)",
         )
     return {}
 
 
-def _check_output_format(
+def check_output_format(
     gateway: Gateway, route: Route, name: str, body: JsonObject, field: str
 ) -> None:
     """400 for JSON output (Ollama ``format``, OpenAI ``response_format``) from an engine
@@ -356,10 +359,11 @@ async def openai(call: Call) -> Response:
     name = str(body["model"])
     if path == "/v1/embeddings" and not gateway.can(route, "embeddings"):
         raise ApiError(400, f"model '{name}' does not support embeddings")
-    body = validate.openai_body(path, body, gateway.limits(route))
-    _check_output_format(gateway, route, name, body, "response_format")
+    limits = gateway.limits(route)
+    body = validate.openai_body(path, body, limits)
+    check_output_format(gateway, route, name, body, "response_format")
     if path == "/v1/chat/completions":
-        body["messages"] = ollama.with_manifest_messages(body["messages"], route.defaults)
+        body = ollama.with_manifest(body, route.defaults, limits.context)
     if body.get("stream") is True:
         target, upstream = await open_stream(gateway, route, (path, body), None)
         return relay.openai_stream(

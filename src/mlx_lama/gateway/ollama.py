@@ -163,6 +163,23 @@ def with_manifest_messages(messages: list[JsonObject], defaults: ModelDefaults) 
     return messages
 
 
+def with_manifest(request: JsonObject, defaults: ModelDefaults, context: int | None) -> JsonObject:
+    """An OpenAI chat-completions body (from any API but Ollama's, whose options
+    :func:`chat_request` merges) with what the manifest entry adds: its messages
+    (:func:`with_manifest_messages`), its parameters where the request sets none, and
+    its ``num_predict`` (bounded by ``num_ctx`` and the context length) as
+    ``max_tokens`` when the request sets no limit. A new dict."""
+    result = dict(request)
+    result["messages"] = with_manifest_messages(list(request.get("messages") or []), defaults)
+    for field_name, value in options_to_fields(dict(defaults.parameters)).items():
+        result.setdefault(field_name, value)
+    if result.get("max_tokens") is None and result.get("max_completion_tokens") is None:
+        limit = answer_limit(None, defaults.parameters, context)
+        if limit is not None:
+            result["max_tokens"] = limit
+    return result
+
+
 def generate_request(
     body: Mapping[str, Any],
     defaults: ModelDefaults,

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 import httpx
 from starlette.responses import Response
@@ -142,7 +143,7 @@ def record(
     endpoint: str,
     status: int,
     started: float,
-    translator: answers.StreamTranslator | None = None,
+    translator: Counted | None = None,
 ) -> None:
     """Count a finished Ollama answer for ``model``, with the tokens and time to first
     token its ``translator`` saw."""
@@ -158,6 +159,76 @@ def record(
         tokens=(translator.prompt_tokens, translator.completion_tokens),
         first_token=None if first is None else first - started,
     )
+
+
+# -- other APIs' events, translated (Anthropic Messages, OpenAI Responses)
+
+
+class Counted(Protocol):
+    """What a finished answer is counted with."""
+
+    @property
+    def first_token(self) -> float | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+class Translation(Counted, Protocol):
+    """A backend's chat stream as another API's events (``anthropic_answers.py``,
+    ``responses_answers.py``): its opening events, those of each backend event, its
+    closing ones, or the event that ends a failed stream."""
+
+    def start(self) -> bytes: ...
+    def feed(self, event: JsonObject, now: float) -> bytes: ...
+    def finish(self) -> bytes: ...
+    def fail(self, problem: str) -> bytes: ...
+
+
+def translated_stream(
+    gateway: Gateway,
+    target: Target,
+    upstream: RawStream | httpx.Response,
+    translation: Translation,
+    *,
+    model: str,
+    endpoint: str,
+    started: float,
+) -> Response:
+    """An opened backend stream as ``translation``'s server-sent events, counted for
+    manifest model ``model`` and ``endpoint`` when it closes."""
+    lost = lost_reason(model, target)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield translation.start()
+        try:
+            async for event in sse_events(upstream):
+                if chunk := translation.feed(event, time.monotonic()):
+                    yield chunk
+        except (UpstreamError, httpx.HTTPError) as error:
+            yield translation.fail(lost() or describe(error))
+            return
+        if isinstance(upstream, RawStream):
+            upstream.answered()
+        yield translation.finish()
+
+    async def close(status: int) -> None:
+        try:  # counted before the upstream close, as in ollama_stream
+            target.release()
+            record(gateway, model, endpoint, status, started, translation)
+        finally:
+            await upstream.aclose()
+
+    return ProxyStream(events(), media_type=SSE, on_close=close)
+
+
+async def translate_whole(upstream: RawStream | httpx.Response, translation: Translation) -> None:
+    """Feed a whole backend stream to ``translation`` (for an answer given at once)."""
+    async for event in sse_events(upstream):
+        translation.feed(event, time.monotonic())
+    if isinstance(upstream, RawStream):
+        upstream.answered()
 
 
 # -- OpenAI's SSE

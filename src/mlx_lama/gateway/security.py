@@ -113,12 +113,33 @@ def is_local_origin(origin: str) -> bool:
     return scheme in ("http", "https") and "/" not in rest and is_loopback_host(rest)
 
 
+# Anthropic's error type per HTTP status; any other is an api_error.
+ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """An error in Anthropic's shape: ``{"type": "error", "error": {type, message}}``. Pure."""
+    kind = ANTHROPIC_ERRORS.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
 def error_body(path: str, status: int, message: str) -> bytes:
-    """A JSON error in the API family of ``path``: OpenAI under ``/v1/``, else Ollama. Pure.
+    """A JSON error in the API family of ``path``: Anthropic's under ``/v1/messages``,
+    OpenAI's elsewhere under ``/v1/``, else Ollama's. Pure.
 
     OpenAI ``type`` follows Ollama's compat layer for 404 (``not_found_error``),
     is ``invalid_request_error`` for other 4xx and ``api_error`` otherwise.
     """
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return json.dumps(anthropic_error(status, message)).encode()
     if path == "/v1" or path.startswith("/v1/"):
         if status == 404:
             kind = "not_found_error"
@@ -141,6 +162,7 @@ _CHECKED = frozenset(
         b"host",
         b"origin",
         b"authorization",
+        b"x-api-key",
         b"content-length",
         b"access-control-request-method",
         b"access-control-request-private-network",
@@ -223,8 +245,11 @@ class SecurityMiddleware:
         if scope["path"] in OPEN_PATHS and scope["method"] in ("GET", "HEAD"):
             return True
         header = _single(headers, b"authorization")
-        if header is None:
-            return False
+        if header is None:  # Anthropic's clients send their key as x-api-key
+            key = _single(headers, b"x-api-key")
+            return key is not None and hmac.compare_digest(
+                key.strip().encode("latin-1"), self._api_key
+            )
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
@@ -251,7 +276,10 @@ class SecurityMiddleware:
             await self._preflight(headers, send, origin, cors)
             return
         if not self.authorized(scope, headers):
-            message = "unauthorized: send 'Authorization: Bearer <key>' with the gateway's API key"
+            message = (
+                "unauthorized: send the gateway's API key as 'Authorization: Bearer <key>' "
+                "(or as 'x-api-key: <key>')"
+            )
             extra = [(b"www-authenticate", b"Bearer"), *cors]
             await _respond(send, 401, error_body(path, 401, message), extra)
             return
