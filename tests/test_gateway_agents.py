@@ -179,6 +179,98 @@ def test_errors_come_in_anthropics_shape(
     assert "max_tokens" in reply.json()["error"]["message"]
 
 
+# -- OpenAI Responses
+
+
+@pytest.fixture
+def oai(served: RunningGateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=served.url + "/v1", api_key="local", max_retries=0) as client:
+        yield client
+
+
+FUNCTION: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": WEATHER["input_schema"],
+}
+
+
+def test_responses_create_answers_a_response_with_usage(oai: openai.OpenAI) -> None:
+    response = oai.responses.create(
+        model="tiny", instructions="Be brief.", input="hello there", max_output_tokens=4
+    )
+    assert response.object == "response" and response.id.startswith("resp_")
+    assert response.model == "tiny"
+    assert response.status in ("completed", "incomplete")
+    assert [item.type for item in response.output] == ["message"]
+    assert response.output_text  # the SDK joins the text parts
+    assert response.usage is not None
+    assert response.usage.input_tokens > 0 and 0 < response.usage.output_tokens <= 4
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    if response.status == "incomplete":
+        assert response.incomplete_details is not None
+        assert response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_responses_stream_sends_the_response_events(oai: openai.OpenAI) -> None:
+    with oai.responses.stream(model="tiny", input="hello", max_output_tokens=5) as stream:
+        events = list(stream)
+    last = events[-1]
+    # cut at max_output_tokens, the answer ends with response.incomplete, as OpenAI's does
+    assert last.type in ("response.completed", "response.incomplete")
+    final = last.response
+    assert final.status == last.type.removeprefix("response.")
+    kinds = [event.type for event in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert "response.output_text.delta" in kinds
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed" if final.status == "completed" else "response.incomplete",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert final.output_text == deltas and deltas
+
+
+def test_a_function_tool_and_its_output_reach_the_model(oai: openai.OpenAI) -> None:
+    first = oai.responses.create(
+        model="tiny", input="weather in Paris?", tools=[FUNCTION], max_output_tokens=3
+    )
+    assert first.usage is not None
+    second = oai.responses.create(
+        model="tiny",
+        tools=[FUNCTION],
+        max_output_tokens=3,
+        input=[
+            {"role": "user", "content": "weather in Paris?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather",
+             "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        ],
+    )  # fmt: skip
+    assert second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens
+
+
+def test_what_the_gateway_cannot_do_is_a_400(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="vllm-mlx"):  # mlx-lm cannot constrain
+        oai.responses.create(model="tiny", input="hi", text={"format": {"type": "json_object"}})
+    with pytest.raises(openai.BadRequestError, match="keeps no responses"):
+        oai.responses.create(model="tiny", input="hi", previous_response_id="resp_1")
+    with pytest.raises(openai.BadRequestError, match="web_search"):
+        oai.responses.create(model="tiny", input="hi", tools=[{"type": "web_search"}])
+    with pytest.raises(openai.NotFoundError, match="keeps no responses"):
+        oai.responses.retrieve("resp_1")
+
+
 # -- the same prompt on every API
 
 
@@ -191,12 +283,14 @@ def test_the_manifest_applies_alike_on_every_api(
         native = client.chat("tiny", messages=hello("hi"))
     with openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0) as oai:
         chat = oai.chat.completions.create(model="tiny", messages=hello("hi"))
+        response = oai.responses.create(model="tiny", input="hi")
     message = claude.messages.create(model="tiny", max_tokens=1000, messages=hello("hi"))
-    assert chat.usage is not None
+    assert chat.usage is not None and response.usage is not None
     prompts = {
         "ollama": native.prompt_eval_count,
         "openai": chat.usage.prompt_tokens,
         "anthropic": message.usage.input_tokens,
+        "responses": response.usage.input_tokens,
     }
     assert len(set(prompts.values())) == 1, prompts
     with openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0) as oai:
@@ -206,3 +300,4 @@ def test_the_manifest_applies_alike_on_every_api(
     assert own.usage is not None
     assert own.usage.prompt_tokens < chat.usage.prompt_tokens  # "You are terse." was there
     assert chat.usage.completion_tokens <= 6  # num_predict, with no max_tokens asked
+    assert response.usage.output_tokens <= 6

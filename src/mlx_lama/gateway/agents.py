@@ -18,9 +18,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 import httpx
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mlx_lama.gateway import anthropic, ollama, relay, validate
+from mlx_lama.gateway import responses as responses_request
 from mlx_lama.gateway.anthropic_answers import MessageStream
 from mlx_lama.gateway.core import Gateway, Route
 from mlx_lama.gateway.engine_calls import Target, open_stream, post, post_stream
@@ -36,6 +38,7 @@ from mlx_lama.gateway.inference import (
     thinking_fields,
 )
 from mlx_lama.gateway.proxy import RawStream
+from mlx_lama.gateway.responses_answers import ResponseStream
 
 CHAT = "/v1/chat/completions"
 
@@ -130,7 +133,31 @@ async def count_tokens(call: Call) -> Response:
     return JSONResponse({"input_tokens": usage["prompt_tokens"]})
 
 
+# -- OpenAI /v1/responses
+
+
+@counted
+@routed
+@attended
+async def responses(call: Call) -> Response:
+    body = call.body
+    route = resolve(call.gateway, body.get("model"))
+    call.model = route.name
+    name = str(body["model"])
+    request = responses_request.chat_request(body)
+    think = ("reasoning.effort", responses_request.thinking_wanted(body))
+    chat = chat_body(call.gateway, route, name, request, think, format_key="text.format")
+    created = time.time()
+    return await answer(call, route, chat, lambda: ResponseStream(name, body, created))
+
+
+async def response_by_id(_request: Request) -> Response:
+    """``GET /v1/responses/{id}``: never found, as the gateway keeps no responses."""
+    raise ApiError(404, f"no such response: {responses_request.STATELESS}")
+
+
 # -- the routes
 
 anthropic_messages = endpoint(messages)
 anthropic_count_tokens = endpoint(count_tokens)
+openai_responses = endpoint(responses)

@@ -142,6 +142,8 @@ def _routes() -> list[Route]:
         Route("/v1/embeddings", inference.openai_proxy, methods=["POST"]),
         Route("/v1/messages", agents.anthropic_messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", agents.anthropic_count_tokens, methods=["POST"]),
+        Route("/v1/responses", agents.openai_responses, methods=["POST"]),
+        Route("/v1/responses/{id:path}", agents.response_by_id, methods=["GET", "DELETE"]),
         Route("/v1/models", _v1_models, methods=["GET"]),
         Route("/v1/models/{model:path}", _v1_model, methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
