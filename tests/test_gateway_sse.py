@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mlx_lama.gateway.proxy import MAX_LINE, UpstreamError
-from mlx_lama.gateway.sse import SseEvents, SseRelay, _json, sse_events
+from mlx_lama.gateway.sse import SseEvents, SseRelay, _json, add_reasoning_content, sse_events
 
 
 def _relay(lines: list[str], name: str = "my:model") -> tuple[SseRelay, list[bytes]]:
@@ -283,3 +283,35 @@ def test_json_of_a_stripped_payload_is_json_loads(text: str) -> None:
     except ValueError:
         got = ("ValueError",)
     assert repr(got) == repr(expected)  # repr: NaN is not equal to itself
+
+
+def test_reasoning_is_also_sent_as_reasoning_content() -> None:
+    """mlx_lm.server names the reasoning ``reasoning``; OpenAI clients read
+    ``reasoning_content``: the relay sends both, by lines and by bytes alike."""
+    thought = {
+        "model": "served",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": "Hm"}}],
+    }
+    answer = {"model": "served", "choices": [{"index": 0, "delta": {"content": "Yes"}}]}
+    raw = f"data: {json.dumps(thought)}\n\ndata: {json.dumps(answer)}\n\ndata: [DONE]\n\n".encode()
+    _relay_by_lines, by_lines = _by_lines(raw, "m")
+    relay = SseRelay("m")
+    relay.feed_bytes(f"data: {json.dumps(answer)}\n\n".encode(), 0.0)  # the fast path is armed
+    by_bytes = b"".join(SseRelay("m").feed_bytes(part, 1.0) for part in [raw])
+    assert by_bytes == by_lines
+    first = json.loads(by_lines.split(b"\n\n")[0][6:])
+    assert first["model"] == "m"
+    assert first["choices"][0]["delta"] == {
+        "role": "assistant", "content": "", "reasoning": "Hm", "reasoning_content": "Hm",
+    }  # fmt: skip
+    after = relay.feed_bytes(f"data: {json.dumps(thought)}\n\n".encode(), 2.0)
+    assert json.loads(after[6:])["choices"][0]["delta"]["reasoning_content"] == "Hm"
+    second = json.loads(by_lines.split(b"\n\n")[1][6:])
+    assert "reasoning_content" not in second["choices"][0]["delta"]
+
+
+def test_a_whole_answer_gets_reasoning_content_too() -> None:
+    answer = {"choices": [{"message": {"role": "assistant", "content": "Y", "reasoning": "Hm"}}]}
+    assert add_reasoning_content(answer) is True
+    assert answer["choices"][0]["message"]["reasoning_content"] == "Hm"
+    assert add_reasoning_content({"choices": [{"message": {"content": "Y"}}]}) is False

@@ -30,6 +30,7 @@ from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
 from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, post_stream
 from mlx_lama.gateway.http import CLIENT_GONE, ApiError, JsonObject, read_json
 from mlx_lama.gateway.proxy import RawStream, until_disconnect
+from mlx_lama.gateway.sse import add_reasoning_content
 from mlx_lama.schema.units import Duration
 
 
@@ -372,6 +373,7 @@ async def openai(call: Call) -> Response:
     _target, data = await post(gateway, route, (path, body), None, relay.json_of)
     if "model" in data:
         data["model"] = name
+    add_reasoning_content(data)
     gateway.finished(
         route.name, path, 200, time.monotonic() - started, tokens=relay.usage_tokens(data)
     )

@@ -139,6 +139,33 @@ _EMPTY_CONTENT = re.compile(r'"content"\s*:\s*(?:""|null)')
 _USAGE_OBJECT = re.compile(_USAGE_MEMBER.pattern.encode())  # the same, in ASCII bytes
 
 
+def with_reasoning_content(payload: str) -> str:
+    """A chat event (or answer) whose choices carry mlx_lm.server's ``reasoning``, with
+    the same text under ``reasoning_content`` too, the name OpenAI clients read
+    (DeepSeek's); ``payload`` as it was when there is nothing to add."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return payload
+    if not add_reasoning_content(event):
+        return payload
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def add_reasoning_content(event: Any) -> bool:
+    """Set ``reasoning_content`` beside each choice's ``reasoning`` (in ``delta`` or
+    ``message``) in place; whether any was set."""
+    added = False
+    choices = event.get("choices") if isinstance(event, dict) else None
+    for choice in choices if isinstance(choices, list) else []:
+        for key in ("delta", "message"):
+            part = choice.get(key) if isinstance(choice, dict) else None
+            if isinstance(part, dict) and part.get("reasoning") and "reasoning_content" not in part:
+                part["reasoning_content"] = part["reasoning"]
+                added = True
+    return added
+
+
 class SseRelay:
     """Passes a backend's SSE stream to the client event by event, with ``model`` set
     to the name the client used, without decoding each event (that would cost a
@@ -196,6 +223,7 @@ class SseRelay:
             and data[-3] != 13
             and data.isascii()
             and (self.first_content is not None or b'"content"' not in data)
+            and b'"reasoning"' not in data
             # vllm-mlx sends "usage":null in every event: only an object is noted
             and (b'"usage"' not in data or _USAGE_OBJECT.search(data) is None)
         ):
@@ -241,6 +269,8 @@ class SseRelay:
                 usage = json.loads(payload).get("usage")
                 if isinstance(usage, dict):
                     self.usage = usage
+        if '"reasoning"' in payload:
+            line = "data: " + with_reasoning_content(payload)
         member = _MODEL_MEMBER.search(line)
         if member is None:
             return line
