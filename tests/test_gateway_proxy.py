@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from mlx_lama.gateway.proxy import RawStream, UpstreamError, backend_body
+from mlx_lama.gateway.proxy import RawStream, UpstreamError, backend_body, error_text
 
 
 def test_backend_body_drops_loading_fields_and_sets_the_served_model() -> None:
@@ -148,3 +148,20 @@ def test_a_disconnect_cancels_the_work_and_gives_none() -> None:
 
     assert asyncio.run(scenario()) == (None, True)
     assert cancelled == [True]
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ('{"error": {"message": "too long", "type": "x"}}', "too long"),
+        ('{"detail": "response_format is unavailable: no tokenizer"}', "response_format is una"),
+        (
+            '{"detail": [{"loc": ["body", "max_tokens"], "msg": "must be positive"}]}',
+            "body.max_tokens: must be positive",
+        ),
+        ("Internal Server Error", "Internal Server Error"),
+        ('{"error": "busy"}', "busy"),
+    ],
+)
+def test_an_engines_error_body_becomes_its_message(body: str, said: str) -> None:
+    assert error_text(body).startswith(said)

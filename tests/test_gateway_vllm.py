@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -73,3 +74,37 @@ def test_concurrent_requests_wait_their_turn_on_vllm_mlx_without_batching(
     with gateway_in_thread(manifest) as running:
         answers = asyncio.run(ask_all(running.url))
     assert len(answers) == 4 and all(answer.strip() for answer in answers)
+
+
+def test_a_json_request_vllm_mlx_cannot_honour_gets_its_reason_not_a_bare_500(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """vllm-mlx constrains JSON with llguidance, which cannot read the tiny model's
+    word-level tokenizer: a schema is refused with its reason (FastAPI's ``detail``,
+    not JSON inside a string), and the engine's bare 500 for ``json_object`` names
+    the model and where the reason is."""
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models."strict"]\npath = "{tiny_model}"\nbackend = "vllm-mlx"\n',
+        encoding="utf-8",
+    )
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    hi = [{"role": "user", "content": "hi"}]
+    with gateway_in_thread(manifest) as running, httpx.Client(timeout=120) as http:
+        shaped = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+        refused = http.post(
+            running.url + "/v1/chat/completions",
+            json={"model": "strict", "messages": hi, "response_format": shaped, "max_tokens": 8},
+        )
+        assert refused.status_code == 422
+        message = refused.json()["error"]["message"]
+        assert message.startswith("response_format is unavailable: ")
+        assert "tokenizer" in message and "detail" not in message
+        native = http.post(
+            running.url + "/api/chat",
+            json={"model": "strict", "messages": hi, "format": "json", "stream": False},
+        )
+        assert native.status_code == 502
+        error = native.json()["error"]
+        assert "model 'strict' failed on this request" in error
+        assert "mlx-lama logs strict" in error

@@ -189,8 +189,7 @@ async def _attempts(
         except (UpstreamError, httpx.HTTPError) as error:
             loss = await _loss(gateway, target, error)
             if loss is None:
-                status = error.status if isinstance(error, UpstreamError) else 502
-                raise ApiError(status, describe(error)) from None
+                raise _failed(route.name, error) from None
             if loss.kind != "crashed" or attempt == 2:
                 raise lost_answer(route.name, loss, attempt) from None
         finally:
@@ -199,6 +198,21 @@ async def _attempts(
                     await upstream.aclose()
                 target.release()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _failed(name: str, error: UpstreamError | httpx.HTTPError) -> ApiError:
+    """The error for a request the model server failed while it stayed up: its own
+    4xx as it is; for its own 5xx (often a bare "Internal Server Error"), which model
+    failed and where its reason is, since its server says no more."""
+    if not isinstance(error, UpstreamError):
+        return ApiError(502, describe(error))
+    if error.answered and error.status >= 500:
+        return ApiError(
+            error.status,
+            f"model '{name}' failed on this request (its server answered: {error}); "
+            f"the reason is in its log: mlx-lama logs {name}",
+        )
+    return ApiError(error.status, describe(error))
 
 
 async def _opened(

@@ -121,13 +121,26 @@ def _status_error(status: int, text: str) -> UpstreamError:
 
 
 def error_text(text: str) -> str:
+    """The message of a backend's error body: OpenAI's ``error.message``, FastAPI's
+    ``detail`` (vllm-mlx), or the text itself."""
     try:
         data = json.loads(text)
     except ValueError:
         return text.strip()[:500]
-    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return text.strip()[:500]
+    error, detail = data.get("error"), data.get("detail")
     if isinstance(error, dict):
         return str(error.get("message") or error)[:500]
+    if error is None and isinstance(detail, str):
+        return detail[:500]
+    if error is None and isinstance(detail, list):  # a validation error: where, and what
+        problems = [
+            f"{'.'.join(str(part) for part in item.get('loc', []))}: {item.get('msg')}"
+            for item in detail
+            if isinstance(item, dict)
+        ]
+        return "; ".join(problems)[:500] or text.strip()[:500]
     return str(error or text)[:500]
 
 
