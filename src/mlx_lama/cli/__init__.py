@@ -12,15 +12,15 @@ import sys
 from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
 from mlx_lama.cli import pull, stop, cp, rm
 from mlx_lama.cli import create, show
-from mlx_lama.cli import run, logs, top
+from mlx_lama.cli import run, launch, logs, top
 
 # isort: on
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
-    "aliases", "app", "apply", "backends", "cp", "create", "listing", "lock", "logs", "main",
-    "plan", "pull", "rm", "run", "serve", "show", "stop", "top", "validate",
+    "aliases", "app", "apply", "backends", "cp", "create", "launch", "listing", "lock", "logs",
+    "main", "plan", "pull", "rm", "run", "serve", "show", "stop", "top", "validate",
 ]  # fmt: skip
 
 

@@ -198,35 +198,58 @@ class Opener:
         if unknown is not None:
             raise unknown
         if key is None or needs_pull(workspace, key):
-            key = self._pull(key or name, known=key is not None)
+            key = pull_missing(self.path, key or name, known=key is not None, ask=self.ask)
             workspace = load_workspace(self.path)
         if daemon is None:
             return local_target(workspace, key)
-        manifest = workspace.manifest
-        if not manifest.is_external(key) and manifest.serve_mode(key) == "never":
-            from mlx_lama.schema.editor import set_model_fields
-
-            set_model_fields(self.path, key, {"serve": "on-demand"})
-            typer.echo(
-                f'note: {key} had serve = "never"; set it to "on-demand" in {self.path.name} '
-                "so the daemon can serve it",
-                err=True,
-            )
+        if let_daemon_serve(self.path, workspace.manifest, key):
             daemon.wait_applied()
             workspace = load_workspace(self.path)
         return DaemonTarget.of_manifest(daemon, workspace, key)
 
-    def _pull(self, name: str, *, known: bool) -> str:
-        from mlx_lama.cli._targets import ModelNotFoundError
 
-        if self.ask and not confirm(f"pull {name}?"):
-            where = "downloaded" if known else f"in {self.path.name}"
-            raise ModelNotFoundError(
-                f"model '{name}' is not {where}", hint=f"run `mlx-lama pull {name}`"
-            )
-        from mlx_lama.cli.pull import pull_models
+def ensure_model(manifest_path: Path, name: str, *, ask: bool) -> str:
+    """The manifest model ``name`` means, added to the manifest and pulled first when
+    it is missing from the manifest or the cache (after asking, when ``ask``).
+    Raises UnknownModelError for a name nothing knows, ModelNotFoundError when the
+    pull is declined."""
+    from mlx_lama.cli._workspace import load_workspace
 
-        return pull_models(self.path, [name])[0]  # served on demand, as pull does
+    workspace = load_workspace(manifest_path)
+    key = manifest_key(workspace.manifest, name)
+    if key is None or needs_pull(workspace, key):
+        key = pull_missing(manifest_path, key or name, known=key is not None, ask=ask)
+    return key
+
+
+def pull_missing(manifest_path: Path, name: str, *, known: bool, ask: bool) -> str:
+    """Pull ``name`` (added on demand when new, as ``pull`` does); its manifest name."""
+    from mlx_lama.cli._targets import ModelNotFoundError
+
+    if ask and not confirm(f"pull {name}?"):
+        where = "downloaded" if known else f"in {manifest_path.name}"
+        raise ModelNotFoundError(
+            f"model '{name}' is not {where}", hint=f"run `mlx-lama pull {name}`"
+        )
+    from mlx_lama.cli.pull import pull_models
+
+    return pull_models(manifest_path, [name])[0]  # served on demand, as pull does
+
+
+def let_daemon_serve(manifest_path: Path, manifest: Manifest, key: str) -> bool:
+    """Switch a ``serve = "never"`` model to ``"on-demand"`` (with a note on stderr) so
+    the daemon serves it; whether the manifest changed."""
+    if manifest.is_external(key) or manifest.serve_mode(key) != "never":
+        return False
+    from mlx_lama.schema.editor import set_model_fields
+
+    set_model_fields(manifest_path, key, {"serve": "on-demand"})
+    typer.echo(
+        f'note: {key} had serve = "never"; set it to "on-demand" in {manifest_path.name} '
+        "so the daemon can serve it",
+        err=True,
+    )
+    return True
 
 
 def manifest_key(manifest: Manifest, name: str) -> str | None:

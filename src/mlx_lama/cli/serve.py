@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -175,8 +176,12 @@ def _configure_logging() -> None:
 
     from mlx_lama import paths
 
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     log_file = paths.logs_dir() / "daemon.log"
+    # Started in the background (`mlx-lama launch`), stderr already is daemon.log:
+    # a stderr handler would write every line into it twice.
+    handlers: list[logging.Handler] = (
+        [] if _is_file(sys.stderr, log_file) else [logging.StreamHandler(sys.stderr)]
+    )
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(
@@ -191,3 +196,11 @@ def _configure_logging() -> None:
     )
     for noisy in ("httpx", "httpcore", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _is_file(stream: TextIO, path: Path) -> bool:
+    """Whether ``stream`` writes to the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), path.stat())
+    except (OSError, ValueError, AttributeError):  # no such file, or no real descriptor
+        return False
