@@ -9,6 +9,7 @@ system prompt and parameters, and the name Claude Code sends as an alias.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import openai
 import pytest
 
 from tests.fixtures import hf_env
-from tests.fixtures.gateway import RunningGateway, gateway_process
+from tests.fixtures.gateway import RunningGateway, gateway_process, wait_for
 
 pytestmark = [pytest.mark.server, pytest.mark.xdist_group("agents")]
 
@@ -301,3 +302,37 @@ def test_the_manifest_applies_alike_on_every_api(
     assert own.usage.prompt_tokens < chat.usage.prompt_tokens  # "You are terse." was there
     assert chat.usage.completion_tokens <= 6  # num_predict, with no max_tokens asked
     assert response.usage.output_tokens <= 6
+
+
+# -- the request log
+
+
+def test_every_request_is_logged_once_with_its_method(
+    claude: anthropic.Anthropic, served: RunningGateway
+) -> None:
+    """A line in daemon.log and a place in /mlx-lama/stats for every request, a model's
+    (with its tokens) and the others (a list, a refused body, an unknown path), once
+    each; the routes dashboards poll are left out."""
+    with claude.messages.stream(model="tiny", max_tokens=2, messages=hello()) as stream:
+        stream.until_done()
+    with httpx.Client(base_url=served.url) as http:
+        assert http.get("/api/tags").status_code == 200
+        assert http.post("/api/chat", content=b"{not json").status_code == 400
+        assert http.get("/no/such/path").status_code == 404
+        assert http.get("/health").status_code == 200
+        recent = http.get("/mlx-lama/stats").json()["recent"][:4]
+    seen = [(r["method"], r["endpoint"], r["model"], r["status"]) for r in recent]
+    assert seen == [
+        ("GET", "(no route)", "", 404),
+        ("POST", "/api/chat", "", 400),
+        ("GET", "/api/tags", "", 200),
+        ("POST", "/v1/messages", "tiny", 200),
+    ]
+    assert recent[3]["completion_tokens"] == 2
+    process = served.process
+    assert process is not None
+    wait_for(lambda: "GET (no route) - 404" in process.log_tail(), 10, "the log lines")
+    lines = process.log_tail().splitlines()
+    assert any(re.search(r"POST /v1/messages tiny 200 [0-9.]+s tokens \d+\+2$", x) for x in lines)
+    assert any(re.search(r"GET /api/tags - 200 [0-9.]+s$", x) for x in lines)
+    assert not any("/health" in x or "/mlx-lama/stats" in x for x in lines)

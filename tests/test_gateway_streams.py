@@ -79,7 +79,8 @@ def call(app: ASGIApp, method: str, path: str, body: bytes) -> tuple[int, dict[s
 
 def app_of(gateway: Gateway) -> ASGIApp:
     """The gateway's ASGI app behind its security checks and hop guard."""
-    guard = create_app(gateway, security_policy(gateway.manifest, Listen("127.0.0.1", 11434))).app
+    logged = create_app(gateway, security_policy(gateway.manifest, Listen("127.0.0.1", 11434)))
+    guard = logged.app.app  # type: ignore[attr-defined]
     assert isinstance(guard, HopGuard)
     return guard.app
 

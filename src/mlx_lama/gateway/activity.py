@@ -41,11 +41,13 @@ class Finished:
     seconds: float
     prompt_tokens: int
     completion_tokens: int
+    method: str = "POST"
 
     def as_json(self) -> dict[str, Any]:
         return {
             "at": self.at,
             "model": self.model,
+            "method": self.method,
             "endpoint": self.endpoint,
             "status": self.status,
             "seconds": round(self.seconds, 6),
@@ -89,6 +91,7 @@ class Activity:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         first_token: float | None = None,
+        method: str = "POST",
     ) -> None:
         """One finished request of ``model`` (``""``: none) that took ``seconds``;
         ``first_token`` is when its first token came, in seconds after it began."""
@@ -99,7 +102,9 @@ class Activity:
             self._total += 1
             self._finished_at.append(now)
             self._recent.appendleft(
-                Finished(now, model, endpoint, status, seconds, prompt_tokens, completion_tokens)
+                Finished(
+                    now, model, endpoint, status, seconds, prompt_tokens, completion_tokens, method
+                )
             )
             if not model:
                 return

@@ -3,8 +3,9 @@
 ``create_app(gateway, policy)`` builds the ASGI app ``mlx-lama serve`` runs:
 the Ollama API, the OpenAI API, ``/health``, ``/metrics`` and the
 ``/mlx-lama/`` routes of ``mlx-lama top`` (``stats.py``), wrapped in the
-security middleware, with requests from another gateway noted by
-``forward.HopGuard`` (the ``[remotes]`` routing lives in ``forward.py``). One
+request log (``requestlog.py``) and the security middleware, with requests
+from another gateway noted by ``forward.HopGuard`` (the ``[remotes]`` routing
+lives in ``forward.py``). One
 ``httpx.AsyncClient`` to the model servers (and remote gateways) is made in
 the lifespan and closed there, where the scheduler's background expiry also
 starts and stops. Errors are always JSON in the caller's API family with
@@ -39,6 +40,7 @@ from mlx_lama.gateway.http import INTERNAL_ERROR, ApiError, error_response, read
 from mlx_lama.gateway.metrics import CONTENT_TYPE, LoadedModel
 from mlx_lama.gateway.models import iso_time, show_response, tags_entry
 from mlx_lama.gateway.proxy import CONNECT_TIMEOUT
+from mlx_lama.gateway.requestlog import RequestLog
 from mlx_lama.gateway.security import Listen, SecurityMiddleware, SecurityPolicy, security_policy
 from mlx_lama.netaddr import is_loopback_host
 from mlx_lama.orchestrator.supervisor import Supervisor
@@ -53,7 +55,7 @@ OLLAMA_API_VERSION = "0.33.0"
 
 def create_app(
     gateway: Gateway, policy: SecurityPolicy, *, stop_all_on_exit: bool = False
-) -> SecurityMiddleware:
+) -> RequestLog:
     """The gateway's ASGI app. Its lifespan runs the scheduler and the
     :class:`Supervisor`; on the way out it stops the on-demand servers (and the
     ``always`` ones too with ``stop_all_on_exit``)."""
@@ -92,7 +94,7 @@ def create_app(
     app.state.gateway = gateway
     guarded = SecurityMiddleware(forward.HopGuard(app), policy)
     gateway.on_reload.append(lambda old, new: _renew_policy(guarded, old, new))
-    return guarded
+    return RequestLog(guarded, gateway)
 
 
 def _renew_policy(guarded: SecurityMiddleware, old: Manifest, new: Manifest) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from mlx_lama.gateway import requestlog
 from mlx_lama.gateway.activity import Activity
 from mlx_lama.gateway.metrics import Metrics
 from mlx_lama.gateway.ollama import ModelDefaults
@@ -124,13 +125,21 @@ class Gateway:
         *,
         tokens: tuple[int, int] | None = None,
         first_token: float | None = None,
+        method: str | None = None,
     ) -> None:
         """Count one finished request of ``model`` (a manifest name, or ``""``) on
         ``endpoint`` (a route template): ``tokens`` are (prompt, completion) when the
-        backend reported them, ``first_token`` the seconds until the first one."""
+        backend reported them, ``first_token`` the seconds until the first one.
+        ``method``: the HTTP method, when not that of the request being answered
+        (``requestlog.current``), which this counts as counted."""
+        entry = requestlog.current()
+        if entry is not None:
+            entry.counted = True
+            method = method or entry.method
         self.metrics.request(model, endpoint, status, seconds)
-        log.info(  # the request log: one line per inference request
-            "%s %s %d %.3fs%s",
+        log.info(  # the request log: one line per request (see requestlog.py)
+            "%s %s %s %d %.3fs%s",
+            method or "POST",
             endpoint,
             model or "-",
             status,
@@ -150,6 +159,7 @@ class Gateway:
             prompt_tokens=prompt,
             completion_tokens=completion,
             first_token=first_token,
+            method=method or "POST",
         )
 
     def _loaded(self, model: str, seconds: float, ok: bool) -> None:
