@@ -248,12 +248,24 @@ def test_generate_uses_the_chat_template_unless_raw() -> None:
     assert (request["model"], request["prompt"]) == ("m", "a b")
     with pytest.raises(RequestError, match="raw mode does not support"):
         generate_request({"prompt": "a", "raw": True, "system": "s"}, NONE, None)
-    # Refused, not dropped: no engine here fills in the middle or takes token context.
+    # Refused, not dropped: no engine here takes token context.
     for raw in (False, True):
-        with pytest.raises(RequestError, match=r"suffix \(fill in the middle\).*raw: true"):
-            generate_request({"prompt": "a", "suffix": "z", "raw": raw}, NONE, "m")
         with pytest.raises(RequestError, match=r"context .* /api/chat as messages"):
             generate_request({"prompt": "a", "context": [1, 2], "raw": raw}, NONE, "m")
+
+    # A suffix is framed by the model's filler, as a raw completion with its stops.
+    def fill(prefix: str, suffix: str) -> tuple[str, list[str]]:
+        return f"<P>{prefix}<S>{suffix}<M>", ["<P>", "<S>", "<M>"]
+
+    body = {"prompt": "def f(", "suffix": "\n", "options": {"stop": ["\n\n"]}, "system": "x"}
+    path, request = generate_request(body, NONE, "m", None, fill)
+    assert path == "/v1/completions"
+    assert request["prompt"] == "<P>def f(<S>\n<M>"
+    assert request["stop"] == ["<P>", "<S>", "<M>", "\n\n"]
+    with pytest.raises(RequestError, match="not supported for this model"):
+        generate_request({"prompt": "a", "suffix": "z"}, NONE, "m")
+    with pytest.raises(RequestError, match="raw prompts carry their own"):
+        generate_request({"prompt": "a", "suffix": "z", "raw": True}, NONE, "m", None, fill)
     assert generate_request({"prompt": "a", "context": [], "suffix": ""}, NONE, "m")[1]
     with pytest.raises(RequestError, match="prompt must be a string"):
         generate_request({"prompt": 3}, NONE, None)

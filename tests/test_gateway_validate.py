@@ -252,7 +252,7 @@ def test_bad_prompts_are_refused(prompt: object, message: str) -> None:
         ({"n": True}, "send n requests"),
         ({"echo": True}, "echo is not supported"),
         ({"best_of": 3}, "best_of is not supported"),
-        ({"suffix": "end"}, "suffix is not supported"),
+        ({"suffix": 3}, "suffix must be a string"),
     ],
 )
 def test_unsupported_completion_options_are_refused(extra: JsonObject, message: str) -> None:

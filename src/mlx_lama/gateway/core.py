@@ -29,6 +29,7 @@ from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.facts import (
     ModelFacts,
+    added_tokens,
     chat_template,
     model_folder,
     read_config,
@@ -332,6 +333,13 @@ class Gateway:
         if spec.template is not None:
             return spec.template
         return chat_template(self.model_folder(route.name))
+
+    def added_tokens(self, route: Route) -> frozenset[str] | None:
+        """The added tokens of the model behind ``route`` (``facts.added_tokens``); None
+        when mlx-lama runs no engine for it (an external server's are not known)."""
+        if route.name not in self._servers:
+            return None
+        return added_tokens(self.model_folder(route.name))
 
     def can(self, route: Route, capability: str) -> bool:
         """Whether the engine behind ``route`` has ``capability`` (a field of

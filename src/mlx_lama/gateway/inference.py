@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
-from mlx_lama.gateway import forward, ollama, relay, validate
+from mlx_lama.gateway import fim, forward, ollama, relay, validate
 from mlx_lama.gateway import ollama_answers as answers
 from mlx_lama.gateway.core import Gateway, InvalidName, Route, UnknownModel
 from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, post_stream
@@ -159,7 +159,10 @@ async def _ollama_run(call: Call, kind: str) -> Response:
         else:
             empty = not body.get("prompt") and not body.get("images")
             if not empty:
-                path, openai = ollama.generate_request(body, route.defaults, None, limits.context)
+                fill = _filler(gateway, route, name)
+                path, openai = ollama.generate_request(
+                    body, route.defaults, None, limits.context, fill
+                )
     except ollama.RequestError as error:
         raise ApiError(400, str(error)) from None
     if empty:
@@ -169,6 +172,28 @@ async def _ollama_run(call: Call, kind: str) -> Response:
     if path == "/v1/chat/completions":
         openai.update(thinking_fields(gateway.chat_template(route), body.get("think"), name))
     return await _ollama_answer(call, (route, name, kind), path, openai, keep_alive)
+
+
+def _filler(
+    gateway: Gateway, route: Route, name: str
+) -> Callable[[str, str], tuple[str, list[str]]]:
+    """How a prefix and a suffix become the prompt of ``route``'s model
+    (``fim.py``); 400 for a model without fill-in-the-middle tokens."""
+    tokens = gateway.added_tokens(route)
+
+    def fill(prefix: str, suffix: str) -> tuple[str, list[str]]:
+        framed = None if tokens is None else fim.fim_prompt(tokens, prefix, suffix)
+        if framed is None:
+            if tokens is None:
+                raise ApiError(
+                    400,
+                    f"model '{name}' is an external server's: the gateway cannot frame a "
+                    "suffix for it; send its own fill-in-the-middle prompt with raw: true",
+                )
+            raise ApiError(400, fim.unsupported(name))
+        return framed
+
+    return fill
 
 
 THINK_LEVELS = ("low", "medium", "high")  # gpt-oss's levels; Ollama takes them too
@@ -361,6 +386,8 @@ async def openai(call: Call) -> Response:
     if path == "/v1/embeddings" and not gateway.can(route, "embeddings"):
         raise ApiError(400, f"model '{name}' does not support embeddings")
     limits = gateway.limits(route)
+    if path == "/v1/completions" and isinstance(body.get("suffix"), str) and body["suffix"]:
+        body = _filled(body, _filler(gateway, route, name))
     body = validate.openai_body(path, body, limits)
     check_output_format(gateway, route, name, body, "response_format")
     if path == "/v1/chat/completions":
@@ -378,6 +405,20 @@ async def openai(call: Call) -> Response:
         route.name, path, 200, time.monotonic() - started, tokens=relay.usage_tokens(data)
     )
     return JSONResponse(data)
+
+
+def _filled(body: JsonObject, fill: Callable[[str, str], tuple[str, list[str]]]) -> JsonObject:
+    """An OpenAI completions body with ``suffix``: the prompt framed for the middle."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ApiError(400, "suffix needs prompt as one string")
+    framed, stops = fill(prompt, body["suffix"])
+    stop = body.get("stop")
+    given = [stop] if isinstance(stop, str) else list(stop or [])
+    result = {key: value for key, value in body.items() if key != "suffix"}
+    return result | {"prompt": framed, "stop": [*stops, *given]}
 
 
 # -- the routes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,23 +185,34 @@ def generate_request(
     defaults: ModelDefaults,
     served_model: str | None,
     context: int | None = None,
+    fill: Callable[[str, str], tuple[str, list[str]]] | None = None,
 ) -> tuple[str, JsonObject]:
     """An Ollama ``/api/generate`` body as (OpenAI endpoint path, body).
 
     A templated prompt becomes a chat with one user turn (the model's own chat
-    template applies); ``raw`` prompts go to ``/v1/completions`` untouched. What no
-    engine here honours is refused, not dropped: ``suffix`` (fill in the middle) and
-    ``context`` (an earlier answer's token ids, which this gateway never returns).
+    template applies); ``raw`` prompts go to ``/v1/completions`` untouched, and so
+    does a prompt with a ``suffix``, framed by ``fill`` (``fim.fim_prompt`` for the
+    model: the raw prompt and its stops; it raises for a model that cannot fill in
+    the middle). What no engine here honours is refused, not dropped: ``context``
+    (an earlier answer's token ids, which this gateway never returns).
     """
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
         raise RequestError("prompt must be a string")
-    if body.get("suffix"):
-        raise RequestError(
-            "suffix (fill in the middle) is not supported: the engines here complete a "
-            "prompt from its start only; send the model's own fill-in-the-middle prompt "
-            "(its prefix, suffix and middle tokens around your text) with raw: true"
-        )
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise RequestError("suffix must be a string")
+    if suffix:
+        if body.get("raw"):
+            raise RequestError(
+                "raw prompts carry their own fill-in-the-middle tokens: leave suffix out"
+            )
+        if fill is None:
+            raise RequestError("suffix (fill in the middle) is not supported for this model")
+        framed, stops = fill(prompt, suffix)
+        request = _openai_body(body, defaults, (served_model, context), {"prompt": framed})
+        request["stop"] = [*stops, *(request.get("stop") or [])]
+        return "/v1/completions", request
     if body.get("context"):
         raise RequestError(
             "context (the token ids of an earlier answer) is not supported here: send the "

@@ -209,8 +209,8 @@ def _check_completion(body: JsonObject, limits: Limits) -> None:
     best_of = body.get("best_of")
     if best_of is not None and not (is_int(best_of) and best_of == 1):
         raise _bad("best_of is not supported: leave it out or set it to 1")
-    if body.get("suffix", "") != "":
-        raise _bad("suffix is not supported: put all the text in prompt")
+    if body.get("suffix", "") != "":  # a string one was framed for the model (fim.py)
+        raise _bad("suffix must be a string: the text after the cursor")
 
 
 def _one_prompt(prompt: object) -> str:

@@ -84,6 +84,37 @@ def chat_template(folder: Path | None) -> str:
     return ""
 
 
+def added_tokens(folder: Path | None) -> frozenset[str]:
+    """The texts of the tokens added to the model's vocabulary (special and control
+    tokens, such as a code model's fill-in-the-middle ones): from
+    ``tokenizer_config.json``'s ``added_tokens_decoder``, else ``tokenizer.json``'s
+    ``added_tokens``. Cached by modification time: the gateway asks on requests."""
+    if folder is None:
+        return frozenset()
+    decoder = _read_json(*_stamped(folder / "tokenizer_config.json")).get("added_tokens_decoder")
+    if isinstance(decoder, dict) and decoder:
+        return frozenset(
+            str(token["content"])
+            for token in decoder.values()
+            if isinstance(token, dict) and "content" in token
+        )
+    return _tokenizer_added(*_stamped(folder / "tokenizer.json"))
+
+
+@lru_cache(maxsize=16)
+def _tokenizer_added(path: Path, mtime: float) -> frozenset[str]:
+    """``added_tokens`` of a tokenizer.json (megabytes: only this set is kept)."""
+    del mtime  # part of the cache key only
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return frozenset()
+    added = data.get("added_tokens") if isinstance(data, dict) else None
+    if not isinstance(added, list):
+        return frozenset()
+    return frozenset(str(t["content"]) for t in added if isinstance(t, dict) and "content" in t)
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
