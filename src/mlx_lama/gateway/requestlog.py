@@ -19,14 +19,11 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlx_lama.gateway.http import CLIENT_GONE
-
-if TYPE_CHECKING:
-    from mlx_lama.gateway.core import Gateway
 
 QUIET = frozenset({"/health", "/metrics", "/mlx-lama/stats"})  # polled by dashboards
 UNMATCHED = "(no route)"  # the endpoint a request for an unknown path is counted under
@@ -48,10 +45,18 @@ def current() -> Entry | None:
     return _current.get()
 
 
+class Counter(Protocol):
+    """What counts a request (``Gateway.finished``)."""
+
+    def finished(
+        self, model: str, endpoint: str, status: int, seconds: float, *, method: str | None = ...
+    ) -> None: ...
+
+
 class RequestLog:
     """ASGI middleware: counts each HTTP request no route counted (``Gateway.finished``)."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, gateway: Counter) -> None:
         self.app = app
         self._gateway = gateway
 
