@@ -78,8 +78,7 @@ def show(
     elif system:
         _echo_text(entry.system or "")
     elif template:
-        chat_template = shown.facts.tokenizer_config.get("chat_template")
-        _echo_text(entry.template or (chat_template if isinstance(chat_template, str) else ""))
+        _echo_text(entry.template or shown.facts.chat_template)
     elif license_text:
         _echo_text("\n".join(entry.license))
     elif as_json:

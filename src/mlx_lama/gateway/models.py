@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from mlx_lama.gateway.fim import layout_for
 from mlx_lama.orchestrator.facts import ModelFacts
 from mlx_lama.schema.manifest import ModelEntry
 from mlx_lama.schema.modelfile_render import ModelfileRenderError, parameter_lines, render_modelfile
@@ -100,14 +101,19 @@ def model_info(config: Mapping[str, Any]) -> JsonObject:
 
 
 def capabilities(facts: ModelFacts, *, embeddings: bool = False) -> list[str]:
-    """Ollama capability names: completion, tools (the chat template takes tools), vision."""
+    """Ollama capability names: completion (or embedding), tools (the chat template
+    takes tools), insert (fill-in-the-middle tokens, ``fim.py``), vision, thinking
+    (the template has a thinking switch or thinks)."""
     result = ["embedding"] if embeddings else ["completion"]
-    template = facts.tokenizer_config.get("chat_template")
-    text = template if isinstance(template, str) else str(template or "")
-    if "tools" in text:
+    template = facts.chat_template
+    if "tools" in template:
         result.append("tools")
+    if not embeddings and layout_for(facts.added_tokens) is not None:
+        result.append("insert")
     if "vision_config" in facts.config:
         result.append("vision")
+    if "enable_thinking" in template or "<think>" in template:
+        result.append("thinking")
     return result
 
 
@@ -137,7 +143,6 @@ def show_response(
     name: str, entry: ModelEntry, facts: ModelFacts, *, system: str | None = None
 ) -> JsonObject:
     """The ``/api/show`` body; ``model_info`` is always present, as in Ollama."""
-    template = facts.tokenizer_config.get("chat_template")
     try:
         modelfile = render_modelfile(name, entry, system=system)
     except ModelfileRenderError as error:  # the rest of the answer is still worth having
@@ -146,7 +151,7 @@ def show_response(
         "license": "\n".join(entry.license),
         "modelfile": modelfile,
         "parameters": "\n".join(parameter_lines(entry)),
-        "template": entry.template or (template if isinstance(template, str) else ""),
+        "template": entry.template or facts.chat_template,
         "system": system if system is not None else entry.system or "",
         "details": details(facts.config),
         "model_info": model_info(facts.config),

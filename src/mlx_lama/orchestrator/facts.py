@@ -29,7 +29,8 @@ class ModelFacts:
     modified: float  # epoch seconds
     commit: str | None
     config: Mapping[str, Any]  # config.json
-    tokenizer_config: Mapping[str, Any]  # tokenizer_config.json (chat_template lives here)
+    chat_template: str = ""  # the model's own (chat_template below)
+    added_tokens: frozenset[str] = frozenset()  # special and control tokens (added_tokens)
 
 
 def model_folder(spec: ModelSpec, cache_dir: Path) -> Path | None:
@@ -44,17 +45,19 @@ def model_folder(spec: ModelSpec, cache_dir: Path) -> Path | None:
 
 
 def read_facts(folder: Path | None, locked: LockedModel | None) -> ModelFacts:
-    """Size, time and config of the files in ``folder`` (empty facts without one)."""
+    """Size, time, config, chat template and added tokens of the files in ``folder``
+    (empty facts without one)."""
     commit = locked.commit if locked else None
     if folder is None:
-        return ModelFacts(size=0, modified=0.0, commit=commit, config={}, tokenizer_config={})
+        return ModelFacts(size=0, modified=0.0, commit=commit, config={})
     size = locked.size if locked and locked.size else bytes_in(folder, follow_links=True)
     return ModelFacts(
         size=size,
         modified=_mtime(folder),
         commit=commit,
         config=read_config(folder),
-        tokenizer_config=_read_json(*_stamped(folder / "tokenizer_config.json")),
+        chat_template=chat_template(folder),
+        added_tokens=added_tokens(folder),
     )
 
 
