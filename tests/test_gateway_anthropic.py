@@ -138,6 +138,7 @@ def test_count_tokens_needs_no_max_tokens() -> None:
         ({"type": "enabled", "budget_tokens": 2048}, True),
         ({"type": "disabled"}, False),
         ({"type": "adaptive"}, None),
+        ({"type": "between_tools"}, None),
     ],
 )
 def test_thinking_is_a_switch(thinking: object, wanted: bool | None) -> None:

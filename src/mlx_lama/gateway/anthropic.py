@@ -68,7 +68,7 @@ def chat_request(body: Mapping[str, Any], *, counting: bool = False) -> JsonObje
 
 def thinking_wanted(body: Mapping[str, Any]) -> bool | None:
     """What ``thinking`` asks for: True (enabled), False (disabled), None (not said, or
-    ``adaptive``: the model's own default)."""
+    ``adaptive`` / ``between_tools``: the model's own default)."""
     thinking = body.get("thinking")
     if thinking is None:
         return None
@@ -80,7 +80,7 @@ def thinking_wanted(body: Mapping[str, Any]) -> bool | None:
         return True
     if kind == "disabled":
         return False
-    if kind == "adaptive":
+    if kind in ("adaptive", "between_tools"):  # the model decides: its template's default
         return None
     raise _bad('thinking must be {"type": "enabled", "budget_tokens": N} or {"type": "disabled"}')
 
