@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -108,3 +109,28 @@ def test_a_json_request_vllm_mlx_cannot_honour_gets_its_reason_not_a_bare_500(
         error = native.json()["error"]
         assert "model 'strict' failed on this request" in error
         assert "mlx-lama logs strict" in error
+
+
+def test_the_agents_apis_answer_from_vllm_mlx(tmp_path: Path, tiny_model: Path) -> None:
+    """Claude Code's and Codex's APIs on the other engine: the same translation, with
+    vllm-mlx's own stream (its usage and finish events) underneath."""
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        f'version = 1\n\n[models."agent"]\npath = "{tiny_model}"\nbackend = "vllm-mlx"\n',
+        encoding="utf-8",
+    )
+    hi = [{"role": "user", "content": "hello there"}]
+    with gateway_in_thread(manifest) as running:
+        with anthropic.Anthropic(base_url=running.url, api_key="x", max_retries=0) as claude:
+            with claude.messages.stream(model="agent", max_tokens=4, messages=hi) as stream:  # type: ignore[arg-type]
+                kinds = [event.type for event in stream]
+                message = stream.get_final_message()
+            counted = claude.messages.count_tokens(model="agent", messages=hi)  # type: ignore[arg-type]
+        assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+        assert message.content[0].type == "text" and message.content[0].text
+        assert 0 < message.usage.output_tokens <= 4
+        assert counted.input_tokens == message.usage.input_tokens > 0
+        with openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0) as oai:
+            response = oai.responses.create(model="agent", input="hello there", max_output_tokens=4)
+        assert response.output_text
+        assert response.usage is not None and response.usage.input_tokens > 0
