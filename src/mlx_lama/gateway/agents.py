@@ -94,6 +94,13 @@ async def answer(call: Call, route: Route, body: JsonObject, new: Callable[[], A
     return JSONResponse(done.whole())
 
 
+def _resolved(call: Call) -> tuple[Route, str]:
+    """The route of the request's model, noted on ``call``, and the name it used."""
+    route = resolve(call.gateway, call.body.get("model"))
+    call.model = route.name
+    return route, str(call.body["model"])
+
+
 # -- Anthropic /v1/messages and /v1/messages/count_tokens
 
 
@@ -102,9 +109,7 @@ async def answer(call: Call, route: Route, body: JsonObject, new: Callable[[], A
 @attended
 async def messages(call: Call) -> Response:
     body = call.body
-    route = resolve(call.gateway, body.get("model"))
-    call.model = route.name
-    name = str(body["model"])
+    route, name = _resolved(call)
     request = anthropic.chat_request(body)
     think = ("thinking", anthropic.thinking_wanted(body))
     chat = chat_body(call.gateway, route, name, request, think)
@@ -118,11 +123,10 @@ async def count_tokens(call: Call) -> Response:
     """The prompt's tokens, as the model's own template and tokenizer count them: the
     model server reads the request and stops after one token."""
     body = call.body
-    route = resolve(call.gateway, body.get("model"))
-    call.model = route.name
+    route, name = _resolved(call)
     request = anthropic.chat_request(body, counting=True)
     think = ("thinking", anthropic.thinking_wanted(body))
-    chat = chat_body(call.gateway, route, str(body["model"]), request, think)
+    chat = chat_body(call.gateway, route, name, request, think)
     chat.update(max_tokens=1, stream=False)
     chat.pop("stream_options", None)
     _target, data = await post(call.gateway, route, (CHAT, chat), None, relay.json_of)
@@ -141,9 +145,7 @@ async def count_tokens(call: Call) -> Response:
 @attended
 async def responses(call: Call) -> Response:
     body = call.body
-    route = resolve(call.gateway, body.get("model"))
-    call.model = route.name
-    name = str(body["model"])
+    route, name = _resolved(call)
     request = responses_request.chat_request(body)
     think = ("reasoning.effort", responses_request.thinking_wanted(body))
     chat = chat_body(call.gateway, route, name, request, think, format_key="text.format")

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mlx_lama.gateway.chat_deltas import ChatReader, JsonObject, Piece, arguments_object, new_id
+from mlx_lama.gateway.chat_deltas import JsonObject, Piece, ReadAnswer, arguments_object, new_id
 from mlx_lama.gateway.security import anthropic_error
 
 _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
@@ -26,7 +26,7 @@ def sse(name: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-class MessageStream:
+class MessageStream(ReadAnswer):
     """One answer, as Anthropic's events and as a whole message.
 
     :meth:`start` first, :meth:`feed` each backend event, :meth:`finish` at its end
@@ -35,24 +35,11 @@ class MessageStream:
     """
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self.model = model  # the name the client asked for, echoed back
         self.id = new_id("msg_")
-        self.reader = ChatReader()
         self.blocks: list[JsonObject] = []  # the content so far; tool input as its text
         self._open: tuple[str, int] | None = None  # the open block's kind and call index
-
-    # what relay.record reads
-    @property
-    def first_token(self) -> float | None:
-        return self.reader.first_token
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.reader.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.reader.completion_tokens
 
     def start(self) -> bytes:
         message = self._message_head()

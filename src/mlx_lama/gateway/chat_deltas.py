@@ -95,6 +95,26 @@ class ChatReader:
         return bool(self._calls_seen)
 
 
+class ReadAnswer:
+    """The base of an answer translated from a chat stream (another API's events): the
+    reader of that stream, and what the request is counted with (``relay.Counted``)."""
+
+    def __init__(self) -> None:
+        self.reader = ChatReader()
+
+    @property
+    def first_token(self) -> float | None:
+        return self.reader.first_token
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.reader.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.reader.completion_tokens
+
+
 def arguments_object(text: str) -> JsonObject:
     """A tool call's arguments text as the object Anthropic's ``input`` is: {} for none.
     Engines send arguments they parsed themselves, so text that is no JSON object

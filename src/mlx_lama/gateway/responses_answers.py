@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mlx_lama.gateway.chat_deltas import ChatReader, JsonObject, Piece, new_id
+from mlx_lama.gateway.chat_deltas import JsonObject, Piece, ReadAnswer, new_id
 
 # What the response object echoes of its request, and the value when not asked.
 ECHOED: Mapping[str, Any] = {
@@ -34,7 +34,7 @@ ECHOED: Mapping[str, Any] = {
 }
 
 
-class ResponseStream:
+class ResponseStream(ReadAnswer):
     """One answer, as Responses events and as a whole response.
 
     :meth:`start` first, :meth:`feed` each backend event, :meth:`finish` at its end
@@ -42,28 +42,15 @@ class ResponseStream:
     """
 
     def __init__(self, model: str, request: Mapping[str, Any], created: float) -> None:
+        super().__init__()
         self.model = model  # the name the client asked for, echoed back
         self.id = new_id("resp_")
         self.created_at = int(created)  # Unix seconds
         self.echo = {key: request.get(key, default) for key, default in ECHOED.items()}
-        self.reader = ChatReader()
         self.items: list[JsonObject] = []
         self._open: tuple[str, int] | None = None  # the open item's kind and call index
         self._sequence = 0
         self._failure: str | None = None
-
-    # what relay.record reads
-    @property
-    def first_token(self) -> float | None:
-        return self.reader.first_token
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.reader.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.reader.completion_tokens
 
     def start(self) -> bytes:
         head = self._response("in_progress")
