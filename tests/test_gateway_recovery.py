@@ -215,15 +215,24 @@ def test_sigstop_mid_stream_ends_the_stream_with_an_error_and_the_model_comes_ba
         "max_tokens": 100_000,
         "logit_bias": {str(SPECIAL_TOKENS.index(EOS_TOKEN)): -100},
     }
+    anthropic = {  # and an Anthropic one (Claude Code's), translated from the engine's
+        "model": "a",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 100_000,
+        "stream": True,
+    }
     lines: list[dict[str, object]] = []
     try:
         with (
             HealthLog(gateway) as health,
             httpx.Client(trust_env=False, timeout=READY) as client,
             client.stream("POST", gateway.url + "/v1/chat/completions", json=openai) as events,
+            client.stream("POST", gateway.url + "/v1/messages", json=anthropic) as messages,
         ):
             sse = events.iter_lines()
             assert next(line for line in sse if line.startswith("data: {"))
+            claude = messages.iter_lines()
+            assert next(line for line in claude if line == "event: content_block_delta")
             with client.stream("POST", gateway.url + "/api/chat", json=body) as stream:
                 for line in stream.iter_lines():
                     lines.append(json.loads(line))
@@ -232,6 +241,7 @@ def test_sigstop_mid_stream_ends_the_stream_with_an_error_and_the_model_comes_ba
                         frozen = time.monotonic()
             ended = time.monotonic()
             last_event = [line for line in sse if line.startswith("data:")][-1]
+            claude_end = [line for line in claude if line.startswith(("event:", "data:"))][-2:]
             assert _chat(gateway).status_code == 200
             answered = time.monotonic()
     finally:
@@ -240,6 +250,9 @@ def test_sigstop_mid_stream_ends_the_stream_with_an_error_and_the_model_comes_ba
     assert "error" in lines[-1] and lines[-1].get("done") is not True, lines[-1]
     assert "made no progress" in str(lines[-1]["error"])  # says why, as the 503 would
     assert "error" in last_event and "made no progress" in last_event, last_event
+    assert claude_end[0] == "event: error", claude_end  # Anthropic's shape, not message_stop
+    failure = json.loads(claude_end[1].removeprefix("data: "))
+    assert failure["type"] == "error" and "made no progress" in failure["error"]["message"]
     assert ended - frozen < WEDGE + 30
     assert _ready_pid(gateway) != stopped and not psutil.pid_exists(stopped)
     after = [(state, pid) for at, state, pid in health.samples if ended <= at <= answered]
