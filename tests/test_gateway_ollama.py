@@ -21,6 +21,7 @@ from mlx_lama.gateway.ollama import (
     options_to_fields,
     parse_keep_alive,
     response_format,
+    with_template_roles,
 )
 from mlx_lama.gateway.ollama_answers import (
     StreamTranslator,
@@ -451,3 +452,21 @@ def test_a_real_mlx_lm_stream_translates(tiny_model: Path, tmp_path: Path) -> No
     assert text and text == plain["choices"][0]["message"]["content"]
     assert (final["done_reason"], final["eval_count"]) == ("length", 6)
     assert final["prompt_eval_count"] > 0
+
+
+def test_developer_turns_become_system_turns_for_templates_without_the_role() -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": "Use tabs."},
+            {"role": "user", "content": "hi"},
+        ]
+    }
+    qwen = "{% for m in messages %}{% if m.role == 'system' %}...{% endif %}{% endfor %}"
+    assert [m["role"] for m in with_template_roles(body, qwen)["messages"]] == [
+        "system", "system", "user",
+    ]  # fmt: skip
+    assert body["messages"][1]["role"] == "developer"  # a new body; the request is kept
+    harmony = "{% if message.role == 'developer' %}# Instructions{% endif %}"  # gpt-oss's
+    assert with_template_roles(body, harmony) is body
+    assert with_template_roles(body, None) is body  # an external server's: not known here

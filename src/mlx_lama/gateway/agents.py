@@ -61,8 +61,10 @@ def chat_body(
     body = validate.openai_body(CHAT, request, limits)
     check_output_format(gateway, route, name, body, format_key)
     body = ollama.with_manifest(body, route.defaults, limits.context)
+    template = gateway.chat_template(route)
+    body = ollama.with_template_roles(body, template)
     key, value = think
-    body.update(thinking_fields(gateway.chat_template(route), value, name, key))
+    body.update(thinking_fields(template, value, name, key))
     return body
 
 

@@ -392,6 +392,7 @@ async def openai(call: Call) -> Response:
     check_output_format(gateway, route, name, body, "response_format")
     if path == "/v1/chat/completions":
         body = ollama.with_manifest(body, route.defaults, limits.context)
+        body = ollama.with_template_roles(body, gateway.chat_template(route))
     if body.get("stream") is True:
         target, upstream = await open_stream(gateway, route, (path, body), None)
         return relay.openai_stream(

@@ -180,6 +180,23 @@ def with_manifest(request: JsonObject, defaults: ModelDefaults, context: int | N
     return result
 
 
+def with_template_roles(request: JsonObject, template: str | None) -> JsonObject:
+    """A chat body whose ``developer`` turns (OpenAI's newer name for system ones, which
+    Codex sends) are ``system`` turns, unless the model's chat template knows the role
+    (gpt-oss's does): most templates skip a role they do not know, and the turn would
+    be lost. A template not known here (an external server's) changes nothing."""
+    messages = request.get("messages")
+    if template is None or "developer" in template or not isinstance(messages, list):
+        return request
+    if not any(isinstance(m, dict) and m.get("role") == "developer" for m in messages):
+        return request
+    renamed = [
+        {**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
+        for m in messages
+    ]
+    return {**request, "messages": renamed}
+
+
 def generate_request(
     body: Mapping[str, Any],
     defaults: ModelDefaults,
