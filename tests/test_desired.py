@@ -10,6 +10,8 @@ from mlx_lama.orchestrator.plan import make_plan
 from mlx_lama.orchestrator.state import ExternalSpec, ObservedState, ServerSpec
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock, LockedModel
+from mlx_lama.schema.manifest import DEFAULT_KV_CACHE
+from mlx_lama.units import Size
 
 CACHE = Path("/cache/hub")
 HERE = Path("/project")
@@ -114,8 +116,30 @@ def test_spec_hash_is_stable_and_ignores_sampling_parameters() -> None:
         replace(chat, parameters=(("num_ctx", 8192),)),
         replace(chat, env=()),
         replace(chat, template="{{ x }}"),
+        replace(chat, kv_cache=Size(bytes=2**30)),
     ]
-    assert len({chat.spec_hash, *(spec.spec_hash for spec in changed)}) == 7
+    assert len({chat.spec_hash, *(spec.spec_hash for spec in changed)}) == 8
+
+
+def test_each_server_has_a_bounded_kv_cache_its_own_else_the_defaults() -> None:
+    manifest = parse_manifest(
+        """
+        version = 1
+        [defaults]
+        kv_cache = "2GB"
+        [models.own]
+        path = "a"
+        kv_cache = "25%"
+        [models.shared]
+        path = "b"
+        """
+    )
+    servers = {
+        s.name: s for s in desired(manifest, LOCK, manifest_dir=HERE, cache_dir=CACHE).servers
+    }
+    assert servers["own"].kv_cache == Size(percent=25.0)
+    assert servers["shared"].kv_cache == Size(bytes=2 * 2**30)
+    assert state()["chat"].kv_cache == DEFAULT_KV_CACHE == Size(percent=10.0)  # never unbounded
 
 
 EXTERNAL = parse_manifest(

@@ -43,7 +43,7 @@ from mlx_lama.orchestrator.slots import MEMORY_MARGIN, Slot, estimate_memory, ra
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock
-from mlx_lama.schema.units import Duration
+from mlx_lama.units import Duration
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import gateway_process, wait_for
 from tests.fixtures.manifests import only_problem
@@ -253,6 +253,12 @@ def test_the_memory_budget_counts_only_this_machines_share(
     weights = whole - MEMORY_MARGIN
     assert estimate_memory(folder, *rank_counts(half)) == weights // 2 + MEMORY_MARGIN
     assert estimate_memory(folder, *rank_counts(both)) == weights + 2 * MEMORY_MARGIN
+    # the bound on the KV caches counts too, shared out as the weights are
+    kv = 2**30
+    assert estimate_memory(folder, kv_cache=kv) == whole + kv
+    assert estimate_memory(folder, *rank_counts(half), kv_cache=kv) == (
+        (weights + kv) // 2 + MEMORY_MARGIN
+    )
 
 
 def test_mpi_without_mpirun_is_refused_before_anything_starts(

@@ -19,7 +19,7 @@ from mlx_lama.orchestrator import process, watchdog
 from mlx_lama.orchestrator.scheduler import Scheduler
 from mlx_lama.orchestrator.slots import Lease, Loss, SchedulerConfig, Slot
 from mlx_lama.orchestrator.watchdog import LOOK_INTERVAL, Watchdog, cpu_seconds
-from mlx_lama.schema.units import Duration
+from mlx_lama.units import Duration
 from tests.fixtures.servers import server_spec
 from tests.test_runrecords import SLEEP, procs, record_for, spawn
 

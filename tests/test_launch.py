@@ -11,12 +11,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mlx_lama.backends.base import LaunchError, LaunchSpec, client_host, launch_spec
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, ServerSpec
+from mlx_lama.units import Size
 from tests.fixtures.servers import server_spec
 
 MODEL = Path("/models/tiny")
@@ -70,6 +72,27 @@ def test_mlx_lm_argv(changes: dict[str, object], extra: tuple[str, ...]) -> None
     assert launch.argv == MLX_BASE + extra
     assert launch.served_model is None  # mlx_lm loads whatever `model` names: leave it out
     assert launch.fatal_log_markers
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("engine", ["mlx-lm", VLLM])
+def test_the_kv_cache_bound_reaches_each_engine_and_args_still_win(engine: Engine) -> None:
+    """``kv_cache`` bounds the KV caches an engine keeps (mlx-lm's prompt cache,
+    vllm-mlx's cache memory); a share of memory is resolved on this machine."""
+    flag, value = (
+        ("--prompt-cache-bytes", str(GIB)) if engine == "mlx-lm" else ("--cache-memory-mb", "1024")
+    )
+    argv = launch_spec(spec(engine, kv_cache=Size(bytes=GIB)), 8081).argv
+    assert argv[argv.index(flag) + 1] == value
+    assert flag not in launch_spec(spec(engine), 8081).argv  # None: the engine's own
+    overridden = launch_spec(spec(engine, kv_cache=Size(bytes=GIB), args=(flag, "7")), 8081).argv
+    assert overridden[-2:] == (flag, "7")  # after ours: argparse takes the last
+    share = launch_spec(spec(engine, kv_cache=Size(percent=10.0)), 8081).argv
+    resolved = int(share[share.index(flag) + 1])
+    expected = psutil.virtual_memory().total // 10
+    assert resolved == (expected if engine == "mlx-lm" else expected // 2**20)
 
 
 def test_mlx_lm_adapter_and_template_come_before_parameters() -> None:

@@ -241,6 +241,14 @@ def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
             id="size",
         ),
         pytest.param(
+            'version = 1\n[models.m]\nrepo = "org/m"\nkv_cache = "plenty"\n',
+            4,
+            "models.m.kv_cache",
+            "invalid size 'plenty'",
+            None,
+            id="kv-cache-size",
+        ),
+        pytest.param(
             "version = 2\n",
             1,
             "version",

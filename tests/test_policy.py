@@ -15,8 +15,8 @@ from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.orchestrator import policy
 from mlx_lama.orchestrator.policy import Evict, WaitForIdle
 from mlx_lama.orchestrator.slots import SchedulerError, Slot
-from mlx_lama.schema.units import Duration
 from mlx_lama.timings import Timings
+from mlx_lama.units import Duration
 
 DEFAULTS = Timings()
 

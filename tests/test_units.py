@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mlx_lama.schema.units import Duration, Size
+from mlx_lama.units import Duration, Size
 
 
 @pytest.mark.parametrize(

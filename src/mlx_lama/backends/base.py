@@ -122,6 +122,16 @@ def parameter_flags(
     return tuple(flags)
 
 
+def kv_cache_bytes(server: ServerSpec) -> int | None:
+    """The bound on ``server``'s KV caches in bytes (a share of this machine's memory
+    resolved here), None when the manifest leaves it to the engine."""
+    if server.kv_cache is None:
+        return None
+    import psutil
+
+    return server.kv_cache.resolve(psutil.virtual_memory().total)
+
+
 def check_passthrough(server: ServerSpec, managed: Sequence[str]) -> tuple[str, ...]:
     """``server.args``, refusing any that would override a flag mlx-lama manages.
 

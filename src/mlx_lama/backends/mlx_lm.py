@@ -35,6 +35,7 @@ from mlx_lama.backends.base import (
     StopScanner,
     absolute,
     check_passthrough,
+    kv_cache_bytes,
     merged_env,
     parameter_flags,
     register_backend,
@@ -154,7 +155,9 @@ class MlxLmBackend(Backend):
 
         ``template`` goes to ``--chat-template`` as the template text itself (mlx-lm
         puts it into the tokenizer config as ``chat_template``: a Jinja string, not
-        a file path). ``server.args`` come last, so they win over mapped parameters.
+        a file path); ``kv_cache`` to ``--prompt-cache-bytes``, the bound on the KV
+        caches it keeps for reuse. ``server.args`` come last, so they win over
+        mapped parameters.
         """
         argv = self.launcher(
             server,
@@ -171,6 +174,8 @@ class MlxLmBackend(Backend):
             argv += ("--adapter-path", str(absolute(server.adapter)))
         if server.template is not None:
             argv += ("--chat-template", server.template)
+        if (bound := kv_cache_bytes(server)) is not None:
+            argv += ("--prompt-cache-bytes", str(bound))
         argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
         argv += check_passthrough(server, MANAGED_FLAGS)
         env = merged_env(server)

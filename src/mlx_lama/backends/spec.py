@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mlx_lama.units import Size
+
 Engine = Literal["mlx-lm", "vllm-mlx", "external"]
 ServeMode = Literal["always", "on-demand", "never"]
 # Parameters only a restart can change. Sampling parameters are also passed to
@@ -76,6 +78,7 @@ class ServerSpec:
     adapter: Path | None = None
     template: str | None = None
     distribution: Distribution | None = None  # None: one process on this machine
+    kv_cache: Size | None = None  # the bound on its KV caches; None: the engine's own
 
     def launch_fields(self) -> dict[str, object]:
         """The fields that decide how the process is launched, as plain JSON data.
@@ -101,6 +104,8 @@ class ServerSpec:
         }
         if self.distribution is not None:
             fields["distribution"] = self.distribution.launch_fields()
+        if self.kv_cache is not None:
+            fields["kv_cache"] = str(self.kv_cache)
         return fields
 
     @property

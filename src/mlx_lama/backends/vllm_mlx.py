@@ -22,6 +22,7 @@ from mlx_lama.backends.base import (
     LaunchError,
     LaunchSpec,
     check_passthrough,
+    kv_cache_bytes,
     merged_env,
     parameter_flags,
     register_backend,
@@ -76,8 +77,9 @@ class VllmMlxBackend(Backend):
     def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
         """``python -m vllm_mlx.cli serve PATH --host H --port P --served-model-name NAME ...``.
 
-        ``--offline`` keeps it from ever reaching the Hub. ``server.args`` come
-        last, so they win over mapped parameters.
+        ``--offline`` keeps it from ever reaching the Hub; ``kv_cache`` goes to
+        ``--cache-memory-mb``. ``server.args`` come last, so they win over mapped
+        parameters.
         """
         if server.adapter is not None:
             raise LaunchError(
@@ -100,6 +102,8 @@ class VllmMlxBackend(Backend):
             server.name,
             "--offline",
         )
+        if (bound := kv_cache_bytes(server)) is not None:
+            argv += ("--cache-memory-mb", str(max(1, bound // 2**20)))
         argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
         num_predict = dict(server.parameters).get("num_predict")
         if isinstance(num_predict, int) and num_predict > DEFAULT_MAX_REQUEST_TOKENS:

@@ -139,7 +139,7 @@ def check_keepalive(value: str | None) -> str | None:
     """``--keepalive`` as Ollama's CLI takes it: a Go duration (``5m``, ``-1m``)."""
     if value is None:
         return None
-    from mlx_lama.schema.units import Duration
+    from mlx_lama.units import Duration
 
     try:
         Duration.parse(value)

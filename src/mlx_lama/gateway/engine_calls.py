@@ -39,8 +39,8 @@ from mlx_lama.gateway.proxy import (
     open_upstream,
 )
 from mlx_lama.orchestrator.slots import Lease, Loss, SchedulerError
-from mlx_lama.schema.units import Duration
 from mlx_lama.timings import timings
+from mlx_lama.units import Duration
 
 # Pauses before trying again a connection refused by a live server (its listen
 # queue was full): the first retry is at once, all of them within half a second.

@@ -31,7 +31,7 @@ from mlx_lama.gateway.engine_calls import Target, acquire, open_stream, post, po
 from mlx_lama.gateway.http import CLIENT_GONE, ApiError, JsonObject, read_json
 from mlx_lama.gateway.proxy import RawStream, until_disconnect
 from mlx_lama.gateway.sse import add_reasoning_content
-from mlx_lama.schema.units import Duration
+from mlx_lama.units import Duration
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlx_lama.gateway.http import is_int
-from mlx_lama.schema.units import Duration
+from mlx_lama.units import Duration
 
 JsonObject = dict[str, Any]
 

@@ -107,6 +107,7 @@ def server_spec(
         adapter=local_path(entry.adapter, manifest_dir) if entry.adapter else None,
         template=entry.template,
         distribution=distribution(entry, manifest_dir),
+        kv_cache=manifest.kv_cache_of(model.name),
     )
 
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from mlx_lama.backends.base import kv_cache_bytes
 from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import policy, process, runrecords
@@ -51,8 +52,8 @@ from mlx_lama.orchestrator.slots import (
 )
 from mlx_lama.orchestrator.slottable import lose_leases
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE
-from mlx_lama.schema.units import Duration
 from mlx_lama.timings import timings
+from mlx_lama.units import Duration
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ class Scheduler(Loader):
                 spec=spec,
                 keep_alive=duration,
                 pinned=spec.name in pins,
-                memory=estimate_memory(spec.model_path, *rank_counts(spec)),
+                memory=estimate_memory(
+                    spec.model_path, *rank_counts(spec), kv_cache=kv_cache_bytes(spec) or 0
+                ),
                 missing=spec.name in absent,
             )
             if old is not None and change == "replace":

@@ -18,7 +18,7 @@ from typing import Literal
 from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.schema.manifest import DEFAULT_WEDGE_TIMEOUT
-from mlx_lama.schema.units import Duration
+from mlx_lama.units import Duration
 
 SlotState = Literal["stopped", "starting", "ready", "stopping", "restarting", "failed"]
 
@@ -36,11 +36,14 @@ class SchedulerError(MlxLamaError):
         self.status = status
 
 
-def estimate_memory(model_path: Path | None, ranks_here: int = 1, ranks: int = 1) -> int:
+def estimate_memory(
+    model_path: Path | None, ranks_here: int = 1, ranks: int = 1, kv_cache: int = 0
+) -> int:
     """Bytes a server for the model in ``model_path`` is expected to hold here: its
-    weight files times a small factor, plus a fixed margin. A model sharded over
-    ``ranks`` ranks, ``ranks_here`` of them on this machine, holds that share of
-    the weights and a margin per local rank. Reads only file sizes."""
+    weight files times a small factor, plus a fixed margin and the bound on its KV
+    caches (``kv_cache`` bytes). A model sharded over ``ranks`` ranks,
+    ``ranks_here`` of them on this machine, holds that share of the weights and of
+    the caches, and a margin per local rank. Reads only file sizes."""
     weights = 0
     if model_path is not None:
         with contextlib.suppress(OSError):
@@ -48,7 +51,8 @@ def estimate_memory(model_path: Path | None, ranks_here: int = 1, ranks: int = 1
                 if item.name.endswith(_WEIGHT_SUFFIXES):
                     with contextlib.suppress(OSError):
                         weights += item.stat().st_size
-    return int(weights * WEIGHT_FACTOR * ranks_here / max(ranks, 1)) + MEMORY_MARGIN * ranks_here
+    share = ranks_here / max(ranks, 1)
+    return int((weights * WEIGHT_FACTOR + kv_cache) * share) + MEMORY_MARGIN * ranks_here
 
 
 def rank_counts(spec: ServerSpec) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from mlx_lama.backends.spec import RunRecord
 from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.slots import Lease, Loss, SchedulerConfig, Slot
 from mlx_lama.orchestrator.watchdog import Watchdog
-from mlx_lama.schema.units import Duration
+from mlx_lama.units import Duration
 
 log = logging.getLogger(__name__)
 

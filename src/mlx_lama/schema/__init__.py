@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         Parameters,
         ServerSection,
     )
-    from mlx_lama.schema.units import Duration, Size
+    from mlx_lama.units import Duration, Size
 
 _EXPORTS = {
     "ManifestLocation": "discovery",
@@ -36,8 +36,8 @@ _EXPORTS = {
     "ModelEntry": "manifest",
     "Parameters": "manifest",
     "ServerSection": "manifest",
-    "Duration": "units",
-    "Size": "units",
+    "Duration": "mlx_lama.units",  # a base module every layer may use
+    "Size": "mlx_lama.units",
 }
 
 __all__ = [
@@ -61,4 +61,5 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    path = module if "." in module else f"{__name__}.{module}"
+    return getattr(importlib.import_module(path), name)

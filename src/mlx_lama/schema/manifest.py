@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal, cast, get_args
 
 from mlx_lama.schema.constraints import Bounds, Check, OneOrMany, server_url
-from mlx_lama.schema.units import Duration, Size
+from mlx_lama.units import Duration, Size
 
 SCHEMA_VERSION = 1
 
@@ -33,6 +33,10 @@ MAX_FLUSH_INTERVAL = Duration(1.0)
 DEFAULT_WEDGE_TIMEOUT = Duration(60.0)
 MIN_WEDGE_TIMEOUT = Duration(1.0)
 DEFAULT_MEMORY_BUDGET = Size(percent=75.0)
+# The bound on an engine's KV caches (the prompts it keeps for reuse) when neither
+# the model nor [defaults] sets kv_cache: without one, a long agent session grows
+# a server's memory until the machine swaps.
+DEFAULT_KV_CACHE = Size(percent=10.0)
 
 
 def _flush_interval(value: Duration) -> Duration:
@@ -125,12 +129,14 @@ class Defaults:
     backend: str = "mlx-lm"
     serve: ServeMode = "on-demand"
     keep_alive: Duration | None = None
+    kv_cache: Size | None = None
     parameters: Parameters = Parameters()
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Defaults:
         values = dict(data)
         values["keep_alive"] = _duration(values.get("keep_alive"))
+        values["kv_cache"] = _size(values.get("kv_cache"))
         values["parameters"] = Parameters.from_data(values.get("parameters"))
         return cls(**values)
 
@@ -160,6 +166,7 @@ class ModelEntry:
     serve: ServeMode | None = None
     port: Port | None = None
     keep_alive: Duration | None = None
+    kv_cache: Size | None = None  # the bound on the engine's KV caches
     pin: bool = False
     system: str | None = None
     template: str | None = None
@@ -185,6 +192,7 @@ class ModelEntry:
     def from_data(cls, data: dict[str, Any]) -> ModelEntry:
         values = dict(data)
         values["keep_alive"] = _duration(values.get("keep_alive"))
+        values["kv_cache"] = _size(values.get("kv_cache"))
         values["messages"] = [Message(**m) for m in values.get("messages", [])]
         values["license"] = list(values.get("license", []))
         values["parameters"] = Parameters.from_data(values.get("parameters"))
@@ -245,6 +253,11 @@ class Manifest:
         entry = self.models[name]
         return entry.keep_alive or self.defaults.keep_alive or self.server.keep_alive
 
+    def kv_cache_of(self, name: str) -> Size:
+        """The bound on model ``name``'s engine KV caches: its own ``kv_cache``, else
+        ``[defaults]``'s, else a tenth of the machine's memory."""
+        return self.models[name].kv_cache or self.defaults.kv_cache or DEFAULT_KV_CACHE
+
     def parameters_of(self, name: str) -> dict[str, object]:
         """Model ``name``'s parameters: ``[defaults.parameters]`` under its own."""
         return {**self.defaults.parameters.as_dict(), **self.models[name].parameters.as_dict()}
@@ -269,6 +282,10 @@ class Manifest:
 
 def _duration(value: object) -> Duration | None:
     return None if value is None else Duration.parse(value)
+
+
+def _size(value: object) -> Size | None:
+    return None if value is None else Size.parse(value)
 
 
 def _plain(value: object) -> object:
