@@ -137,10 +137,12 @@ def test_memory_budget_evicts_the_least_recently_used_idle_model(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     manifest = tmp_path / "mlxlama.toml"
-    # Each tiny server is estimated at its weights plus a 256 MiB margin: two do not fit 400MB.
+    # Each tiny server is estimated at its weights, a 256 MiB margin and its 64 MB bound on
+    # KV caches: two do not fit 400MB.
     text = MANIFEST.format(model=tiny_model).replace(
         "max_loaded = 1", 'max_loaded = 3\nmemory_budget = "400MB"'
     )
+    text = text.replace("version = 1\n", 'version = 1\n\n[defaults]\nkv_cache = "64MB"\n', 1)
     manifest.write_text(text, encoding="utf-8")
     with (
         gateway_in_thread(manifest) as running,

@@ -169,10 +169,11 @@ def room_for(slot: Slot, others: Iterable[Slot], *, max_loaded: int, budget: int
     ``max_loaded`` and are never evicted, nor are pinned ones or ones starting."""
     if budget is not None and slot.memory > budget:
         return SchedulerError(
-            f"model {slot.name!r} needs about {gb(slot.memory)}, more than the "
-            f"memory budget of {gb(budget)}",
+            f"model {slot.name!r} needs about {gb(slot.memory)} (its weights and the "
+            f"bound on its KV caches), more than the memory budget of {gb(budget)}",
             status=503,
-            hint="raise memory_budget under [server] in mlxlama.toml",
+            hint="raise memory_budget under [server] in mlxlama.toml, or lower the model's "
+            "kv_cache",
         )
     loaded = [s for s in others if s is not slot and s.loaded]
     counted = [s for s in loaded if not s.always]
