@@ -14,7 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlx_lama.backends.base import LaunchError, LaunchSpec, client_host, launch_spec
+from mlx_lama.backends.base import (
+    LaunchError,
+    LaunchSpec,
+    client_host,
+    engine_main,
+    launch_spec,
+)
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, ServerSpec
@@ -36,7 +42,7 @@ MLX_BASE = (
     "--host", "127.0.0.1", "--port", "8081", "--allowed-origins", "none",
 )  # fmt: skip
 VLLM_BASE = (
-    PY, "-m", "vllm_mlx.cli", "serve", "/models/tiny",
+    PY, "-c", engine_main("vllm_mlx.cli"), "serve", "/models/tiny",
     "--host", "127.0.0.1", "--port", "8081", "--served-model-name", "tiny:latest", "--offline",
 )  # fmt: skip
 

@@ -26,8 +26,8 @@ import psutil
 import pytest
 
 from mlx_lama import paths
-from mlx_lama.backends.base import LaunchSpec
-from mlx_lama.backends.mlx_lm import ENGINE_MAIN, TORCH_ENV
+from mlx_lama.backends.base import TORCH_ENV, LaunchSpec
+from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import process
 from mlx_lama.orchestrator.process import (
@@ -195,6 +195,9 @@ def test_vllm_mlx_start_serve_stop(tiny_model: Path, cleanup: list[RunRecord]) -
     reply = chat(record, body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completion_tokens"] == 2  # --max-tokens took
+    # It served that without PyTorch (vllm-mlx installs it; transformers would import it).
+    mapped = [m.path for m in psutil.Process(record.pid).memory_maps()]
+    assert mapped and not [path for path in mapped if "torch" in Path(path).parts]
 
     began = time.monotonic()
     stop_server(record)

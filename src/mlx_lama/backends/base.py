@@ -88,6 +88,41 @@ def client_host(host: str) -> str:
     return host.strip("[]")
 
 
+# An engine is run as ``python -c engine_main(MODULE)``, which prepares two things and
+# then runs MODULE as ``python -m`` would:
+# * mlx_lm.server listens with the stdlib's default queue of 5 connections: of a
+#   burst of more (agents sending at once), Linux drops the rest (their clients try
+#   again after 1 s) and macOS refuses them. ``request_queue_size`` (a documented
+#   attribute of ``socketserver.TCPServer``) deepens it.
+# * Nothing the MLX engines do needs PyTorch, yet transformers imports it whenever
+#   it is installed (vllm-mlx brings it): seconds of each start and ~600 MB of each
+#   engine's memory. A None entry in ``sys.modules`` (the import system's documented
+#   way to block a module) makes transformers see no torch. A model whose own code
+#   needs it (a tokenizer with remote code) gets it back with ``TORCH_ENV=1`` in its
+#   ``env``.
+LISTEN_QUEUE = 1024  # the kernel caps it (Linux somaxconn 4096, macOS 128)
+TORCH_ENV = "MLX_LAMA_ENGINE_TORCH"
+
+
+def engine_main(module: str) -> str:
+    """The ``python -c`` program that runs engine ``module`` as ``python -m`` would,
+    prepared as the comment above says."""
+    return (
+        "import os, runpy, socketserver, sys; "
+        f"os.environ.get('{TORCH_ENV}') == '1' or sys.modules.setdefault('torch', None); "
+        f"socketserver.TCPServer.request_queue_size = {LISTEN_QUEUE}; "
+        f"runpy.run_module('{module}', run_name='__main__', alter_sys=True)"
+    )
+
+
+def engine_program(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """``argv`` of ``python -m MODULE ...`` (this interpreter) as ``python -c
+    engine_main(MODULE) ...``; any other command as it is."""
+    if len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m":
+        return (argv[0], "-c", engine_main(argv[2]), *argv[3:])
+    return argv
+
+
 def python_module(module: str, *args: str) -> tuple[str, ...]:
     """``python -m MODULE ARGS`` with this interpreter, so engines come from our env."""
     return (sys.executable, "-m", module, *args)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from mlx_lama.backends.base import (
+    TORCH_ENV,
     Backend,
     Capabilities,
     GenerationChunk,
@@ -35,6 +36,8 @@ from mlx_lama.backends.base import (
     StopScanner,
     absolute,
     check_passthrough,
+    engine_main,
+    engine_program,
     kv_cache_bytes,
     merged_env,
     parameter_flags,
@@ -73,26 +76,9 @@ DEFAULT_MAX_TOKENS = 512  # in-process generation without num_predict
 
 READY_TIMEOUT = 300.0  # a multi-GB model loads in well under this on Apple silicon
 
-# The engine is run as ``python -c ENGINE_MAIN``, which prepares two things and then
-# runs ``mlx_lm`` as ``python -m`` would:
-# * mlx_lm.server listens with the stdlib's default queue of 5 connections: of a
-#   burst of more (agents sending at once), Linux drops the rest (their clients try
-#   again after 1 s) and macOS refuses them. ``request_queue_size`` (a documented
-#   attribute of ``socketserver.TCPServer``) deepens it.
-# * Nothing mlx-lm's server does needs PyTorch, yet transformers imports it whenever
-#   it is installed (vllm-mlx brings it): 2.5 s of each start and ~600 MB of each
-#   engine's memory. A None entry in ``sys.modules`` (the import system's documented
-#   way to block a module) makes transformers see no torch. A model whose own code
-#   needs it (a tokenizer with remote code) gets it back with ``TORCH_ENV=1`` in its
-#   ``env``.
-LISTEN_QUEUE = 1024  # the kernel caps it (Linux somaxconn 4096, macOS 128)
-TORCH_ENV = "MLX_LAMA_ENGINE_TORCH"
-ENGINE_MAIN = (
-    "import os, runpy, socketserver, sys; "
-    f"os.environ.get('{TORCH_ENV}') == '1' or sys.modules.setdefault('torch', None); "
-    f"socketserver.TCPServer.request_queue_size = {LISTEN_QUEUE}; "
-    "runpy.run_module('mlx_lm', run_name='__main__', alter_sys=True)"
-)
+# The engine is run as ``python -c ENGINE_MAIN`` (``base.engine_main``: a deeper
+# listen queue, and no PyTorch unless the model's env asks for it).
+ENGINE_MAIN = engine_main("mlx_lm")
 
 
 class ModelLoadError(MlxLamaError):
@@ -179,8 +165,7 @@ class MlxLmBackend(Backend):
         argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
         argv += check_passthrough(server, MANAGED_FLAGS)
         env = merged_env(server)
-        if argv[1:3] == ("-m", "mlx_lm"):
-            argv = (argv[0], "-c", ENGINE_MAIN, *argv[3:])
+        argv = engine_program(argv)
         if server.distribution is not None:
             argv = distributed_argv(server, argv, env)  # every rank runs the same command
         return LaunchSpec(
