@@ -10,7 +10,6 @@ from mlx_lama.orchestrator.plan import make_plan
 from mlx_lama.orchestrator.state import ExternalSpec, ObservedState, ServerSpec
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock, LockedModel
-from mlx_lama.schema.manifest import DEFAULT_KV_CACHE
 from mlx_lama.units import Size
 
 CACHE = Path("/cache/hub")
@@ -139,7 +138,7 @@ def test_each_server_has_a_bounded_kv_cache_its_own_else_the_defaults() -> None:
     }
     assert servers["own"].kv_cache == Size(percent=25.0)
     assert servers["shared"].kv_cache == Size(bytes=2 * 2**30)
-    assert state()["chat"].kv_cache == DEFAULT_KV_CACHE == Size(percent=10.0)  # never unbounded
+    assert state()["chat"].kv_cache is None  # the default bound, from the model's size
 
 
 EXTERNAL = parse_manifest(

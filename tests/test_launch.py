@@ -7,6 +7,7 @@ proves them on real servers.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 from mlx_lama.backends.base import (
+    MIN_KV_CACHE,
     LaunchError,
     LaunchSpec,
     client_host,
@@ -40,10 +42,12 @@ def spec(engine: Engine = "mlx-lm", **changes: object) -> ServerSpec:
 MLX_BASE = (
     PY, "-c", ENGINE_MAIN, "server", "--model", "/models/tiny",
     "--host", "127.0.0.1", "--port", "8081", "--allowed-origins", "none",
+    "--prompt-cache-bytes", str(MIN_KV_CACHE),  # no weights there: the least bound
 )  # fmt: skip
 VLLM_BASE = (
     PY, "-c", engine_main("vllm_mlx.cli"), "serve", "/models/tiny",
     "--host", "127.0.0.1", "--port", "8081", "--served-model-name", "tiny:latest", "--offline",
+    "--cache-memory-mb", str(MIN_KV_CACHE // 2**20),
 )  # fmt: skip
 
 
@@ -84,21 +88,32 @@ GIB = 2**30
 
 
 @pytest.mark.parametrize("engine", ["mlx-lm", VLLM])
-def test_the_kv_cache_bound_reaches_each_engine_and_args_still_win(engine: Engine) -> None:
+def test_the_kv_cache_bound_reaches_each_engine_and_args_still_win(
+    engine: Engine, tmp_path: Path
+) -> None:
     """``kv_cache`` bounds the KV caches an engine keeps (mlx-lm's prompt cache,
-    vllm-mlx's cache memory); a share of memory is resolved on this machine."""
-    flag, value = (
-        ("--prompt-cache-bytes", str(GIB)) if engine == "mlx-lm" else ("--cache-memory-mb", "1024")
-    )
-    argv = launch_spec(spec(engine, kv_cache=Size(bytes=GIB)), 8081).argv
-    assert argv[argv.index(flag) + 1] == value
-    assert flag not in launch_spec(spec(engine), 8081).argv  # None: the engine's own
+    vllm-mlx's cache memory); a share of memory is resolved on this machine; the
+    default is the model's weights, at most a tenth of memory, at least 64 MiB."""
+    flag = "--prompt-cache-bytes" if engine == "mlx-lm" else "--cache-memory-mb"
+    unit = 1 if engine == "mlx-lm" else 2**20
+
+    def bound(server: ServerSpec) -> int:
+        argv = launch_spec(server, 8081).argv
+        return int(argv[argv.index(flag) + 1]) * unit
+
+    assert bound(spec(engine, kv_cache=Size(bytes=GIB))) == GIB
+    memory = psutil.virtual_memory().total
+    share = bound(spec(engine, kv_cache=Size(percent=10.0)))
+    assert abs(share - memory // 10) < unit
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"\0" * (3 * 2**20))
+    (weights / "config.json").write_text("{}")  # not a weight file
+    assert bound(spec(engine, model_path=weights)) == max(MIN_KV_CACHE, 3 * 2**20)
+    os.truncate(weights / "model.safetensors", memory // 5)  # sparse: no disk used
+    assert abs(bound(spec(engine, model_path=weights)) - memory // 10) < unit
     overridden = launch_spec(spec(engine, kv_cache=Size(bytes=GIB), args=(flag, "7")), 8081).argv
     assert overridden[-2:] == (flag, "7")  # after ours: argparse takes the last
-    share = launch_spec(spec(engine, kv_cache=Size(percent=10.0)), 8081).argv
-    resolved = int(share[share.index(flag) + 1])
-    expected = psutil.virtual_memory().total // 10
-    assert resolved == (expected if engine == "mlx-lm" else expected // 2**20)
 
 
 def test_mlx_lm_adapter_and_template_come_before_parameters() -> None:

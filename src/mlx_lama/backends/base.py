@@ -15,6 +15,7 @@ Pure: no I/O, no logging. Nothing here starts, probes or inspects a process
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import shutil
@@ -157,14 +158,38 @@ def parameter_flags(
     return tuple(flags)
 
 
-def kv_cache_bytes(server: ServerSpec) -> int | None:
-    """The bound on ``server``'s KV caches in bytes (a share of this machine's memory
-    resolved here), None when the manifest leaves it to the engine."""
-    if server.kv_cache is None:
-        return None
+# The bound on an engine's KV caches (the prompts it keeps for reuse) when neither the
+# model nor [defaults] sets kv_cache: as much as the model's weights (some 70,000
+# tokens of a 7B or 32B model's cache), at most a tenth of memory, at least 64 MiB.
+# Without one, a long agent session grows a server's memory until the machine swaps.
+DEFAULT_KV_SHARE = 0.10
+MIN_KV_CACHE = 64 * 2**20
+WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf", ".bin")
+
+
+def weight_bytes(model_path: Path | None) -> int:
+    """The size of the weight files in ``model_path`` (0 without one). Reads only sizes."""
+    total = 0
+    if model_path is None:
+        return 0
+    with contextlib.suppress(OSError):
+        for item in model_path.iterdir():
+            if item.name.endswith(WEIGHT_SUFFIXES):
+                with contextlib.suppress(OSError):
+                    total += item.stat().st_size
+    return total
+
+
+def kv_cache_bytes(server: ServerSpec) -> int:
+    """The bound on ``server``'s KV caches in bytes: its ``kv_cache`` (a share of
+    memory resolved on this machine), else the default above."""
     import psutil
 
-    return server.kv_cache.resolve(psutil.virtual_memory().total)
+    memory = psutil.virtual_memory().total
+    if server.kv_cache is not None:
+        return server.kv_cache.resolve(memory)
+    share = int(memory * DEFAULT_KV_SHARE)
+    return max(MIN_KV_CACHE, min(weight_bytes(server.model_path), share))
 
 
 def check_passthrough(server: ServerSpec, managed: Sequence[str]) -> tuple[str, ...]:

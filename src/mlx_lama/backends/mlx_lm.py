@@ -155,13 +155,13 @@ class MlxLmBackend(Backend):
             str(port),
             "--allowed-origins",
             NO_BROWSER_ORIGIN,
+            "--prompt-cache-bytes",
+            str(kv_cache_bytes(server)),
         )
         if server.adapter is not None:
             argv += ("--adapter-path", str(absolute(server.adapter)))
         if server.template is not None:
             argv += ("--chat-template", server.template)
-        if (bound := kv_cache_bytes(server)) is not None:
-            argv += ("--prompt-cache-bytes", str(bound))
         argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
         argv += check_passthrough(server, MANAGED_FLAGS)
         env = merged_env(server)

@@ -78,7 +78,7 @@ class ServerSpec:
     adapter: Path | None = None
     template: str | None = None
     distribution: Distribution | None = None  # None: one process on this machine
-    kv_cache: Size | None = None  # the bound on its KV caches; None: the engine's own
+    kv_cache: Size | None = None  # the bound on its KV caches; None: the default one
 
     def launch_fields(self) -> dict[str, object]:
         """The fields that decide how the process is launched, as plain JSON data.

@@ -103,9 +103,9 @@ class VllmMlxBackend(Backend):
             "--served-model-name",
             server.name,
             "--offline",
+            "--cache-memory-mb",
+            str(max(1, kv_cache_bytes(server) // 2**20)),
         )
-        if (bound := kv_cache_bytes(server)) is not None:
-            argv += ("--cache-memory-mb", str(max(1, bound // 2**20)))
         argv += parameter_flags(server.parameters, PARAMETER_FLAGS)
         num_predict = dict(server.parameters).get("num_predict")
         if isinstance(num_predict, int) and num_predict > DEFAULT_MAX_REQUEST_TOKENS:

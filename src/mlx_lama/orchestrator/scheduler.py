@@ -110,7 +110,7 @@ class Scheduler(Loader):
                 keep_alive=duration,
                 pinned=spec.name in pins,
                 memory=estimate_memory(
-                    spec.model_path, *rank_counts(spec), kv_cache=kv_cache_bytes(spec) or 0
+                    spec.model_path, *rank_counts(spec), kv_cache=kv_cache_bytes(spec)
                 ),
                 missing=spec.name in absent,
             )

@@ -9,12 +9,12 @@ the code that starts and stops processes in :mod:`mlx_lama.orchestrator.schedule
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mlx_lama.backends.base import weight_bytes
 from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.schema.manifest import DEFAULT_WEDGE_TIMEOUT
@@ -25,7 +25,6 @@ SlotState = Literal["stopped", "starting", "ready", "stopping", "restarting", "f
 DEFAULT_MAX_QUEUE = 512  # Ollama's OLLAMA_MAX_QUEUE default
 MEMORY_MARGIN = 256 * 2**20  # runtime, KV cache and activations beyond the weights
 WEIGHT_FACTOR = 1.1
-_WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf", ".bin")
 
 
 class SchedulerError(MlxLamaError):
@@ -44,13 +43,7 @@ def estimate_memory(
     caches (``kv_cache`` bytes). A model sharded over ``ranks`` ranks,
     ``ranks_here`` of them on this machine, holds that share of the weights and of
     the caches, and a margin per local rank. Reads only file sizes."""
-    weights = 0
-    if model_path is not None:
-        with contextlib.suppress(OSError):
-            for item in model_path.iterdir():
-                if item.name.endswith(_WEIGHT_SUFFIXES):
-                    with contextlib.suppress(OSError):
-                        weights += item.stat().st_size
+    weights = weight_bytes(model_path)
     share = ranks_here / max(ranks, 1)
     return int((weights * WEIGHT_FACTOR + kv_cache) * share) + MEMORY_MARGIN * ranks_here
 

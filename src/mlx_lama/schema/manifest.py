@@ -33,10 +33,6 @@ MAX_FLUSH_INTERVAL = Duration(1.0)
 DEFAULT_WEDGE_TIMEOUT = Duration(60.0)
 MIN_WEDGE_TIMEOUT = Duration(1.0)
 DEFAULT_MEMORY_BUDGET = Size(percent=75.0)
-# The bound on an engine's KV caches (the prompts it keeps for reuse) when neither
-# the model nor [defaults] sets kv_cache: without one, a long agent session grows
-# a server's memory until the machine swaps.
-DEFAULT_KV_CACHE = Size(percent=10.0)
 
 
 def _flush_interval(value: Duration) -> Duration:
@@ -253,10 +249,11 @@ class Manifest:
         entry = self.models[name]
         return entry.keep_alive or self.defaults.keep_alive or self.server.keep_alive
 
-    def kv_cache_of(self, name: str) -> Size:
+    def kv_cache_of(self, name: str) -> Size | None:
         """The bound on model ``name``'s engine KV caches: its own ``kv_cache``, else
-        ``[defaults]``'s, else a tenth of the machine's memory."""
-        return self.models[name].kv_cache or self.defaults.kv_cache or DEFAULT_KV_CACHE
+        ``[defaults]``'s; None for the default, which depends on the model's size
+        (``backends.base.kv_cache_bytes``)."""
+        return self.models[name].kv_cache or self.defaults.kv_cache
 
     def parameters_of(self, name: str) -> dict[str, object]:
         """Model ``name``'s parameters: ``[defaults.parameters]`` under its own."""
