@@ -549,9 +549,10 @@ and max (runs: samples per side); the ratio is ours over the peer's median, so
 above 1 means mlx-lama took longer or more memory. The cold rows are where the
 architectures differ, not the engine: a cold model costs ours a new process
 (Python and vllm-mlx imports, the model load, and mlx-lama's readiness check, a
-one-token generation), about what the peer takes from launch to its first
-token ({peer_first:.1f} s), while the peer, once its first model has paid for the
-lazy imports, only loads weights (a 2nd or 3rd cold model: median
+one-token generation; mlx-lama starts engines without PyTorch, which the peer's
+process imports through transformers), against {peer_first:.1f} s from launch to
+the first token for the peer, while the peer, once its first model has paid for
+the lazy imports, only loads weights (a 2nd or 3rd cold model: median
 {later_peer * 1000:.0f} ms for the peer, {later_ours:.1f} s for ours). These models weigh
 almost nothing; with real ones the load of the weights, the same on both
 sides, adds to both and the ratio moves towards 1, but ours keeps paying a few
