@@ -25,6 +25,7 @@ from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.remotes import RemoteSet
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.validate import Limits
+from mlx_lama.machine import default_budget
 from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.facts import (
@@ -42,7 +43,8 @@ from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folde
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
-from mlx_lama.schema.manifest import Manifest, ModelEntry
+from mlx_lama.schema.manifest import DEFAULT_MEMORY_BUDGET, Manifest, ModelEntry
+from mlx_lama.units import Size
 
 if TYPE_CHECKING:
     import httpx
@@ -88,6 +90,7 @@ class Gateway:
         cache_dir: Path,
         scheduler: Scheduler,
         total_memory: int,
+        wired_limit: int | None = None,  # what a Mac's GPU may wire (machine.py)
         ready_timeout: float | None = None,
     ) -> None:
         self.manifest_path = manifest_path
@@ -95,6 +98,7 @@ class Gateway:
         self.cache_dir = cache_dir
         self.scheduler = scheduler
         self.total_memory = total_memory
+        self.wired_limit = wired_limit
         self.ready_timeout = ready_timeout
         self.metrics = Metrics()  # for /metrics
         self.activity = Activity()  # for /mlx-lama/stats (mlx-lama top)
@@ -190,7 +194,7 @@ class Gateway:
         server = manifest.server
         config = SchedulerConfig(
             max_loaded=server.max_loaded,
-            memory_budget=server.memory_budget.resolve(self.total_memory),
+            memory_budget=self.memory_budget(server.memory_budget),
             max_queue=self.scheduler.config.max_queue,
             ready_timeout=self.ready_timeout,
             manifest=str(self.manifest_path),
@@ -333,6 +337,13 @@ class Gateway:
         if spec.template is not None:
             return spec.template
         return chat_template(self.model_folder(route.name))
+
+    def memory_budget(self, budget: Size) -> int:
+        """``[server] memory_budget`` in bytes; left at its default, three quarters of
+        memory and on a Mac no more than its GPU may wire (``machine.default_budget``)."""
+        if budget == DEFAULT_MEMORY_BUDGET:
+            return default_budget(self.total_memory, self.wired_limit)
+        return budget.resolve(self.total_memory)
 
     def added_tokens(self, route: Route) -> frozenset[str] | None:
         """The added tokens of the model behind ``route`` (``facts.added_tokens``); None

@@ -23,8 +23,7 @@ import socket
 from pathlib import Path
 from types import FrameType
 
-import psutil
-
+from mlx_lama import machine
 from mlx_lama.errors import MlxLamaError, UsageError
 from mlx_lama.gateway.core import Gateway
 from mlx_lama.gateway.security import Listen, security_policy
@@ -96,7 +95,8 @@ def prepare(
         read_lock(lock_path_for(manifest_path)),
         cache_dir=cache_dir,
         scheduler=Scheduler(config),
-        total_memory=psutil.virtual_memory().total,
+        total_memory=machine.total_memory(),
+        wired_limit=machine.gpu_wired_limit(),
         ready_timeout=ready_timeout,
     )
     remember(manifest_path)  # so other projects' prunes keep what it names
