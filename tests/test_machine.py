@@ -40,7 +40,7 @@ def fake_sysctl(folder: Path, answer: str) -> None:
 def test_on_a_mac_the_users_wired_limit_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(machine.sys, "platform", "darwin")
+    monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     fake_sysctl(tmp_path, "20480")
     assert machine.gpu_wired_limit() == 20 * GIB
