@@ -76,8 +76,8 @@ def test_installed_packages_are_detected_with_their_version(name: str) -> None:
 def test_a_missing_package_is_unavailable_with_its_install_command(no_vllm: None) -> None:
     backend = get_backend("vllm-mlx")
     assert backend.detect(services=False).available is False
-    command = backend.install_command()
-    assert command is not None and command[-1] == "vllm-mlx"
+    commands = backend.install_commands()
+    assert commands and commands[-1][-1] == "vllm-mlx"
     with pytest.raises(BackendMissingError, match="mlx-lama install vllm-mlx"):
         backend.serve(server_spec(Path("/m"), "vllm-mlx"), 8081)
 

@@ -20,9 +20,9 @@ from mlx_lama.backends.base import (
     LaunchError,
     LaunchSpec,
     client_host,
-    engine_main,
     launch_spec,
 )
+from mlx_lama.backends.interpreters import engine_main
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, ServerSpec

@@ -26,7 +26,8 @@ import psutil
 import pytest
 
 from mlx_lama import paths
-from mlx_lama.backends.base import TORCH_ENV, LaunchSpec
+from mlx_lama.backends.base import LaunchSpec
+from mlx_lama.backends.interpreters import TORCH_ENV
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import process

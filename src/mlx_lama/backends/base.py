@@ -27,6 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
+from mlx_lama.backends.interpreters import (
+    engine_python,
+    install_commands,
+    installed_version,
+    python_module,
+)
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
@@ -87,46 +93,6 @@ def client_host(host: str) -> str:
     if host == "::":
         return "::1"
     return host.strip("[]")
-
-
-# An engine is run as ``python -c engine_main(MODULE)``, which prepares two things and
-# then runs MODULE as ``python -m`` would:
-# * mlx_lm.server listens with the stdlib's default queue of 5 connections: of a
-#   burst of more (agents sending at once), Linux drops the rest (their clients try
-#   again after 1 s) and macOS refuses them. ``request_queue_size`` (a documented
-#   attribute of ``socketserver.TCPServer``) deepens it.
-# * Nothing the MLX engines do needs PyTorch, yet transformers imports it whenever
-#   it is installed (vllm-mlx brings it): seconds of each start and ~600 MB of each
-#   engine's memory. A None entry in ``sys.modules`` (the import system's documented
-#   way to block a module) makes transformers see no torch. A model whose own code
-#   needs it (a tokenizer with remote code) gets it back with ``TORCH_ENV=1`` in its
-#   ``env``.
-LISTEN_QUEUE = 1024  # the kernel caps it (Linux somaxconn 4096, macOS 128)
-TORCH_ENV = "MLX_LAMA_ENGINE_TORCH"
-
-
-def engine_main(module: str) -> str:
-    """The ``python -c`` program that runs engine ``module`` as ``python -m`` would,
-    prepared as the comment above says."""
-    return (
-        "import os, runpy, socketserver, sys; "
-        f"os.environ.get('{TORCH_ENV}') == '1' or sys.modules.setdefault('torch', None); "
-        f"socketserver.TCPServer.request_queue_size = {LISTEN_QUEUE}; "
-        f"runpy.run_module('{module}', run_name='__main__', alter_sys=True)"
-    )
-
-
-def engine_program(argv: tuple[str, ...]) -> tuple[str, ...]:
-    """``argv`` of ``python -m MODULE ...`` (this interpreter) as ``python -c
-    engine_main(MODULE) ...``; any other command as it is."""
-    if len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m":
-        return (argv[0], "-c", engine_main(argv[2]), *argv[3:])
-    return argv
-
-
-def python_module(module: str, *args: str) -> tuple[str, ...]:
-    """``python -m MODULE ARGS`` with this interpreter, so engines come from our env."""
-    return (sys.executable, "-m", module, *args)
 
 
 def format_value(value: ParameterValue) -> str:
@@ -264,7 +230,7 @@ class Capabilities:
         return [name for name in self.__dataclass_fields__ if getattr(self, name)]
 
 
-FoundBy = Literal["service", "package", "binary"]
+FoundBy = Literal["service", "environment", "package", "binary"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +240,7 @@ class Detection:
     available: bool
     found_by: FoundBy | None = None
     version: str | None = None
-    detail: str = ""  # the package's module path, the binary, or the service's address
+    detail: str = ""  # the module, the environment's python, the binary, or the address
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +345,9 @@ class Backend(ABC):
     #: ``python -m`` arguments that start the server, and the same for the binary.
     module_command: ClassVar[tuple[str, ...]] = ()
     binary_command: ClassVar[tuple[str, ...]] = ()
+    #: ``mlx-lama install`` puts it in an environment of its own (interpreters.py)
+    #: rather than mlx-lama's.
+    own_environment: ClassVar[bool] = False
 
     @abstractmethod
     def capabilities(self) -> Capabilities: ...
@@ -421,12 +390,24 @@ class Backend(ABC):
         """The first of :attr:`binary_names` on PATH."""
         return next((p for n in self.binary_names if (p := shutil.which(n))), None)
 
+    def environment_python(self) -> str | None:
+        """The interpreter of this engine's own environment, when it has one with the
+        engine in it (``mlx-lama install``)."""
+        if not self.python_packages:
+            return None
+        return engine_python(self.name, self.python_packages[0])
+
     def detect(self, *, services: bool = True, probe_timeout: float = 0.2) -> Detection:
-        """Find the engine: a running service, then the package, then a binary."""
+        """Find the engine: a running service, then its own environment, then the
+        package in mlx-lama's, then a binary."""
         if services:
             for port in self.service_ports:
                 if _answers("127.0.0.1", port, probe_timeout):
                     return Detection(True, "service", None, f"127.0.0.1:{port}")
+        python = self.environment_python()
+        if python is not None:
+            version = installed_version(python, self.distribution) if self.distribution else None
+            return Detection(True, "environment", version, python)
         if self.package_present():
             module = self.python_packages[0]
             return Detection(True, "package", self.version(), module)
@@ -445,21 +426,30 @@ class Backend(ABC):
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    def install_command(self) -> list[str] | None:
-        """The command that installs this engine into the running environment."""
+    def install_commands(self, *, upgrade: bool = False) -> list[list[str]]:
+        """The commands that install this engine: into an environment of its own
+        (``own_environment``), else into mlx-lama's. None to run for an engine
+        without a package."""
         if self.distribution is None:
-            return None
+            return []
+        if self.own_environment:
+            return install_commands(self.name, self.distribution, upgrade=upgrade)
+        flags = ["--upgrade"] if upgrade else []
         uv = shutil.which("uv")
         if uv is not None:
-            return [uv, "pip", "install", "--python", sys.executable, self.distribution]
-        return [sys.executable, "-m", "pip", "install", self.distribution]
+            return [[uv, "pip", "install", "--python", sys.executable, *flags, self.distribution]]
+        return [[sys.executable, "-m", "pip", "install", *flags, self.distribution]]
 
     def launcher(self, server: ServerSpec, *args: str) -> tuple[str, ...]:
-        """The server command with ``args``: ``python -m`` with this interpreter when
-        the package is here, else the engine's binary on PATH.
+        """The server command with ``args``: ``python -m`` with the interpreter of the
+        engine's own environment, else with this one when the package is here, else
+        the engine's binary on PATH.
 
         Raises :class:`BackendMissingError` (naming the install command) when neither is.
         """
+        python = self.environment_python()
+        if python is not None:
+            return python_module(*self.module_command, *args, python=python)
         if self.package_present():
             return python_module(*self.module_command, *args)
         binary = self.binary()

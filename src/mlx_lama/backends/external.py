@@ -43,5 +43,5 @@ class ExternalBackend(Backend):
         """Always usable: there is nothing to install; each model's URL is probed on its own."""
         return Detection(True, None, None, "per-model url")
 
-    def install_command(self) -> list[str] | None:
-        return None
+    def install_commands(self, *, upgrade: bool = False) -> list[list[str]]:
+        return []

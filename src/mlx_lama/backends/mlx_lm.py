@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from mlx_lama.backends.base import (
-    TORCH_ENV,
     Backend,
     Capabilities,
     GenerationChunk,
@@ -36,14 +35,13 @@ from mlx_lama.backends.base import (
     StopScanner,
     absolute,
     check_passthrough,
-    engine_main,
-    engine_program,
     kv_cache_bytes,
     merged_env,
     parameter_flags,
     register_backend,
     required_model_path,
 )
+from mlx_lama.backends.interpreters import TORCH_ENV, engine_main, engine_program
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
@@ -76,7 +74,7 @@ DEFAULT_MAX_TOKENS = 512  # in-process generation without num_predict
 
 READY_TIMEOUT = 300.0  # a multi-GB model loads in well under this on Apple silicon
 
-# The engine is run as ``python -c ENGINE_MAIN`` (``base.engine_main``: a deeper
+# The engine is run as ``python -c ENGINE_MAIN`` (``interpreters.engine_main``: a deeper
 # listen queue, and no PyTorch unless the model's env asks for it).
 ENGINE_MAIN = engine_main("mlx_lm")
 

@@ -22,13 +22,13 @@ from mlx_lama.backends.base import (
     LaunchError,
     LaunchSpec,
     check_passthrough,
-    engine_program,
     kv_cache_bytes,
     merged_env,
     parameter_flags,
     register_backend,
     required_model_path,
 )
+from mlx_lama.backends.interpreters import engine_program
 
 if TYPE_CHECKING:
     from mlx_lama.backends.spec import ServerSpec
@@ -63,6 +63,7 @@ class VllmMlxBackend(Backend):
     binary_names = ("vllm-mlx",)
     service_ports = (8000,)
     module_command = ("vllm_mlx.cli", "serve")
+    own_environment = True  # PyTorch and its own pinned mlx-lm stay out of mlx-lama's
     binary_command = ("serve",)
 
     def capabilities(self) -> Capabilities:
@@ -77,7 +78,7 @@ class VllmMlxBackend(Backend):
 
     def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
         """``python -m vllm_mlx.cli serve PATH --host H --port P --served-model-name NAME ...``
-        (without PyTorch, see ``base.engine_main``).
+        (without PyTorch, see ``interpreters.py``).
 
         ``--offline`` keeps it from ever reaching the Hub; ``kv_cache`` goes to
         ``--cache-memory-mb``. ``server.args`` come last, so they win over mapped

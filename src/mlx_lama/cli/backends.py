@@ -23,7 +23,7 @@ def backends(as_json: JsonFlag = False) -> None:
     for name in backend_names():
         backend = get_backend(name)
         found = backend.detect()
-        install = backend.install_command()
+        install = backend.install_commands()
         rows.append(
             {
                 "name": name,
@@ -32,9 +32,7 @@ def backends(as_json: JsonFlag = False) -> None:
                 "detail": found.detail,
                 "version": found.version,
                 "capabilities": backend.capabilities().names(),
-                "install": None
-                if found.available or install is None
-                else f"mlx-lama install {name}",
+                "install": None if found.available or not install else f"mlx-lama install {name}",
             }
         )
     if as_json:
@@ -60,19 +58,28 @@ def backends(as_json: JsonFlag = False) -> None:
 @handles_errors
 def install(
     backend: Annotated[str, typer.Argument(help="mlx-lm or vllm-mlx.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and stop.")] = False,
+    upgrade: Annotated[
+        bool, typer.Option("--upgrade", help="Upgrade it to the newest release.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the commands and stop.")
+    ] = False,
 ) -> None:
-    """Install a backend's Python package into this environment (uv, else pip)."""
+    """Install an engine (uv, else pip). vllm-mlx goes into an environment of its own
+    under ~/.mlx-lama/engines ($MLX_LAMA_ENGINES), so its PyTorch and its pinned
+    mlx-lm never change mlx-lama's packages; mlx-lm into mlx-lama's environment."""
     from mlx_lama.backends.base import get_backend
 
-    command = get_backend(backend).install_command()
-    if command is None:
+    commands = get_backend(backend).install_commands(upgrade=upgrade)
+    if not commands:
         typer.echo(f"The {backend} backend has nothing to install.")
         return
-    typer.echo(f"$ {shlex.join(command)}", err=True)
-    if dry_run:
-        return
-    code = subprocess.call(command)
-    if code != 0:
-        raise typer.Exit(code)
-    typer.echo(f"Installed the {backend} backend.")
+    for command in commands:
+        typer.echo(f"$ {shlex.join(command)}", err=True)
+        if dry_run:
+            continue
+        code = subprocess.call(command)
+        if code != 0:
+            raise typer.Exit(code)
+    if not dry_run:
+        typer.echo(f"Installed the {backend} backend.")
