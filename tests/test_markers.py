@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mlx_lama.backends.interpreters import engine_main
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from tests.fixtures import markers
 from tests.fixtures.markers import server_argv, shared_servers, starts_servers
@@ -106,6 +107,8 @@ def test_only_module_wide_server_fixtures_are_shared(module: Path) -> None:
         ([sys.executable, "-c", ENGINE_MAIN, "server", "--model", "m"], True),
         ([sys.executable, "-m", "mlx_lama", "serve"], True),
         ([sys.executable, "-m", "vllm_mlx.cli", "serve", "m"], True),
+        (["/engines/vllm-mlx/bin/python", "-c", engine_main("vllm_mlx.cli"), "serve"], True),
+        ([sys.executable, "-c", "import runpy; runpy.run_module('http.server')", "0"], False),
         (["/venv/bin/mlx-lama", "apply"], True),
         ([sys.executable, "-c", "from mlx_lama.orchestrator.pull import pull_model"], False),
         ([sys.executable, "-c", "import time; time.sleep(60)"], False),
