@@ -152,7 +152,7 @@ def test_aliases_reports_a_broken_registry_file() -> None:
     paths.registry_file().parent.mkdir(parents=True, exist_ok=True)
     paths.registry_file().write_text("models: [not, a, mapping]\n")
     result = runner.invoke(app, ["aliases", "-f", str(EXAMPLE)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a user settings file is wrong: a usage error
     assert str(paths.registry_file()) in result.stderr
     assert "Traceback" not in result.output
 

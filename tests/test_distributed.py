@@ -664,9 +664,9 @@ def test_a_distributed_server_is_never_restarted_beside_its_predecessor(tmp_path
 
 
 def test_the_schemas_list_of_distributed_engines_is_the_backends() -> None:
+    from mlx_lama.backend_names import BUILTIN_BACKENDS
     from mlx_lama.backends.base import get_backend
     from mlx_lama.schema.checks import DISTRIBUTED_ENGINES
-    from mlx_lama.schema.manifest import BUILTIN_BACKENDS
 
     capable = tuple(b for b in BUILTIN_BACKENDS if get_backend(b).capabilities().distributed)
     assert capable == DISTRIBUTED_ENGINES

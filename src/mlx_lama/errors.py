@@ -32,7 +32,12 @@ class UsageError(MlxLamaError):
 
 
 class ConfigError(MlxLamaError):
-    """``config.yaml``, ``registry.yaml`` or an ``MLX_LAMA_*`` variable is invalid."""
+    """``config.yaml``, ``registry.yaml`` or an ``MLX_LAMA_*`` variable is invalid.
+
+    A usage error (exit code 2): the user's own setting is wrong, as a bad flag would be.
+    """
+
+    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,12 @@ def read_yaml_file(path: Path) -> Any:
     last one). Any read or syntax problem raises :class:`ConfigError` naming the
     file (and line, when known).
     """
+    return read_yaml_file_with_lines(path)[0]
+
+
+def read_yaml_file_with_lines(path: Path) -> tuple[Any, dict[Any, int]]:
+    """:func:`read_yaml_file`'s data, and the line (from 1) of each key of its top-level
+    mapping, so a caller can name the line of a bad value (empty when it is no mapping)."""
     import yaml
 
     try:
@@ -38,8 +44,18 @@ def read_yaml_file(path: Path) -> Any:
             f"cannot read {path}: {exc.strerror or exc}",
             hint=f"check that {path} is a readable file",
         ) from None
+    loader = _strict_loader()(text)
     try:
-        return yaml.load(text, Loader=_strict_loader())
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
+        lines: dict[Any, int] = {}
+        if isinstance(node, yaml.MappingNode):
+            for key_node, _value in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    key = loader.construct_object(key_node)
+                    if isinstance(key, Hashable):
+                        lines.setdefault(key, key_node.start_mark.line + 1)
+        return data, lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -51,6 +67,8 @@ def read_yaml_file(path: Path) -> Any:
         raise ConfigError(
             f"{path}: not valid YAML: {exc}", hint=f"fix the YAML syntax in {path}"
         ) from None
+    finally:
+        loader.dispose()
 
 
 @functools.cache

@@ -79,6 +79,12 @@ class ServerSpec:
     template: str | None = None
     distribution: Distribution | None = None  # None: one process on this machine
     kv_cache: Size | None = None  # the bound on its KV caches; None: the default one
+    # Where a server without a port looks for one: the first free port from
+    # ``first_port`` up, skipping ``taken_ports`` (declared by the manifest's other
+    # servers and its gateway). None: any free port. The user's default_port; not
+    # a launch setting (a server keeps the port it got), so not in the hash.
+    first_port: int | None = field(default=None, compare=False)
+    taken_ports: tuple[int, ...] = field(default=(), compare=False)
 
     def launch_fields(self) -> dict[str, object]:
         """The fields that decide how the process is launched, as plain JSON data.

@@ -10,6 +10,7 @@ import sys
 # Registration order is the order --help lists the commands in.
 # isort: off
 from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, backends
+from mlx_lama.cli import settings
 from mlx_lama.cli import pull, stop, cp, rm
 from mlx_lama.cli import create, show
 from mlx_lama.cli import run, launch, logs, top
@@ -20,7 +21,7 @@ from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
     "aliases", "app", "apply", "backends", "cp", "create", "launch", "listing", "lock", "logs",
-    "main", "plan", "pull", "rm", "run", "serve", "show", "stop", "top", "validate",
+    "main", "plan", "pull", "rm", "run", "serve", "settings", "show", "stop", "top", "validate",
 ]  # fmt: skip
 
 

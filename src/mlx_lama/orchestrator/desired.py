@@ -31,7 +31,8 @@ def desired(
     served model to a :class:`ServerSpec`. The lock wins when it matches the
     manifest's repo and revision; otherwise the model is unresolved (commit None).
     External models become :class:`ExternalSpec` only: never pulled, never started.
-    ``project`` (the manifest's key) says whose servers are these. Pure."""
+    ``project`` (the manifest's key) says whose servers are these. The notes say
+    where the user's settings decided something the manifest does not. Pure."""
     models = tuple(
         model_spec(name, entry, lock, manifest_dir)
         for name, entry in sorted(manifest.models.items())
@@ -43,8 +44,43 @@ def desired(
         if manifest.serve_mode(spec.name) != "never"
     )
     return DesiredState(
-        models=models, servers=servers, externals=external_specs(manifest), project=project
+        models=models,
+        servers=servers,
+        externals=external_specs(manifest),
+        project=project,
+        notes=user_setting_notes(manifest, servers),
     )
+
+
+def user_setting_notes(manifest: Manifest, servers: tuple[ServerSpec, ...]) -> tuple[str, ...]:
+    """What this machine's user settings decide for ``manifest``: a checked-in manifest
+    then behaves differently on another machine, so the plan says so. Pure."""
+    notes = []
+    by_user = sorted(name for name in manifest.models if manifest.backend_from_user(name))
+    if by_user:
+        notes.append(
+            f"{_names(by_user)}: backend {manifest.user_backend}, the default_backend of "
+            "this machine's user settings (the manifest names none; `mlx-lama config` "
+            "shows where it is set)"
+        )
+    placed = sorted(s.name for s in servers if s.port is None and s.first_port is not None)
+    if placed:
+        notes.append(
+            f"{_names(placed)}: the first free port from {manifest.user_port}, the "
+            "default_port of this machine's user settings (the manifest gives none)"
+        )
+    return tuple(notes)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return ("model " if len(names) == 1 else "models ") + shown
+
+
+def taken_ports(manifest: Manifest) -> tuple[int, ...]:
+    """The ports the manifest declares: its gateway's and its servers'. Pure."""
+    declared = {entry.port for entry in manifest.models.values() if entry.port is not None}
+    return tuple(sorted({manifest.server.port, *declared}))
 
 
 def external_specs(manifest: Manifest) -> tuple[ExternalSpec, ...]:
@@ -108,6 +144,8 @@ def server_spec(
         template=entry.template,
         distribution=distribution(entry, manifest_dir),
         kv_cache=manifest.kv_cache_of(model.name),
+        first_port=manifest.user_port if entry.port is None else None,
+        taken_ports=taken_ports(manifest) if entry.port is None and manifest.user_port else (),
     )
 
 

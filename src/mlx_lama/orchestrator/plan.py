@@ -120,7 +120,7 @@ def make_plan(
     """Every action that makes ``observed`` match ``desired``, touching only what
     belongs to ``desired.project``: other projects' servers are never stopped, and
     only repos this project pulled and nothing claims are pruned. Pure."""
-    notes: list[str] = []
+    notes: list[str] = list(desired.notes)
     actions = [
         *_model_actions(desired, observed, options, notes),
         *_server_actions(desired, observed, options, notes),

@@ -21,6 +21,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 from contextlib import suppress
 from dataclasses import replace
@@ -45,6 +46,12 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 # The engines read local folders only; a Hub token has no business in them.
 _DROPPED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+# Ports choose_port handed out lately, so two servers starting at once (the daemon
+# loads on-demand models in parallel) do not both pick one that is not bound yet.
+_HANDED_OUT: dict[int, float] = {}
+_HANDED_OUT_LOCK = threading.Lock()
+_HANDED_OUT_FOR = 60.0  # seconds; an engine binds its port well within its start
 
 LOG_TAIL_LINES = 20
 _RETRY_PAUSE = 0.25
@@ -92,7 +99,7 @@ def start_server(
     """Start ``server`` detached, record it, and return once it answers a generation.
 
     ``port`` overrides ``server.port``; with neither, a free port on
-    ``server.host`` is chosen. ``ready_timeout`` defaults to the engine's.
+    ``server.host`` is chosen (see :func:`choose_port`). ``ready_timeout`` defaults to the engine's.
     ``record_name`` records it under another name than ``server.name`` (a
     successor starting beside the server it replaces; see :func:`rename_record`).
     Raises :class:`ServerStartError` (with the log tail) when the process
@@ -102,7 +109,7 @@ def start_server(
     """
     recorded_as = record_name or server.name
     _refuse_if_running(recorded_as, manifest)
-    chosen = port if port is not None else server.port or _free_port(server.host)
+    chosen = port if port is not None else server.port or choose_port(server)
     launch = launch_spec(server, chosen)
     if server.model_path is not None and not server.model_path.expanduser().is_dir():
         raise ServerStartError(
@@ -268,6 +275,45 @@ def _refuse_if_running(name: str, manifest: str) -> None:
         hint="server names are shared by every project on this machine: rename the model "
         "in one of the two manifests, or stop it there",
     )
+
+
+def choose_port(server: ServerSpec) -> int:
+    """The port for ``server``, which has none: any free one, or, with ``first_port``
+    (the user's default_port), the first from there up that is bindable and neither
+    declared by the manifest nor recorded or lately handed out for another server."""
+    if server.first_port is None:
+        return _free_port(server.host)
+    records, _problems = runrecords.read_records()
+    skip = {*server.taken_ports, *(r.port for r in records if r.name != server.name)}
+    with _HANDED_OUT_LOCK:
+        now = time.monotonic()
+        for handed, when in list(_HANDED_OUT.items()):
+            if now - when > _HANDED_OUT_FOR:
+                del _HANDED_OUT[handed]
+        for candidate in range(server.first_port, 65536):
+            if candidate in skip or candidate in _HANDED_OUT:
+                continue
+            if _bindable(server.host, candidate):
+                _HANDED_OUT[candidate] = now
+                return candidate
+    raise ServerStartError(
+        f"cannot start {server.name!r}: no free port from {server.first_port} up "
+        "(the default_port of the user settings)",
+        hint="lower default_port (`mlx-lama config` shows where it is set), or give the "
+        "model a port in mlxlama.toml",
+    )
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Nothing listens on ``host``:``port`` now (no SO_REUSEADDR: a port some socket
+    still holds counts as taken, which only moves the search on)."""
+    family = socket.AF_INET6 if ":" in client_host(host) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _free_port(host: str) -> int:

@@ -91,6 +91,7 @@ class DesiredState:
     servers: tuple[ServerSpec, ...] = ()
     externals: tuple[ExternalSpec, ...] = ()
     project: str = ""  # the manifest's real path: the project these belong to
+    notes: tuple[str, ...] = ()  # what the plan should say about these (user settings used)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlx_lama.backend_names import BUILTIN_BACKENDS, DEFAULT_BACKEND
 from mlx_lama.names import canonical_name, check_model_name, is_repo_id
 from mlx_lama.netaddr import is_loopback_host, url_port
 from mlx_lama.schema.constraints import server_url
 from mlx_lama.schema.locate import KeyPath, render_key_path
-from mlx_lama.schema.manifest import BUILTIN_BACKENDS
 
 # Keys that configure files or a process mlx-lama runs; an external model has neither.
 _NOT_FOR_EXTERNAL = {
@@ -54,13 +54,17 @@ def _items(table: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         yield name, entry if isinstance(entry, dict) else {}
 
 
-def cross_check(data: dict[str, Any], report: _Report) -> None:
+def cross_check(
+    data: dict[str, Any], report: _Report, default_backend: str = DEFAULT_BACKEND
+) -> None:
     """Rules that span entries. Runs on the raw TOML data, so it reports even
-    when the schema check failed, and tolerates values of the wrong type."""
+    when the schema check failed, and tolerates values of the wrong type.
+    ``default_backend`` is the backend of models that neither their entry nor
+    ``[defaults]`` give one (the user's ``default_backend``, when set)."""
     models = _tables(data, "models")
     backends = _tables(data, "backends")
     server = _tables(data, "server")
-    defaults = _tables(data, "defaults")
+    defaults = {"backend": default_backend, **_tables(data, "defaults")}
     model_keys = _check_names(
         "models", models, "model", 'model names look like "name:tag" or "org/repo"', report
     )
@@ -68,8 +72,7 @@ def cross_check(data: dict[str, Any], report: _Report) -> None:
     external = {
         name
         for name, entry in _items(models)
-        if backend_type(entry.get("backend", defaults.get("backend", "mlx-lm")), backends)
-        == "external"
+        if backend_type(entry.get("backend", defaults["backend"]), backends) == "external"
     }
     _check_externals(models, backends, server, external, report)
     _check_sources({k: v for k, v in models.items() if k not in external}, report)
@@ -124,7 +127,7 @@ def _check_backends(
                 guess or f"use one of {', '.join(known)}, or define [backends.{backend}]",
             )
 
-    check(("defaults", "backend"), defaults.get("backend"))
+    check(("defaults", "backend"), defaults["backend"])
     for name, entry in _items(models):
         check(("models", name, "backend"), entry.get("backend"))
 
@@ -347,7 +350,7 @@ def _check_distributed(
                 "mlx-lm cannot load an adapter when serving across hosts",
                 "fuse it into the model (mlx_lm fuse) and serve that, or remove hosts",
             )
-        engine = backend_type(entry.get("backend", defaults.get("backend", "mlx-lm")), backends)
+        engine = backend_type(entry.get("backend", defaults["backend"]), backends)
         if engine is None:
             continue  # the backend checks report it
         engines = engines if engines is not None else DISTRIBUTED_ENGINES

@@ -33,11 +33,12 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 
 from mlx_lama.atomic import atomic_write_text
+from mlx_lama.config import user_defaults
 from mlx_lama.errors import ManifestError, MlxLamaError, Problem
 from mlx_lama.filelock import apply_lock
 from mlx_lama.names import canonical_name, check_model_name
 from mlx_lama.schema import memo
-from mlx_lama.schema.loader import BOM, decode_manifest, parse_manifest
+from mlx_lama.schema.loader import BOM, decode_manifest, memo_context, parse_manifest
 from mlx_lama.schema.manifest import Manifest
 from mlx_lama.schema.tomlitems import (
     delete_aliases,
@@ -124,14 +125,15 @@ def _edit(path: Path, transform: _Transform) -> Manifest:
         text = transform(original, raw)
         if text != original:
             text = _keep_style(text, original)
+        user = user_defaults()
         if text == original:  # nothing to write (a missing file stays missing)
-            return parse_manifest(original, str(path))
-        manifest = parse_manifest(text, str(path))
+            return parse_manifest(original, str(path), user=user)
+        manifest = parse_manifest(text, str(path), user=user)
         target = path.resolve()  # write through a symlink instead of replacing it
         atomic_write_text(target, bom + text)
         if mode is not None:
             target.chmod(mode)  # the temporary file atomic_write_text replaces it with is 0600
-        memo.remember(path, (bom + text).encode("utf-8"), manifest)
+        memo.remember(path, (bom + text).encode("utf-8"), manifest, memo_context(user))
         return manifest
 
 

@@ -6,7 +6,12 @@ but otherwise a missing ``version = 1``, schema errors and the cross-entry
 checks (ports, names, aliases, backends, repo xor path) are all collected and
 raised together as one :class:`ManifestError`, each as
 ``FILE:LINE:COL: key.path: message (hint)``.
-Reads the file and nothing else.
+
+The user's settings (``config.yaml``, ``MLX_LAMA_DEFAULT_*``; :mod:`mlx_lama.config`)
+fill what a manifest leaves out: ``default_backend`` for a model without a backend,
+``default_port`` for a server without a port. This is the one place they are
+applied, so every command, the daemon and the gateway agree. Reads the manifest
+and the settings, nothing else.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mlx_lama.backend_names import DEFAULT_BACKEND
+from mlx_lama.config import UserDefaults, user_defaults
 from mlx_lama.errors import ManifestError, ManifestNotFoundError, Problem
 from mlx_lama.schema import memo
 from mlx_lama.schema.checks import closest, cross_check
@@ -46,7 +54,8 @@ def load_manifest(path: Path | str) -> Manifest:
     """Read and validate the manifest at ``path``.
 
     Raises ManifestNotFoundError when there is no such file and ManifestError
-    listing every problem when it is not a valid manifest.
+    listing every problem when it is not a valid manifest; the user's settings'
+    ConfigError when they are broken and the manifest relies on one of them.
     """
     source = Path(path)
     try:
@@ -69,13 +78,33 @@ def load_manifest(path: Path | str) -> Manifest:
             f"cannot read {source}: {exc.strerror or exc}",
             hint="check the file (a link that loops, a disk error)",
         ) from None
-    remembered = memo.recall(source, raw)
+    user = user_defaults()
+    remembered = memo.recall(source, raw, memo_context(user))
     if remembered is not None:
-        return remembered
+        return with_user_defaults(remembered, user)
     text = decode_manifest(raw, source).removeprefix(BOM)
-    manifest = parse_manifest(text, str(source))
-    memo.remember(source, raw, manifest)
+    manifest = parse_manifest(text, str(source), user=user)
+    memo.remember(source, raw, manifest, memo_context(user))
     return manifest
+
+
+def with_user_defaults(manifest: Manifest, user: UserDefaults) -> Manifest:
+    """``manifest`` with the user's ``default_backend`` and ``default_port`` filled in.
+
+    Raises the settings' ConfigError only when they are broken and the manifest
+    relies on one of them (a model without a backend, a server without a port). Pure.
+    """
+    if user.error is not None and (
+        manifest.relies_on_user_backend() or manifest.relies_on_user_port()
+    ):
+        raise user.error
+    return replace(manifest, user_backend=user.backend, user_port=user.port)
+
+
+def memo_context(user: UserDefaults) -> str:
+    """What besides the bytes a remembered validation depends on: the backend of models
+    that name none (it decides, say, which of them are external). Pure."""
+    return user.backend or ""
 
 
 def decode_manifest(raw: bytes, source: Path) -> str:
@@ -89,8 +118,12 @@ def decode_manifest(raw: bytes, source: Path) -> str:
         raise ManifestError(source, [problem]) from None
 
 
-def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
-    """Validate manifest ``text``; ``source`` is the file name used in messages. Pure."""
+def parse_manifest(
+    text: str, source: str = "mlxlama.toml", *, user: UserDefaults | None = None
+) -> Manifest:
+    """Validate manifest ``text``; ``source`` is the file name used in messages; ``user``
+    (:func:`mlx_lama.config.user_defaults`) fills what it leaves out, as
+    :func:`with_user_defaults` says (none by default). Pure."""
     from pydantic import BaseModel, ValidationError
 
     from mlx_lama.schema import validation
@@ -118,11 +151,12 @@ def parse_manifest(text: str, source: str = "mlxlama.toml") -> Manifest:
             path = tuple(error["loc"])
             message, hint = _describe(error, path)
             report(path, message, hint)
-    cross_check(data, report)
+    user = user or UserDefaults()
+    cross_check(data, report, user.backend or DEFAULT_BACKEND)
 
     if problems or model is None:
         raise ManifestError(source, problems)
-    return Manifest.from_data(_fields_of(model))
+    return with_user_defaults(Manifest.from_data(_fields_of(model)), user)
 
 
 def _unversioned(data: Mapping[str, Any], source: str) -> Problem | None:

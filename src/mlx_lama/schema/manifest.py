@@ -13,9 +13,10 @@ data in plain form, as ``to_data`` writes it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Literal, cast, get_args
+from dataclasses import dataclass, field, fields, replace
+from typing import Annotated, Any, Final, Literal, cast
 
+from mlx_lama.backend_names import BUILTIN_BACKENDS, DEFAULT_BACKEND, BackendType
 from mlx_lama.schema.constraints import Bounds, Check, OneOrMany, server_url
 from mlx_lama.units import Duration, Size
 
@@ -24,8 +25,8 @@ SCHEMA_VERSION = 1
 ServeMode = Literal["always", "on-demand", "never"]
 DistributedBackend = Literal["ring", "mpi"]
 FilesMode = Literal["check", "shared"]
-BackendType = Literal["mlx-lm", "vllm-mlx", "external"]
-BUILTIN_BACKENDS: tuple[str, ...] = get_args(BackendType)
+# Field metadata of what the loader fills in from the user's settings: no manifest key.
+NOT_IN_FILE: Final = "not_in_file"
 
 DEFAULT_KEEP_ALIVE = Duration(300.0)
 DEFAULT_FLUSH_INTERVAL = Duration(0.003)
@@ -122,7 +123,7 @@ class ServerSection:
 class Defaults:
     """``[defaults]``: what a model entry gets for the keys it leaves out."""
 
-    backend: str = "mlx-lm"
+    backend: str | None = None  # None: the user's default_backend, else DEFAULT_BACKEND
     serve: ServeMode = "on-demand"
     keep_alive: Duration | None = None
     kv_cache: Size | None = None
@@ -213,7 +214,12 @@ class RemoteSection:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """A whole ``mlxlama.toml``."""
+    """A whole ``mlxlama.toml``, and the user settings that fill what it leaves out.
+
+    ``user_backend`` and ``user_port`` are no manifest keys: ``load_manifest`` sets
+    them from ``config.yaml`` / ``MLX_LAMA_DEFAULT_*`` when the user set those
+    (:mod:`mlx_lama.config`), so every reader of a loaded manifest agrees on them.
+    """
 
     version: Literal[1] = 1  # a file must say it: the loader refuses one that does not
     server: ServerSection = ServerSection()
@@ -222,6 +228,10 @@ class Manifest:
     backends: dict[str, BackendSection] = field(default_factory=dict)
     models: dict[str, ModelEntry] = field(default_factory=dict)
     remotes: dict[str, RemoteSection] = field(default_factory=dict)
+    # The user's default_backend, used where a model and [defaults] name no backend.
+    user_backend: str | None = field(default=None, metadata={NOT_IN_FILE: True})
+    # The user's default_port: the first port tried for a server with no ``port``.
+    user_port: int | None = field(default=None, metadata={NOT_IN_FILE: True})
 
     def backend_type(self, backend: str) -> BackendType:
         """The engine a backend name stands for (a built-in or a ``[backends]`` entry)."""
@@ -233,8 +243,40 @@ class Manifest:
         raise KeyError(backend)
 
     def backend_of(self, name: str) -> str:
-        """The backend name model ``name`` runs on, after ``[defaults]``."""
-        return self.models[name].backend or self.defaults.backend
+        """The backend name model ``name`` runs on: its own, else ``[defaults]``', else
+        the user's ``default_backend``, else ``DEFAULT_BACKEND``."""
+        return (
+            self.models[name].backend
+            or self.defaults.backend
+            or self.user_backend
+            or DEFAULT_BACKEND
+        )
+
+    def backend_from_user(self, name: str) -> bool:
+        """Model ``name``'s backend is the user's ``default_backend``: the manifest names
+        none for it, so it may run on another engine on another machine."""
+        return (
+            self.models[name].backend is None
+            and self.defaults.backend is None
+            and self.user_backend is not None
+        )
+
+    def relies_on_user_backend(self) -> bool:
+        """Some model's backend is left to the user's settings (or the built-in default)."""
+        return self.defaults.backend is None and any(
+            entry.backend is None for entry in self.models.values()
+        )
+
+    def relies_on_user_port(self) -> bool:
+        """Some server mlx-lama starts has no ``port``, so ``default_port`` would place it."""
+        return any(
+            entry.port is None and self.serve_mode(name) != "never" and not self.is_external(name)
+            for name, entry in self.models.items()
+        )
+
+    def file_only(self) -> Manifest:
+        """This manifest without what the user's settings filled in (what the file says)."""
+        return replace(self, user_backend=None, user_port=None)
 
     def is_external(self, name: str) -> bool:
         """Model ``name`` is served by a server mlx-lama does not run (``backend = "external"``)."""
@@ -270,6 +312,8 @@ class Manifest:
             backends={k: BackendSection(**v) for k, v in data.get("backends", {}).items()},
             models={k: ModelEntry.from_data(v) for k, v in data.get("models", {}).items()},
             remotes={k: RemoteSection.from_data(v) for k, v in data.get("remotes", {}).items()},
+            user_backend=data.get("user_backend"),
+            user_port=data.get("user_port"),
         )
 
     def to_data(self) -> dict[str, Any]:

@@ -22,20 +22,22 @@ from mlx_lama.atomic import atomic_write_text
 from mlx_lama.schema.manifest import Manifest
 
 
-def recall(source: Path, raw: bytes) -> Manifest | None:
-    """The remembered manifest for exactly these bytes, or None."""
+def recall(source: Path, raw: bytes, context: str = "") -> Manifest | None:
+    """The remembered manifest for exactly these bytes (and ``context``: what else its
+    validation depended on), without the user's settings, or None."""
     try:
         entry = json.loads(_entry_path(source).read_text(encoding="utf-8"))
-        if entry.get("key") != _key(raw):
+        if entry.get("key") != _key(raw, context):
             return None
         return Manifest.from_data(entry["data"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def remember(source: Path, raw: bytes, manifest: Manifest) -> None:
-    """Store a manifest that just validated. Best effort."""
-    entry = {"key": _key(raw), "source": str(source), "data": manifest.to_data()}
+def remember(source: Path, raw: bytes, manifest: Manifest, context: str = "") -> None:
+    """Store a manifest that just validated (what its file says). Best effort."""
+    data = manifest.file_only().to_data()
+    entry = {"key": _key(raw, context), "source": str(source), "data": data}
     with contextlib.suppress(OSError):
         atomic_write_text(_entry_path(source), json.dumps(entry, allow_nan=False))
 
@@ -45,8 +47,9 @@ def _entry_path(source: Path) -> Path:
     return paths.home() / "cache" / "manifests" / f"{where}.json"
 
 
-def _key(raw: bytes) -> str:
-    return hashlib.sha256(_code_stamp().encode() + b"\0" + raw).hexdigest()
+def _key(raw: bytes, context: str) -> str:
+    stamp = f"{_code_stamp()}\0{context}" if context else _code_stamp()
+    return hashlib.sha256(stamp.encode() + b"\0" + raw).hexdigest()
 
 
 @cache

@@ -39,6 +39,8 @@ def model_of(table: type[Any]) -> type[BaseModel]:
     hints = typing.get_type_hints(table, include_extras=True)
     fields: dict[str, Any] = {}
     for item in dataclasses.fields(table):
+        if item.metadata.get(manifest.NOT_IN_FILE):
+            continue  # filled in by the loader from the user's settings, not a key
         if item.default_factory is not dataclasses.MISSING:
             default: Any = Field(default_factory=item.default_factory)
         elif _is_table(type(item.default)):
