@@ -71,7 +71,12 @@ def insert_key(table: Entry | OutOfOrderTableProxy, key: str | SingleKey, item: 
     last = _last_plain_key(table)
     if last is not None:
         item.trivia.indent = last[1].trivia.indent
-        container._insert_after(last[0], key, item)
+        # Right after it (tomlkit 0.15 dropped _insert_after; _insert_at is in both).
+        after = 1 + max(i for i, (k, _) in enumerate(container.body) if k is last[0])
+        if after == len(container.body):
+            table.append(key, item)
+        else:
+            container._insert_at(after, key, item)
         return
     first = next((i for i, (_, v) in enumerate(container.body) if not isinstance(v, Null)), None)
     if first is None:
