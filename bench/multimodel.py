@@ -91,10 +91,12 @@ from bench.report import (
     Measurement,
     chart,
     comparison_table,
+    engine_version,
     machine,
     versions,
     write_section,
 )
+from mlx_lama.backends.base import get_backend
 
 MODELS = ("tiny-a", "tiny-b", "tiny-c")
 STARTS = 3  # fresh starts of each side at most: each start loads every model cold
@@ -180,8 +182,9 @@ def start_peer(
     """Start ``vllm-mlx serve --models-config`` on a free port of 127.0.0.1 in its own
     session, offline as mlx-lama starts it; return it and its URL."""
     port = free_port()
+    python = get_backend("vllm-mlx").environment_python() or sys.executable
     argv = [
-        sys.executable, "-m", "vllm_mlx.cli", "serve", "--models-config", str(registry),
+        python, "-m", "vllm_mlx.cli", "serve", "--models-config", str(registry),
         "--host", "127.0.0.1", "--port", str(port), "--offline",
     ]  # fmt: skip
     with log.open("wb") as out:
@@ -511,7 +514,7 @@ def setup(results: Mapping[str, Sequence[Start]], runs: int) -> str:
     servers = results[OURS][-1].loaded.processes - 1
     tokens = sorted({x.tokens for side in results.values() for s in side for x in s.warm})
     return f"""Three tiny random-weight test models (2 layers, hidden size 64, different
-seeds), served two ways on the same engine, vllm-mlx {version("vllm-mlx")} (its
+seeds), served two ways on the same engine, vllm-mlx {engine_version("vllm-mlx")} (its
 default single-request engine; MLX {version("mlx")}, CPU). Ours (`{OURS_SHORT}`):
 `mlx-lama serve` with the three as `serve = "on-demand"`, `backend =
 "vllm-mlx"`: one `vllm-mlx serve` process per model, started on the model's

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tests.fixtures.hf_env import SCRUBBED_ENV, layout
 
+from mlx_lama.backends.interpreters import ENGINES_ENV, engines_dir
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 CHARTS = DOC.parent / "benchmarks"  # chart(NAME) writes CHARTS / "NAME.png"
 HEADER = """# Benchmarks
@@ -228,14 +230,25 @@ def versions(*distributions: str) -> str:
         try:
             found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
+            engine = engine_version(name)  # an engine in its own environment
+            found.append(f"{name} {engine}" if engine else f"{name} (not installed)")
     return ", ".join(found)
+
+
+def engine_version(name: str) -> str | None:
+    """The version of engine ``name`` where mlx-lama finds it (its own environment)."""
+    from mlx_lama.backends.base import backend_names, get_backend
+
+    if name not in backend_names():
+        return None
+    return get_backend(name).detect(services=False).version
 
 
 def isolated_env(root: Path) -> dict[str, str]:
     """This environment without the developer's Hugging Face and mlx-lama settings, with
     all state (HOME, MLX_LAMA_HOME, HF_HOME; offline) under ``root``, folders created."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.setdefault(ENGINES_ENV, str(engines_dir()))  # engines installed in their own envs
     env.update(layout(root))
     for name in ("HOME", "HF_HUB_CACHE", "MLX_LAMA_HOME"):
         Path(env[name]).mkdir(parents=True, exist_ok=True)

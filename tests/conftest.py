@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import os
 import shutil
 import signal
@@ -48,12 +49,17 @@ from pathlib import Path
 
 import pytest
 
+from mlx_lama.backends.interpreters import ENGINES_ENV, engines_dir
 from tests.fixtures import hf_env, markers, netguard
 
 # Belt and braces, before anything imports huggingface_hub: even code that runs
 # outside a test (collection, session fixtures) sees a throwaway home.
 _SESSION_ROOT = Path(tempfile.mkdtemp(prefix="mlx-lama-tests-"))
 atexit.register(shutil.rmtree, _SESSION_ROOT, ignore_errors=True)
+# Engines installed in environments of their own (`mlx-lama install vllm-mlx`) are
+# found under the real MLX_LAMA_HOME, which every test replaces with a throwaway one:
+# the tests use them from where they are (and never write there).
+os.environ[ENGINES_ENV] = str(engines_dir())
 hf_env.isolated_environ(os.environ, _SESSION_ROOT)
 # As mlx-lama's own processes do (backends/mlx_lm.py): nothing here needs PyTorch,
 # which transformers would otherwise import into every worker with mlx_lm (2.5 s and
@@ -114,17 +120,22 @@ def server_marker_holds(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(problem, pytrace=False)
 
 
+@functools.cache
+def _engine_installed(engine: str) -> bool:
+    """In its own environment (``mlx-lama install``), here, or as a binary on PATH."""
+    from mlx_lama.backends.base import get_backend
+
+    return get_backend(engine).launchable()
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip (or, with ``MLX_LAMA_REQUIRE_ENGINES``, fail) a test whose ``engine``
     is not installed here."""
-    from mlx_lama.backends.base import get_backend
-
     for marker in item.iter_markers("engine"):
         engine = str(marker.args[0])
-        backend = get_backend(engine)
-        if backend.package_present() or backend.binary() is not None:
+        if _engine_installed(engine):
             continue
-        why = f"the {engine} engine is not installed (`uv sync --all-extras` installs it)"
+        why = f"the {engine} engine is not installed (`mlx-lama install {engine}` installs it)"
         if os.environ.get(REQUIRE_ENGINES):
             pytest.fail(f"{why}; {REQUIRE_ENGINES} is set, so every engine must be", False)
         pytest.skip(why)

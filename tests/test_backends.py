@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import mlx_lama
 from mlx_lama.backends.base import (
     Backend,
     BackendMissingError,
@@ -22,6 +23,7 @@ from mlx_lama.backends.base import (
     get_backend,
     launch_spec,
 )
+from mlx_lama.backends.interpreters import ENGINES_ENV
 from mlx_lama.cli import app
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import ServerSpec
@@ -32,8 +34,10 @@ runner = CliRunner()
 
 @pytest.fixture
 def no_vllm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """vllm-mlx as on a machine without it: the import is blocked and PATH has no binary."""
+    """vllm-mlx as on a machine without it: the import is blocked, it has no
+    environment of its own and PATH has no binary."""
     monkeypatch.setitem(sys.modules, "vllm_mlx", None)
+    monkeypatch.setenv(ENGINES_ENV, str(tmp_path / "no-engines"))
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -67,17 +71,26 @@ def test_backend_modules_load_lazily_and_never_import_their_engine() -> None:
 @pytest.mark.parametrize(
     "name", ["mlx-lm", pytest.param("vllm-mlx", marks=pytest.mark.engine("vllm-mlx"))]
 )
-def test_installed_packages_are_detected_with_their_version(name: str) -> None:
+def test_installed_engines_are_detected_with_their_version(name: str) -> None:
+    """mlx-lm with mlx-lama, vllm-mlx in its own environment (``mlx-lama install``)."""
     found = get_backend(name).detect(services=False)
-    assert (found.available, found.found_by) == (True, "package")
-    assert found.version == importlib.metadata.version(name)
+    if name == "mlx-lm":
+        assert (found.available, found.found_by) == (True, "package")
+        assert found.version == importlib.metadata.version(name)
+        return
+    assert (found.available, found.found_by) == (True, "environment")
+    asked = subprocess.run(
+        [found.detail, "-c", "import importlib.metadata as m; print(m.version('vllm-mlx'))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert found.version == asked.stdout.strip()
 
 
 def test_a_missing_package_is_unavailable_with_its_install_command(no_vllm: None) -> None:
     backend = get_backend("vllm-mlx")
     assert backend.detect(services=False).available is False
     commands = backend.install_commands()
-    assert commands and commands[-1][-1] == "vllm-mlx"
+    assert commands and "vllm-mlx" in commands[-1]
     with pytest.raises(BackendMissingError, match="mlx-lama install vllm-mlx"):
         backend.serve(server_spec(Path("/m"), "vllm-mlx"), 8081)
 
@@ -160,8 +173,8 @@ def test_a_running_service_is_found_first() -> None:
 def test_install_shows_the_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     result = runner.invoke(app, ["install", "vllm-mlx", "--dry-run"])
     assert result.exit_code == 0
-    assert result.stderr.startswith("$ ") and result.stderr.rstrip().endswith(" vllm-mlx")
-    assert sys.executable in result.stderr
+    assert result.stderr.startswith("$ ") and " vllm-mlx" in result.stderr
+    assert sys.executable in result.stderr or "engines/vllm-mlx" in result.stderr
     monkeypatch.setenv("PATH", str(tmp_path))  # no uv: pip
     result = runner.invoke(app, ["install", "mlx-lm", "--dry-run"])
     assert result.stderr == f"$ {sys.executable} -m pip install mlx-lm\n"
@@ -197,12 +210,17 @@ def test_engines_without_in_process_generation_say_so(tiny_model: Path) -> None:
 
 
 @pytest.mark.server  # a child process that loads mlx-lm (and torch, once): seconds
+@pytest.mark.engine("vllm-mlx")  # its environment is the one here with PyTorch in it
 @pytest.mark.parametrize(("torch_env", "torch_loaded"), [(None, False), ("1", True)])
 def test_an_in_process_model_loads_without_pytorch_unless_asked(
     tiny_model: Path, torch_env: str | None, torch_loaded: bool
 ) -> None:
     """``mlx-lama run`` without a daemon loads mlx-lm into its own process: left out
-    of it too, as in an engine (``MLX_LAMA_ENGINE_TORCH=1`` lets it in)."""
+    of it too, as in an engine (``MLX_LAMA_ENGINE_TORCH=1`` lets it in). Run by the
+    Python of vllm-mlx's environment, which has PyTorch (mlx-lama's has none), with
+    mlx-lama's source on its path."""
+    python = get_backend("vllm-mlx").environment_python()
+    assert python is not None, "install vllm-mlx in its own environment: mlx-lama install"
     script = (
         "import sys; from pathlib import Path; "
         "from mlx_lama.backends.mlx_lm import MlxLmModel; "
@@ -210,10 +228,11 @@ def test_an_in_process_model_loads_without_pytorch_unless_asked(
         "print(sys.modules.get('torch') is not None)"
     )
     env = {k: v for k, v in os.environ.items() if k != "MLX_LAMA_ENGINE_TORCH"}
+    env["PYTHONPATH"] = str(Path(mlx_lama.__file__).parents[1])
     if torch_env is not None:
         env["MLX_LAMA_ENGINE_TORCH"] = torch_env
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [python, "-c", script],
         env=env,
         capture_output=True,
         text=True,

@@ -2,8 +2,9 @@
 install`` runs, and how an engine installed there is found and launched.
 
 No network here: an engine environment is made with ``python -m venv`` and given
-this environment's packages through a ``.pth`` file, so the engine it finds is
-the real vllm-mlx, run by the environment's own interpreter.
+this environment's packages through a ``.pth`` file, so the engine it finds there
+is the real mlx-lm, run by the environment's own interpreter. (vllm-mlx's own
+environment, made by ``mlx-lama install vllm-mlx``, serves every vllm-mlx test.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlx_lama.backends.base import get_backend, launch_spec
-from mlx_lama.backends.interpreters import ENGINES_ENV, engine_main
+from mlx_lama.backends.interpreters import ENGINES_ENV, PLATFORM_REQUIREMENTS, engine_main
 from mlx_lama.cli import app
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.process import start_server, stop_server
@@ -62,8 +63,9 @@ def test_vllm_mlx_installs_into_an_environment_of_its_own(
     place = engines / "vllm-mlx"
     assert get_backend("vllm-mlx").install_commands() == [
         [str(uv), "venv", "--python", sys.executable, str(place)],
-        [str(uv), "pip", "install", "--python", str(place / "bin/python"), "vllm-mlx"],
-    ]
+        [str(uv), "pip", "install", "--python", str(place / "bin/python"), "vllm-mlx",
+         *PLATFORM_REQUIREMENTS],
+    ]  # fmt: skip
     # mlx-lm, the default engine, goes with mlx-lama
     assert get_backend("mlx-lm").install_commands(upgrade=True) == [
         [str(uv), "pip", "install", "--python", sys.executable, "--upgrade", "mlx-lm"]
@@ -72,13 +74,13 @@ def test_vllm_mlx_installs_into_an_environment_of_its_own(
     make_environment(place, with_our_packages=False)
     assert get_backend("vllm-mlx").install_commands(upgrade=True) == [
         [str(uv), "pip", "install", "--python", str(place / "bin/python"), "--upgrade",
-         "vllm-mlx"],
+         "vllm-mlx", *PLATFORM_REQUIREMENTS],
     ]  # fmt: skip
     shown = runner.invoke(app, ["install", "vllm-mlx", "--upgrade", "--dry-run"])
     assert shown.exit_code == 0, shown.output
     assert f"$ {uv} pip install --python {place / 'bin/python'} --upgrade vllm-mlx" in (
         shown.stderr
-    )
+    )  # (and mlx[cpu] off macOS)
 
 
 def test_without_uv_it_is_venv_and_pip(engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,22 +88,23 @@ def test_without_uv_it_is_venv_and_pip(engines: Path, monkeypatch: pytest.Monkey
     place = engines / "vllm-mlx"
     assert get_backend("vllm-mlx").install_commands() == [
         [sys.executable, "-m", "venv", str(place)],
-        [str(place / "bin/python"), "-m", "pip", "install", "vllm-mlx"],
+        [str(place / "bin/python"), "-m", "pip", "install", "vllm-mlx", *PLATFORM_REQUIREMENTS],
     ]
 
 
 def test_an_engine_environment_is_found_first_and_runs_the_engine(engines: Path) -> None:
-    backend = get_backend("vllm-mlx")
-    empty = make_environment(engines / "vllm-mlx", with_our_packages=False)
+    """Any engine: mlx-lm here, whose package mlx-lama's environment has too."""
+    backend = get_backend("mlx-lm")
+    empty = make_environment(engines / "mlx-lm", with_our_packages=False)
     assert backend.detect(services=False).found_by == "package"  # it lacks the engine
-    shutil.rmtree(engines / "vllm-mlx")
-    python = make_environment(engines / "vllm-mlx", with_our_packages=True)
+    shutil.rmtree(engines / "mlx-lm")
+    python = make_environment(engines / "mlx-lm", with_our_packages=True)
     assert python == empty  # the same place, now with the engine in it
     found = backend.detect(services=False)
     assert (found.available, found.found_by, found.detail) == (True, "environment", str(python))
     assert found.version is not None and found.version[0].isdigit()
-    argv = launch_spec(server_spec(Path("/models/tiny"), "vllm-mlx"), 8081).argv
-    assert argv[:4] == (str(python), "-c", engine_main("vllm_mlx.cli"), "serve")
+    argv = launch_spec(server_spec(Path("/models/tiny")), 8081).argv
+    assert argv[:4] == (str(python), "-c", engine_main("mlx_lm"), "server")
 
 
 @pytest.fixture
@@ -116,18 +119,17 @@ def started() -> Iterator[list[RunRecord]]:
 
 
 @pytest.mark.server
-@pytest.mark.engine("vllm-mlx")
 def test_a_model_is_served_from_its_engines_environment(
     engines: Path, tiny_model: Path, started: list[RunRecord]
 ) -> None:
-    python = make_environment(engines / "vllm-mlx", with_our_packages=True)
-    record = start_server(server_spec(tiny_model, "vllm-mlx", parameters=(("num_predict", 2),)))
+    python = make_environment(engines / "mlx-lm", with_our_packages=True)
+    record = start_server(server_spec(tiny_model, parameters=(("num_predict", 2),)))
     started.append(record)
     assert record.argv[0] == str(python)
     assert psutil.Process(record.pid).cmdline()[0] == str(python)
     reply = httpx.post(
         f"http://127.0.0.1:{record.port}/v1/chat/completions",
-        json={"model": "tiny:latest", "messages": [{"role": "user", "content": "hello"}]},
+        json={"messages": [{"role": "user", "content": "hello"}]},  # mlx-lm: its own model
         timeout=60,
         trust_env=False,
     )

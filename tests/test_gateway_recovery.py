@@ -1,9 +1,8 @@
 """A bad request or a wedged engine costs one error, never the model.
 
 Real ``mlx_lm.server`` processes behind the real gateway (in a thread, so the
-scheduler's state can be read): poison sent straight to the engine (past the
-gateway's validation) and ``SIGSTOP`` wedge it with its HTTP side up,
-``SIGKILL`` kills it; the watchdog, the retry rules and the disconnect
+scheduler's state can be read): ``SIGSTOP`` wedges it with its port still
+open, ``SIGKILL`` kills it; the watchdog, the retry rules and the disconnect
 handling must bring the model back and never send a request whose client is
 gone. ``[server] wedge_timeout`` is a few seconds here.
 """
@@ -85,13 +84,14 @@ def _engine_posts() -> int:
     return process.log_path_for("a").read_text(errors="replace").count(ENGINE_POSTS)
 
 
-def _poison_engine(gateway: RunningGateway) -> None:
-    """Send straight to the engine what kills its generation thread (a list prompt,
-    which the gateway refuses), and leave without waiting for the answer it never
-    sends."""
-    url = _engine_url(gateway) + "/v1/completions"
-    with pytest.raises(httpx.TimeoutException), httpx.Client(trust_env=False) as client:
-        client.post(url, json={"prompt": ["a", "b"], "max_tokens": 2}, timeout=2.0)
+def _freeze_engine(gateway: RunningGateway) -> int:
+    """Wedge the engine: SIGSTOP leaves its process alive and its port open (the kernel
+    still queues connections) while it answers nothing, as an engine whose generation
+    thread died does. (mlx-lm 0.31's own poison, a list prompt sent straight to it,
+    no longer kills that thread in 0.32.) Its pid; SIGKILL ends a stopped process."""
+    pid = _ready_pid(gateway)
+    os.kill(pid, signal.SIGSTOP)
+    return pid
 
 
 class HealthLog:
@@ -181,11 +181,10 @@ def test_requests_an_engine_would_choke_on_are_refused_and_the_model_keeps_answe
     assert _entry(gateway)["in_flight"] == 0 and "failures" not in _entry(gateway)
 
 
-def test_poison_sent_straight_to_the_engine_is_caught_by_the_watchdog(
+def test_a_wedged_engine_is_caught_by_the_watchdog(
     gateway: RunningGateway,
 ) -> None:
-    wedged = _ready_pid(gateway)
-    _poison_engine(gateway)
+    wedged = _freeze_engine(gateway)
     began = time.monotonic()
     answer = _chat(gateway)  # hangs on the wedged engine until the watchdog acts
     waited = time.monotonic() - began
@@ -267,8 +266,7 @@ def test_sigstop_mid_stream_ends_the_stream_with_an_error_and_the_model_comes_ba
 def test_a_client_that_left_is_never_replayed_on_the_restarted_engine(
     gateway: RunningGateway,
 ) -> None:
-    wedged = _ready_pid(gateway)
-    _poison_engine(gateway)
+    wedged = _freeze_engine(gateway)
     with pytest.raises(httpx.TimeoutException):  # the client gives up on the wedged engine
         _chat(gateway, timeout=1.0)
     wait_for(lambda: _entry(gateway)["in_flight"] == 0, 5, "the gone client's place to free")

@@ -20,6 +20,7 @@ from mlx_lama.backends.base import (
     LaunchError,
     LaunchSpec,
     client_host,
+    get_backend,
     launch_spec,
 )
 from mlx_lama.backends.interpreters import engine_main
@@ -44,8 +45,10 @@ MLX_BASE = (
     "--host", "127.0.0.1", "--port", "8081", "--allowed-origins", "none",
     "--prompt-cache-bytes", str(MIN_KV_CACHE),  # no weights there: the least bound
 )  # fmt: skip
+# vllm-mlx runs from its own environment when it has one (mlx-lama install vllm-mlx)
+VLLM_PY = get_backend("vllm-mlx").environment_python() or PY
 VLLM_BASE = (
-    PY, "-c", engine_main("vllm_mlx.cli"), "serve", "/models/tiny",
+    VLLM_PY, "-c", engine_main("vllm_mlx.cli"), "serve", "/models/tiny",
     "--host", "127.0.0.1", "--port", "8081", "--served-model-name", "tiny:latest", "--offline",
     "--cache-memory-mb", str(MIN_KV_CACHE // 2**20),
 )  # fmt: skip

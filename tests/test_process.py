@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from mlx_lama import paths
-from mlx_lama.backends.base import LaunchSpec
+from mlx_lama.backends.base import LaunchSpec, get_backend
 from mlx_lama.backends.interpreters import TORCH_ENV
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
@@ -398,16 +398,20 @@ def test_tail_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.server
+@pytest.mark.engine("vllm-mlx")  # its environment has PyTorch (and mlx-lm) in it
 @pytest.mark.parametrize(("torch_env", "loads_torch"), [(None, False), ("1", True)])
 def test_the_engine_leaves_pytorch_out_unless_a_model_asks_for_it(
     torch_env: str | None, loads_torch: bool
 ) -> None:
     """``MLX_LAMA_ENGINE_TORCH=1`` in a model's env is the way back for a model whose
-    own code needs torch; ``-X importtime`` lists every module the engine imports."""
+    own code needs torch; ``-X importtime`` lists every module the engine imports.
+    mlx-lm run by the Python of vllm-mlx's environment, where PyTorch is installed."""
+    python = get_backend("vllm-mlx").environment_python()
+    assert python is not None, "install vllm-mlx in its own environment: mlx-lama install"
     env = {k: v for k, v in os.environ.items() if k != TORCH_ENV}
     if torch_env is not None:
         env[TORCH_ENV] = torch_env
-    argv = [sys.executable, "-X", "importtime", "-c", ENGINE_MAIN, "server", "--help"]
+    argv = [python, "-X", "importtime", "-c", ENGINE_MAIN, "server", "--help"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "--model" in done.stdout, done.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}

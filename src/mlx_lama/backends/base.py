@@ -397,6 +397,15 @@ class Backend(ABC):
             return None
         return engine_python(self.name, self.python_packages[0])
 
+    def launchable(self) -> bool:
+        """mlx-lama can start this engine: from mlx-lama's environment, from its own,
+        or as a binary on PATH."""
+        return (
+            self.package_present()
+            or self.environment_python() is not None
+            or self.binary() is not None
+        )
+
     def detect(self, *, services: bool = True, probe_timeout: float = 0.2) -> Detection:
         """Find the engine: a running service, then its own environment, then the
         package in mlx-lama's, then a binary."""
@@ -515,12 +524,12 @@ def backend_names() -> list[str]:
 
 def missing_backends(uses: Mapping[str, Sequence[str]]) -> BackendMissingError | None:
     """For ``{engine: [models]}``, the error for the first engine that cannot be
-    launched here (neither its package nor its binary), or None."""
+    launched here (:meth:`Backend.launchable`), or None."""
     for engine in sorted(uses):
         if engine == "external":
             continue
         backend = get_backend(engine)
-        if not backend.package_present() and backend.binary() is None:
+        if not backend.launchable():
             return BackendMissingError(engine, uses[engine])
     return None
 

@@ -110,10 +110,16 @@ def installed_version(python: str, distribution: str) -> str | None:
     return done.stdout.strip() or None
 
 
+# MLX's own library comes in a package of its own off macOS (mlx[cpu] on Linux, as
+# mlx-lama's `mlx` extra installs it); an engine's environment needs it too.
+PLATFORM_REQUIREMENTS = ("mlx[cpu]",) if sys.platform == "linux" else ()
+
+
 def install_commands(engine: str, distribution: str, *, upgrade: bool) -> list[list[str]]:
     """The commands that make ``engine``'s own environment (with this Python's version)
     and install ``distribution`` into it: uv when it is on PATH, else venv and pip."""
     environment = environment_of(engine)
+    wanted = [distribution, *PLATFORM_REQUIREMENTS]
     python = str(_interpreter(environment))
     uv = shutil.which("uv")
     fresh = not _interpreter(environment).is_file()
@@ -123,12 +129,12 @@ def install_commands(engine: str, distribution: str, *, upgrade: bool) -> list[l
             commands.append([uv, "venv", "--python", sys.executable, str(environment)])
         commands.append(
             [uv, "pip", "install", "--python", python, *(["--upgrade"] if upgrade else []),
-             distribution]
+             *wanted]
         )  # fmt: skip
         return commands
     if fresh:
         commands.append([sys.executable, "-m", "venv", str(environment)])
     commands.append(
-        [python, "-m", "pip", "install", *(["--upgrade"] if upgrade else []), distribution]
+        [python, "-m", "pip", "install", *(["--upgrade"] if upgrade else []), *wanted]
     )
     return commands
