@@ -134,7 +134,5 @@ def install_commands(engine: str, distribution: str, *, upgrade: bool) -> list[l
         return commands
     if fresh:
         commands.append([sys.executable, "-m", "venv", str(environment)])
-    commands.append(
-        [python, "-m", "pip", "install", *(["--upgrade"] if upgrade else []), *wanted]
-    )
+    commands.append([python, "-m", "pip", "install", *(["--upgrade"] if upgrade else []), *wanted])
     return commands
