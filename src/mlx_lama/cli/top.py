@@ -433,7 +433,7 @@ def backend_choices(manifest: Manifest) -> list[str]:
             engine = manifest.backend_type(backend)
         except KeyError:
             continue
-        if engine != "external" and get_backend(engine).package_present():
+        if engine != "external" and get_backend(engine).launchable():
             usable.append(backend)
     return sorted(set(usable))
 
