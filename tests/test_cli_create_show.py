@@ -221,6 +221,12 @@ def test_show_describes_the_model_and_where_the_manifest_keeps_it(project: Path)
     assert found["path"] == f"./models/tiny ({project / 'models' / 'tiny'})"
     assert (found["backend"], found["serve"], found["keep_alive"]) == ("mlx-lm", "on-demand", "5m")
     assert found["port"] == "assigned when started"
+    # its server's memory: the tiny weights, the least KV cache bound, in the budget
+    assert re.fullmatch(
+        r"about [\d.]+ [KMG]B served \(weights [\d.]+ KB, KV caches up to 67\.1 MB\); "
+        r"memory_budget [\d.]+ GB: fits",  # (64 MiB, the least bound)
+        found["memory"],
+    ), found["memory"]
     assert found["adapter"] == "./adapters/lora"
     assert "\n  Capabilities\n    completion\n" in out
     assert '\n  System\n    You are terse.\n    Say "no" often.\n' in out

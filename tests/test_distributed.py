@@ -37,9 +37,10 @@ from mlx_lama.orchestrator.hostfiles import (
     check_hosts,
     folder_files,
 )
+from mlx_lama.orchestrator.memory import MEMORY_MARGIN, estimate_memory
 from mlx_lama.orchestrator.plan import changed_fields
 from mlx_lama.orchestrator.policy import fits_beside
-from mlx_lama.orchestrator.slots import MEMORY_MARGIN, Slot, estimate_memory, rank_counts
+from mlx_lama.orchestrator.slots import Slot, rank_counts
 from mlx_lama.orchestrator.state import RunRecord, ServerSpec
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock

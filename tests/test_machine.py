@@ -16,6 +16,7 @@ from mlx_lama.orchestrator.slots import SchedulerConfig
 from mlx_lama.schema import parse_manifest
 from mlx_lama.schema.lockfile import Lock
 from mlx_lama.units import Size
+from tests.fixtures.cli import cli
 
 GIB = 2**30
 
@@ -70,3 +71,26 @@ def test_the_gateways_budget_is_the_default_one_unless_the_manifest_says() -> No
     assert on_a_mac.memory_budget(Size(bytes=28 * GIB)) == 28 * GIB  # the manifest's own
     assert gateway(32 * GIB, 21 * GIB, "50%").scheduler.config.memory_budget == 16 * GIB
     assert gateway(32 * GIB, None, None).scheduler.config.memory_budget == 24 * GIB
+
+
+def test_plan_and_show_say_when_a_model_can_never_fit(tmp_path: Path, tiny_model: Path) -> None:
+    """Before a start fails on it: a model whose estimate (weights, KV cache bound,
+    margin) is over the memory budget is named by ``plan``, and ``show`` says so."""
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        'version = 1\n\n[server]\nmemory_budget = "1GB"\n\n'
+        f'[models."roomy"]\npath = "{tiny_model}"\nkv_cache = "2GB"\n\n'
+        f'[models."small"]\npath = "{tiny_model}"\n',
+        encoding="utf-8",
+    )
+    code, out, err = cli("plan", "-f", str(manifest))
+    assert code == 0, err
+    [note] = [line for line in out.splitlines() if "cannot start" in line]
+    assert note.startswith("note: model 'roomy' needs about 2.")
+    assert "KV caches up to 2.1 GB" in note and "memory_budget 1.1 GB" in note
+    assert "lower the model's kv_cache" in note
+    code, out, err = cli("show", "roomy", "-f", str(manifest))
+    assert code == 0, err
+    assert "memory_budget 1.1 GB: more than it: it cannot start" in out
+    code, out, err = cli("show", "small", "-f", str(manifest))
+    assert "memory_budget 1.1 GB: fits" in out

@@ -22,6 +22,8 @@ from mlx_lama.errors import MlxLamaError, UsageError
 if TYPE_CHECKING:
     from mlx_lama.gateway.models import JsonObject
     from mlx_lama.orchestrator.facts import ModelFacts
+    from mlx_lama.orchestrator.memory import Estimate
+    from mlx_lama.orchestrator.state import ModelSpec
     from mlx_lama.schema.manifest import Manifest, ModelEntry
 
 _PREVIEW_LINES = 4  # of System and License in the default view, as ollama show shortens them
@@ -140,6 +142,7 @@ class _Shown:
     local: Path | None  # a path model's folder, resolved
     commit: str | None  # the locked commit, when the lock matches the manifest
     facts: ModelFacts
+    memory: tuple[Estimate, int] | None = None  # its server's estimate and the budget
 
     @classmethod
     def of(cls, manifest: Manifest, name: str, manifest_path: Path) -> _Shown:
@@ -162,7 +165,10 @@ class _Shown:
             if folder is not None and not folder.is_dir():
                 folder = None
         facts = read_facts(folder, locked)
-        return cls(manifest, name, manifest_path, folder, local, commit, facts)
+        memory = None
+        if folder is not None and manifest.serve_mode(name) != "never":
+            memory = _memory(manifest, spec, manifest_path)
+        return cls(manifest, name, manifest_path, folder, local, commit, facts, memory)
 
     @property
     def entry(self) -> ModelEntry:
@@ -262,6 +268,17 @@ class _Shown:
             rows.append(("url", entry.url))
         if self.folder is not None:
             rows.append(("size", size_str(self.facts.size)))
+        if self.memory is not None:
+            estimate, budget = self.memory
+            fits = "fits" if estimate.total <= budget else "more than it: it cannot start"
+            rows.append(
+                (
+                    "memory",
+                    f"about {size_str(estimate.total)} served (weights "
+                    f"{size_str(estimate.weights)}, KV caches up to "
+                    f"{size_str(estimate.kv_cache)}); memory_budget {size_str(budget)}: {fits}",
+                )
+            )
         backend = m.backend_of(self.name)
         engine = m.backend_type(backend)
         rows.append(("backend", backend if backend == engine else f"{backend} ({engine})"))
@@ -304,7 +321,30 @@ class _Shown:
             "hostfile": entry.hostfile,
             "distributed": (entry.distributed or "ring") if entry.is_distributed else None,
             "pipeline": entry.pipeline,
+            "memory": None
+            if self.memory is None
+            else {
+                "estimate": self.memory[0].total,
+                "weights": self.memory[0].weights,
+                "kv_cache": self.memory[0].kv_cache,
+                "budget": self.memory[1],
+            },
         }
+
+
+def _memory(manifest: Manifest, spec: ModelSpec, manifest_path: Path) -> tuple[Estimate, int]:
+    """What the model's server would hold here, and the memory budget it must fit."""
+    from mlx_lama import machine, paths
+    from mlx_lama.orchestrator.desired import server_spec
+    from mlx_lama.orchestrator.memory import budget_bytes, server_estimate
+
+    server = server_spec(
+        manifest, spec, manifest_dir=manifest_path.absolute().parent, cache_dir=paths.hf_hub_cache()
+    )
+    budget = budget_bytes(
+        manifest.server.memory_budget, machine.total_memory(), machine.gpu_wired_limit()
+    )
+    return server_estimate(server), budget
 
 
 def _section(title: str, lines: Sequence[str]) -> list[str]:

@@ -25,7 +25,6 @@ from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.remotes import RemoteSet
 from mlx_lama.gateway.spares import Spares
 from mlx_lama.gateway.validate import Limits
-from mlx_lama.machine import default_budget
 from mlx_lama.names import check_model_name
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.facts import (
@@ -36,6 +35,7 @@ from mlx_lama.orchestrator.facts import (
     read_config,
     read_facts,
 )
+from mlx_lama.orchestrator.memory import budget_bytes
 from mlx_lama.orchestrator.projects import project_key
 from mlx_lama.orchestrator.scheduler import Scheduler
 from mlx_lama.orchestrator.slots import Changes, SchedulerConfig
@@ -43,7 +43,7 @@ from mlx_lama.orchestrator.state import DesiredState, ServerSpec, snapshot_folde
 from mlx_lama.registry import InvalidModelNameError, Registry, load_registry
 from mlx_lama.schema.editor import find_alias_key, find_model_key
 from mlx_lama.schema.lockfile import Lock, lock_path_for, read_lock
-from mlx_lama.schema.manifest import DEFAULT_MEMORY_BUDGET, Manifest, ModelEntry
+from mlx_lama.schema.manifest import Manifest, ModelEntry
 from mlx_lama.units import Size
 
 if TYPE_CHECKING:
@@ -339,11 +339,8 @@ class Gateway:
         return chat_template(self.model_folder(route.name))
 
     def memory_budget(self, budget: Size) -> int:
-        """``[server] memory_budget`` in bytes; left at its default, three quarters of
-        memory and on a Mac no more than its GPU may wire (``machine.default_budget``)."""
-        if budget == DEFAULT_MEMORY_BUDGET:
-            return default_budget(self.total_memory, self.wired_limit)
-        return budget.resolve(self.total_memory)
+        """``[server] memory_budget`` in bytes on this machine (``memory.budget_bytes``)."""
+        return budget_bytes(budget, self.total_memory, self.wired_limit)
 
     def added_tokens(self, route: Route) -> frozenset[str] | None:
         """The added tokens of the model behind ``route`` (``facts.added_tokens``); None

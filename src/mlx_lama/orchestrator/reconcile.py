@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mlx_lama import machine
 from mlx_lama.filelock import apply_lock
 from mlx_lama.orchestrator.apply import ApplyContext, ApplyResult, Reporter, apply_plan
 from mlx_lama.orchestrator.desired import desired
+from mlx_lama.orchestrator.memory import budget_bytes, fit_warnings, server_estimate
 from mlx_lama.orchestrator.observe import observe
 from mlx_lama.orchestrator.plan import Action, ActionKind, Plan, PlanOptions, make_plan
 from mlx_lama.orchestrator.projects import project_key
@@ -59,7 +61,14 @@ def plan_for(
     )
     externals = wanted.externals if probe_externals else ()
     observed = observe(cache_dir=cache_dir, externals=externals, project=project)
-    return Planned(wanted, observed, make_plan(wanted, observed, options or PlanOptions()))
+    plan = make_plan(wanted, observed, options or PlanOptions())
+    budget = budget_bytes(
+        manifest.server.memory_budget, machine.total_memory(), machine.gpu_wired_limit()
+    )
+    estimates = {spec.name: server_estimate(spec) for spec in wanted.servers}
+    if too_big := fit_warnings(estimates, budget):  # said before a start fails on it
+        plan = replace(plan, notes=(*plan.notes, *too_big))
+    return Planned(wanted, observed, plan)
 
 
 def reconcile(

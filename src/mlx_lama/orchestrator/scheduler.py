@@ -35,11 +35,11 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mlx_lama.backends.base import kv_cache_bytes
 from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator import policy, process, runrecords
 from mlx_lama.orchestrator.loading import Loader, quietly
+from mlx_lama.orchestrator.memory import server_estimate
 from mlx_lama.orchestrator.slots import (
     Changes,
     Lease,
@@ -47,8 +47,6 @@ from mlx_lama.orchestrator.slots import (
     SchedulerConfig,
     SchedulerError,
     Slot,
-    estimate_memory,
-    rank_counts,
 )
 from mlx_lama.orchestrator.slottable import lose_leases
 from mlx_lama.schema.manifest import DEFAULT_KEEP_ALIVE
@@ -109,9 +107,7 @@ class Scheduler(Loader):
                 spec=spec,
                 keep_alive=duration,
                 pinned=spec.name in pins,
-                memory=estimate_memory(
-                    spec.model_path, *rank_counts(spec), kv_cache=kv_cache_bytes(spec)
-                ),
+                memory=server_estimate(spec).total,
                 missing=spec.name in absent,
             )
             if old is not None and change == "replace":

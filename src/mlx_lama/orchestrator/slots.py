@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from mlx_lama.backends.base import weight_bytes
 from mlx_lama.backends.spec import RunRecord, ServerSpec
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.schema.manifest import DEFAULT_WEDGE_TIMEOUT
@@ -23,8 +21,6 @@ from mlx_lama.units import Duration
 SlotState = Literal["stopped", "starting", "ready", "stopping", "restarting", "failed"]
 
 DEFAULT_MAX_QUEUE = 512  # Ollama's OLLAMA_MAX_QUEUE default
-MEMORY_MARGIN = 256 * 2**20  # runtime, KV cache and activations beyond the weights
-WEIGHT_FACTOR = 1.1
 
 
 class SchedulerError(MlxLamaError):
@@ -33,19 +29,6 @@ class SchedulerError(MlxLamaError):
     def __init__(self, message: str, *, status: int = 500, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
-
-
-def estimate_memory(
-    model_path: Path | None, ranks_here: int = 1, ranks: int = 1, kv_cache: int = 0
-) -> int:
-    """Bytes a server for the model in ``model_path`` is expected to hold here: its
-    weight files times a small factor, plus a fixed margin and the bound on its KV
-    caches (``kv_cache`` bytes). A model sharded over ``ranks`` ranks,
-    ``ranks_here`` of them on this machine, holds that share of the weights and of
-    the caches, and a margin per local rank. Reads only file sizes."""
-    weights = weight_bytes(model_path)
-    share = ranks_here / max(ranks, 1)
-    return int((weights * WEIGHT_FACTOR + kv_cache) * share) + MEMORY_MARGIN * ranks_here
 
 
 def rank_counts(spec: ServerSpec) -> tuple[int, int]:
