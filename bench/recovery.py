@@ -209,7 +209,8 @@ never uses, so mlx-lama's launcher leaves it out; since vllm-mlx (which brings
 PyTorch) lives in an environment of its own, mlx-lama's has none at all, and the
 engine's own start is as fast. Measured 2026-12-07, with PyTorch beside mlx-lm
 0.31.3: 7.18 s (6.96-7.35) for `python -m mlx_lm server`, 0.91 s (0.91-0.92)
-as mlx-lama launched it, 2.15 s from a crash to the next answer. A wedge costs the watchdog's limit (45 s of silence and a probe of up to 15 s;
-`[server] wedge_timeout` tunes both), stopping the frozen engine (SIGTERM with
-SIGCONT, at once here), then the same restart.
+as mlx-lama launched it, 2.15 s from a crash to the next answer. A wedge costs
+the watchdog's limit (45 s of silence and a probe of up to 15 s; `[server]
+wedge_timeout` tunes both), stopping the frozen engine (SIGTERM with SIGCONT,
+at once here), then the same restart.
 """
