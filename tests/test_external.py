@@ -180,11 +180,13 @@ def test_plan_ps_and_list_with_an_external_server(tmp_path: Path) -> None:
     assert code == 0
     header, line = out.splitlines()
     assert header.split() == [
-        "NAME", "PROJECT", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY"
+        "NAME", "PROJECT", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY", "ESTIMATE"
     ]  # fmt: skip
     port = url.rsplit(":", 1)[1]
     project = manifest.parent.name
-    assert line.split() == ["far", project, "external", port, "-", "not", "answering", "-", "-"]
+    assert line.split() == [
+        "far", project, "external", port, "-", "not", "answering", "-", "-", "-"
+    ]  # fmt: skip
 
 
 def test_ps_without_a_manifest_lists_no_externals(

@@ -154,8 +154,13 @@ def kv_cache_bytes(server: ServerSpec) -> int:
     memory = psutil.virtual_memory().total
     if server.kv_cache is not None:
         return server.kv_cache.resolve(memory)
-    share = int(memory * DEFAULT_KV_SHARE)
-    return max(MIN_KV_CACHE, min(weight_bytes(server.model_path), share))
+    return default_kv_bytes(weight_bytes(server.model_path), memory)
+
+
+def default_kv_bytes(weights: int, memory: int) -> int:
+    """The default bound above for a model of ``weights`` bytes on a machine with
+    ``memory`` bytes. Pure."""
+    return max(MIN_KV_CACHE, min(weights, int(memory * DEFAULT_KV_SHARE)))
 
 
 def check_passthrough(server: ServerSpec, managed: Sequence[str]) -> tuple[str, ...]:

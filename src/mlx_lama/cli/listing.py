@@ -67,11 +67,13 @@ def ps(
     external ones.
 
     Shows the project each server belongs to (its manifest's folder; "(orphan)"
-    when that manifest is gone), port, pid, state, uptime and memory; an
+    when that manifest is gone), port, pid, state, uptime, memory and the estimate
+    the memory budget counts it as; an
     external server's state is whether it answers right now. While `mlx-lama
     serve` runs, servers it is restarting after a crash, or has given up on,
     are listed too, with the last lines of a failed server's log.
     """
+    from mlx_lama import machine
     from mlx_lama.humanize import duration_str, size_str
     from mlx_lama.orchestrator.inventory import (
         external_rows,
@@ -79,6 +81,7 @@ def ps(
         server_rows,
         supervised_rows,
     )
+    from mlx_lama.orchestrator.memory import record_estimate
     from mlx_lama.orchestrator.observe import (
         observe_externals,
         observe_servers,
@@ -94,7 +97,9 @@ def ps(
     ranks = {
         s.name: rank_rows(s.record) for s in servers if s.alive and record_hosts(s.record.spec)
     }
-    rows = server_rows(servers, memory, ranks) + external_rows(
+    total = machine.total_memory()
+    estimates = {s.record.pid: e for s in servers if (e := record_estimate(s.record.spec, total))}
+    rows = server_rows(servers, memory, ranks, estimates) + external_rows(
         observe_externals(externals), project
     )
     supervised = _daemon_models()
@@ -119,6 +124,7 @@ def ps(
                 if row.up and row.started_at is not None
                 else "-",
                 size_str(row.memory) if row.memory else "-",
+                size_str(row.estimate) if row.estimate else "-",
             )
         )
         table += [
@@ -131,10 +137,11 @@ def ps(
                 "over ssh" if rank.via_ssh else "running",
                 "",
                 size_str(rank.memory) if rank.memory else "-",
+                "",
             )
             for rank in row.ranks
         ]
-    header = ("NAME", "PROJECT", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY")
+    header = ("NAME", "PROJECT", "BACKEND", "PORT", "PID", "STATE", "UPTIME", "MEMORY", "ESTIMATE")
     typer.echo(format_table(header, table))
     for row in rows:
         if row.state == "failed":

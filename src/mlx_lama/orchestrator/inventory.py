@@ -68,6 +68,7 @@ class ServerRow:
     ranks: tuple[RankRow, ...] = ()  # its ranks running now
     project: str = ""  # the real path of the manifest it belongs to
     orphan: bool = False  # that manifest is gone
+    estimate: int | None = None  # what the memory budget counts it as (memory.py)
 
     @property
     def project_label(self) -> str:
@@ -138,9 +139,11 @@ def server_rows(
     servers: tuple[RunningServer, ...],
     memory: dict[int, int],
     ranks: dict[str, tuple[RankRow, ...]] | None = None,
+    estimates: dict[int, int] | None = None,
 ) -> list[ServerRow]:
     """``ps`` rows; ``memory`` maps pid -> resident bytes for live servers, ``ranks``
-    server name -> its ranks for distributed ones. Pure."""
+    server name -> its ranks for distributed ones, ``estimates`` pid -> the memory
+    the scheduler counts the server as. Pure."""
     return [
         ServerRow(
             name=s.record.name,
@@ -150,6 +153,7 @@ def server_rows(
             state=s.state,
             started_at=s.record.started_at,
             memory=memory.get(s.record.pid),
+            estimate=(estimates or {}).get(s.record.pid),
             hosts=record_hosts(s.record.spec),
             ranks=(ranks or {}).get(s.record.name, ()),
             project=s.project,

@@ -10,10 +10,11 @@ its GPU may wire (``machine.py``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_lama.backends.base import kv_cache_bytes, weight_bytes
+from mlx_lama.backends.base import default_kv_bytes, kv_cache_bytes, weight_bytes
 from mlx_lama.backends.spec import ServerSpec
 from mlx_lama.humanize import size_str
 from mlx_lama.machine import default_budget
@@ -52,6 +53,22 @@ def server_estimate(spec: ServerSpec) -> Estimate:
     kv = kv_cache_bytes(spec)
     total = estimate_memory(spec.model_path, *rank_counts(spec), kv_cache=kv)
     return Estimate(total, weight_bytes(spec.model_path), kv)
+
+
+def record_estimate(spec: Mapping[str, object], memory: int) -> int | None:
+    """The estimate of a running server from its run record's launch fields (``ps``),
+    on a machine with ``memory`` bytes; None for a distributed one (its ranks are
+    listed apart) or a record without a model folder."""
+    folder = spec.get("model_path")
+    if not isinstance(folder, str) or spec.get("distribution"):
+        return None
+    path = Path(folder)
+    bound = spec.get("kv_cache")
+    if isinstance(bound, str):
+        kv = Size.parse(bound).resolve(memory)
+    else:
+        kv = default_kv_bytes(weight_bytes(path), memory)
+    return estimate_memory(path, kv_cache=kv)
 
 
 def budget_bytes(budget: Size, total_memory: int, wired_limit: int | None) -> int:
