@@ -50,6 +50,7 @@ def test_stats_count_what_each_server_did(tmp_path: Path, tiny_model: Path) -> N
         assert row["completion_tokens"] > 0 and row["prompt_tokens"] > 0
         assert row["ttft_p50"] > 0 and row["tokens_per_second"] > 0
         assert row["pid"] == gateway.pid_of("tiny") and row["memory_bytes"] > 0
+        assert row["estimate_bytes"] > 64 * 2**20  # its weights, its KV cache bound, a margin
         assert row["load_seconds"] > 0 and row["loads"] == 1 and row["crashes"] == 0
         assert 0 < row["keep_alive_left"] <= 3600
         assert Path(row["log"]).is_file()  # a client on this machine is told where the log is

@@ -3,7 +3,8 @@
 The stats answer is one JSON object: the gateway (address, pid, uptime,
 requests and requests/s), the machine (memory, CPU), one row per manifest
 model the gateway serves (state, backend, port, pid, resident memory of its
-server process tree, the :class:`~mlx_lama.gateway.activity.Activity` figures,
+server process tree and the estimate the memory budget counts it as, the
+:class:`~mlx_lama.gateway.activity.Activity` figures,
 crashes, keep_alive left) and the latest requests. Log paths are included only
 for clients on this machine, as ``/health`` does for log lines.
 
@@ -61,6 +62,7 @@ def _server(figures: dict[str, Any], slot: Slot, local: bool) -> dict[str, Any]:
         "port": record.port if record is not None else None,
         "pid": record.pid if record is not None else None,
         "in_flight": slot.refs,
+        "estimate_bytes": slot.memory,  # what the memory budget counts it as
         "crashes": slot.crashes,
         "keep_alive_left": _keep_alive_left(slot),
         **figures,
