@@ -63,8 +63,8 @@ def test_vllm_mlx_installs_into_an_environment_of_its_own(
     place = engines / "vllm-mlx"
     assert get_backend("vllm-mlx").install_commands() == [
         [str(uv), "venv", "--python", sys.executable, str(place)],
-        [str(uv), "pip", "install", "--python", str(place / "bin/python"), "vllm-mlx",
-         *PLATFORM_REQUIREMENTS],
+        [str(uv), "pip", "install", "--python", str(place / "bin/python"),
+         "--compile-bytecode", "vllm-mlx", *PLATFORM_REQUIREMENTS],
     ]  # fmt: skip
     # mlx-lm, the default engine, goes with mlx-lama
     assert get_backend("mlx-lm").install_commands(upgrade=True) == [
@@ -73,13 +73,14 @@ def test_vllm_mlx_installs_into_an_environment_of_its_own(
     # an environment that is there already is upgraded in place, not made again
     make_environment(place, with_our_packages=False)
     assert get_backend("vllm-mlx").install_commands(upgrade=True) == [
-        [str(uv), "pip", "install", "--python", str(place / "bin/python"), "--upgrade",
-         "vllm-mlx", *PLATFORM_REQUIREMENTS],
+        [str(uv), "pip", "install", "--python", str(place / "bin/python"),
+         "--compile-bytecode", "--upgrade", "vllm-mlx", *PLATFORM_REQUIREMENTS],
     ]  # fmt: skip
     shown = runner.invoke(app, ["install", "vllm-mlx", "--upgrade", "--dry-run"])
     assert shown.exit_code == 0, shown.output
-    assert f"$ {uv} pip install --python {place / 'bin/python'} --upgrade vllm-mlx" in (
-        shown.stderr
+    assert (
+        f"$ {uv} pip install --python {place / 'bin/python'} --compile-bytecode --upgrade vllm-mlx"
+        in (shown.stderr)
     )  # (and mlx[cpu] off macOS)
 
 

@@ -127,10 +127,9 @@ def install_commands(engine: str, distribution: str, *, upgrade: bool) -> list[l
     if uv is not None:
         if fresh:
             commands.append([uv, "venv", "--python", sys.executable, str(environment)])
-        commands.append(
-            [uv, "pip", "install", "--python", python, *(["--upgrade"] if upgrade else []),
-             *wanted]
-        )  # fmt: skip
+        # --compile-bytecode: compiled once here, not at each engine start (pip does it too)
+        flags = ["--compile-bytecode", *(["--upgrade"] if upgrade else [])]
+        commands.append([uv, "pip", "install", "--python", python, *flags, *wanted])
         return commands
     if fresh:
         commands.append([sys.executable, "-m", "venv", str(environment)])
