@@ -28,6 +28,7 @@ from mlx_lama.cli import app
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.process import start_server, stop_server
 from mlx_lama.orchestrator.state import RunRecord
+from tests.fixtures.gateway import wait_for
 from tests.fixtures.servers import server_spec
 
 runner = CliRunner()
@@ -136,3 +137,28 @@ def test_a_model_is_served_from_its_engines_environment(
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completion_tokens"] == 2
+
+
+def test_uninstall_removes_only_an_unused_engine_environment(engines: Path) -> None:
+    python = make_environment(engines / "vllm-mlx", with_our_packages=False)
+    other = make_environment(engines / "mlx-lm", with_our_packages=False)
+    running = subprocess.Popen(
+        [str(python), "-c", "import time; time.sleep(60)"],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: psutil.Process(running.pid).cmdline()[:1] == [str(python)], 10, "exec")
+        refused = runner.invoke(app, ["uninstall", "vllm-mlx"])
+        assert refused.exit_code == 1
+        assert f"in use by process {running.pid}" in refused.stderr
+        assert python.exists()  # a server would lose its files under it
+    finally:
+        running.kill()
+        running.wait(10)
+    done = runner.invoke(app, ["uninstall", "vllm-mlx"])
+    assert done.exit_code == 0, done.output
+    assert f"Removed {engines / 'vllm-mlx'}" in done.stdout
+    assert not (engines / "vllm-mlx").exists() and other.exists()  # only that engine's
+    again = runner.invoke(app, ["uninstall", "vllm-mlx"])
+    assert again.exit_code == 1 and "no environment of its own" in again.stderr

@@ -135,3 +135,32 @@ def install_commands(engine: str, distribution: str, *, upgrade: bool) -> list[l
         commands.append([sys.executable, "-m", "venv", str(environment)])
     commands.append([python, "-m", "pip", "install", *(["--upgrade"] if upgrade else []), *wanted])
     return commands
+
+
+def remove_environment(engine: str) -> Path:
+    """Delete ``engine``'s own environment (what ``mlx-lama install`` made); its folder.
+    Raises MlxLamaError when there is none, or while a process runs from it (a server
+    would lose its files under it)."""
+    import psutil
+
+    from mlx_lama.errors import MlxLamaError
+
+    environment = environment_of(engine)
+    if not (environment / "pyvenv.cfg").is_file():
+        raise MlxLamaError(
+            f"{engine} has no environment of its own at {environment}",
+            hint="mlx-lama install puts vllm-mlx there; mlx-lm comes with mlx-lama itself",
+        )
+    inside = str(environment.absolute()) + os.sep  # as launched: its python is a symlink
+    users = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = process.info.get("cmdline") or []
+        if command and str(Path(command[0]).absolute()).startswith(inside):
+            users.append(process.info["pid"])
+    if users:
+        raise MlxLamaError(
+            f"{engine}'s environment is in use by process {', '.join(map(str, sorted(users)))}",
+            hint="stop the servers that run on it first (mlx-lama stop MODEL, or the daemon)",
+        )
+    shutil.rmtree(environment)
+    return environment

@@ -83,3 +83,19 @@ def install(
             raise typer.Exit(code)
     if not dry_run:
         typer.echo(f"Installed the {backend} backend.")
+
+
+@app.command()
+@handles_errors
+def uninstall(
+    backend: Annotated[str, typer.Argument(help="vllm-mlx (an engine in its own environment).")],
+) -> None:
+    """Remove an engine's own environment (what `mlx-lama install` made under
+    ~/.mlx-lama/engines); mlx-lama's packages and other engines stay as they are.
+    Refused while a server runs from it."""
+    from mlx_lama.backends.base import get_backend
+    from mlx_lama.backends.interpreters import remove_environment
+
+    engine = get_backend(backend).name  # an unknown name is a usage error here
+    removed = remove_environment(engine)
+    typer.echo(f"Removed {removed}; `mlx-lama install {engine}` puts it back.")
