@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from mlx_lama.backends.base import StopScanner, get_backend
+from mlx_lama.backends.base import get_backend
+from mlx_lama.backends.generation import StopScanner
 from mlx_lama.cli._answer import Settings, Stats, conversation, go_duration
 from mlx_lama.cli._chat import parse_parameter
 from mlx_lama.cli._targets import with_manifest_messages

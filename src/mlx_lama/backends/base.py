@@ -1,16 +1,15 @@
-"""How a server is launched: the :class:`LaunchSpec` each engine builds from a ServerSpec.
+"""The engine contract: :class:`Backend`, and the :class:`LaunchSpec` each engine builds.
 
 ``orchestrator/process.py`` calls :func:`launch_spec` to get the exact argv and
-environment of a model server, then spawns it. Kept deliberately small: a dict
-from engine name to a builder function. The full ``Backend`` interface (with
-``detect()`` and ``capabilities()``) is a later issue and will grow out of this.
+environment of a model server, then spawns it. Each engine (``mlx_lm.py``,
+``vllm_mlx.py``, ``external.py``) is a :class:`Backend` registered by name: how it
+is found (a service, its own environment, a package here, a binary; see
+``interpreters.py``), what it can do (:class:`Capabilities`), and how it is
+launched. ``mlx-lama run`` without a daemon generates in its own process through
+:meth:`Backend.load_session` (``generation.py``).
 
-``mlx-lama run`` without a daemon generates in its own process through
-:meth:`Backend.load_session`: the model is loaded once, and the returned
-:class:`InProcessModel` answers every turn of a chat.
-
-Pure: no I/O, no logging. Nothing here starts, probes or inspects a process
-(the engines' own modules load models, lazily, in ``load_session``).
+Nothing here starts a process; detection probes ports and asks an engine
+environment's Python whether it has the engine.
 """
 
 from __future__ import annotations
@@ -27,12 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
+from mlx_lama.backends.generation import (
+    GenerationChunk,
+    InProcessModel,
+    InProcessUnsupportedError,
+)
 from mlx_lama.backends.interpreters import (
     engine_python,
     install_commands,
     installed_version,
     python_module,
 )
+from mlx_lama.backends.spec import ParameterValue
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
@@ -44,8 +49,6 @@ BASE_ENV: tuple[tuple[str, str], ...] = (
     ("HF_HUB_OFFLINE", "1"),
     ("PYTHONUNBUFFERED", "1"),  # log lines reach the log file as they happen
 )
-
-ParameterValue = str | int | float | tuple[str, ...]
 
 
 class LaunchError(MlxLamaError):
@@ -248,93 +251,6 @@ class Detection:
     detail: str = ""  # the module, the environment's python, the binary, or the address
 
 
-@dataclass(frozen=True, slots=True)
-class GenerationStats:
-    """The final numbers of an in-process generation."""
-
-    prompt_tokens: int
-    generated_tokens: int
-    tokens_per_second: float
-    prompt_tokens_per_second: float
-    peak_memory: int  # bytes
-    finish_reason: str | None  # "stop" | "length" | None
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationChunk:
-    """A piece of generated text; the last one has ``done`` and the stats."""
-
-    text: str
-    done: bool = False
-    stats: GenerationStats | None = None
-
-
-class InProcessModel(ABC):
-    """A model loaded into this process, answering one request at a time.
-
-    Made by :meth:`Backend.load_session`; ``run`` keeps one for a whole chat so
-    the weights are loaded once. ``load_seconds`` is what loading took.
-    """
-
-    load_seconds: float = 0.0
-
-    @abstractmethod
-    def generate(
-        self,
-        *,
-        messages: Sequence[Mapping[str, str]] | None = None,
-        prompt: str | None = None,
-        parameters: Mapping[str, ParameterValue] | None = None,
-    ) -> Iterator[GenerationChunk]:
-        """Stream one answer. ``messages`` go through the model's chat template;
-        ``prompt`` is used as it is. Parameters use the manifest's names."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
-        """Let go of the model (its memory is freed once nothing else holds it)."""
-
-
-class StopScanner:
-    """Cuts streamed text at the first of ``stops`` (Ollama's ``stop`` parameter).
-
-    Text that could be the start of a stop string is held back until the next
-    piece shows whether it is. Pure: no I/O.
-    """
-
-    def __init__(self, stops: Iterable[str]) -> None:
-        self._stops = tuple(s for s in stops if s)
-        self._held = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """The part of ``held + text`` that is safe to show now."""
-        if self.stopped:
-            return ""
-        if not self._stops:
-            return text
-        buffer = self._held + text
-        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            self._held = ""
-            return buffer[: min(hits)]
-        keep = max(_overlap(buffer, s) for s in self._stops)
-        self._held = buffer[len(buffer) - keep :] if keep else ""
-        return buffer[: len(buffer) - keep]
-
-    def flush(self) -> str:
-        """What is still held back once the text has ended."""
-        held, self._held = self._held, ""
-        return "" if self.stopped else held
-
-
-def _overlap(text: str, stop: str) -> int:
-    """The length of the longest end of ``text`` that begins ``stop``."""
-    for size in range(min(len(text), len(stop) - 1), 0, -1):
-        if stop.startswith(text[-size:]):
-            return size
-    return 0
-
-
 class Backend(ABC):
     """One engine. Subclasses set the class attributes and register themselves."""
 
@@ -470,16 +386,6 @@ class Backend(ABC):
         if binary is not None:
             return (binary, *self.binary_command, *args)
         raise BackendMissingError(self.name, [server.name])
-
-
-class InProcessUnsupportedError(MlxLamaError):
-    """The engine can only answer from a server it runs, not inside this process."""
-
-    def __init__(self, backend: str) -> None:
-        super().__init__(
-            f"the {backend} backend cannot generate in-process",
-            hint="start `mlx-lama serve` and run the command again: it sends the request there",
-        )
 
 
 class BackendMissingError(LaunchError):

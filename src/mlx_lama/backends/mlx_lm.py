@@ -26,13 +26,8 @@ from typing import TYPE_CHECKING, cast
 from mlx_lama.backends.base import (
     Backend,
     Capabilities,
-    GenerationChunk,
-    GenerationStats,
-    InProcessModel,
     LaunchError,
     LaunchSpec,
-    ParameterValue,
-    StopScanner,
     absolute,
     check_passthrough,
     kv_cache_bytes,
@@ -41,7 +36,14 @@ from mlx_lama.backends.base import (
     register_backend,
     required_model_path,
 )
+from mlx_lama.backends.generation import (
+    GenerationChunk,
+    GenerationStats,
+    InProcessModel,
+    StopScanner,
+)
 from mlx_lama.backends.interpreters import TORCH_ENV, engine_main, engine_program
+from mlx_lama.backends.spec import ParameterValue
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:

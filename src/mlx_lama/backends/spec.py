@@ -26,6 +26,9 @@ ServeMode = Literal["always", "on-demand", "never"]
 LAUNCH_PARAMETERS = frozenset({"num_ctx"})
 
 
+ParameterValue = str | int | float | tuple[str, ...]  # a manifest parameter's value
+
+
 @dataclass(frozen=True, slots=True)
 class Distribution:
     """How a model is sharded over several machines with MLX distributed.
@@ -74,7 +77,7 @@ class ServerSpec:
     port: int | None = None  # None: any free port, chosen when it starts
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    parameters: tuple[tuple[str, str | int | float | tuple[str, ...]], ...] = ()
+    parameters: tuple[tuple[str, ParameterValue], ...] = ()
     adapter: Path | None = None
     template: str | None = None
     distribution: Distribution | None = None  # None: one process on this machine

@@ -21,7 +21,9 @@ from mlx_lama.cli._answer import Event, Message, Settings, Stats
 from mlx_lama.errors import MlxLamaError
 
 if TYPE_CHECKING:
-    from mlx_lama.backends.base import Backend, InProcessModel, ParameterValue
+    from mlx_lama.backends.base import Backend
+    from mlx_lama.backends.generation import InProcessModel
+    from mlx_lama.backends.spec import ParameterValue
     from mlx_lama.cli._workspace import Workspace
     from mlx_lama.cli.daemonclient import Daemon
     from mlx_lama.schema.manifest import ModelEntry
