@@ -15,7 +15,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mlx_lama.gateway.chat_deltas import JsonObject, Piece, ReadAnswer, arguments_object, new_id
+from mlx_lama.gateway.chat_deltas import (
+    JsonObject,
+    Kind,
+    Piece,
+    ReadAnswer,
+    arguments_object,
+    new_id,
+)
 from mlx_lama.gateway.security import anthropic_error
 
 _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
@@ -39,7 +46,6 @@ class MessageStream(ReadAnswer):
         self.model = model  # the name the client asked for, echoed back
         self.id = new_id("msg_")
         self.blocks: list[JsonObject] = []  # the content so far; tool input as its text
-        self._open: tuple[str, int] | None = None  # the open block's kind and call index
 
     def start(self) -> bytes:
         message = self._message_head()
@@ -47,12 +53,6 @@ class MessageStream(ReadAnswer):
         return sse("message_start", {"type": "message_start", "message": message}) + sse(
             "ping", {"type": "ping"}
         )
-
-    def feed(self, event: Mapping[str, Any], now: float) -> bytes:
-        out = b""
-        for piece in self.reader.pieces(event, now):
-            out += self._piece(piece)
-        return out
 
     def finish(self) -> bytes:
         out = self._close()
@@ -99,11 +99,7 @@ class MessageStream(ReadAnswer):
             "stop_sequence": None,
         }
 
-    def _piece(self, piece: Piece) -> bytes:
-        out = b""
-        if self._open != (piece.kind, piece.index):
-            out += self._close()
-            out += self._begin(piece)
+    def _delta(self, piece: Piece) -> bytes:
         index = len(self.blocks) - 1
         block = self.blocks[index]
         if piece.kind == "thinking":
@@ -114,14 +110,13 @@ class MessageStream(ReadAnswer):
             delta = {"type": "text_delta", "text": piece.text}
         else:
             if not piece.text:
-                return out
+                return b""
             block["input"] += piece.text
             delta = {"type": "input_json_delta", "partial_json": piece.text}
         event = {"type": "content_block_delta", "index": index, "delta": delta}
-        return out + sse("content_block_delta", event)
+        return sse("content_block_delta", event)
 
     def _begin(self, piece: Piece) -> bytes:
-        self._open = (piece.kind, piece.index)
         if piece.kind == "thinking":
             block: JsonObject = {"type": "thinking", "thinking": "", "signature": ""}
         elif piece.kind == "text":
@@ -133,16 +128,13 @@ class MessageStream(ReadAnswer):
         event = {"type": "content_block_start", "index": len(self.blocks) - 1}
         return sse("content_block_start", {**event, "content_block": shown})
 
-    def _close(self) -> bytes:
-        if self._open is None:
-            return b""
+    def _end(self, kind: Kind) -> bytes:
         index = len(self.blocks) - 1
         out = b""
-        if self._open[0] == "thinking":  # no signature: nothing here signs its thinking
+        if kind == "thinking":  # no signature: nothing here signs its thinking
             delta = {"type": "signature_delta", "signature": ""}
             out += sse(
                 "content_block_delta",
                 {"type": "content_block_delta", "index": index, "delta": delta},
             )
-        self._open = None
         return out + sse("content_block_stop", {"type": "content_block_stop", "index": index})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -95,12 +96,17 @@ class ChatReader:
         return bool(self._calls_seen)
 
 
-class ReadAnswer:
-    """The base of an answer translated from a chat stream (another API's events): the
-    reader of that stream, and what the request is counted with (``relay.Counted``)."""
+class ReadAnswer(ABC):
+    """The base of an answer translated from a chat stream into another API's events:
+    the reader of that stream, what the request is counted with (``relay.Counted``),
+    and the one rule both APIs share: the answer is a run of blocks (items), one per
+    kind of piece, a new one each time the kind (or the tool call) changes.
+    Subclasses say how a block begins (:meth:`_begin`), grows (:meth:`_delta`) and
+    ends (:meth:`_end`)."""
 
     def __init__(self) -> None:
         self.reader = ChatReader()
+        self._open: tuple[Kind, int] | None = None  # the open block's kind and call index
 
     @property
     def first_token(self) -> float | None:
@@ -113,6 +119,34 @@ class ReadAnswer:
     @property
     def completion_tokens(self) -> int:
         return self.reader.completion_tokens
+
+    def feed(self, event: Mapping[str, Any], now: float) -> bytes:
+        """The events for one backend event."""
+        out = b""
+        for piece in self.reader.pieces(event, now):
+            if self._open != (piece.kind, piece.index):
+                out += self._close()
+                self._open = (piece.kind, piece.index)
+                out += self._begin(piece)
+            out += self._delta(piece)
+        return out
+
+    def _close(self) -> bytes:
+        """The events that end the open block, if one is."""
+        if self._open is None:
+            return b""
+        kind, _ = self._open
+        self._open = None
+        return self._end(kind)
+
+    @abstractmethod
+    def _begin(self, piece: Piece) -> bytes: ...
+
+    @abstractmethod
+    def _delta(self, piece: Piece) -> bytes: ...
+
+    @abstractmethod
+    def _end(self, kind: Kind) -> bytes: ...
 
 
 def arguments_object(text: str) -> JsonObject:

@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mlx_lama.gateway.chat_deltas import JsonObject, Piece, ReadAnswer, new_id
+from mlx_lama.gateway.chat_deltas import JsonObject, Kind, Piece, ReadAnswer, new_id
 
 # What the response object echoes of its request, and the value when not asked.
 ECHOED: Mapping[str, Any] = {
@@ -48,7 +48,6 @@ class ResponseStream(ReadAnswer):
         self.created_at = int(created)  # Unix seconds
         self.echo = {key: request.get(key, default) for key, default in ECHOED.items()}
         self.items: list[JsonObject] = []
-        self._open: tuple[str, int] | None = None  # the open item's kind and call index
         self._sequence = 0
         self._failure: str | None = None
 
@@ -57,12 +56,6 @@ class ResponseStream(ReadAnswer):
         return self._event("response.created", response=head) + self._event(
             "response.in_progress", response=head
         )
-
-    def feed(self, event: Mapping[str, Any], now: float) -> bytes:
-        out = b""
-        for piece in self.reader.pieces(event, now):
-            out += self._piece(piece)
-        return out
 
     def finish(self) -> bytes:
         out = self._close()
@@ -114,22 +107,18 @@ class ResponseStream(ReadAnswer):
         self._sequence += 1
         return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
-    def _piece(self, piece: Piece) -> bytes:
-        out = b""
-        if self._open != (piece.kind, piece.index):
-            out += self._close()
-            out += self._begin(piece)
+    def _delta(self, piece: Piece) -> bytes:
         at = len(self.items) - 1
         item = self.items[at]
         where = {"item_id": item["id"], "output_index": at}
         if piece.kind == "thinking":
             item["content"][0]["text"] += piece.text
-            return out + self._event(
+            return self._event(
                 "response.reasoning_text.delta", **where, content_index=0, delta=piece.text
             )
         if piece.kind == "text":
             item["content"][0]["text"] += piece.text
-            return out + self._event(
+            return self._event(
                 "response.output_text.delta",
                 **where,
                 content_index=0,
@@ -137,14 +126,11 @@ class ResponseStream(ReadAnswer):
                 logprobs=[],
             )
         if not piece.text:
-            return out
+            return b""
         item["arguments"] += piece.text
-        return out + self._event(
-            "response.function_call_arguments.delta", **where, delta=piece.text
-        )
+        return self._event("response.function_call_arguments.delta", **where, delta=piece.text)
 
     def _begin(self, piece: Piece) -> bytes:
-        self._open = (piece.kind, piece.index)
         at = len(self.items)
         if piece.kind == "thinking":
             item: JsonObject = {"type": "reasoning", "id": new_id("rs_"), "summary": []}
@@ -179,11 +165,7 @@ class ResponseStream(ReadAnswer):
         self.items.append(dict(item))
         return self._event("response.output_item.added", output_index=at, item=item)
 
-    def _close(self) -> bytes:
-        if self._open is None:
-            return b""
-        kind, _ = self._open
-        self._open = None
+    def _end(self, kind: Kind) -> bytes:
         at = len(self.items) - 1
         item = self.items[at]
         where = {"item_id": item["id"], "output_index": at}
