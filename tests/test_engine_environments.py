@@ -13,8 +13,6 @@ import shutil
 import site
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -25,11 +23,13 @@ from typer.testing import CliRunner
 from mlx_lama.backends.base import get_backend, launch_spec
 from mlx_lama.backends.interpreters import ENGINES_ENV, PLATFORM_REQUIREMENTS, engine_main
 from mlx_lama.cli import app
-from mlx_lama.errors import MlxLamaError
-from mlx_lama.orchestrator.process import start_server, stop_server
+from mlx_lama.orchestrator.process import start_server
 from mlx_lama.orchestrator.state import RunRecord
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.servers import server_spec
+from tests.test_process import cleanup
+
+__all__ = ["cleanup"]  # the fixture that stops what a test started, shared
 
 runner = CliRunner()
 
@@ -109,24 +109,13 @@ def test_an_engine_environment_is_found_first_and_runs_the_engine(engines: Path)
     assert argv[:4] == (str(python), "-c", engine_main("mlx_lm"), "server")
 
 
-@pytest.fixture
-def started() -> Iterator[list[RunRecord]]:
-    records: list[RunRecord] = []
-    try:
-        yield records
-    finally:
-        for record in records:
-            with suppress(MlxLamaError):
-                stop_server(record, timeout=5)
-
-
 @pytest.mark.server
 def test_a_model_is_served_from_its_engines_environment(
-    engines: Path, tiny_model: Path, started: list[RunRecord]
+    engines: Path, tiny_model: Path, cleanup: list[RunRecord]
 ) -> None:
     python = make_environment(engines / "mlx-lm", with_our_packages=True)
     record = start_server(server_spec(tiny_model, parameters=(("num_predict", 2),)))
-    started.append(record)
+    cleanup.append(record)
     assert record.argv[0] == str(python)
     assert psutil.Process(record.pid).cmdline()[0] == str(python)
     reply = httpx.post(
