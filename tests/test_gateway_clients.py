@@ -20,8 +20,11 @@ import openai
 import psutil
 import pytest
 
-from tests.fixtures import hf_env
-from tests.fixtures.gateway import RunningGateway, gateway_process, wait_for
+from tests.fixtures.gateway import (
+    RunningGateway,
+    isolated_gateway_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.server
 
@@ -51,10 +54,7 @@ serve = "never"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[RunningGateway]:
     root = tmp_path_factory.mktemp("gateway-clients")
-    env = hf_env.isolated_copy(root)
-    manifest = root / "mlxlama.toml"
-    manifest.write_text(MANIFEST.format(model=tiny_model), encoding="utf-8")
-    with gateway_process(manifest, log_path=root / "gateway.log", env=env) as gateway:
+    with isolated_gateway_process(root, MANIFEST.format(model=tiny_model)) as gateway:
         yield gateway
 
 

@@ -41,7 +41,12 @@ from mlx_lama.gateway.remotes import (
 from mlx_lama.schema import parse_manifest
 from tests.fixtures import hf_env
 from tests.fixtures.cli import cli
-from tests.fixtures.gateway import RunningGateway, gateway_in_thread, gateway_process, wait_for
+from tests.fixtures.gateway import (
+    RunningGateway,
+    gateway_in_thread,
+    isolated_gateway_process,
+    wait_for,
+)
 from tests.fixtures.servers import free_port
 from tests.fixtures.tiny_model import EOS_TOKEN, SPECIAL_TOKENS
 
@@ -79,10 +84,7 @@ USER = [{"role": "user", "content": "hello"}]
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[RunningGateway]:
     root = tmp_path_factory.mktemp("studio")
-    manifest = root / "mlxlama.toml"
-    manifest.write_text(STUDIO.format(key=KEY, model=tiny_model), encoding="utf-8")
-    env = hf_env.isolated_copy(root)
-    with gateway_process(manifest, log_path=root / "gateway.log", env=env) as gateway:
+    with isolated_gateway_process(root, STUDIO.format(key=KEY, model=tiny_model)) as gateway:
         yield gateway
 
 
@@ -91,10 +93,7 @@ def desk(
     tmp_path_factory: pytest.TempPathFactory, studio: RunningGateway
 ) -> Iterator[RunningGateway]:
     root = tmp_path_factory.mktemp("desk")
-    manifest = root / "mlxlama.toml"
-    manifest.write_text(DESK.format(url=studio.url, key=KEY), encoding="utf-8")
-    env = hf_env.isolated_copy(root)
-    with gateway_process(manifest, log_path=root / "gateway.log", env=env) as gateway:
+    with isolated_gateway_process(root, DESK.format(url=studio.url, key=KEY)) as gateway:
         yield gateway
 
 
