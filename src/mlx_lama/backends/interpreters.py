@@ -25,6 +25,7 @@ Either way the interpreter runs ``python -c engine_main(MODULE)`` rather than
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -82,18 +83,31 @@ def _interpreter(environment: Path) -> Path:
 
 def engine_python(engine: str, module: str) -> str | None:
     """The interpreter of ``engine``'s own environment when there is one that can
-    import ``module`` (asked of that interpreter: a few tens of ms), else None."""
-    python = _interpreter(environment_of(engine))
+    import ``module``, else None. Asked of that interpreter (tens of ms) once per
+    state of its site-packages, not at each plan and start."""
+    environment = environment_of(engine)
+    python = _interpreter(environment)
     if not python.is_file():
         return None
+    return str(python) if _imports(str(python), module, _packages_stamp(environment)) else None
+
+
+def _packages_stamp(environment: Path) -> float:
+    """When the environment's packages last changed: an install, upgrade or removal
+    changes its site-packages folder."""
+    folders = [*environment.glob("lib/python*/site-packages"), environment / "Lib/site-packages"]
+    return max((f.stat().st_mtime for f in folders if f.is_dir()), default=0.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _imports(python: str, module: str, stamp: float) -> bool:
+    del stamp  # part of the cache key only
     probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     try:
-        done = subprocess.run(
-            [str(python), "-c", probe], capture_output=True, timeout=30, check=False
-        )
+        done = subprocess.run([python, "-c", probe], capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return str(python) if done.returncode == 0 else None
+        return False
+    return done.returncode == 0
 
 
 def installed_version(python: str, distribution: str) -> str | None:
