@@ -174,6 +174,26 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_embedding_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight BERT embedding model (seed 0, 32 floats a vector, 64-token
+    context; ``tests/fixtures/tiny_embedding.py``), made once per run like ``tiny_model``."""
+    from tests.fixtures.tiny_embedding import make_tiny_embedding_model
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above each worker's own
+    folder = root / "tiny-embedding" / "tiny-bert"
+    with (root / "tiny-embedding.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.is_dir():
+            making = folder.with_name("tiny-bert.partial")
+            shutil.rmtree(making, ignore_errors=True)
+            make_tiny_embedding_model(making, seed=0)
+            making.rename(folder)
+    return folder
+
+
 @pytest.fixture
 def hub(
     isolated_env: hf_env.IsolatedEnv,

@@ -48,7 +48,7 @@ def test_backend_modules_load_lazily_and_never_import_their_engine() -> None:
         "import sys, json\n"
         "from mlx_lama.backends.base import get_backend, backend_names\n"
         "caps = {n: get_backend(n).capabilities().names() for n in backend_names()}\n"
-        "print(json.dumps([caps, sorted(m for m in ('mlx_lm', 'vllm_mlx', 'mlx') "
+        "print(json.dumps([caps, sorted(m for m in ('mlx_lm', 'vllm_mlx', 'mlx_embeddings', 'mlx') "
         "if m in sys.modules)]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -57,10 +57,10 @@ def test_backend_modules_load_lazily_and_never_import_their_engine() -> None:
     assert caps == {
         "external": ["chat", "completion", "embeddings", "structured_output"],
         "mlx-lm": ["chat", "completion", "adapters", "distributed"],
+        "mlx-embeddings": ["embeddings"],
         "vllm-mlx": [
             "chat",
             "completion",
-            "embeddings",
             "vision",
             "continuous_batching",
             "structured_output",

@@ -43,7 +43,7 @@ def test_no_arguments_shows_help_as_a_usage_error() -> None:
 def test_validate_ok_on_the_example() -> None:
     result = runner.invoke(app, ["validate", "-f", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"OK: 6 models, 2 aliases ({EXAMPLE})\n"
+    assert result.stdout == f"OK: 7 models, 2 aliases ({EXAMPLE})\n"
     assert result.stderr == ""
 
 

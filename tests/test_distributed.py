@@ -25,9 +25,10 @@ import openai
 import psutil
 import pytest
 
-from mlx_lama.backends import distributed
+from mlx_lama.backends import distributed, hosts
 from mlx_lama.backends.base import LaunchError, launch_spec
-from mlx_lama.backends.distributed import LaunchProblem, Rank, lay_out, ring_hostfile
+from mlx_lama.backends.distributed import ring_hostfile
+from mlx_lama.backends.hosts import LaunchProblem, Rank, check_rdma, lay_out
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.orchestrator.desired import desired
 from mlx_lama.orchestrator.hostfiles import (
@@ -142,6 +143,13 @@ def write_manifest(tmp_path: Path, tiny_model: Path, extra: str) -> Path:
             "cannot load an adapter when serving across hosts",
             "mlx_lm fuse",
             id="adapter",
+        ),
+        pytest.param(
+            'version = 1\n[models.m]\npath = "m"\nhosts = ["a", "b"]\ndistributed = "jaccl"\n',
+            "models.m.distributed",
+            'distributed = "jaccl" needs a hostfile that names each host\'s RDMA devices',
+            "mlx.distributed_config --backend jaccl",
+            id="jaccl-without-hostfile",
         ),
         pytest.param(
             'version = 1\n[models.m]\npath = "m"\nhosts = ["a", "b"]\ndistributed = "nccl"\n',
@@ -313,13 +321,13 @@ def test_a_bad_hostfile_says_what_is_wrong(tmp_path: Path, content: str, message
 
 
 def test_this_machine_is_known_by_loopback_name_and_interface_address() -> None:
-    assert distributed.is_this_machine("127.0.0.1")
-    assert distributed.is_this_machine("me@localhost")
-    assert distributed.is_this_machine(socket.gethostname())
-    assert not distributed.is_this_machine("nowhere-mac-b")
-    addresses = [a for a in distributed._local_addresses() if not a.startswith("127.")]
+    assert hosts.is_this_machine("127.0.0.1")
+    assert hosts.is_this_machine("me@localhost")
+    assert hosts.is_this_machine(socket.gethostname())
+    assert not hosts.is_this_machine("nowhere-mac-b")
+    addresses = [a for a in hosts._local_addresses() if not a.startswith("127.")]
     for address in addresses[:1]:
-        assert distributed.is_this_machine(address)
+        assert hosts.is_this_machine(address)
 
 
 def test_a_remote_rank_gets_its_environment_and_ring_file_through_one_shell_line(
@@ -520,7 +528,7 @@ def test_a_rank_that_dies_takes_its_group_down_and_the_next_request_starts_it_ag
 
 def non_loopback_ipv4() -> str | None:
     return next(
-        (a for a in distributed._local_addresses() if "." in a and not a.startswith("127.")), None
+        (a for a in hosts._local_addresses() if "." in a and not a.startswith("127.")), None
     )
 
 
@@ -667,7 +675,116 @@ def test_a_distributed_server_is_never_restarted_beside_its_predecessor(tmp_path
 def test_the_schemas_list_of_distributed_engines_is_the_backends() -> None:
     from mlx_lama.backend_names import BUILTIN_BACKENDS
     from mlx_lama.backends.base import get_backend
-    from mlx_lama.schema.checks import DISTRIBUTED_ENGINES
+    from mlx_lama.schema.engine_checks import DISTRIBUTED_ENGINES
 
     capable = tuple(b for b in BUILTIN_BACKENDS if get_backend(b).capabilities().distributed)
     assert capable == DISTRIBUTED_ENGINES
+
+
+# -- jaccl: RDMA over Thunderbolt 5 (no RDMA here: the hostfile and the command are checked)
+
+
+def rdma_hostfile(folder: Path, devices: list[list[str | None]], ips: bool = True) -> Path:
+    """A jaccl hostfile of this machine and ``len(devices) - 1`` others."""
+    folder.mkdir(exist_ok=True)
+    hosts: list[dict[str, object]] = [
+        {"ssh": "127.0.0.1" if index == 0 else f"mac-{index}", "rdma": row}
+        for index, row in enumerate(devices)
+    ]
+    if ips:
+        hosts[0]["ips"] = ["10.0.0.1"]
+    path = folder / "hosts.json"
+    path.write_text(json.dumps(hosts))
+    return path
+
+
+FULL = [
+    [None, "rdma_en3", "rdma_en4"],
+    ["rdma_en3", None, "rdma_en5"],
+    ["rdma_en4", "rdma_en5", None],
+]
+RING4 = [
+    [None, "rdma_en3", None, "rdma_en4"],
+    ["rdma_en3", None, "rdma_en5", None],
+    [None, "rdma_en5", None, "rdma_en6"],
+    ["rdma_en4", None, "rdma_en6", None],
+]
+
+
+def test_a_jaccl_hostfile_names_a_device_for_every_host_each_talks_to(tmp_path: Path) -> None:
+    check_rdma(rdma_hostfile(tmp_path, FULL), "jaccl")
+    check_rdma(rdma_hostfile(tmp_path, RING4), "jaccl-ring")  # neighbours only
+    with pytest.raises(LaunchProblem, match=r"host 0 names no device for host 2 \(mac-2\)"):
+        check_rdma(rdma_hostfile(tmp_path, RING4), "jaccl")
+
+
+@pytest.mark.parametrize(
+    ("devices", "ips", "message"),
+    [
+        ([[None, "a"], ["a"]], True, 'host 1 needs "rdma", a list of 2 devices'),
+        ([[None, "a"], ["a", "b"]], True, '"rdma" of host 1 must be null at 1'),
+        ([[None, ""], ["a", None]], True, "host 0 names no device for host 1"),
+        ([[None, "a"], ["a", None]], False, 'host 0 needs "ips"'),
+    ],
+)
+def test_a_bad_jaccl_hostfile_says_what_is_wrong(
+    tmp_path: Path, devices: list[list[str | None]], ips: bool, message: str
+) -> None:
+    with pytest.raises(LaunchProblem, match=re.escape(message)):
+        check_rdma(rdma_hostfile(tmp_path, devices, ips), "jaccl")
+
+
+def test_jaccl_is_refused_before_anything_starts_when_its_hostfile_is_bad(tmp_path: Path) -> None:
+    hostfile = rdma_hostfile(tmp_path, [[None, "a"], ["a", "b"]])
+    server = distributed_spec(tmp_path, f'hostfile = "{hostfile}"\ndistributed = "jaccl"\n')
+    with pytest.raises(LaunchError, match="must be null") as caught:
+        launch_spec(server, 8123)
+    assert caught.value.hint is not None and "mlx.distributed_config" in caught.value.hint
+
+
+@pytest.mark.server  # runs mlx.launch, which refuses the hostfile before any rank starts
+def test_jaccl_ranks_are_started_by_mlx_launch_with_the_hostfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostfile = rdma_hostfile(tmp_path, FULL)
+    server = distributed_spec(
+        tmp_path, f'hostfile = "{hostfile}"\ndistributed = "jaccl"\nenv = {{SECRET = "s3"}}\n'
+    )
+    argv = launch_spec(server, 8123).argv
+    split = argv.index("--")
+    launcher, command = list(argv[:split]), list(argv[split + 1 :])
+    assert launcher[launcher.index("--backend") + 1] == "jaccl"
+    assert launcher[launcher.index("--hostfile") + 1] == str(hostfile)
+    # The launcher hands the ranks to mlx.launch (the process is replaced: caught here).
+    execs: list[list[str]] = []
+
+    def replaced(program: str, args: list[str]) -> None:
+        execs.append(args)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execvp", replaced)
+    monkeypatch.setenv("SECRET", "s3")
+    with pytest.raises(SystemExit):
+        distributed.main([*launcher[3:], "--", *command])
+    (run,) = execs
+    assert run[1:3] == ["-c", "from mlx._distributed_utils.launch import main; main()"]
+    assert run[run.index("--backend") + 1] == "jaccl"
+    assert run[run.index("--hostfile") + 1] == str(hostfile)
+    assert "--env=SECRET=s3" in run and run[run.index("--") + 1 :] == command
+    # That command is one MLX's own launcher understands: given a hostfile our check
+    # would have refused, mlx.launch reads its RDMA devices and refuses it too (with
+    # no RDMA here, that is as far as jaccl can go on this machine).
+    broken = rdma_hostfile(tmp_path / "broken", [[None, "a"], ["a"]])
+    run[run.index("--hostfile") + 1] = str(broken)
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "The hostfile is malformed" in done.stderr and "RDMA" in done.stderr
+
+
+def test_the_launcher_refuses_jaccl_with_a_bad_hostfile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostfile = rdma_hostfile(tmp_path, [[None, "a"], ["a", None]], ips=False)
+    code = distributed.main(["--backend", "jaccl", "--hostfile", str(hostfile), "--", "true"])
+    assert code == 2
+    assert 'host 0 needs "ips"' in capsys.readouterr().err

@@ -206,7 +206,9 @@ def test_embeddings_on_an_engine_without_them_get_ollamas_capability_error(
 ) -> None:
     ollama_style = http.post("/api/embed", json={"model": "local", "input": "text"})
     assert ollama_style.status_code == 400
-    assert ollama_style.json() == {"error": '"local" does not support embeddings'}
+    error = ollama_style.json()["error"]
+    assert error.startswith('"local" does not support embeddings: it is a text model')
+    assert 'kind = "embedding"' in error
     openai_style = http.post("/v1/embeddings", json={"model": "local", "input": "text"})
     assert openai_style.status_code == 400
     assert "does not support embeddings" in openai_style.json()["error"]["message"]

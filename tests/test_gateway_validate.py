@@ -16,6 +16,7 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 TEXT = Limits()
 VISION = Limits(vision=True)
+EMBEDDER = Limits(generates=False, embeds=True)
 HINT = 'serve a vision model with backend = "vllm-mlx"'
 USER = {"role": "user", "content": "hi"}
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
@@ -303,8 +304,8 @@ def test_max_tokens_beyond_the_context_pass_as_they_are(key: str) -> None:
 
 @pytest.mark.parametrize("given", ["hello", ["a", "b"], ["one"]])
 def test_embedding_input_passes(given: object) -> None:
-    body = {"model": "m", "input": given, "dimensions": 256}
-    assert openai_body(EMBEDDINGS, body, TEXT) == body
+    body = {"model": "m", "input": given, "dimensions": 256, "truncate": False}
+    assert openai_body(EMBEDDINGS, body, EMBEDDER) == body
 
 
 @pytest.mark.parametrize(
@@ -320,7 +321,26 @@ def test_embedding_input_passes(given: object) -> None:
         ({"input": {"text": "a"}}, "input must be a string or a list of strings"),
         ({"input": "a", "dimensions": 0}, "dimensions must be a positive integer"),
         ({"input": "a", "dimensions": "8"}, "dimensions must be a positive integer"),
+        ({"input": "a", "truncate": "yes"}, "truncate must be true or false"),
     ],
 )
 def test_bad_embedding_bodies_are_refused(body: JsonObject, message: str) -> None:
-    assert message in refused(EMBEDDINGS, body)
+    assert message in refused(EMBEDDINGS, body, EMBEDDER)
+
+
+def test_each_model_answers_only_what_it_does() -> None:
+    """A text model makes no embeddings and an embedding model no text: a 400 that
+    says which endpoints it answers, before anything reaches its engine."""
+    message = refused(EMBEDDINGS, {"model": "m", "input": "a"}, TEXT)
+    assert message.startswith('"m" does not support embeddings') and 'kind = "embedding"' in message
+    for path, body, what in (
+        (CHAT, chat(), '"m" does not support chat'),
+        (COMPLETIONS, completion(), '"m" does not support generate'),
+        (CHAT, {}, "this model does not support chat"),
+    ):
+        message = refused(path, body, EMBEDDER)
+        assert message.startswith(what) and "embedding model" in message
+        assert "/v1/embeddings" in message
+    both = Limits(embeds=True)  # an external server decides for itself
+    assert openai_body(EMBEDDINGS, {"input": "a"}, both) == {"input": "a"}
+    assert openai_body(CHAT, chat(), both) == chat()

@@ -24,6 +24,7 @@ def test_the_example_manifest_is_valid() -> None:
         "my-finetune",
         "lmstudio-qwen",
         "deepseek-v3",
+        "bge-m3",
     }
     assert manifest.aliases == {"coder": "qwen2.5-coder:7b", "assistant": "llama3.2:3b"}
     coder = manifest.models["qwen2.5-coder:7b"]
@@ -37,6 +38,7 @@ def test_the_example_manifest_is_valid() -> None:
     assert manifest.server.memory_budget == Size(percent=75.0)
     assert manifest.backend_type(manifest.backend_of("qwen3:8b")) == "vllm-mlx"
     assert manifest.serve_mode("my-finetune") == "never"
+    assert manifest.backend_of("bge-m3") == "mlx-embeddings"  # [defaults] says mlx-lm
     assert manifest.serve_mode("llama3.2:3b") == "on-demand"
     assert [m.role for m in manifest.models["llama3.2:3b"].messages] == ["user", "assistant"]
     assert manifest.is_external("lmstudio-qwen")
@@ -368,6 +370,30 @@ def test_three_mistakes_are_all_reported_with_lines_and_hints() -> None:
             "unknown backend 'mlx_lm'",
             "did you mean 'mlx-lm'?",
             id="backend-typo",
+        ),
+        pytest.param(
+            'version = 1\n[models.m]\nrepo = "org/m"\nkind = "embedding"\nbackend = "mlx-lm"\n',
+            5,
+            "models.m.backend",
+            "mlx-lm cannot serve embedding models",
+            "embedding models run on mlx-embeddings",
+            id="embedding-on-a-text-engine",
+        ),
+        pytest.param(
+            'version = 1\n[models.m]\nrepo = "org/m"\nbackend = "mlx-embeddings"\n',
+            4,
+            "models.m.backend",
+            "mlx-embeddings serves embedding models only",
+            'add kind = "embedding"',
+            id="text-model-on-the-embedding-engine",
+        ),
+        pytest.param(
+            'version = 1\n[models.m]\nrepo = "org/m"\nkind = "embeddings"\n',
+            4,
+            "models.m.kind",
+            "must be one of 'generate' or 'embedding'",
+            "did you mean 'embedding'?",
+            id="kind-typo",
         ),
         pytest.param(
             'version = 1\n[backends.fast]\nargs = ["--x"]\n',
@@ -836,3 +862,25 @@ def test_the_dataclasses_are_the_one_declaration_of_the_schema() -> None:
     } == {"user_backend", "user_port"}
     with pytest.raises(ManifestError, match=r"top_p.*at most 1"):
         parse_manifest("version = 1\n[defaults.parameters]\ntop_p = 2.0\n")
+
+
+def test_an_embedding_model_runs_on_the_embedding_engine_whatever_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[defaults] and the user's default_backend pick a text engine; an embedding
+    model, which no text engine serves, keeps to mlx-embeddings unless it names one."""
+    monkeypatch.setenv("MLX_LAMA_DEFAULT_BACKEND", "mlx-lm")
+    path = tmp_path / "mlxlama.toml"
+    path.write_text(
+        "version = 1\n"
+        '[defaults]\nbackend = "vllm-mlx"\n'
+        '[models.text]\nrepo = "org/t"\n'
+        '[models.vectors]\nrepo = "org/v"\nkind = "embedding"\n'
+        '[models.far]\nkind = "embedding"\nbackend = "external"\nurl = "http://127.0.0.1:9999"\n'
+    )
+    manifest = load_manifest(path)
+    assert manifest.backend_of("text") == "vllm-mlx"
+    assert manifest.backend_of("vectors") == "mlx-embeddings"
+    assert manifest.backend_of("far") == "external"
+    assert manifest.is_embedding("vectors") and not manifest.is_embedding("text")
+    assert not manifest.backend_from_user("vectors")

@@ -74,6 +74,18 @@ def test_the_screen_fits_80_by_24_and_shows_every_column() -> None:
     assert "log line 99" in lines[-2] and "q quit" in lines[-1]
 
 
+def test_a_wide_screen_shows_the_estimate_beside_the_memory() -> None:
+    view = View(width=100, log_lines=["a log line"])
+    lines = _draw(_stats(estimate_bytes=6_100_000_000), view)
+    assert all(len(line) <= 100 for line in lines)
+    header = next(line for line in lines if line.startswith("NAME")).split()
+    assert header[header.index("MEM") + 1] == "EST"
+    row = next(line for line in lines if line.startswith("qwen")).split()
+    assert row[4:6] == ["5.3G", "6.1G"]  # what it holds, what the budget counts
+    narrow = _draw(_stats(estimate_bytes=6_100_000_000), View())
+    assert "EST" not in next(line for line in narrow if line.startswith("NAME"))
+
+
 def test_the_full_log_view_shows_as_many_lines_as_fit() -> None:
     view = View(full_log=True, log_lines=[f"log line {i}" for i in range(100)])
     lines = _draw(_stats(), view)
@@ -240,7 +252,7 @@ def test_b_moves_a_model_to_the_next_installed_backend(tmp_path: Path) -> None:
         f'[models.tiny]  # my model\npath = "{tmp_path}"\n'
     )
     daemon = Daemon(url="http://127.0.0.1:9", manifest=manifest, pid=os.getpid())
-    assert backend_choices(load_manifest(manifest)) == ["batched", "mlx-lm", "vllm-mlx"]
+    assert backend_choices(load_manifest(manifest), "tiny") == ["batched", "mlx-lm", "vllm-mlx"]
     said = switch_backend(daemon, "tiny")  # from the default, mlx-lm
     assert said == "tiny: backend mlx-lm -> vllm-mlx (the daemon restarts it)"
     assert load_manifest(manifest).backend_of("tiny") == "vllm-mlx"

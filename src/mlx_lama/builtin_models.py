@@ -2,12 +2,14 @@
 
 Plain literals, read by :mod:`mlx_lama.registry` as its lowest layer. Kept
 apart so the table can be updated without touching resolution logic. Every
-repo is a 4-bit conversion in the ``mlx-community`` namespace.
+repo is in the ``mlx-community`` namespace; the text models are 4-bit
+conversions, the embedding models whatever their MLX conversion is.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
 # (name, mlx-community repo, description). Ollama library names where they exist;
 # `:latest` rows copy Ollama's default tag where the :latest/:7b/:8b fallbacks
@@ -100,9 +102,65 @@ _TABLE: Final[tuple[tuple[str, str, str], ...]] = (
     ),
 )
 
+# Embedding models (``kind = "embedding"``, served by mlx-embeddings), under Ollama's
+# names: (name, mlx-community repo, description, quantization). Ollama's
+# nomic-embed-text is not here: its architecture (nomic_bert) is not one that
+# mlx-embeddings runs.
+_EMBEDDING_TABLE: Final[tuple[tuple[str, str, str, str], ...]] = (
+    ("all-minilm:22m", "all-MiniLM-L6-v2-4bit", "all-MiniLM-L6 v2 embeddings, 384-d", "4bit"),
+    ("all-minilm:latest", "all-MiniLM-L6-v2-4bit", "all-MiniLM-L6 v2 (default tag)", "4bit"),
+    ("bge-large:335m", "bge-large-en-v1.5-4bit", "BGE large English v1.5, 1024-d", "4bit"),
+    ("bge-large:latest", "bge-large-en-v1.5-4bit", "BGE large v1.5 (default tag)", "4bit"),
+    ("bge-m3:567m", "bge-m3-mlx-4bit", "BGE-M3 multilingual embeddings, 1024-d", "4bit"),
+    ("bge-m3:latest", "bge-m3-mlx-4bit", "BGE-M3 (default tag)", "4bit"),
+    ("embeddinggemma:300m", "embeddinggemma-300m-6bit", "EmbeddingGemma 300M, 768-d", "6bit"),
+    ("embeddinggemma:latest", "embeddinggemma-300m-6bit", "EmbeddingGemma (default tag)", "6bit"),
+    (
+        "mxbai-embed-large:335m",
+        "mxbai-embed-large-v1",
+        "mxbai-embed-large v1, 1024-d",
+        "unquantized",
+    ),
+    (
+        "mxbai-embed-large:latest",
+        "mxbai-embed-large-v1",
+        "mxbai-embed-large (default tag)",
+        "unquantized",
+    ),
+    (
+        "qwen3-embedding:0.6b",
+        "Qwen3-Embedding-0.6B-4bit-DWQ",
+        "Qwen3 Embedding 0.6B, multilingual, 1024-d",
+        "4bit",
+    ),
+    ("qwen3-embedding:4b", "Qwen3-Embedding-4B-4bit-DWQ", "Qwen3 Embedding 4B, 2560-d", "4bit"),
+    (
+        "qwen3-embedding:latest",
+        "Qwen3-Embedding-0.6B-4bit-DWQ",
+        "Qwen3 Embedding 0.6B (default tag here)",
+        "4bit",
+    ),
+)
+
 _NAMESPACE: Final = "mlx-community/"
 
-#: (name, repo id, description) for every built-in alias.
-BUILTIN_TABLE: Final[tuple[tuple[str, str, str], ...]] = tuple(
-    (name, _NAMESPACE + repo, text) for name, repo, text in _TABLE
+
+@dataclass(frozen=True, slots=True)
+class BuiltinModel:
+    """One row of the built-in table."""
+
+    name: str
+    repo: str
+    description: str
+    quantization: str = "4bit"
+    kind: Literal["generate", "embedding"] = "generate"
+
+
+#: Every built-in alias: the text models, then the embedding models.
+BUILTIN_TABLE: Final[tuple[BuiltinModel, ...]] = (
+    *(BuiltinModel(name, _NAMESPACE + repo, text) for name, repo, text in _TABLE),
+    *(
+        BuiltinModel(name, _NAMESPACE + repo, text, bits, "embedding")
+        for name, repo, text, bits in _EMBEDDING_TABLE
+    ),
 )

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Final
 
 from mlx_lama import paths
-from mlx_lama.backend_names import BUILTIN_BACKENDS, DEFAULT_BACKEND
+from mlx_lama.backend_names import BUILTIN_BACKENDS, DEFAULT_BACKEND, EMBEDDING_BACKEND
 from mlx_lama.errors import ConfigError
 from mlx_lama.yamlfile import read_yaml_file_with_lines
 
@@ -49,7 +49,9 @@ __all__ = [
     "user_defaults",
 ]
 
-KNOWN_BACKENDS: Final = BUILTIN_BACKENDS  # the engines a manifest can name without [backends]
+# The engines default_backend may name: those of text models (an embedding model runs
+# on EMBEDDING_BACKEND whatever the default says).
+KNOWN_BACKENDS: Final = tuple(b for b in BUILTIN_BACKENDS if b != EMBEDDING_BACKEND)
 DEFAULT_PORT: Final = 8000  # shown as the built-in value; unset, servers take any free port
 ENV_PREFIX: Final = "MLX_LAMA_"
 SETTING_KEYS: Final = ("default_backend", "default_port")

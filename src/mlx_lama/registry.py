@@ -102,6 +102,7 @@ class Alias:
     description: str = ""
     default_backend: str | None = None
     quantization: str | None = None
+    kind: Literal["generate", "embedding"] = "generate"  # what its model does
     shadowed_by: AliasSource | None = None
 
 
@@ -133,8 +134,15 @@ class Resolution:
 
 #: The built-in layer, as :class:`Alias` objects.
 BUILTIN_ALIASES: Final[tuple[Alias, ...]] = tuple(
-    Alias(name=name, target=repo, source="builtin", description=text, quantization="4bit")
-    for name, repo, text in BUILTIN_TABLE
+    Alias(
+        name=row.name,
+        target=row.repo,
+        source="builtin",
+        description=row.description,
+        quantization=row.quantization,
+        kind=row.kind,
+    )
+    for row in BUILTIN_TABLE
 )
 
 

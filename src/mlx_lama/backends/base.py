@@ -65,7 +65,9 @@ class LaunchSpec:
     ready although its process lives on (mlx-lm keeps serving HTTP after its
     model failed to load), so waiting for readiness can give up early.
     ``concurrency`` is how many requests the engine takes at once (None: as
-    many as arrive); the gateway holds the rest until one finishes.
+    many as arrive); the gateway holds the rest until one finishes. ``answers``
+    is what the engine is asked to show it is ready and alive: a one-token chat
+    completion, or an embedding for an engine that only embeds.
     """
 
     argv: tuple[str, ...]
@@ -76,6 +78,7 @@ class LaunchSpec:
     ready_timeout: float
     fatal_log_markers: tuple[str, ...] = ()
     concurrency: int | None = None
+    answers: Literal["chat", "embedding"] = "chat"
 
     @property
     def base_url(self) -> str:
@@ -151,13 +154,23 @@ def weight_bytes(model_path: Path | None) -> int:
 
 def kv_cache_bytes(server: ServerSpec) -> int:
     """The bound on ``server``'s KV caches in bytes: its ``kv_cache`` (a share of
-    memory resolved on this machine), else the default above."""
+    memory resolved on this machine), else the default above; 0 for an engine that
+    keeps none (:func:`keeps_kv_caches`)."""
     import psutil
 
+    if not keeps_kv_caches(server.engine):
+        return 0
     memory = psutil.virtual_memory().total
     if server.kv_cache is not None:
         return server.kv_cache.resolve(memory)
     return default_kv_bytes(weight_bytes(server.model_path), memory)
+
+
+def keeps_kv_caches(engine: str) -> bool:
+    """Whether ``engine`` keeps prompts' KV caches (an embedding engine keeps none)."""
+    if engine not in _BACKENDS and engine not in _MODULES:
+        return True  # not one of ours (an old run record's): count the default bound
+    return get_backend(engine).kv_caches
 
 
 def default_kv_bytes(weights: int, memory: int) -> int:
@@ -269,6 +282,8 @@ class Backend(ABC):
     #: ``mlx-lama install`` puts it in an environment of its own (interpreters.py)
     #: rather than mlx-lama's.
     own_environment: ClassVar[bool] = False
+    #: It keeps the KV caches of the prompts it saw (``kv_cache`` bounds them).
+    kv_caches: ClassVar[bool] = True
 
     @abstractmethod
     def capabilities(self) -> Capabilities: ...
@@ -404,6 +419,7 @@ _BACKENDS: dict[str, type[Backend]] = {}
 _MODULES = {
     "mlx-lm": "mlx_lama.backends.mlx_lm",
     "vllm-mlx": "mlx_lama.backends.vllm_mlx",
+    "mlx-embeddings": "mlx_lama.backends.mlx_embeddings",
     "external": "mlx_lama.backends.external",
 }
 

@@ -9,7 +9,10 @@ the remote rank), with the variables MLX's ``mx.distributed.init()`` reads:
 
 - ring: ``MLX_RANK`` and ``MLX_HOSTFILE``, a JSON file listing each rank's
   ``ip:port`` (what ``mlx.launch --backend ring`` writes);
-- mpi: handed to ``mlx.launch --backend mpi``, which runs ``mpirun``.
+- mpi: handed to ``mlx.launch --backend mpi``, which runs ``mpirun``;
+- jaccl and jaccl-ring (RDMA over Thunderbolt 5): handed to ``mlx.launch``, which
+  gives each rank the coordinator's address and its RDMA devices from the hostfile
+  (:func:`check_rdma` checks that first, so a bad one fails before any rank starts).
 
 Why not ``mlx.launch`` for the ring too: its I/O loop polls the ranks' stdin
 pipes without pause, which keeps one CPU core busy for as long as the model
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import shlex
@@ -40,7 +42,17 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
+
+from mlx_lama.backend_names import RDMA_BACKENDS, DistributedBackend
+from mlx_lama.backends.hosts import (
+    LaunchProblem,
+    Rank,
+    check_rdma,
+    is_this_machine,
+    lay_out,
+    read_hostfile,
+)
 
 if TYPE_CHECKING:
     from mlx_lama.backends.spec import Distribution, RunRecord
@@ -48,122 +60,6 @@ if TYPE_CHECKING:
 MODULE = "mlx_lama.backends.distributed"
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "LogLevel=QUIET")
 _STOP_WAIT = 10.0  # seconds the ranks get to exit after SIGTERM, then SIGKILL
-
-
-class LaunchProblem(Exception):
-    """The ranks cannot be laid out (bad hostfile, unresolvable host, ...)."""
-
-
-# -- hosts ------------------------------------------------------------------------
-
-
-def ssh_host(destination: str) -> str:
-    """The host part of an ssh destination ``[user@]host``."""
-    return destination.rpartition("@")[2]
-
-
-def is_this_machine(destination: str) -> bool:
-    """``destination`` names this machine: a loopback name or address, this
-    machine's host name, or an address of one of its network interfaces."""
-    host = ssh_host(destination).strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        name = socket.gethostname().lower()
-        return host in (name, name.split(".")[0], name.split(".")[0] + ".local")
-    return address.is_loopback or str(address) in _local_addresses()
-
-
-def _local_addresses() -> set[str]:
-    import psutil
-
-    return {
-        a.address.split("%")[0]
-        for addrs in psutil.net_if_addrs().values()
-        for a in addrs
-        if a.family in (socket.AF_INET, socket.AF_INET6)
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Rank:
-    """One rank: where it runs (an ssh destination) and the address the ring uses."""
-
-    index: int
-    host: str
-    ip: str  # the address the ring connects to
-    local: bool
-
-
-def read_hostfile(path: Path) -> list[tuple[str, list[str]]]:
-    """(ssh destination, ips) per rank from an mlx.launch JSON hostfile: a list
-    of ``{"ssh": ..., "ips": [...]}``, or ``{"hosts": [...]}`` around one."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LaunchProblem(f"cannot read hostfile {path}: {exc}") from None
-    except ValueError as exc:
-        raise LaunchProblem(f"hostfile {path} is not JSON: {exc}") from None
-    hosts = data.get("hosts") if isinstance(data, dict) else data
-    if not isinstance(hosts, list) or len(hosts) < 2:
-        raise LaunchProblem(
-            f'hostfile {path} must list at least two hosts, as in [{{"ssh": "mac-a"}}, ...]'
-        )
-    ranks = []
-    for index, host in enumerate(hosts):
-        if not isinstance(host, dict) or not isinstance(host.get("ssh"), str):
-            raise LaunchProblem(f'hostfile {path}: host {index} has no "ssh" name')
-        ips = host.get("ips") or []
-        if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
-            raise LaunchProblem(f'hostfile {path}: "ips" of host {index} must be a list of strings')
-        ranks.append((host["ssh"], list(ips)))
-    return ranks
-
-
-def lay_out(hosts: Sequence[str], hostfile: Path | None) -> list[Rank]:
-    """The ranks, in order, with their ring addresses (a hostfile's, or resolved).
-
-    Rank 0 serves HTTP to the gateway, so it must be this machine. A ring that
-    spans machines cannot use loopback addresses: the other hosts could not
-    reach them.
-    """
-    listed = read_hostfile(hostfile) if hostfile is not None else [(h, []) for h in hosts]
-    if not listed or not is_this_machine(listed[0][0]):
-        raise LaunchProblem(
-            f"the first host ({listed[0][0] if listed else 'none'}) runs rank 0, which "
-            "answers the gateway, so it must be this machine: list this machine first"
-        )
-    ranks = []
-    for index, (host, ips) in enumerate(listed):
-        ip = ips[0] if ips else _resolve(host)
-        ranks.append(Rank(index, host, ip, is_this_machine(host)))
-    if not all(r.local for r in ranks):
-        loopback = [r for r in ranks if _is_loopback(r.ip)]
-        if loopback:
-            raise LaunchProblem(
-                f"{loopback[0].host} is a loopback address, which the other hosts cannot "
-                "reach: name this machine by its network address or host name"
-            )
-    return ranks
-
-
-def _is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
-
-
-def _resolve(destination: str) -> str:
-    host = ssh_host(destination).strip("[]")
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise LaunchProblem(f"cannot resolve host {host!r}: {exc}") from None
-    ipv4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
-    return str(ipv4[0] if ipv4 else infos[0][4][0])
 
 
 # -- the launch command ---------------------------------------------------------------
@@ -394,12 +290,13 @@ def _how(code: int) -> str:
     return f"exit code {code}"
 
 
-def mpi_command(args: argparse.Namespace, command: list[str]) -> list[str]:
-    """``mlx.launch --backend mpi``: it writes mpirun's hostfile and finds libmpi."""
+def mlx_launch_command(args: argparse.Namespace, command: list[str]) -> list[str]:
+    """``mlx.launch --backend mpi|jaccl|jaccl-ring``: for mpi it writes mpirun's
+    hostfile and finds libmpi; for jaccl it hands each rank its RDMA devices."""
     mlx_launch = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
     hosts = ["--hostfile", args.hostfile] if args.hostfile else ["--hosts", ",".join(args.host)]
     env = [f"--env={name}={os.environ[name]}" for name in args.env if name in os.environ]
-    return [*mlx_launch, "--backend", "mpi", *hosts, *env, "--", *command]
+    return [*mlx_launch, "--backend", args.backend, *hosts, *env, "--", *command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog=f"python -m {MODULE}",
         description="Run COMMAND as the ranks of an MLX distributed job (mlx-lama starts this).",
     )
-    parser.add_argument("--backend", choices=("ring", "mpi"), default="ring")
+    parser.add_argument("--backend", choices=get_args(DistributedBackend), default="ring")
     parser.add_argument("--host", action="append", default=[], help="rank i's ssh destination")
     parser.add_argument("--hostfile", help="an mlx.launch JSON hostfile instead of --host")
     parser.add_argument("--ring-port", type=int, help="first ring port (default: a free one)")
@@ -424,7 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.backend == "mpi":
             if shutil.which("mpirun") is None:
                 raise LaunchProblem("mpirun is not on PATH: install Open MPI on every host")
-            os.execvp(sys.executable, mpi_command(args, command))
+            os.execvp(sys.executable, mlx_launch_command(args, command))
+        if args.backend in RDMA_BACKENDS:
+            if not args.hostfile:
+                raise LaunchProblem(f"--backend {args.backend} needs --hostfile")
+            check_rdma(Path(args.hostfile), args.backend)
+            os.execvp(sys.executable, mlx_launch_command(args, command))
         return _run_ring(args, command)
     except LaunchProblem as problem:
         _say(f"error: {problem}")

@@ -39,15 +39,23 @@ TORCH_ENV = "MLX_LAMA_ENGINE_TORCH"
 ENGINES_ENV = "MLX_LAMA_ENGINES"  # where engine environments live, instead of HOME/engines
 
 
+_PREPARE = (
+    "import os, runpy, socketserver, sys; "
+    f"os.environ.get('{TORCH_ENV}') == '1' or sys.modules.setdefault('torch', None); "
+    f"socketserver.TCPServer.request_queue_size = {LISTEN_QUEUE}; "
+)
+
+
 def engine_main(module: str) -> str:
     """The ``python -c`` program that runs engine ``module`` as ``python -m`` would,
     prepared as the module docstring says."""
-    return (
-        "import os, runpy, socketserver, sys; "
-        f"os.environ.get('{TORCH_ENV}') == '1' or sys.modules.setdefault('torch', None); "
-        f"socketserver.TCPServer.request_queue_size = {LISTEN_QUEUE}; "
-        f"runpy.run_module('{module}', run_name='__main__', alter_sys=True)"
-    )
+    return _PREPARE + f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+
+
+def engine_script(path: Path) -> str:
+    """The ``python -c`` program that runs the program file ``path`` (one of ours that
+    an engine environment runs without mlx-lama installed in it), prepared the same way."""
+    return _PREPARE + f"runpy.run_path({str(path)!r}, run_name='__main__')"
 
 
 def engine_program(argv: tuple[str, ...]) -> tuple[str, ...]:
@@ -163,7 +171,8 @@ def remove_environment(engine: str) -> Path:
     if not (environment / "pyvenv.cfg").is_file():
         raise MlxLamaError(
             f"{engine} has no environment of its own at {environment}",
-            hint="mlx-lama install puts vllm-mlx there; mlx-lm comes with mlx-lama itself",
+            hint="mlx-lama install puts vllm-mlx and mlx-embeddings there; "
+            "mlx-lm comes with mlx-lama",
         )
     inside = str(environment.absolute()) + os.sep  # as launched: its python is a symlink
     users = []

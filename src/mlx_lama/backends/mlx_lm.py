@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from mlx_lama.backend_names import RDMA_BACKENDS
 from mlx_lama.backends.base import (
     Backend,
     Capabilities,
@@ -95,7 +96,7 @@ def distributed_argv(
     host. Refuses what mlx-lm cannot do distributed, and a first host that is
     not this machine (rank 0 must answer the gateway here).
     """
-    from mlx_lama.backends import distributed  # only distributed servers need it
+    from mlx_lama.backends import distributed, hosts  # only distributed servers need them
 
     spec = server.distribution
     assert spec is not None
@@ -104,7 +105,7 @@ def distributed_argv(
             f"server {server.name!r}: mlx-lm cannot load an adapter when serving across hosts",
             hint="fuse the adapter into the model (mlx_lm fuse) or serve it on one machine",
         )
-    if spec.hosts and not distributed.is_this_machine(spec.hosts[0]):
+    if spec.hosts and not hosts.is_this_machine(spec.hosts[0]):
         raise LaunchError(
             f"server {server.name!r}: the first host ({spec.hosts[0]}) runs rank 0, which "
             "answers the gateway, so it must be this machine",
@@ -116,6 +117,15 @@ def distributed_argv(
             hint="install Open MPI on every host (brew install open-mpi), "
             'or use distributed = "ring"',
         )
+    if spec.backend in RDMA_BACKENDS:
+        try:  # the schema makes jaccl name a hostfile
+            hosts.check_rdma(spec.hostfile or Path(), spec.backend)
+        except hosts.LaunchProblem as problem:
+            raise LaunchError(
+                f"server {server.name!r}: {problem}",
+                hint="`mlx.distributed_config --backend jaccl` writes a hostfile for "
+                "Macs cabled with Thunderbolt 5",
+            ) from None
     if spec.pipeline:
         argv += ("--pipeline",)
     return distributed.launcher_argv(spec, argv, [name for name, _ in env])

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mlx_lama.backend_names import BackendType, DistributedBackend
 from mlx_lama.units import Size
 
-Engine = Literal["mlx-lm", "vllm-mlx", "external"]
+Engine = BackendType
 ServeMode = Literal["always", "on-demand", "never"]
 # Parameters only a restart can change. Sampling parameters are also passed to
 # the engine at launch, but the gateway applies them per request, so editing
@@ -39,7 +40,7 @@ class Distribution:
     the model folder on a shared volume, so nothing is checked.
     """
 
-    backend: Literal["ring", "mpi"] = "ring"
+    backend: DistributedBackend = "ring"
     hosts: tuple[str, ...] = ()
     hostfile: Path | None = None
     pipeline: bool = False

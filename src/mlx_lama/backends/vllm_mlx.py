@@ -70,7 +70,9 @@ class VllmMlxBackend(Backend):
         return Capabilities(
             chat=True,
             completion=True,
-            embeddings=True,
+            # It embeds only with a second model (--embedding-model) beside the chat
+            # one; an embedding model of its own runs on mlx-embeddings.
+            embeddings=False,
             vision=True,
             continuous_batching=True,
             structured_output=True,  # its guided decoding

@@ -66,6 +66,12 @@ def local_target(workspace: Workspace, key: str) -> LocalTarget:
     )
     backend = get_backend(server.engine)
     if not backend.package_present():
+        if backend.environment_python() is not None:
+            raise RunError(
+                f"model '{key}' runs on {server.engine}, which lives in an environment of "
+                "its own: run reaches it only through the daemon",
+                hint="start `mlx-lama serve` and run the command again",
+            )
         raise BackendMissingError(server.engine, [key])
     if server.model_path is None:  # needs_pull said no, so the lock has it: not expected
         raise ModelNotFoundError(
@@ -254,6 +260,19 @@ class DaemonTarget:
                     yield Stats.from_chunk(chunk)
                     return
         raise RunError("the daemon ended the answer without its final line")
+
+    def embed(self, text: str, keep_alive: str | None = None) -> list[float]:
+        """The embedding of ``text`` (an embedding model), through ``/api/embed``."""
+        body: dict[str, Any] = {"model": self.name, "input": text}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        reply = self._daemon.request("POST", "/api/embed", body, timeout=None)
+        if reply.status != 200:
+            raise RunError(reply.error_text())
+        vectors = reply.json().get("embeddings")
+        if not isinstance(vectors, list) or len(vectors) != 1:
+            raise RunError("the daemon answered /api/embed without one embedding")
+        return list(vectors[0])
 
     def close(self) -> None:
         """Nothing to let go of: each request has its own connection."""

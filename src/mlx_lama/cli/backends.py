@@ -57,7 +57,9 @@ def backends(as_json: JsonFlag = False) -> None:
 @app.command()
 @handles_errors
 def install(
-    backend: Annotated[str, typer.Argument(help="mlx-lm or vllm-mlx.")],
+    backends: Annotated[
+        list[str], typer.Argument(help="mlx-lm, vllm-mlx or mlx-embeddings (one or more).")
+    ],
     upgrade: Annotated[
         bool, typer.Option("--upgrade", help="Upgrade it to the newest release.")
     ] = False,
@@ -65,30 +67,35 @@ def install(
         bool, typer.Option("--dry-run", help="Print the commands and stop.")
     ] = False,
 ) -> None:
-    """Install an engine (uv, else pip). vllm-mlx goes into an environment of its own
-    under ~/.mlx-lama/engines ($MLX_LAMA_ENGINES), so its PyTorch and its pinned
-    mlx-lm never change mlx-lama's packages; mlx-lm into mlx-lama's environment."""
+    """Install engines (uv, else pip). vllm-mlx and mlx-embeddings (embedding models)
+    each go into an environment of their own under ~/.mlx-lama/engines
+    ($MLX_LAMA_ENGINES), so their dependencies never change mlx-lama's packages or
+    each other's; mlx-lm into mlx-lama's environment."""
     from mlx_lama.backends.base import get_backend
 
-    commands = get_backend(backend).install_commands(upgrade=upgrade)
-    if not commands:
-        typer.echo(f"The {backend} backend has nothing to install.")
-        return
-    for command in commands:
-        typer.echo(f"$ {shlex.join(command)}", err=True)
-        if dry_run:
+    engines = [get_backend(name) for name in backends]  # an unknown name stops it first
+    for engine in engines:
+        commands = engine.install_commands(upgrade=upgrade)
+        if not commands:
+            typer.echo(f"The {engine.name} backend has nothing to install.")
             continue
-        code = subprocess.call(command)
-        if code != 0:
-            raise typer.Exit(code)
-    if not dry_run:
-        typer.echo(f"Installed the {backend} backend.")
+        for command in commands:
+            typer.echo(f"$ {shlex.join(command)}", err=True)
+            if dry_run:
+                continue
+            code = subprocess.call(command)
+            if code != 0:
+                raise typer.Exit(code)
+        if not dry_run:
+            typer.echo(f"Installed the {engine.name} backend.")
 
 
 @app.command()
 @handles_errors
 def uninstall(
-    backend: Annotated[str, typer.Argument(help="vllm-mlx (an engine in its own environment).")],
+    backend: Annotated[
+        str, typer.Argument(help="vllm-mlx or mlx-embeddings (an engine in its own environment).")
+    ],
 ) -> None:
     """Remove an engine's own environment (what `mlx-lama install` made under
     ~/.mlx-lama/engines); mlx-lama's packages and other engines stay as they are.

@@ -48,10 +48,16 @@ class Daemon:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout: float
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None,
     ) -> Reply:
         """One request, its whole answer read. Raises DaemonError when the daemon
-        cannot be reached or stops answering within ``timeout`` seconds."""
+        cannot be reached or stops answering within ``timeout`` seconds (None: waits
+        as long as it takes)."""
         with self.stream(method, path, body, timeout=timeout) as reply:
             return Reply(reply.status, reply.read())
 

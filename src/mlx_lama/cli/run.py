@@ -20,6 +20,7 @@ action), never guessed here.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,7 +104,9 @@ def run(
         for warning in (format_warning(target, settings), keepalive_warning(target, settings)):
             if warning:
                 typer.echo(f"warning: {warning}", err=True)
-        if text is None:
+        if target.entry.kind == "embedding":
+            typer.echo(json.dumps(embedding(target, model, text, settings)))
+        elif text is None:
             Chat(target, settings, opener.open).run()
         elif not text.strip():
             target.load(settings.keep_alive)  # Ollama's empty prompt: load the model, quietly
@@ -111,6 +114,24 @@ def run(
             respond(target, [{"role": "user", "content": text}], settings, end="\n")
     finally:
         target.close()
+
+
+def embedding(target: Target, name: str, text: str | None, settings: Settings) -> list[float]:
+    """The vector of ``text`` from an embedding model, which has no chat (as ``ollama
+    run`` prints it); it runs on its own engine, so only through the daemon."""
+    from mlx_lama.cli._targets import DaemonTarget, RunError
+
+    if text is None or not text.strip():
+        raise RunError(
+            f"'{name}' is an embedding model: it turns text into a vector and has no chat",
+            hint=f"give it text to embed: mlx-lama run {name} 'some text'",
+        )
+    if not isinstance(target, DaemonTarget):
+        raise RunError(
+            f"'{name}' is an embedding model, which run reaches only through the daemon",
+            hint="start `mlx-lama serve` and run the command again",
+        )
+    return target.embed(text, settings.keep_alive)
 
 
 # -- the command line ------------------------------------------------------------------

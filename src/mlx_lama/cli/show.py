@@ -227,7 +227,8 @@ class _Shown:
                 ("quantization", str(info["quantization_level"])),
             ]
             out += _section("Model", _rows(rows))
-            out += _section("Capabilities", [f"    {c}" for c in capabilities(self.facts)])
+            kinds = capabilities(self.facts, embeddings=entry.kind == "embedding")
+            out += _section("Capabilities", [f"    {c}" for c in kinds])
         else:
             out += _section("Model", [f"    {self._missing()}"])
         lines = parameter_lines(entry)

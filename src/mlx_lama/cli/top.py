@@ -57,7 +57,8 @@ def top(
 ) -> None:
     """Watch the running daemon live: its model servers, requests, and logs.
 
-    One row per server (state, port, memory, tokens/s, time to first token,
+    One row per server (state, port, memory and, where the terminal is wide enough,
+    the estimate the memory budget counts, tokens/s, time to first token,
     requests, keep_alive left), the latest requests and the selected server's
     log. Keys: up/down select, l full log, r restart, s stop, b switch backend,
     q quit. Without a terminal it prints one screen and exits.
@@ -179,19 +180,32 @@ COLUMNS = (
     ("BACKEND", 8), ("STATE", 8), ("PORT", 5), ("MEM", 5), ("TOK/S", 5), ("TTFT ms", 7),
     ("REQS", 5), ("ERR", 3), ("TOKENS", 6), ("KEEP", 5),
 )  # fmt: skip
+# Where the terminal has room for it (the non-interactive screen has), EST follows MEM:
+# what the memory budget counts the server as, beside what it holds.
+ESTIMATE = ("EST", 5)
+WIDE = 86
+
+
+def columns(width: int) -> tuple[tuple[str, int], ...]:
+    """The columns after NAME in a terminal ``width`` columns wide."""
+    if width < WIDE:
+        return COLUMNS
+    at = [title for title, _ in COLUMNS].index("MEM") + 1
+    return (*COLUMNS[:at], ESTIMATE, *COLUMNS[at:])
 
 
 def _servers(servers: Sequence[Mapping[str, Any]], view: View) -> RenderableType:
     """One row per server; fits 80 columns (only a long name is cut short)."""
     from rich.table import Table
 
+    shown = columns(view.width)
     table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
-    rest = sum(width + 1 for _, width in COLUMNS)
+    rest = sum(width + 1 for _, width in shown)
     name_width = max(
         6, min(24, view.width - rest, max((len(str(r.get("name"))) for r in servers), default=4))
     )
     table.add_column("NAME", no_wrap=True, overflow="ellipsis", width=name_width)
-    for title, width in COLUMNS:
+    for title, width in shown:
         table.add_column(
             title,
             justify="left" if title in ("BACKEND", "STATE") else "right",
@@ -202,12 +216,15 @@ def _servers(servers: Sequence[Mapping[str, Any]], view: View) -> RenderableType
     for index, row in enumerate(servers):
         state = str(row.get("state", ""))
         keep = row.get("keep_alive_left")
+        memory = [_bytes(row.get("memory_bytes"))]
+        if ESTIMATE in shown:
+            memory.append(_bytes(row.get("estimate_bytes")))
         table.add_row(
             str(row.get("name", "?")),
             str(row.get("backend", "")),
             STATE_WORDS.get(state, state),
             str(row.get("port") or "-"),
-            _bytes(row.get("memory_bytes")),
+            *memory,
             _number(row.get("tokens_per_second"), "{:.0f}"),
             f"{_ms(row.get('ttft_p50'))}/{_ms(row.get('ttft_p95'))}",
             str(row.get("requests", 0)),
@@ -217,7 +234,7 @@ def _servers(servers: Sequence[Mapping[str, Any]], view: View) -> RenderableType
             style="reverse" if index == view.selected else None,
         )
     if not servers:
-        table.add_row("(no models)", *[""] * len(COLUMNS))
+        table.add_row("(no models)", *[""] * len(shown))
     return table
 
 
@@ -413,7 +430,7 @@ def switch_backend(daemon: Daemon, name: str) -> str:
 
     manifest = load_manifest(daemon.manifest)
     current = manifest.backend_of(name)
-    choices = sorted({*backend_choices(manifest), current})
+    choices = sorted({*backend_choices(manifest, name), current})
     if len(choices) < 2:
         raise MlxLamaError(f"no other backend can serve {name} here (only {current})")
     chosen = choices[(choices.index(current) + 1) % len(choices)]
@@ -421,19 +438,24 @@ def switch_backend(daemon: Daemon, name: str) -> str:
     return f"{name}: backend {current} -> {chosen} (the daemon restarts it)"
 
 
-def backend_choices(manifest: Manifest) -> list[str]:
-    """Backends a local model can use: the built-in engines installed here, and the
-    manifest's named configurations of them."""
+def backend_choices(manifest: Manifest, name: str) -> list[str]:
+    """Backends local model ``name`` can use: the built-in engines installed here that
+    serve its kind (text or embeddings), and the manifest's named configurations of them."""
     from mlx_lama.backends.base import backend_names, get_backend
 
     names = [*backend_names(), *manifest.backends]
+    embedding = manifest.is_embedding(name)
     usable = []
     for backend in names:
         try:
             engine = manifest.backend_type(backend)
         except KeyError:
             continue
-        if engine != "external" and get_backend(engine).launchable():
+        if engine == "external":
+            continue
+        found = get_backend(engine)
+        serves = found.capabilities().embeddings if embedding else found.capabilities().chat
+        if serves and found.launchable():
             usable.append(backend)
     return sorted(set(usable))
 

@@ -58,7 +58,7 @@ def chat_body(
     """``request`` (chat completions, from another API) checked, with the manifest
     entry's additions and the thinking switch, ready for the model server."""
     limits = gateway.limits(route)
-    body = validate.openai_body(CHAT, request, limits)
+    body = validate.openai_body(CHAT, request, limits, name)
     check_output_format(gateway, route, name, body, format_key)
     body = ollama.with_manifest(body, route.defaults, limits.context)
     template = gateway.chat_template(route)

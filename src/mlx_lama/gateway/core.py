@@ -377,7 +377,7 @@ class Gateway:
         images; at most its context length of tokens. An external server's
         model is not known here: it decides for itself."""
         if route.kind == "external":
-            return Limits(vision=True)
+            return Limits(vision=True, embeds=True)
         known = self._limits.get(route.name)
         if known is not None:
             return known
@@ -394,6 +394,8 @@ class Gateway:
             vision=engine_vision and model_vision,
             context=context if isinstance(context, int) and context > 0 else None,
             vision_hint=hint,
+            generates=capabilities is None or capabilities.chat,
+            embeds=capabilities is not None and capabilities.embeddings,
         )
         self._limits[route.name] = known
         return known

@@ -167,7 +167,7 @@ async def _ollama_run(call: Call, kind: str) -> Response:
         raise ApiError(400, str(error)) from None
     if empty:
         return await _load_only(gateway, route, name, kind, keep_alive, started)
-    openai = validate.openai_body(path, openai, limits)
+    openai = validate.openai_body(path, openai, limits, name)
     check_output_format(gateway, route, name, openai, "format")
     if path == "/v1/chat/completions":
         openai.update(thinking_fields(gateway.chat_template(route), body.get("think"), name))
@@ -332,8 +332,7 @@ async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
     route = resolve(gateway, body.get("model"))
     call.model = route.name
     name = str(body["model"])
-    if not gateway.can(route, "embeddings"):
-        raise ApiError(400, f'"{name}" does not support embeddings')
+    limits = gateway.limits(route)
     try:
         keep_alive = ollama.parse_keep_alive(body.get("keep_alive"))
     except ollama.RequestError as error:
@@ -343,12 +342,14 @@ async def _ollama_embed(call: Call, *, legacy: bool) -> Response:
         raise ApiError(400, "input must be a string or a list of strings")
     inputs = [given] if isinstance(given, str) else list(given or [])
     if not inputs or inputs == [""]:
+        validate.check_serves(validate.EMBEDDINGS, limits, name)
         target = await acquire(gateway, route, keep_alive)
         target.release()
         return JSONResponse({"embedding": []} if legacy else {"model": name, "embeddings": []})
-    upstream_body: JsonObject = {"input": inputs}
-    if body.get("dimensions") is not None:
-        upstream_body["dimensions"] = body["dimensions"]
+    upstream_body: JsonObject = {"input": inputs, "dimensions": body.get("dimensions")}
+    if body.get("truncate") is not None and body["truncate"] is not True:
+        upstream_body["truncate"] = body["truncate"]  # the engines' default is Ollama's: true
+    upstream_body = validate.openai_body(validate.EMBEDDINGS, upstream_body, limits, name)
     target, data = await post(
         gateway, route, ("/v1/embeddings", upstream_body), keep_alive, relay.json_of
     )
@@ -383,8 +384,6 @@ async def openai(call: Call) -> Response:
     route = resolve(gateway, body.get("model"))
     call.model = route.name
     name = str(body["model"])
-    if path == "/v1/embeddings" and not gateway.can(route, "embeddings"):
-        raise ApiError(400, f"model '{name}' does not support embeddings")
     limits = gateway.limits(route)
     if path == "/v1/completions" and isinstance(body.get("suffix"), str) and body["suffix"]:
         body = _filled(body, _filler(gateway, route, name))

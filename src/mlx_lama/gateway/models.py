@@ -155,6 +155,6 @@ def show_response(
         "system": system if system is not None else entry.system or "",
         "details": details(facts.config),
         "model_info": model_info(facts.config),
-        "capabilities": capabilities(facts),
+        "capabilities": capabilities(facts, embeddings=entry.kind == "embedding"),
         "modified_at": iso_time(facts.modified),
     }

@@ -30,20 +30,40 @@ class Limits:
     vision: bool = False  # it takes image parts
     context: int | None = None  # its context length in tokens, None when unknown
     vision_hint: str = ""  # how to get image input, said in the 400
+    generates: bool = True  # it answers chat and completions
+    embeds: bool = False  # it answers embeddings
 
 
-def openai_body(path: str, body: JsonObject, limits: Limits) -> JsonObject:
+def openai_body(path: str, body: JsonObject, limits: Limits, name: str | None = None) -> JsonObject:
     """The body to send upstream for POST `path` (/v1/chat/completions, /v1/completions
     or /v1/embeddings), or ApiError(400). A new dict; ``body`` is left as it was.
     Any other path is a caller's mistake: ValueError."""
     check = _ROUTES.get(path)
     if check is None:
         raise ValueError(f"no request rules for {path}")
+    check_serves(path, limits, name or body.get("model"))
     result = {key: value for key, value in body.items() if value is not None}
     check_sampling(result)
     _check_common(result)
     check(result, limits)
     return result
+
+
+def check_serves(path: str, limits: Limits, name: object = None) -> None:
+    """Model ``name`` does what ``path`` asks: embeddings, or chat and completions.
+    Refused as Ollama words it (``"M" does not support embeddings``), with the way out."""
+    model = f'"{name}"' if isinstance(name, str) and name else "this model"
+    if path == EMBEDDINGS and not limits.embeds:
+        raise _bad(
+            f"{model} does not support embeddings: it is a text model; use an embedding "
+            'model (kind = "embedding" in mlxlama.toml; `mlx-lama pull bge-m3` adds one)'
+        )
+    if path != EMBEDDINGS and not limits.generates:
+        what = "chat" if path == "/v1/chat/completions" else "generate"
+        raise _bad(
+            f"{model} does not support {what}: it is an embedding model, which answers "
+            "/api/embed and /v1/embeddings"
+        )
 
 
 def _bad(message: str) -> ApiError:
@@ -245,10 +265,13 @@ def _check_embedding(body: JsonObject, limits: Limits) -> None:
     dimensions = body.get("dimensions")
     if dimensions is not None and not (is_int(dimensions) and dimensions > 0):
         raise _bad("dimensions must be a positive integer")
+    if not isinstance(body.get("truncate", True), bool):
+        raise _bad("truncate must be true or false")
 
 
+EMBEDDINGS = "/v1/embeddings"
 _ROUTES: dict[str, Callable[[JsonObject, Limits], None]] = {
     "/v1/chat/completions": _check_chat,
     "/v1/completions": _check_completion,
-    "/v1/embeddings": _check_embedding,
+    EMBEDDINGS: _check_embedding,
 }

@@ -47,6 +47,7 @@ class PullSource:
     repo: str | None
     revision: str
     existing: str | None
+    embedding: bool = False  # an alias of an embedding model named it
 
     @property
     def key(self) -> str:
@@ -66,7 +67,9 @@ def pull_source(manifest: Manifest, name: str) -> PullSource:
         )
         resolution = registry.resolve(name)
         if resolution.model is None:
-            return PullSource(name, resolution.target, "main", None)
+            alias = resolution.alias
+            embedding = alias is not None and alias.kind == "embedding"
+            return PullSource(name, resolution.target, "main", None, embedding)
         existing = resolution.model  # an alias of a manifest model
     entry = manifest.models[existing]
     return PullSource(name, entry.repo, entry.revision or "main", existing)
@@ -79,20 +82,24 @@ def record_pull(
     *,
     fields: Mapping[str, object] | None = None,
 ) -> Manifest:
-    """After a download: add a new model with ``repo`` (then ``fields``, in order) to
-    the manifest, or set ``fields`` on the existing one, and write the commit to the
-    lock. One apply-lock hold, so concurrent pulls never lose each other's edits.
-    The project is remembered, so other projects' prunes keep what it names."""
+    """After a download: add a new model with ``repo`` (and ``kind = "embedding"``
+    for an embedding model: its alias says so, or its files do) then ``fields``, in
+    order, to the manifest, or set ``fields`` on the existing one, and write the
+    commit to the lock. One apply-lock hold, so concurrent pulls never lose each
+    other's edits. The project is remembered, so other projects' prunes keep what
+    it names."""
     from mlx_lama.orchestrator import projects
+    from mlx_lama.orchestrator.facts import embedding_files
 
     projects.remember(manifest_path)
     with apply_lock():
         if source.existing is None:
             if locked is None:
                 raise ValueError("a new manifest model needs the repo it was pulled from")
-            manifest = editor.add_model(
-                manifest_path, source.name, {"repo": locked.repo, **(fields or {})}
-            )
+            new: dict[str, object] = {"repo": locked.repo}
+            if source.embedding or embedding_files(path for path, _size in locked.files):
+                new["kind"] = "embedding"
+            manifest = editor.add_model(manifest_path, source.name, {**new, **(fields or {})})
         elif fields:
             manifest = editor.set_model_fields(manifest_path, source.existing, fields)
         else:

@@ -10,7 +10,7 @@ never downloads.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -149,3 +149,13 @@ def _read_json(path: Path, mtime: float) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+# Files only a sentence-transformers (embedding) model has: its pipeline and its pooling.
+EMBEDDING_MARKERS = frozenset({"modules.json", "config_sentence_transformers.json"})
+
+
+def embedding_files(files: Iterable[str]) -> bool:
+    """Whether a repo with ``files`` (paths inside it) is an embedding model: it has a
+    sentence-transformers pipeline (the way embedding models on the Hub say so)."""
+    return any(path.rsplit("/", 1)[-1] in EMBEDDING_MARKERS for path in files)

@@ -91,7 +91,7 @@ def folder_files(folder: Path) -> Files:
 
 def check_hosts(servers: Sequence[ServerSpec]) -> tuple[HostFiles, ...]:
     """Check every other host of every distributed server whose folder is here, in parallel."""
-    from mlx_lama.backends.distributed import LaunchProblem, is_this_machine, read_hostfile
+    from mlx_lama.backends.hosts import LaunchProblem, is_this_machine, read_hostfile
 
     jobs: list[tuple[str, str, Path, Files]] = []
     problems: list[HostFiles] = []

@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_lama.backends.base import default_kv_bytes, kv_cache_bytes, weight_bytes
+from mlx_lama.backends.base import (
+    default_kv_bytes,
+    keeps_kv_caches,
+    kv_cache_bytes,
+    weight_bytes,
+)
 from mlx_lama.backends.spec import ServerSpec
 from mlx_lama.humanize import size_str
 from mlx_lama.machine import default_budget
@@ -64,7 +69,9 @@ def record_estimate(spec: Mapping[str, object], memory: int) -> int | None:
         return None
     path = Path(folder)
     bound = spec.get("kv_cache")
-    if isinstance(bound, str):
+    if not keeps_kv_caches(str(spec.get("engine"))):
+        kv = 0
+    elif isinstance(bound, str):
         kv = Size.parse(bound).resolve(memory)
     else:
         kv = default_kv_bytes(weight_bytes(path), memory)

@@ -1,4 +1,4 @@
-"""Is a server that was just started ready: one one-token generation answered.
+"""Is a server that was just started ready: one one-token generation (or embedding) answered.
 
 :func:`wait_ready` polls with :func:`one_token` on a daemon thread while it
 watches the process (an exit before it is ready) and its log (a fatal error
@@ -46,27 +46,36 @@ class _Probe:
 
 
 def one_token(launch: LaunchSpec, timeout: float) -> str | None:
-    """Ask the server for a one-token chat completion; None when it answered, else why not."""
-    body: dict[str, object] = {
-        "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 1,
-        "stream": False,
-    }
+    """Ask the server for a one-token chat completion (the embedding of one word, for
+    an engine that only embeds); None when it answered, else why not."""
+    path, body, field, what = _QUESTIONS[launch.answers]
     if launch.served_model is not None:
-        body["model"] = launch.served_model
+        body = {**body, "model": launch.served_model}
     limits = httpx.Timeout(timeout, connect=min(2.0, timeout))
     try:
         with httpx.Client(trust_env=False, timeout=limits) as client:
-            reply = client.post(f"{launch.base_url}/v1/chat/completions", json=body)
+            reply = client.post(f"{launch.base_url}{path}", json=body)
     except httpx.HTTPError as exc:
         return f"no answer ({type(exc).__name__})"
     if reply.status_code != 200:
         return f"HTTP {reply.status_code}: {reply.text[:200]}"
     try:
-        choices = reply.json()["choices"]
+        items = reply.json()[field]
     except (ValueError, KeyError, TypeError):
-        return f"not a chat completion: {reply.text[:200]}"
-    return None if choices else "a chat completion without choices"
+        return f"not {what}: {reply.text[:200]}"
+    return None if items else f"{what} without {field}"
+
+
+# What each kind of engine is asked: (path, body, the list its answer must have, its name).
+_QUESTIONS: dict[str, tuple[str, dict[str, object], str, str]] = {
+    "chat": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 1, "stream": False},
+        "choices",
+        "a chat completion",
+    ),
+    "embedding": ("/v1/embeddings", {"input": "hello"}, "data", "an embedding list"),
+}
 
 
 class _LogWatch:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mlx_lama import paths
 from mlx_lama.atomic import atomic_write_text
+from mlx_lama.backend_names import BUILTIN_BACKENDS
 from mlx_lama.backends.base import client_host
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.projects import project_key
-from mlx_lama.orchestrator.state import Engine, RunningServer, RunRecord, ServerState
+from mlx_lama.orchestrator.state import RunningServer, RunRecord, ServerState
 
 if TYPE_CHECKING:
     import psutil
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 1
 CREATE_TIME_TOLERANCE = 1.0  # seconds; psutil's create_time is exact to 1/100 s
-_ENGINES: tuple[Engine, ...] = ("mlx-lm", "vllm-mlx", "external")
 _SAFE_STEM = re.compile(r"[a-z0-9_][a-z0-9_.@+-]{0,239}")
 
 Identity = Literal["ours", "dead", "foreign"]
@@ -104,7 +104,7 @@ def record_from_json(text: str) -> RunRecord:
     if data.get("format") != RECORD_FORMAT:
         raise ValueError(f"unknown record format {data.get('format')!r}")
     engine = _field(data, "engine", str)
-    if engine not in _ENGINES:
+    if engine not in BUILTIN_BACKENDS:
         raise ValueError(f"unknown engine {engine!r}")
     argv = _field(data, "argv", list)
     if not argv or not all(isinstance(a, str) for a in argv):

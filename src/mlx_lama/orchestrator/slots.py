@@ -36,7 +36,7 @@ def rank_counts(spec: ServerSpec) -> tuple[int, int]:
     is not distributed)."""
     if spec.distribution is None:
         return 1, 1
-    from mlx_lama.backends.distributed import LaunchProblem, is_this_machine, read_hostfile
+    from mlx_lama.backends.hosts import LaunchProblem, is_this_machine, read_hostfile
 
     hosts = list(spec.distribution.hosts)
     if spec.distribution.hostfile is not None:

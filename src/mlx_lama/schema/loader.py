@@ -30,7 +30,8 @@ from mlx_lama.backend_names import DEFAULT_BACKEND
 from mlx_lama.config import UserDefaults, user_defaults
 from mlx_lama.errors import ManifestError, ManifestNotFoundError, Problem
 from mlx_lama.schema import memo
-from mlx_lama.schema.checks import closest, cross_check
+from mlx_lama.schema.checks import cross_check
+from mlx_lama.schema.checktools import closest
 from mlx_lama.schema.locate import KeyPath, locate_keys, nearest_position, render_key_path
 from mlx_lama.schema.manifest import SCHEMA_VERSION, Manifest, Parameters
 

@@ -16,15 +16,22 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, Final, Literal, cast
 
-from mlx_lama.backend_names import BUILTIN_BACKENDS, DEFAULT_BACKEND, BackendType
+from mlx_lama.backend_names import (
+    BUILTIN_BACKENDS,
+    DEFAULT_BACKEND,
+    EMBEDDING_BACKEND,
+    BackendType,
+    DistributedBackend,
+)
 from mlx_lama.schema.constraints import Bounds, Check, OneOrMany, server_url
 from mlx_lama.units import Duration, Size
 
 SCHEMA_VERSION = 1
 
 ServeMode = Literal["always", "on-demand", "never"]
-DistributedBackend = Literal["ring", "mpi"]
 FilesMode = Literal["check", "shared"]
+# What a model does: generate text (chat, completion), or turn text into vectors.
+ModelKind = Literal["generate", "embedding"]
 # Field metadata of what the loader fills in from the user's settings: no manifest key.
 NOT_IN_FILE: Final = "not_in_file"
 
@@ -160,6 +167,7 @@ class ModelEntry:
     url: ServerUrl | None = None  # server root of an external model, normalised
     revision: str | None = None
     backend: str | None = None
+    kind: ModelKind | None = None  # None: "generate"
     serve: ServeMode | None = None
     port: Port | None = None
     keep_alive: Duration | None = None
@@ -243,20 +251,27 @@ class Manifest:
         raise KeyError(backend)
 
     def backend_of(self, name: str) -> str:
-        """The backend name model ``name`` runs on: its own, else ``[defaults]``', else
-        the user's ``default_backend``, else ``DEFAULT_BACKEND``."""
-        return (
-            self.models[name].backend
-            or self.defaults.backend
-            or self.user_backend
-            or DEFAULT_BACKEND
-        )
+        """The backend name model ``name`` runs on: its own; else, for an embedding
+        model, ``EMBEDDING_BACKEND``; else ``[defaults]``', else the user's
+        ``default_backend``, else ``DEFAULT_BACKEND``."""
+        entry = self.models[name]
+        if entry.backend is not None:
+            return entry.backend
+        if entry.kind == "embedding":
+            return EMBEDDING_BACKEND
+        return self.defaults.backend or self.user_backend or DEFAULT_BACKEND
+
+    def is_embedding(self, name: str) -> bool:
+        """Model ``name`` turns text into vectors (``kind = "embedding"``)."""
+        return self.models[name].kind == "embedding"
 
     def backend_from_user(self, name: str) -> bool:
         """Model ``name``'s backend is the user's ``default_backend``: the manifest names
         none for it, so it may run on another engine on another machine."""
+        entry = self.models[name]
         return (
-            self.models[name].backend is None
+            entry.backend is None
+            and entry.kind != "embedding"
             and self.defaults.backend is None
             and self.user_backend is not None
         )
@@ -264,7 +279,7 @@ class Manifest:
     def relies_on_user_backend(self) -> bool:
         """Some model's backend is left to the user's settings (or the built-in default)."""
         return self.defaults.backend is None and any(
-            entry.backend is None for entry in self.models.values()
+            entry.backend is None and entry.kind != "embedding" for entry in self.models.values()
         )
 
     def relies_on_user_port(self) -> bool:
