@@ -45,3 +45,27 @@ def test_a_repo_says_it_embeds_by_its_files(
     locked = LockedModel("org/some-model", "org/some-model", "main", COMMIT, files)
     entry = record_pull(manifest_path, source, locked).models["org/some-model"]
     assert entry.kind == ("embedding" if embedding else None)
+
+
+def test_plan_says_when_a_model_looks_like_an_embedding_model(tmp_path: Path) -> None:
+    """Written by hand without kind, an embedding repo would go to mlx-lm and fail to
+    load there: the plan says what to add."""
+    from mlx_lama.orchestrator.desired import desired
+    from mlx_lama.schema import parse_manifest
+    from mlx_lama.schema.lockfile import Lock
+
+    text = (
+        'version = 1\n[models.vectors]\nrepo = "org/v"\n'
+        '[models.marked]\nrepo = "org/m"\nkind = "embedding"\n[models.chat]\nrepo = "org/c"\n'
+    )
+    lock = Lock(
+        (
+            LockedModel("chat", "org/c", "main", COMMIT, WEIGHTS),
+            LockedModel("marked", "org/m", "main", COMMIT, SENTENCE_TRANSFORMERS),
+            LockedModel("vectors", "org/v", "main", COMMIT, SENTENCE_TRANSFORMERS),
+        )
+    )
+    state = desired(parse_manifest(text, "m.toml"), lock, manifest_dir=tmp_path, cache_dir=tmp_path)
+    (note,) = state.notes
+    assert note.startswith("model vectors looks like an embedding model")
+    assert 'add kind = "embedding"' in note

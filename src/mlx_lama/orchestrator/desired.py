@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mlx_lama.orchestrator.facts import embedding_files
 from mlx_lama.orchestrator.state import (
     DesiredState,
     Distribution,
@@ -48,7 +49,26 @@ def desired(
         servers=servers,
         externals=external_specs(manifest),
         project=project,
-        notes=user_setting_notes(manifest, servers),
+        notes=(*user_setting_notes(manifest, servers), *kind_notes(manifest, models)),
+    )
+
+
+def kind_notes(manifest: Manifest, models: tuple[ModelSpec, ...]) -> tuple[str, ...]:
+    """Models whose locked files say they embed (a sentence-transformers pipeline)
+    while their entry does not: a text engine would fail to load them. Pure."""
+    unmarked = sorted(
+        spec.name
+        for spec in models
+        if not manifest.is_embedding(spec.name)
+        and manifest.models[spec.name].backend is None
+        and embedding_files(path for path, _size in spec.files)
+    )
+    if not unmarked:
+        return ()
+    return (
+        f"{_names(unmarked)} {'looks' if len(unmarked) == 1 else 'look'} like an embedding "
+        'model (a sentence-transformers pipeline in its files): add kind = "embedding" '
+        "to serve it on mlx-embeddings",
     )
 
 
