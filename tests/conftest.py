@@ -194,6 +194,26 @@ def tiny_embedding_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Qwen2-VL (seed 0; ``tests/fixtures/tiny_vision.py``) that mlx-vlm
+    loads and vllm-mlx serves on its multimodal path, made once per run like ``tiny_model``."""
+    from tests.fixtures.tiny_vision import make_tiny_vision_model
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above each worker's own
+    folder = root / "tiny-vision" / "tiny-qwen2-vl"
+    with (root / "tiny-vision.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.is_dir():
+            making = folder.with_name("tiny-qwen2-vl.partial")
+            shutil.rmtree(making, ignore_errors=True)
+            make_tiny_vision_model(making, seed=0)
+            making.rename(folder)
+    return folder
+
+
 @pytest.fixture
 def hub(
     isolated_env: hf_env.IsolatedEnv,

@@ -3,6 +3,7 @@ is reshaped (nulls dropped, one prompt unwrapped) and what is refused with a 400
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
@@ -19,7 +20,8 @@ VISION = Limits(vision=True)
 EMBEDDER = Limits(generates=False, embeds=True)
 HINT = 'serve a vision model with backend = "vllm-mlx"'
 USER = {"role": "user", "content": "hi"}
-IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+PNG_HEAD = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(16)).decode()
+IMAGE = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_HEAD}"}}
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
 
 
@@ -128,11 +130,35 @@ def test_audio_and_files_are_refused_naming_what_the_model_takes() -> None:
     assert refused(CHAT, body, TEXT).endswith("takes only text")
 
 
-@pytest.mark.parametrize("image_url", [IMAGE, {"type": "image_url", "image_url": "http://x/a.png"}])
-def test_images_pass_for_a_vision_model(image_url: JsonObject) -> None:
+WEB_IMAGE = {"type": "image_url", "image_url": "http://x/a.png"}
+
+
+@pytest.mark.parametrize(
+    ("image_url", "limits"),
+    [(IMAGE, VISION), (WEB_IMAGE, Limits(vision=True, fetches_images=True))],
+)
+def test_images_pass_for_a_vision_model(image_url: JsonObject, limits: Limits) -> None:
     content = [{"type": "text", "text": "what is this?"}, image_url]
     messages = [{"role": "user", "content": content}]
-    assert openai_body(CHAT, chat(messages=messages), VISION)["messages"] == messages
+    assert openai_body(CHAT, chat(messages=messages), limits)["messages"] == messages
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("data:image/png;base64,%%%%", "messages[0].content[0].image_url is not valid base64"),
+        ("data:image/png;base64," + base64.b64encode(b"hello").decode(), "holds no image"),
+        ("data:image/png,rawbytes", "a data: URL without base64 image bytes"),
+        ("https://example.com/cat.png", "is a web address, which this model's engine does not"),
+    ],
+)
+def test_an_image_that_is_not_one_is_refused_before_the_engine(url: str, message: str) -> None:
+    """A vision engine answers those with a 500 of its own (bytes) or its own words (a
+    URL it will not fetch): the client gets a 400 that says what to send."""
+    body = chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": url}]}])
+    said = refused(CHAT, body, VISION)
+    assert message in said
+    assert "PNG, JPEG" in said or "data:image/png;base64" in said
 
 
 def test_an_image_for_a_text_model_is_refused_with_the_hint() -> None:

@@ -20,6 +20,7 @@ from mlx_lama.cli._common import JsonFlag, ManifestFile, handles_errors
 from mlx_lama.errors import MlxLamaError, UsageError
 
 if TYPE_CHECKING:
+    from mlx_lama.backends.base import Capabilities
     from mlx_lama.gateway.models import JsonObject
     from mlx_lama.orchestrator.facts import ModelFacts
     from mlx_lama.orchestrator.memory import Estimate
@@ -49,7 +50,7 @@ def show(
 ) -> None:
     """Show a model: architecture, capabilities, parameters, system prompt,
     license, and how the manifest keeps and serves it."""
-    from mlx_lama.gateway.models import show_response
+    from mlx_lama.gateway.models import show_response, takes_images
     from mlx_lama.schema import find_manifest, load_manifest
     from mlx_lama.schema.modelfile_render import parameter_lines, render_modelfile
 
@@ -84,7 +85,8 @@ def show(
     elif license_text:
         _echo_text("\n".join(entry.license))
     elif as_json:
-        body = show_response(name, entry, shown.facts)
+        vision = takes_images(shown.facts.config, shown.engine().vision)
+        body = show_response(name, entry, shown.facts, vision=vision)
         body["manifest"] = shown.manifest_json()
         typer.echo(json.dumps(body, indent=2))
     else:
@@ -208,11 +210,18 @@ class _Shown:
                 continue
         return sorted(found)
 
+    def engine(self) -> Capabilities:
+        """What the engine that serves this model can do."""
+        from mlx_lama.backends.base import get_backend
+
+        m = self.manifest
+        return get_backend(m.backend_type(m.backend_of(self.name))).capabilities()
+
     # -- the default view
 
     def render(self) -> str:
         """The sections ``ollama show`` prints, then the manifest's own."""
-        from mlx_lama.gateway.models import capabilities, details
+        from mlx_lama.gateway.models import capabilities, details, takes_images
         from mlx_lama.schema.modelfile_render import parameter_lines
 
         entry = self.entry
@@ -227,7 +236,11 @@ class _Shown:
                 ("quantization", str(info["quantization_level"])),
             ]
             out += _section("Model", _rows(rows))
-            kinds = capabilities(self.facts, embeddings=entry.kind == "embedding")
+            kinds = capabilities(
+                self.facts,
+                embeddings=entry.kind == "embedding",
+                vision=takes_images(self.facts.config, self.engine().vision),
+            )
             out += _section("Capabilities", [f"    {c}" for c in kinds])
         else:
             out += _section("Model", [f"    {self._missing()}"])

@@ -289,7 +289,9 @@ async def _show(request: Request) -> Response:
     route = inference.resolve(gateway, name)
     entry: ModelEntry = route.entry
     system = body.get("system") if isinstance(body.get("system"), str) else None
-    return JSONResponse(show_response(str(name), entry, gateway.facts(route.name), system=system))
+    facts = gateway.facts(route.name)
+    vision = gateway.limits(route).vision
+    return JSONResponse(show_response(str(name), entry, facts, vision=vision, system=system))
 
 
 async def _v1_models(request: Request) -> Response:

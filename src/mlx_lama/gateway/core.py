@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from mlx_lama.gateway import requestlog
 from mlx_lama.gateway.activity import Activity
 from mlx_lama.gateway.metrics import Metrics
+from mlx_lama.gateway.models import takes_images
 from mlx_lama.gateway.ollama import ModelDefaults
 from mlx_lama.gateway.remotes import RemoteSet
 from mlx_lama.gateway.spares import Spares
@@ -377,7 +378,7 @@ class Gateway:
         images; at most its context length of tokens. An external server's
         model is not known here: it decides for itself."""
         if route.kind == "external":
-            return Limits(vision=True, embeds=True)
+            return Limits(vision=True, fetches_images=True, embeds=True)
         known = self._limits.get(route.name)
         if known is not None:
             return known
@@ -385,13 +386,12 @@ class Gateway:
         context = config.get("max_position_embeddings")
         capabilities = self._capabilities(route.name)
         engine_vision = capabilities is not None and capabilities.vision
-        model_vision = "vision_config" in config
-        if not model_vision:
+        if "vision_config" not in config:
             hint = "use a vision model (its config.json has a vision_config)"
         else:
             hint = f'serve {route.name!r} with backend = "vllm-mlx", which takes images'
         known = Limits(
-            vision=engine_vision and model_vision,
+            vision=takes_images(config, engine_vision),
             context=context if isinstance(context, int) and context > 0 else None,
             vision_hint=hint,
             generates=capabilities is None or capabilities.chat,

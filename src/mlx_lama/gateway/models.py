@@ -100,17 +100,23 @@ def model_info(config: Mapping[str, Any]) -> JsonObject:
     return info
 
 
-def capabilities(facts: ModelFacts, *, embeddings: bool = False) -> list[str]:
+def takes_images(config: Mapping[str, Any], engine_vision: bool) -> bool:
+    """Whether a model answers images: it has a vision tower (a ``vision_config``)
+    and its engine takes images."""
+    return engine_vision and "vision_config" in config
+
+
+def capabilities(facts: ModelFacts, *, embeddings: bool = False, vision: bool) -> list[str]:
     """Ollama capability names: completion (or embedding), tools (the chat template
-    takes tools), insert (fill-in-the-middle tokens, ``fim.py``), vision, thinking
-    (the template has a thinking switch or thinks)."""
+    takes tools), insert (fill-in-the-middle tokens, ``fim.py``), vision (``vision``:
+    :func:`takes_images`), thinking (the template has a thinking switch or thinks)."""
     result = ["embedding"] if embeddings else ["completion"]
     template = facts.chat_template
     if "tools" in template:
         result.append("tools")
     if not embeddings and layout_for(facts.added_tokens) is not None:
         result.append("insert")
-    if "vision_config" in facts.config:
+    if vision:
         result.append("vision")
     if "enable_thinking" in template or "<think>" in template:
         result.append("thinking")
@@ -140,7 +146,7 @@ def tags_entry(name: str, facts: ModelFacts) -> JsonObject:
 
 
 def show_response(
-    name: str, entry: ModelEntry, facts: ModelFacts, *, system: str | None = None
+    name: str, entry: ModelEntry, facts: ModelFacts, *, vision: bool, system: str | None = None
 ) -> JsonObject:
     """The ``/api/show`` body; ``model_info`` is always present, as in Ollama."""
     try:
@@ -155,6 +161,6 @@ def show_response(
         "system": system if system is not None else entry.system or "",
         "details": details(facts.config),
         "model_info": model_info(facts.config),
-        "capabilities": capabilities(facts, embeddings=entry.kind == "embedding"),
+        "capabilities": capabilities(facts, embeddings=entry.kind == "embedding", vision=vision),
         "modified_at": iso_time(facts.modified),
     }

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlx_lama.gateway.http import ApiError, JsonObject, check_sampling, is_int
+from mlx_lama.gateway.images import check_image_url
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 TOOL_CHOICES = ("none", "auto", "required")
@@ -30,6 +31,7 @@ class Limits:
     vision: bool = False  # it takes image parts
     context: int | None = None  # its context length in tokens, None when unknown
     vision_hint: str = ""  # how to get image input, said in the 400
+    fetches_images: bool = False  # its engine fetches images from web addresses
     generates: bool = True  # it answers chat and completions
     embeds: bool = False  # it answers embeddings
 
@@ -177,6 +179,7 @@ def _check_image(where: str, image: object, limits: Limits) -> None:
     if not limits.vision:
         hint = f"; {limits.vision_hint}" if limits.vision_hint else ""
         raise _bad(f"this model takes text only: {where} is an image{hint}")
+    check_image_url(f"{where}.image_url", url, fetches=limits.fetches_images)
 
 
 def _check_tools(tools: object) -> None:
