@@ -21,10 +21,22 @@ HEAVY = ("mlx", "mlx_lm", "transformers", "uvicorn", "torch")
 runner = CliRunner()
 
 
-def test_version() -> None:
+def test_version_says_which_python_and_where_the_engines_live(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "engines" / "vllm-mlx").mkdir(parents=True)
+    (tmp_path / "engines" / "vllm-mlx" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "engines" / "stray-folder").mkdir()
+    monkeypatch.setenv("MLX_LAMA_ENGINES", str(tmp_path / "engines"))
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
-    assert result.stdout == f"mlx-lama {__version__}\n"
+    first, python, engines = result.stdout.splitlines()
+    assert first == f"mlx-lama {__version__}"
+    assert python.split()[:2] == ["python", sys.executable]
+    assert engines == f"engines  {tmp_path / 'engines'} (vllm-mlx)"
+    monkeypatch.setenv("MLX_LAMA_ENGINES", str(tmp_path / "none"))
+    said = runner.invoke(app, ["--version"]).stdout
+    assert said.endswith("(none yet: `mlx-lama install vllm-mlx`)\n")
 
 
 def test_help_lists_the_commands() -> None:

@@ -133,7 +133,7 @@ def installed_version(python: str, distribution: str) -> str | None:
 
 
 # MLX's own library comes in a package of its own off macOS (mlx[cpu] on Linux, as
-# mlx-lama's `mlx` extra installs it); an engine's environment needs it too.
+# mlx-lama's own dependencies install it); an engine's environment needs it too.
 PLATFORM_REQUIREMENTS = ("mlx[cpu]",) if sys.platform == "linux" else ()
 
 

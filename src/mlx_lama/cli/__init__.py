@@ -13,7 +13,7 @@ from mlx_lama.cli import serve, plan, apply, lock, listing, validate, aliases, b
 from mlx_lama.cli import settings
 from mlx_lama.cli import pull, stop, cp, rm
 from mlx_lama.cli import create, show
-from mlx_lama.cli import run, launch, logs, top
+from mlx_lama.cli import run, launch, logs, top, service
 
 # isort: on
 from mlx_lama.cli._app import app
@@ -21,7 +21,8 @@ from mlx_lama.cli._common import debug_enabled, exit_interrupted
 
 __all__ = [
     "aliases", "app", "apply", "backends", "cp", "create", "launch", "listing", "lock", "logs",
-    "main", "plan", "pull", "rm", "run", "serve", "settings", "show", "stop", "top", "validate",
+    "main", "plan", "pull", "rm", "run", "serve", "service", "settings", "show", "stop", "top",
+    "validate",
 ]  # fmt: skip
 
 

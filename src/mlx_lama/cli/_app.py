@@ -28,9 +28,22 @@ app = typer.Typer(
 
 
 def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"mlx-lama {__version__}")
-        raise typer.Exit()
+    """The version, the Python this mlx-lama runs on (a tool install's own), and where
+    its engines' environments live."""
+    if not value:
+        return
+    import platform
+    import sys
+
+    from mlx_lama.backends.interpreters import engines_dir
+
+    folder = engines_dir()
+    installed = sorted(config.parent.name for config in folder.glob("*/pyvenv.cfg"))
+    engines = ", ".join(installed) if installed else "none yet: `mlx-lama install vllm-mlx`"
+    typer.echo(f"mlx-lama {__version__}")
+    typer.echo(f"python   {sys.executable} ({platform.python_version()})")
+    typer.echo(f"engines  {folder} ({engines})")
+    raise typer.Exit()
 
 
 @app.callback()

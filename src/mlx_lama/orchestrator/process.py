@@ -359,7 +359,8 @@ def _spawn(
         except OSError as exc:
             raise ServerStartError(
                 f"cannot run {launch.argv[0]} for server {server.name!r}: {exc}",
-                hint="is mlx-lama installed with the extra for this engine?",
+                hint="`mlx-lama backends` says which engines are installed; `mlx-lama install "
+                "ENGINE` installs one",
             ) from exc
     _CHILDREN[proc.pid] = proc
     return proc, log_start
