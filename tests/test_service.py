@@ -26,7 +26,8 @@ from mlx_lama import loginservice, paths
 from mlx_lama.loginservice import Launchd, SystemdUser, definition, launchd_plist, systemd_unit
 from tests.fixtures import hf_env
 from tests.fixtures.cli import cli
-from tests.fixtures.servers import free_port
+from tests.fixtures.gateway import reap_servers, wait_for
+from tests.fixtures.servers import free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "mlxlama.toml.example"
@@ -183,6 +184,53 @@ def test_launchd_loads_the_agent_replaces_it_in_place_and_removes_it(
     ]
 
 
+# -- the service's daemon is the daemon a terminal runs
+
+
+@pytest.mark.server
+def test_the_services_command_is_the_daemon_verbs_and_stops_know(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """What systemd or launchd would run, run here: the verbs find it, and a SIGTERM
+    (all that a service stop sends it, KillMode=process) stops the on-demand server
+    and leaves the always one for the next daemon to adopt."""
+    port = free_port()
+    manifest = tmp_path / "mlxlama.toml"
+    manifest.write_text(
+        f"version = 1\n[server]\nport = {port}\n"
+        f'[models.kept]\npath = "{tiny_model}"\nserve = "always"\n'
+        f'[models.lazy]\npath = "{tiny_model}"\n'
+    )
+    service = definition(manifest)
+    env = {**os.environ, **dict(service.environment)}
+    daemon = start_server(service.argv, port=port, log_path=tmp_path / "serve.log", env=env)
+    try:
+        daemon.wait_ready("/api/version", 240)
+        chat = {"model": "lazy", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        answered = httpx.post(f"{daemon.url}/api/chat", json=chat, timeout=240)
+        assert answered.status_code == 200, answered.text
+        code, out, err = cli("ps", "-f", str(manifest), "--json")
+        assert code == 0, err
+        pids = {row["name"]: row["pid"] for row in json.loads(out) if row.get("pid")}
+        assert set(pids) == {"kept", "lazy"}
+        code, _, err = cli("cp", "-f", str(manifest), "kept", "kept-too")  # handed to it
+        assert code == 0, err
+        wait_for(
+            lambda: (
+                "kept-too:latest"
+                in {m["name"] for m in httpx.get(f"{daemon.url}/api/tags").json()["models"]}
+            ),
+            60,
+            "the daemon to serve the copy the verb made",
+        )
+        assert daemon.stop(timeout=60) == 0
+        wait_for(lambda: not alive(pids["lazy"]), 30, "the on-demand server to stop")
+        assert alive(pids["kept"]), "the always server stays for the next daemon to adopt"
+    finally:
+        daemon.stop(timeout=60)
+        reap_servers(paths.home())
+
+
 # -- a real systemd user session, where there is one
 
 
@@ -216,12 +264,12 @@ def test_the_unit_runs_the_daemon_under_systemd_and_uninstall_stops_it(tmp_path:
         real.uninstall()
     assert not real.file.exists()
     deadline = time.monotonic() + 60
-    while loginservice_alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not loginservice_alive(pid)
+    assert not alive(pid)
 
 
-def loginservice_alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -282,8 +330,11 @@ def real_uv_cache(uv: str) -> str:
     """uv's cache as the developer's (or CI's) shell has it, not the test's own home."""
     if os.environ.get("UV_CACHE_DIR"):
         return os.environ["UV_CACHE_DIR"]
-    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
-    env["HOME"] = str(hf_env.REAL_HOME)
+    env = {
+        **os.environ,
+        "HOME": str(hf_env.REAL_HOME),
+        "XDG_CACHE_HOME": str(hf_env.REAL_CACHE_HOME),
+    }
     done = subprocess.run(
         [uv, "cache", "dir"], env=env, capture_output=True, text=True, timeout=60, check=True
     )
