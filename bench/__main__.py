@@ -9,6 +9,7 @@ import argparse
 
 from bench import (
     cache_list,
+    embeddings,
     gateway,
     gateway_flush,
     multimodel,
@@ -29,6 +30,7 @@ SUITES = {
     "run": run_cli.main,
     "multimodel": multimodel.main,
     "recovery": recovery.main,
+    "embeddings": embeddings.main,
 }
 
 
@@ -44,7 +46,8 @@ def main() -> None:
         help="timed runs per command (gateway, flush: batches per path and level; reload: "
         "saves per measurement, at most 3 for the always model; pull: at most 7; list: at "
         "most 5 of mlx_lm manage; multimodel: 3 starts of each side; recovery: "
-        "crashes, at most 3 wedges and 3 engine starts)",
+        "crashes, at most 3 wedges and 3 engine starts; embeddings: warm requests per way "
+        "and size)",
     )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(SUITES))
