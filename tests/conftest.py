@@ -12,7 +12,8 @@ Autouse, for every test:
 Opt-in:
 
 * ``tiny_model`` (session): folder of a random-weight MLX llama (read-only;
-  copy it before changing it).
+  copy it before changing it); ``tiny_embedding_model`` (a BERT for the embedding
+  engine) and ``tiny_vision_model`` (a Qwen2-VL for vllm-mlx's vision path) alike.
 * ``hub``: a running :class:`HubStandIn`, with ``HF_ENDPOINT`` pointing at it
   and offline mode off (in-process and for subprocesses).
 * ``published_model``: ``hub`` with the tiny model published as
@@ -43,7 +44,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,62 +157,46 @@ def network_guard() -> Iterator[list[str]]:
         pytest.fail("non-local network access attempted:\n" + "\n".join(attempts))
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight MLX llama (seed 0), generated once per run: the first xdist
+def made_once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """The folder ``name`` that ``make`` fills, made once per run: the first xdist
     worker to ask makes it, under a lock, in the run's folder; the others wait."""
-    root = tmp_path_factory.getbasetemp()
+    root = factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # this run's folder, above each worker's own
-    folder = root / "tiny-model" / "tiny-llama"
-    with (root / "tiny-model.lock").open("w") as lock:
+    folder = root / "models" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with (root / "models" / f"{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not folder.is_dir():
-            making = folder.with_name("tiny-llama.partial")
+            making = folder.with_name(f"{name}.partial")
             shutil.rmtree(making, ignore_errors=True)
-            make_tiny_model(making, seed=0)
+            make(making)
             making.rename(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight MLX llama (seed 0)."""
+    return made_once(tmp_path_factory, "tiny-llama", lambda f: make_tiny_model(f, seed=0))
 
 
 @pytest.fixture(scope="session")
 def tiny_embedding_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight BERT embedding model (seed 0, 32 floats a vector, 64-token
-    context; ``tests/fixtures/tiny_embedding.py``), made once per run like ``tiny_model``."""
+    context; ``tests/fixtures/tiny_embedding.py``)."""
     from tests.fixtures.tiny_embedding import make_tiny_embedding_model
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # this run's folder, above each worker's own
-    folder = root / "tiny-embedding" / "tiny-bert"
-    with (root / "tiny-embedding.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not folder.is_dir():
-            making = folder.with_name("tiny-bert.partial")
-            shutil.rmtree(making, ignore_errors=True)
-            make_tiny_embedding_model(making, seed=0)
-            making.rename(folder)
-    return folder
+    return made_once(tmp_path_factory, "tiny-bert", lambda f: make_tiny_embedding_model(f, seed=0))
 
 
 @pytest.fixture(scope="session")
 def tiny_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen2-VL (seed 0; ``tests/fixtures/tiny_vision.py``) that mlx-vlm
-    loads and vllm-mlx serves on its multimodal path, made once per run like ``tiny_model``."""
+    loads and vllm-mlx serves on its multimodal path."""
     from tests.fixtures.tiny_vision import make_tiny_vision_model
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # this run's folder, above each worker's own
-    folder = root / "tiny-vision" / "tiny-qwen2-vl"
-    with (root / "tiny-vision.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not folder.is_dir():
-            making = folder.with_name("tiny-qwen2-vl.partial")
-            shutil.rmtree(making, ignore_errors=True)
-            make_tiny_vision_model(making, seed=0)
-            making.rename(folder)
-    return folder
+    return made_once(tmp_path_factory, "tiny-qwen2-vl", lambda f: make_tiny_vision_model(f, seed=0))
 
 
 @pytest.fixture

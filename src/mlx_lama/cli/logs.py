@@ -22,6 +22,11 @@ from mlx_lama.cli._common import ManifestFile, handles_errors
 from mlx_lama.errors import MlxLamaError
 
 DAEMON_LOG = "daemon.log"
+Follow = Annotated[bool, typer.Option("--follow", help="Keep printing lines as they are written.")]
+Tail = Annotated[
+    int,
+    typer.Option("-n", "--tail", help="Start with the last N lines (0: none).", min=0, metavar="N"),
+]
 POLL_SECONDS = 0.2
 CHUNK = 64 * 1024
 
@@ -37,15 +42,8 @@ def logs(
             show_default=False,
         ),
     ] = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", help="Keep printing lines as they are written.")
-    ] = False,
-    lines: Annotated[
-        int,
-        typer.Option(
-            "-n", "--tail", help="Start with the last N lines (0: none).", min=0, metavar="N"
-        ),
-    ] = 100,
+    follow: Follow = False,
+    lines: Tail = 100,
     file: ManifestFile = None,
 ) -> None:
     """Show a model server's log, or the daemon's with no MODEL.

@@ -15,6 +15,7 @@ import typer
 
 from mlx_lama.cli._app import app
 from mlx_lama.cli._common import handles_errors
+from mlx_lama.cli.logs import Follow, Tail
 
 if TYPE_CHECKING:
     from mlx_lama.loginservice import Manager
@@ -123,17 +124,7 @@ def status(
 
 @service_app.command()
 @handles_errors
-def logs(
-    follow: Annotated[
-        bool, typer.Option("--follow", help="Keep printing lines as they are written.")
-    ] = False,
-    lines: Annotated[
-        int,
-        typer.Option(
-            "-n", "--tail", help="Start with the last N lines (0: none).", min=0, metavar="N"
-        ),
-    ] = 100,
-) -> None:
+def logs(follow: Follow = False, lines: Tail = 100) -> None:
     """Show the service's log (the daemon's, logs/daemon.log); --follow keeps printing."""
     from mlx_lama.cli.logs import logs as show_logs
 
