@@ -16,7 +16,6 @@ import psutil
 import pytest
 
 from mlx_lama.backends.base import (
-    MIN_KV_CACHE,
     LaunchError,
     LaunchSpec,
     client_host,
@@ -24,6 +23,7 @@ from mlx_lama.backends.base import (
     launch_spec,
 )
 from mlx_lama.backends.interpreters import engine_main
+from mlx_lama.backends.kvcache import MIN_KV_CACHE
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, ServerSpec

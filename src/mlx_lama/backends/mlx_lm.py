@@ -31,7 +31,6 @@ from mlx_lama.backends.base import (
     LaunchSpec,
     absolute,
     check_passthrough,
-    kv_cache_bytes,
     merged_env,
     parameter_flags,
     register_backend,
@@ -44,6 +43,7 @@ from mlx_lama.backends.generation import (
     StopScanner,
 )
 from mlx_lama.backends.interpreters import TORCH_ENV, engine_main, engine_program
+from mlx_lama.backends.kvcache import kv_cache_bytes
 from mlx_lama.backends.spec import ParameterValue
 from mlx_lama.errors import MlxLamaError
 

@@ -22,13 +22,13 @@ from mlx_lama.backends.base import (
     LaunchError,
     LaunchSpec,
     check_passthrough,
-    kv_cache_bytes,
     merged_env,
     parameter_flags,
     register_backend,
     required_model_path,
 )
 from mlx_lama.backends.interpreters import engine_program
+from mlx_lama.backends.kvcache import kv_cache_bytes
 
 if TYPE_CHECKING:
     from mlx_lama.backends.spec import ServerSpec

@@ -3,7 +3,7 @@
 One place for both, read by the scheduler (before a start: does it fit beside
 what is loaded?), by ``plan`` (will it ever fit?) and by ``show``. A server's
 estimate is its weight files times a small factor, the bound on its KV caches
-(``kv_cache``, ``backends.base.kv_cache_bytes``) and a margin for the runtime;
+(``kv_cache``, ``backends.kvcache.kv_cache_bytes``) and a margin for the runtime;
 the budget is ``[server] memory_budget``, whose default on a Mac is no more than
 its GPU may wire (``machine.py``).
 """
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_lama.backends.base import (
+from mlx_lama.backends.kvcache import (
     default_kv_bytes,
     keeps_kv_caches,
     kv_cache_bytes,

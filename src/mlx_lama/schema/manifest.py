@@ -309,7 +309,7 @@ class Manifest:
     def kv_cache_of(self, name: str) -> Size | None:
         """The bound on model ``name``'s engine KV caches: its own ``kv_cache``, else
         ``[defaults]``'s; None for the default, which depends on the model's size
-        (``backends.base.kv_cache_bytes``)."""
+        (``backends.kvcache.kv_cache_bytes``)."""
         return self.models[name].kv_cache or self.defaults.kv_cache
 
     def parameters_of(self, name: str) -> dict[str, object]:
