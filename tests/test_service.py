@@ -24,6 +24,7 @@ import pytest
 
 from mlx_lama import loginservice, paths
 from mlx_lama.loginservice import Launchd, SystemdUser, definition, launchd_plist, systemd_unit
+from mlx_lama.orchestrator.daemonfile import daemon_file
 from tests.fixtures import hf_env
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import reap_servers, wait_for
@@ -181,6 +182,75 @@ def test_launchd_loads_the_agent_replaces_it_in_place_and_removes_it(
         f"bootout {domain}/dev.mlx-lama.serve",
         f"bootstrap {domain} {plist}",
         f"bootout {domain}/dev.mlx-lama.serve",
+    ]
+
+
+# -- systemd, through a stand-in systemctl that records what it is asked
+
+
+@pytest.fixture
+def systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``systemctl`` on PATH with a user session: it appends its arguments to
+    calls.log, and ``show`` says the unit runs as pid 4242 once ``restart`` started it."""
+    if sys.platform == "darwin":
+        pytest.skip("macOS runs launchd, not systemd")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    active = tmp_path / "active"
+    script = folder / "systemctl"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {tmp_path}/calls.log\n'
+        'case "$2" in\n'
+        f"  restart) touch {active} ;;\n"
+        f"  disable) rm -f {active} ;;\n"
+        f"  show) if [ -f {active} ]; then\n"
+        '          printf "LoadState=loaded\\nActiveState=active\\nSubState=running\\n'
+        'MainPID=4242\\n"\n'
+        "        else\n"
+        '          printf "LoadState=not-found\\nActiveState=inactive\\nSubState=dead\\n'
+        'MainPID=0\\n"\n'
+        "        fi ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "calls.log"
+
+
+def test_systemd_install_enables_the_unit_updates_it_and_uninstall_removes_it(
+    tmp_path: Path, systemctl: Path
+) -> None:
+    code, out, err = cli("service", "install")
+    assert code == 0, err
+    unit = Path(os.environ["XDG_CONFIG_HOME"]) / "systemd" / "user" / "mlx-lama.service"
+    assert out.startswith(f"Installed {unit} (systemd): mlx-lama serve -f ")
+    verify(tmp_path, unit.read_text())
+    code, out, err = cli("service", "status", "--json")
+    status = json.loads(out)
+    assert (status["installed"], status["loaded"], status["running"], status["pid"]) == (
+        True, True, True, 4242,
+    )  # fmt: skip
+    # A daemon a terminal started holds the port: installing again says so.
+    with daemon_file("http://127.0.0.1:11434", paths.global_manifest()):
+        code, out, err = cli("service", "install")
+    assert code == 0 and out.startswith(f"Updated {unit}")
+    assert f"a daemon not run by the service (pid {os.getpid()}" in err
+    code, out, err = cli("service", "uninstall")
+    assert code == 0 and out.startswith(f"Removed {unit}") and not unit.exists()
+    assert cli("service", "uninstall")[1].startswith("No service installed")
+    asked = systemctl.read_text().splitlines()
+    assert "--user show-environment" in asked  # whether there is a session, first
+    changes = [c for c in asked if c.split()[1] not in ("show", "show-environment")]
+    assert changes == [
+        "--user daemon-reload",
+        "--user enable mlx-lama.service",
+        "--user restart mlx-lama.service",
+        "--user daemon-reload",  # installed again: rewritten in place and restarted
+        "--user enable mlx-lama.service",
+        "--user restart mlx-lama.service",
+        "--user disable --now mlx-lama.service",
+        "--user daemon-reload",
     ]
 
 

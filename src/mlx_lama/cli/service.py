@@ -65,6 +65,7 @@ def install(
         sys.stdout.write(manager.text(service).decode())
         return
     _require(manager)
+    _warn_of_another_daemon(manager)
     updated = manager.install(service)
     verb = "Updated" if updated else "Installed"
     typer.echo(f"{verb} {manager.file} ({manager.name}): mlx-lama serve -f {service.manifest}")
@@ -129,6 +130,21 @@ def logs(follow: Follow = False, lines: Tail = 100) -> None:
     from mlx_lama.cli.logs import logs as show_logs
 
     show_logs(model=None, follow=follow, lines=lines, file=None)
+
+
+def _warn_of_another_daemon(manager: Manager) -> None:
+    """A daemon started by hand holds the gateway's port: the service's would fail to
+    listen, and be restarted, until that one stops."""
+    from mlx_lama.orchestrator.daemonfile import running_daemon
+
+    daemon = running_daemon()
+    if daemon is not None and daemon.get("pid") != manager.status().pid:
+        typer.echo(
+            f"warning: a daemon not run by the service (pid {daemon.get('pid')}, "
+            f"{daemon.get('url')}) is running; the service's cannot listen until it stops "
+            f"(`kill {daemon.get('pid')}`)",
+            err=True,
+        )
 
 
 def _require(manager: Manager) -> None:
