@@ -27,7 +27,7 @@ import pyte
 import pytest
 from rich.console import Console
 
-from mlx_lama.cli.top import View, render
+from mlx_lama.cli._top_screen import View, render
 from tests.fixtures.cli import cli
 from tests.fixtures.gateway import gateway_process, tiny_on_demand, wait_for
 
