@@ -58,10 +58,13 @@ def backends(as_json: JsonFlag = False) -> None:
 @handles_errors
 def install(
     backends: Annotated[
-        list[str], typer.Argument(help="mlx-lm, vllm-mlx or mlx-embeddings (one or more).")
+        list[str],
+        typer.Argument(
+            help="mlx-lm, vllm-mlx or mlx-embeddings (one or more).", metavar="ENGINE..."
+        ),
     ],
     upgrade: Annotated[
-        bool, typer.Option("--upgrade", help="Upgrade it to the newest release.")
+        bool, typer.Option("--upgrade", help="Upgrade them to their newest release.")
     ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the commands and stop.")
