@@ -22,8 +22,9 @@ from mlx_lama.backends.base import (
     get_backend,
     launch_spec,
 )
-from mlx_lama.backends.interpreters import engine_main
+from mlx_lama.backends.interpreters import engine_main, engine_script
 from mlx_lama.backends.kvcache import MIN_KV_CACHE
+from mlx_lama.backends.mlx_embeddings import SERVER_PROGRAM
 from mlx_lama.backends.mlx_lm import ENGINE_MAIN
 from mlx_lama.errors import MlxLamaError
 from mlx_lama.orchestrator.state import Engine, ServerSpec
@@ -158,6 +159,20 @@ def test_vllm_mlx_refuses_what_it_cannot_do(field: str) -> None:
     value = Path("/a") if field == "adapter" else "T"
     with pytest.raises(LaunchError, match="mlx-lm"):
         launch_spec(spec("vllm-mlx", **{field: value}), 8081)
+
+
+@pytest.mark.engine("mlx-embeddings")
+def test_the_embedding_engine_runs_its_program_file_with_its_environments_python() -> None:
+    """Through the launcher every engine uses: its own environment's Python (mlx-lama
+    is not installed there), running embedding_server.py as engine_script does."""
+    python = get_backend("mlx-embeddings").environment_python()
+    assert python is not None
+    launch = launch_spec(spec("mlx-embeddings", args=("--x",)), 8081)
+    assert launch.argv == (
+        python, "-c", engine_script(SERVER_PROGRAM), "--model", "/models/tiny",
+        "--host", "127.0.0.1", "--port", "8081", "--served-model-name", "tiny:latest", "--x",
+    )  # fmt: skip
+    assert launch.answers == "embedding"
 
 
 @pytest.mark.parametrize("engine", ["mlx-lm", VLLM])

@@ -229,6 +229,9 @@ class Backend(ABC):
     #: ``python -m`` arguments that start the server, and the same for the binary.
     module_command: ClassVar[tuple[str, ...]] = ()
     binary_command: ClassVar[tuple[str, ...]] = ()
+    #: A program file of mlx-lama's that the engine's Python runs instead of a module
+    #: (an engine without a server of its own; mlx-lama is not installed beside it).
+    program_file: ClassVar[Path | None] = None
     #: ``mlx-lama install`` puts it in an environment of its own (interpreters.py)
     #: rather than mlx-lama's.
     own_environment: ClassVar[bool] = False
@@ -336,17 +339,17 @@ class Backend(ABC):
         return [[sys.executable, "-m", "pip", "install", *flags, self.distribution]]
 
     def launcher(self, server: ServerSpec, *args: str) -> tuple[str, ...]:
-        """The server command with ``args``: ``python -m`` with the interpreter of the
-        engine's own environment, else with this one when the package is here, else
-        the engine's binary on PATH.
+        """The server command with ``args``: ``python -m`` (or ``python PROGRAM_FILE``)
+        with the interpreter of the engine's own environment, else with this one when
+        the package is here, else the engine's binary on PATH.
 
         Raises :class:`BackendMissingError` (naming the install command) when neither is.
         """
-        python = self.environment_python()
+        python = self.environment_python() or (sys.executable if self.package_present() else None)
         if python is not None:
+            if self.program_file is not None:
+                return (python, str(self.program_file), *args)
             return python_module(*self.module_command, *args, python=python)
-        if self.package_present():
-            return python_module(*self.module_command, *args)
         binary = self.binary()
         if binary is not None:
             return (binary, *self.binary_command, *args)

@@ -60,9 +60,14 @@ def engine_script(path: Path) -> str:
 
 def engine_program(argv: tuple[str, ...]) -> tuple[str, ...]:
     """``argv`` of ``PYTHON -m MODULE ...`` (this interpreter or an engine
-    environment's) as ``PYTHON -c engine_main(MODULE) ...``; any other command as it is."""
-    if len(argv) >= 3 and argv[1] == "-m" and Path(argv[0]).name.startswith("python"):
+    environment's) as ``PYTHON -c engine_main(MODULE) ...``, and of ``PYTHON FILE.py
+    ...`` as ``PYTHON -c engine_script(FILE.py) ...``; any other command as it is."""
+    if len(argv) < 2 or not Path(argv[0]).name.startswith("python"):
+        return argv
+    if len(argv) >= 3 and argv[1] == "-m":
         return (argv[0], "-c", engine_main(argv[2]), *argv[3:])
+    if argv[1].endswith(".py"):
+        return (argv[0], "-c", engine_script(Path(argv[1])), *argv[2:])
     return argv
 
 

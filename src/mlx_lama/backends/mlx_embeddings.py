@@ -14,13 +14,11 @@ out of mlx-lama's), where mlx-lama is not installed, so it imports nothing of ou
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlx_lama.backends.base import (
     Backend,
-    BackendMissingError,
     Capabilities,
     LaunchError,
     LaunchSpec,
@@ -29,7 +27,7 @@ from mlx_lama.backends.base import (
     register_backend,
     required_model_path,
 )
-from mlx_lama.backends.interpreters import engine_script
+from mlx_lama.backends.interpreters import engine_program
 
 if TYPE_CHECKING:
     from mlx_lama.backends.spec import ServerSpec
@@ -48,26 +46,22 @@ class MlxEmbeddingsBackend(Backend):
     distribution = "mlx-embeddings"
     own_environment = True  # it brings mlx-vlm, transformers and OpenCV
     kv_caches = False  # each request is one forward pass; nothing is kept
+    program_file = SERVER_PROGRAM
 
     def capabilities(self) -> Capabilities:
         return Capabilities(chat=False, completion=False, embeddings=True)
 
     def serve(self, server: ServerSpec, port: int) -> LaunchSpec:
         """``PYTHON -c engine_script(embedding_server.py) --model PATH --host H --port P
-        --served-model-name NAME ARGS``, with the engine environment's Python (else
-        mlx-lama's, when mlx-embeddings is installed here)."""
+        --served-model-name NAME ARGS``, with the Python :meth:`Backend.launcher`
+        picks (the engine environment's, else mlx-lama's when mlx-embeddings is here)."""
         if server.adapter is not None or server.template is not None:
             raise LaunchError(
                 f"server {server.name!r}: an embedding model takes no adapter or template",
                 hint="drop `adapter` and `template` from its entry",
             )
-        python = self.environment_python() or (sys.executable if self.package_present() else None)
-        if python is None:
-            raise BackendMissingError(self.name, [server.name])
-        argv = (
-            python,
-            "-c",
-            engine_script(SERVER_PROGRAM),
+        argv = self.launcher(
+            server,
             "--model",
             required_model_path(server),
             "--host",
@@ -76,10 +70,10 @@ class MlxEmbeddingsBackend(Backend):
             str(port),
             "--served-model-name",
             server.name,
-            *check_passthrough(server, MANAGED_FLAGS),
         )
+        argv += check_passthrough(server, MANAGED_FLAGS)
         return LaunchSpec(
-            argv=argv,
+            argv=engine_program(argv),  # without PyTorch, as the other engines
             env=merged_env(server),
             host=server.host,
             port=port,
