@@ -1,10 +1,9 @@
 """Model aliases: turn a short name such as ``llama3.2:3b`` into a manifest model or a repo id.
 
-Three layers, lowest to highest: the BUILT-IN table below (current mlx-community
-4-bit models under Ollama's library names, plus the earlier mlx-lama's short
-names), the user's ``$MLX_LAMA_HOME/registry.yaml`` (the earlier mlx-lama's
-format: ``models: {ALIAS: {repo: ORG/NAME, description, default_backend,
-quantization}}``), and the manifest's ``[aliases]``. A higher layer hides the
+Three layers, lowest to highest: the built-in table (``builtin_models.py``: current
+mlx-community models under Ollama's library names, plus the earlier mlx-lama's
+short names), the user's ``$MLX_LAMA_HOME/registry.yaml`` (read by
+``user_aliases.py``), and the manifest's ``[aliases]``. A higher layer hides the
 same name below it; names compare case-insensitively with ``:latest`` implied.
 
 Called by the CLI (``mlx-lama aliases``, ``run``, ``pull`` ...) and the gateway
@@ -12,7 +11,7 @@ through :func:`load_registry` and :meth:`Registry.resolve`. The manifest layer
 arrives as plain data, so this module does not depend on the manifest schema.
 It must not import yaml or pydantic at import time (the table is plain Python
 so ``import mlx_lama.registry`` stays fast), must not print, and must never
-ignore a broken ``registry.yaml``: that raises :class:`ConfigError`.
+ignore a broken ``registry.yaml``: that raises :class:`ConfigError` (``user_aliases``).
 """
 
 from __future__ import annotations
@@ -21,12 +20,10 @@ import difflib
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-from mlx_lama import paths
 from mlx_lama.builtin_models import BUILTIN_TABLE
-from mlx_lama.errors import ConfigError, MlxLamaError
+from mlx_lama.errors import MlxLamaError
 from mlx_lama.names import (
     InvalidNameError,
     canonical_name,
@@ -34,6 +31,7 @@ from mlx_lama.names import (
     is_repo_id,
     parse_model_name,
 )
+from mlx_lama.user_aliases import Alias, AliasSource, read_user_aliases
 
 __all__ = [
     "BUILTIN_ALIASES",
@@ -50,7 +48,6 @@ __all__ = [
     "read_user_aliases",
 ]
 
-AliasSource = Literal["builtin", "user", "manifest"]
 ResolutionSource = Literal["builtin", "user", "manifest", "repo"]
 
 #: Tags tried, in order, for a name given without one (the earlier mlx-lama's rule).
@@ -63,7 +60,6 @@ _FIX_NAME: Final = (
     "model names look like `llama3.2:3b`, or a Hugging Face repo id like "
     "`mlx-community/Qwen3-4B-4bit`"
 )
-_USER_KEYS: Final = ("repo", "description", "default_backend", "quantization")
 
 
 class UnknownModelError(MlxLamaError):
@@ -87,23 +83,6 @@ class InvalidModelNameError(MlxLamaError):
 
 class AliasError(MlxLamaError):
     """A manifest alias loops or points at nothing (the loader normally catches this)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Alias:
-    """One alias in one layer. For builtin and user aliases ``target`` is a repo id;
-    for manifest aliases it is a manifest model name or another manifest alias.
-    ``shadowed_by`` is set only in :meth:`Registry.entries` output, on an alias a
-    higher layer hides."""
-
-    name: str
-    target: str
-    source: AliasSource
-    description: str = ""
-    default_backend: str | None = None
-    quantization: str | None = None
-    kind: Literal["generate", "embedding"] = "generate"  # what its model does
-    shadowed_by: AliasSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,138 +293,7 @@ def load_registry(
     )
 
 
-def read_user_aliases(path: Path | None = None) -> tuple[Alias, ...]:
-    """The aliases in the user's ``registry.yaml`` (default ``paths.registry_file()``).
-
-    A missing file gives no aliases. Anything wrong (YAML syntax, shape, unknown
-    keys, an invalid alias name, a repo that is not ``ORG/NAME``, two spellings
-    of one name) raises one :class:`ConfigError` naming the file, every bad alias
-    and the fix.
-    """
-    from mlx_lama.yamlfile import read_yaml_file
-
-    path = paths.registry_file() if path is None else path
-    if not path.exists():
-        return ()
-    if not path.is_file():
-        raise ConfigError(f"{path} is not a file", hint=f"remove it, or make {path} a YAML file")
-    data = read_yaml_file(path)
-    if data is None:
-        return ()
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping with a `models:` key, found {type(data).__name__}",
-            hint=_file_hint(path),
-        )
-    if data.get("models", {}) is None:  # `models:` with nothing under it
-        data = {**data, "models": {}}
-    return _parse_user_file(path, data)
-
-
 # --- internals ---------------------------------------------------------------------------
-
-
-def _parse_user_file(path: Path, data: dict[Any, Any]) -> tuple[Alias, ...]:
-    """Validate the parsed file with pydantic (imported here, not at module import)."""
-    from pydantic import BaseModel, ConfigDict, ValidationError
-
-    class _Entry(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
-
-        repo: str
-        description: str | None = None
-        default_backend: str | None = None
-        quantization: str | None = None
-
-    class _File(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
-
-        models: dict[str, _Entry] = {}
-
-    problems: list[str] = []
-    try:
-        parsed = _File.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(_describe_pydantic_error(dict(e)) for e in exc.errors())
-        raise _user_file_error(path, problems) from None
-
-    aliases: list[Alias] = []
-    seen: dict[str, str] = {}
-    for name, entry in parsed.models.items():
-        name_problem = check_model_name(name)
-        if name_problem is not None:
-            problems.append(f"alias {name!r}: {name_problem} (rename it)")
-            continue
-        if not is_repo_id(entry.repo):
-            problems.append(
-                f"alias {name!r}: repo {entry.repo!r} is not a Hugging Face repo id "
-                "(write it as ORG/NAME, e.g. mlx-community/Qwen3-4B-4bit)"
-            )
-            continue
-        key = canonical_name(name)
-        if key in seen:
-            problems.append(
-                f"alias {name!r} repeats {seen[key]!r} (names ignore case and imply "
-                "':latest'; keep one of them)"
-            )
-            continue
-        seen[key] = name
-        aliases.append(
-            Alias(
-                name=name,
-                target=entry.repo,
-                source="user",
-                description=entry.description or "",
-                default_backend=entry.default_backend,
-                quantization=entry.quantization,
-            )
-        )
-    if problems:
-        raise _user_file_error(path, problems)
-    return tuple(aliases)
-
-
-def _describe_pydantic_error(error: dict[str, Any]) -> str:
-    """One line for one pydantic error in registry.yaml, with its fix."""
-    loc: tuple[Any, ...] = tuple(error.get("loc", ()))
-    kind = str(error.get("type", ""))
-    message = str(error.get("msg", "invalid"))
-    if len(loc) == 1 and kind == "extra_forbidden":
-        return f"unknown top-level key {loc[0]!r} (the file holds only `models:`; remove it)"
-    if loc[:1] == ("models",) and len(loc) == 1:
-        return "`models` must be a mapping of alias names to {repo: ORG/NAME, ...}"
-    if loc[:1] != ("models",) or len(loc) < 2:
-        return f"{'.'.join(map(str, loc))}: {message}"
-    alias = loc[1]
-    if len(loc) >= 3 and loc[2] == "[key]":
-        return f"alias {alias!r}: alias names must be text (put the name in quotes)"
-    if len(loc) == 2:
-        return (
-            f"alias {alias!r}: expected a mapping like `{{repo: ORG/NAME}}`, "
-            f"found {type(error.get('input')).__name__}"
-        )
-    key = str(loc[2])
-    if kind == "missing":
-        return f"alias {alias!r}: `{key}` is missing (add `{key}: ORG/NAME`)"
-    if kind == "extra_forbidden":
-        close = difflib.get_close_matches(key, _USER_KEYS, n=1, cutoff=0.5)
-        guess = f"did you mean {close[0]!r}? " if close else ""
-        return f"alias {alias!r}: unknown key {key!r} ({guess}allowed: {', '.join(_USER_KEYS)})"
-    return f"alias {alias!r}: `{key}`: {message} (quote it as text)"
-
-
-def _user_file_error(path: Path, problems: list[str]) -> ConfigError:
-    if len(problems) == 1:
-        return ConfigError(f"{path}: {problems[0]}", hint=_file_hint(path))
-    listed = "\n".join(f"  - {p}" for p in problems)
-    return ConfigError(f"{path}: {len(problems)} problems:\n{listed}", hint=_file_hint(path))
-
-
-def _file_hint(path: Path) -> str:
-    return (
-        f"fix {path} (format: `models: {{ALIAS: {{repo: ORG/NAME, description: ...}}}}`), "
-        "or move it aside to use only the built-in aliases"
-    )
 
 
 def _index_layer(aliases: Iterable[Alias], layer: AliasSource) -> dict[str, Alias]:
