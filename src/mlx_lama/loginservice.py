@@ -140,6 +140,7 @@ class Status:
     running: bool
     pid: int | None = None
     detail: str = ""  # the manager's own word for its state
+    problem: str | None = None  # why the manager cannot be reached here (``missing``)
 
 
 class Manager(Protocol):
@@ -217,8 +218,9 @@ class SystemdUser:
 
     def status(self) -> Status:
         installed = self.file.is_file()
-        if self.missing() is not None:
-            return Status(self.name, self.file, installed, False, False)
+        why = self.missing()
+        if why is not None:
+            return Status(self.name, self.file, installed, False, False, problem=why)
         fields = "LoadState,ActiveState,SubState,MainPID"
         shown = _run(["systemctl", "--user", "show", self.unit, "-p", fields]).stdout
         values = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
@@ -279,6 +281,9 @@ class Launchd:
 
     def status(self) -> Status:
         installed = self.file.is_file()
+        why = self.missing()
+        if why is not None:
+            return Status(self.name, self.file, installed, False, False, problem=why)
         done = _run(["launchctl", "print", f"{self.domain}/{self.label}"])
         if done.returncode != 0:
             return Status(self.name, self.file, installed, False, False)

@@ -110,7 +110,7 @@ def status(
         "state": state.detail,
         "address": daemon.get("url") if ours and daemon else None,
         "manifest": daemon.get("manifest") if ours and daemon else None,
-        "problem": manager.missing(),
+        "problem": state.problem,
     }
     if as_json:
         typer.echo(json.dumps(row, indent=2))
