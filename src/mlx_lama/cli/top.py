@@ -251,7 +251,8 @@ def backend_choices(manifest: Manifest, name: str) -> list[str]:
         if engine == "external":
             continue
         found = get_backend(engine)
-        serves = found.capabilities().embeddings if embedding else found.capabilities().chat
+        can = found.capabilities()
+        serves = can.embeddings if embedding else can.chat
         if serves and found.launchable():
             usable.append(backend)
     return sorted(set(usable))
